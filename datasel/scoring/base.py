@@ -1,0 +1,55 @@
+"""The scoring protocol: one class per method, registered by name, turning stage inputs into a score table.
+
+A score table has one row per training example: ``example_id, method, score, rank`` (+ method-specific columns).
+Higher score means "ranks first" (rank 1); each method documents what a high score means for it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+
+from datasel.registry import Registry
+
+
+@dataclass
+class ScoreInputs:
+    """Everything a scorer may read; a rule fills in what the method's ``needs`` names."""
+
+    examples: Path
+    meta: dict[str, Any]
+    checkpoints: list[Path] = field(default_factory=list)
+    features: list[Path] = field(default_factory=list)
+    extra: dict[str, Path] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int = 0
+
+
+class Scorer(ABC):
+    """A scoring method. ``needs`` lists the upstream products the workflow must build first."""
+
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def score(self, inputs: ScoreInputs) -> pl.DataFrame:
+        """Return ``example_id`` and ``score`` (float) for every training example, plus optional extra columns."""
+
+
+SCORERS: Registry[type[Scorer]] = Registry("scoring method", "datasel.scoring")
+
+
+def finalize_scores(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Attach the method name and a deterministic rank (1 = highest score; ties broken by example_id)."""
+    df = df.with_columns(pl.col("score").cast(pl.Float64)).sort(
+        ["score", "example_id"], descending=[True, False], nulls_last=True
+    )
+    return df.with_columns(
+        pl.lit(name).alias("method"), pl.int_range(1, df.height + 1, dtype=pl.Int64).alias("rank")
+    ).select(["example_id", "method", "score", "rank", *[c for c in df.columns if c not in ("example_id", "score")]])

@@ -1,0 +1,216 @@
+"""Declared table schemas and atomic Parquet reads/writes.
+
+A table that fails its schema is refused at the boundary (read or write), so a bad column is reported against the
+file that holds it rather than surfacing later as a polars or torch traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from datasel.errors import DataError
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """Required columns and their dtypes; extra columns are kept unless ``closed``."""
+
+    name: str
+    columns: dict[str, pl.DataType]
+    optional: dict[str, pl.DataType] = field(default_factory=dict)
+    closed: bool = False
+    unique: tuple[str, ...] = ()
+
+    def validate(self, df: pl.DataFrame, source: str | os.PathLike) -> pl.DataFrame:
+        """Check columns and dtypes, cast lossless widenings, and return the conformed frame."""
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"table '{self.name}' lacks column(s) {missing}; it has {df.columns}",
+                file=source,
+                field=missing[0],
+                fix=f"add the column(s) {missing} (schema: {self.describe()})",
+            )
+        casts = []
+        for name, dtype in {**self.columns, **self.optional}.items():
+            if name not in df.columns or df.schema[name] == dtype:
+                continue
+            if not _castable(df.schema[name], dtype):
+                raise DataError(
+                    f"column '{name}' of table '{self.name}' has dtype {df.schema[name]}, expected {dtype}",
+                    file=source,
+                    field=name,
+                    fix=f"write '{name}' as {dtype}",
+                )
+            casts.append(pl.col(name).cast(dtype, strict=True))
+        if casts:
+            df = df.with_columns(casts)
+        if self.closed:
+            df = df.select([c for c in df.columns if c in self.columns or c in self.optional])
+        for key in self.unique:
+            dup = df.filter(pl.struct(key.split("+")).is_duplicated()) if "+" in key else df.filter(
+                pl.col(key).is_duplicated()
+            )
+            if dup.height:
+                shown = dup.get_column(key.split("+")[0]).head(3).to_list()
+                raise DataError(
+                    f"table '{self.name}' has {dup.height} rows with a duplicated '{key}' (e.g. {shown})",
+                    file=source,
+                    field=key,
+                    fix=f"make '{key}' unique (drop or merge the duplicate rows)",
+                )
+        return df
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in self.columns.items())
+
+
+def _castable(have: pl.DataType, want: pl.DataType) -> bool:
+    """Only widenings that cannot change a value are cast silently."""
+    if have == pl.Null:
+        return True
+    if want.is_integer() and have.is_integer():
+        return True
+    if want.is_float() and (have.is_float() or have.is_integer()):
+        return True
+    if isinstance(want, pl.List) and isinstance(have, (pl.List, pl.Array)):
+        inner = have.inner if hasattr(have, "inner") else None
+        return inner is not None and _castable(inner, want.inner)
+    if want == pl.String and have in (pl.Categorical, pl.Enum):
+        return True
+    return False
+
+
+SCHEMAS: dict[str, TableSchema] = {
+    s.name: s
+    for s in [
+        TableSchema(
+            "examples",
+            {
+                "example_id": pl.String,
+                "source": pl.String,
+                "split": pl.String,
+                "label": pl.Int64,
+                "label_orig": pl.Int64,
+                "is_noisy": pl.Boolean,
+            },
+            optional={"x": pl.List(pl.Float32), "text": pl.String, "domain": pl.String},
+            unique=("example_id",),
+        ),
+        TableSchema(
+            "scores",
+            {"example_id": pl.String, "method": pl.String, "score": pl.Float64, "rank": pl.Int64},
+            unique=("example_id",),
+        ),
+        TableSchema(
+            "selections",
+            {
+                "selection": pl.String,
+                "example_id": pl.String,
+                "selected": pl.Boolean,
+                "weight": pl.Float64,
+                "position": pl.Int64,
+            },
+            unique=("example_id",),
+        ),
+        TableSchema(
+            "metrics",
+            {
+                "selection": pl.String,
+                "method": pl.String,
+                "fraction": pl.Float64,
+                "seed": pl.Int64,
+                "split": pl.String,
+                "metric": pl.String,
+                "value": pl.Float64,
+            },
+        ),
+        TableSchema(
+            "domain_weights",
+            {"run": pl.String, "step": pl.Int64, "domain": pl.String, "weight": pl.Float64},
+        ),
+        TableSchema(
+            "prompt_stats",
+            {
+                "run": pl.String,
+                "iteration": pl.Int64,
+                "prompt_id": pl.String,
+                "alpha": pl.Float64,
+                "beta": pl.Float64,
+                "p_hat": pl.Float64,
+                "sigma": pl.Float64,
+                "rho": pl.Float64,
+                "rollouts": pl.Int64,
+            },
+        ),
+        TableSchema(
+            "param_scores",
+            {
+                "method": pl.String,
+                "tensor": pl.String,
+                "numel": pl.Int64,
+                "sparsity": pl.Float64,
+            },
+        ),
+    ]
+}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block finishes.
+
+    The temporary name sits in the same folder so the final ``os.replace`` is atomic; a crash leaves at most a
+    ``.tmp-*`` file that no reader globs for.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            if tmp_path.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp_path, ignore_errors=True)
+            else:
+                tmp_path.unlink()
+
+
+def write_table(df: pl.DataFrame, path: str | os.PathLike, schema: str | TableSchema) -> Path:
+    """Validate ``df`` against ``schema`` and write it to ``path`` atomically."""
+    schema = SCHEMAS[schema] if isinstance(schema, str) else schema
+    df = schema.validate(df, path)
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, statistics=True)
+    return Path(path)
+
+
+def read_table(path: str | os.PathLike, schema: str | TableSchema | None = None) -> pl.DataFrame:
+    """Read a Parquet table, refusing missing, truncated or schema-breaking files with a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("the table file does not exist", file=path, fix="run the step that produces it first")
+    try:
+        df = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for corrupt input
+        raise DataError(
+            f"cannot read as Parquet ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+            file=path,
+            fix="the file is truncated or not Parquet; delete it and rerun the step that writes it",
+        ) from None
+    if schema is not None:
+        schema = SCHEMAS[schema] if isinstance(schema, str) else schema
+        df = schema.validate(df, path)
+    return df
