@@ -1,13 +1,19 @@
 """Per-sample gradients with ``torch.func``: functional_call + vmap(grad), chunked over the batch.
 
 Memory is bounded by ``chunk_size`` × (number of selected parameters), never by the dataset size.
+
+Inputs are a tensor (called as ``model(x)``) or a mapping of tensors with a shared leading batch dimension (called
+as ``model(**x)``, the Hugging Face convention). Modules that ``vmap`` cannot trace (data-dependent Python control
+flow, ``.item()``, in-place buffer updates, some fused kernels) fall back to an example-by-example autograd loop;
+``mode="auto"`` makes that choice on the first chunk and logs why.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
-from typing import Any
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -15,7 +21,11 @@ from torch.func import functional_call, grad, vmap
 
 from datasel.errors import ConfigError
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+MODES = ("auto", "vmap", "loop")
+
+log = logging.getLogger(__name__)
 
 
 def select_params(model: nn.Module, spec: str | list[str] = "all") -> dict[str, torch.Tensor]:
@@ -47,59 +57,166 @@ def select_params(model: nn.Module, spec: str | list[str] = "all") -> dict[str, 
     return chosen
 
 
-def _per_sample_fn(model: nn.Module, params: dict[str, torch.Tensor], loss_fn: LossFn) -> Callable[..., Any]:
-    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in params}
-    buffers = dict(model.named_buffers())
+def batch_len(inputs: Inputs) -> int:
+    """Number of examples in a tensor or a mapping of tensors."""
+    if isinstance(inputs, Mapping):
+        return int(next(iter(inputs.values())).shape[0])
+    return int(inputs.shape[0])
 
-    def loss_one(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, ({**frozen, **p}, buffers), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
 
-    return vmap(grad(loss_one), in_dims=(None, 0, 0))
+def slice_inputs(inputs: Inputs, start: int, stop: int) -> Inputs:
+    if isinstance(inputs, Mapping):
+        return {k: v[start:stop] for k, v in inputs.items()}
+    return inputs[start:stop]
+
+
+def _to(inputs: Inputs, device: torch.device) -> Inputs:
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+def _call(model: nn.Module, state: dict[str, torch.Tensor] | None, x: Inputs) -> Any:
+    if state is None:
+        return model(**x) if isinstance(x, Mapping) else model(x)
+    if isinstance(x, Mapping):
+        return functional_call(model, state, (), dict(x))
+    return functional_call(model, state, (x,))
+
+
+class PerSampleGrads:
+    """Computes flattened per-example gradients ``(n, D)`` of ``loss_fn(model(x_i), y_i)`` over a parameter set.
+
+    The column order is ``select_params`` order, each tensor flattened row-major; ``names``/``shapes`` record it.
+    ``mode``: ``vmap`` (one traced, batched pass per chunk), ``loop`` (autograd per example; works for any module),
+    or ``auto`` (vmap, switching to the loop for good if the first vmap call fails, with the reason logged).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, params: str | list[str] = "all", mode: str = "auto") -> None:
+        if mode not in MODES:
+            raise ConfigError(f"unknown gradient mode {mode!r}", field="features.mode", fix=f"use one of {MODES}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.params = select_params(model, params)
+        self.names = list(self.params)
+        self.shapes = [tuple(p.shape) for p in self.params.values()]
+        self.dim = sum(p.numel() for p in self.params.values())
+        self.mode = mode
+        self.device = next(iter(self.params.values())).device
+        self._vmapped: Callable[..., Any] | None = None
+
+    # -- vmap path -----------------------------------------------------------------------------------------------
+    def _build_vmap(self) -> Callable[..., Any]:
+        model, loss_fn = self.model, self.loss_fn
+        frozen = {n: p.detach() for n, p in model.named_parameters() if n not in self.params}
+        buffers = dict(model.named_buffers())
+
+        def loss_one(p: dict[str, torch.Tensor], x: Inputs, y: torch.Tensor) -> torch.Tensor:
+            # vmap strips the batch dimension; the module expects one, so each example is a batch of one.
+            xb = {k: v.unsqueeze(0) for k, v in x.items()} if isinstance(x, Mapping) else x.unsqueeze(0)
+            out = _call(model, {**frozen, **buffers, **p}, xb)
+            return loss_fn(out, y.unsqueeze(0))
+
+        return vmap(grad(loss_one), in_dims=(None, 0, 0))
+
+    def _vmap_chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        if self._vmapped is None:
+            self._vmapped = self._build_vmap()
+        detached = {n: p.detach() for n, p in self.params.items()}
+        grads = self._vmapped(detached, x, y)
+        return torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in self.names], dim=1)
+
+    # -- loop path -------------------------------------------------------------------------------------------------
+    def _loop_chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        n = batch_len(x)
+        out = torch.empty(n, self.dim, dtype=next(iter(self.params.values())).dtype, device=self.device)
+        wanted = list(self.params.values())
+        for i in range(n):
+            xi = slice_inputs(x, i, i + 1)
+            loss = self.loss_fn(_call(self.model, None, xi), y[i : i + 1])
+            gs = torch.autograd.grad(loss, wanted, allow_unused=True)
+            out[i] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, wanted)])
+        return out
+
+    def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole)."""
+        x, y = _to(x, self.device), y.to(self.device)
+        if self.mode == "loop":
+            return self._loop_chunk(x, y)
+        if self.mode == "vmap":
+            return self._vmap_chunk(x, y)
+        try:
+            out = self._vmap_chunk(x, y)
+            self.mode = "vmap"
+            return out
+        except Exception as exc:  # vmap raises many types (RuntimeError, NotImplementedError, ValueError, ...)
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            log.warning("vmap cannot trace %s (%s: %s); using the per-example autograd loop",
+                        type(self.model).__name__, type(exc).__name__, reason)
+            self.mode = "loop"
+            self._vmapped = None
+            return self._loop_chunk(x, y)
 
 
 def iter_per_sample_grads(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor,
     loss_fn: LossFn,
     params: str | list[str] = "all",
     chunk_size: int = 256,
+    mode: str = "auto",
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield, chunk by chunk, a dict name → (chunk, *param.shape) of per-example gradients."""
-    chosen = {n: p.detach() for n, p in select_params(model, params).items()}
-    fn = _per_sample_fn(model, chosen, loss_fn)
-    for start in range(0, inputs.shape[0], chunk_size):
-        yield fn(chosen, inputs[start : start + chunk_size], targets[start : start + chunk_size])
+    comp = PerSampleGrads(model, loss_fn, params, mode)
+    for start in range(0, batch_len(inputs), chunk_size):
+        flat = comp(slice_inputs(inputs, start, start + chunk_size), targets[start : start + chunk_size])
+        out, col = {}, 0
+        for name, shape in zip(comp.names, comp.shapes):
+            size = int(torch.Size(shape).numel())
+            out[name] = flat[:, col : col + size].reshape(flat.shape[0], *shape)
+            col += size
+        yield out
+
+
+def iter_flat_grads(
+    model: nn.Module,
+    inputs: Inputs,
+    targets: torch.Tensor,
+    loss_fn: LossFn,
+    params: str | list[str] = "all",
+    chunk_size: int = 256,
+    mode: str = "auto",
+) -> Iterator[torch.Tensor]:
+    """Yield flattened ``(chunk, D)`` per-example gradients chunk by chunk."""
+    comp = PerSampleGrads(model, loss_fn, params, mode)
+    for start in range(0, batch_len(inputs), chunk_size):
+        yield comp(slice_inputs(inputs, start, start + chunk_size), targets[start : start + chunk_size])
 
 
 def per_sample_grads(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor,
     loss_fn: LossFn,
     params: str | list[str] = "all",
     chunk_size: int = 256,
+    mode: str = "auto",
 ) -> torch.Tensor:
     """Flattened per-example gradients, shape (N, D), concatenated in ``select_params`` order."""
-    rows = [
-        torch.cat([g.reshape(g.shape[0], -1) for g in chunk.values()], dim=1)
-        for chunk in iter_per_sample_grads(model, inputs, targets, loss_fn, params, chunk_size)
-    ]
-    return torch.cat(rows, dim=0)
+    return torch.cat(list(iter_flat_grads(model, inputs, targets, loss_fn, params, chunk_size, mode)), dim=0)
 
 
 def per_sample_grad_norms(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor,
     loss_fn: LossFn,
     params: str | list[str] = "all",
     chunk_size: int = 256,
+    mode: str = "auto",
 ) -> torch.Tensor:
     """‖∇_θ ℓ(x_i, y_i)‖ over the chosen parameters, without materializing the flattened (N, D) matrix."""
-    norms = []
-    for chunk in iter_per_sample_grads(model, inputs, targets, loss_fn, params, chunk_size):
-        sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in chunk.values())
-        norms.append(sq.sqrt())
+    norms = [g.pow(2).sum(dim=1).sqrt() for g in iter_flat_grads(model, inputs, targets, loss_fn, params, chunk_size,
+                                                                  mode)]
     return torch.cat(norms)

@@ -1,0 +1,105 @@
+"""Featurize: per-sample gradients → (optional Adam preconditioning) → projection → (optional unit norm) → shard.
+
+This module only orchestrates; each stage is swappable (``grads.PerSampleGrads``, ``projectors.Projector``,
+``store.ShardWriter``), as in TRAK's computer / projector / saver split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasel.features.grads import Inputs, LossFn, PerSampleGrads, batch_len, slice_inputs
+from datasel.features.projectors import AdamPreconditioner, make_projector
+from datasel.features.store import ShardWriter
+from datasel.runtime import progress
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "params": "all",
+    "mode": "auto",
+    "projector": "rademacher",
+    "dim": 512,
+    "seed": 0,
+    "block_rows": 4096,
+    "cache_mb": 256,
+    "unit_norm": False,
+    "precondition": "none",
+    "chunk_size": 256,
+}
+
+
+def cross_entropy(out: Any, y: torch.Tensor) -> torch.Tensor:
+    """Classification loss; accepts raw logits or a Hugging Face output with ``.logits``."""
+    logits = out.logits if hasattr(out, "logits") else out
+    return F.cross_entropy(logits, y)
+
+
+def shard_bounds(rows: int, shards: int, index: int) -> tuple[int, int]:
+    """Contiguous, balanced row range of shard ``index`` of ``shards`` (the same on every machine)."""
+    return rows * index // shards, rows * (index + 1) // shards
+
+
+def featurize(
+    model: nn.Module,
+    inputs: Inputs,
+    targets: torch.Tensor,
+    out_dir: str | os.PathLike,
+    cfg: dict[str, Any],
+    *,
+    ids: Sequence[str] | None = None,
+    loss_fn: LossFn = cross_entropy,
+    identity: dict[str, Any] | None = None,
+    preconditioner: AdamPreconditioner | None = None,
+    device: str | torch.device | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write (or resume) one feature shard for ``inputs`` and return its final metadata.
+
+    ``inputs``/``targets`` only need slicing (``x[s:e]``), so a lazy source keeps memory independent of N.
+    ``identity`` adds fields that name where the features come from (model, checkpoint, split) to the metadata.
+    """
+    cfg = {**DEFAULTS, **cfg}
+    model.eval()  # dropout/batch-norm in train mode would make features depend on the chunk
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    comp = PerSampleGrads(model, loss_fn, cfg["params"], cfg["mode"])
+    projector = make_projector(cfg, comp.dim, device)
+    if cfg["precondition"] == "adam" and preconditioner is None:
+        log.warning("precondition 'adam' asked for but no optimizer moments exist; using plain gradients")
+    meta = {
+        "model": "", "checkpoint": "", "split": "", "loss": getattr(loss_fn, "__name__", "custom"),
+        **(identity or {}),
+        "params": cfg["params"],
+        "dim_in": comp.dim,
+        "dim": projector.dim_out,
+        "projector": projector.fingerprint()["kind"],
+        "seed": int(cfg["seed"]),
+        "block_rows": int(cfg["block_rows"]),
+        "unit_norm": bool(cfg["unit_norm"]),
+        "precondition": "adam" if preconditioner is not None else "none",
+        "chunk_size": int(cfg["chunk_size"]),
+    }
+    rows = batch_len(inputs) if isinstance(inputs, Mapping) else len(inputs)
+    writer = ShardWriter(out_dir, meta, ids, rows)
+    chunks = writer.pending(int(cfg["chunk_size"]))
+    for s, e in progress(chunks, desc=f"features {Path(out_dir).name}", unit="chunk"):
+        g = comp(slice_inputs(inputs, s, e), targets[s:e])
+        if preconditioner is not None:
+            g = preconditioner(g)
+        f = projector.project(g)
+        if cfg["unit_norm"]:
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        writer.write(s, f.float().cpu().numpy())
+        if on_chunk is not None:
+            on_chunk(s, e)
+    if comp.mode == "loop" and cfg["mode"] == "auto":
+        log.info("shard %s used the per-example loop (see the warning above for why)", out_dir)
+    return writer.finalize()
