@@ -21,9 +21,37 @@ def stage_on(name):
     return name in config.get("stages", [])
 
 
-def script(name):
+# NOTE: must not be called `script`: that name is used by the code Snakemake generates for `script:` rules.
+def script_path(name):
     return f"{SCRIPTS}/{name}.py"
 
 
 def all_tables():
     return [t for name in sorted(TARGETS) for t in TARGETS[name]()]
+
+
+# ---- cross-section checks the JSON schema cannot express, reported as one short WorkflowError ----
+from snakemake.exceptions import WorkflowError
+
+
+def fail(msg, field, fix):
+    raise WorkflowError(f"config field '{field}': {msg}\n  fix: {fix}")
+
+
+def check_selection_config():
+    ckpts = set(config["proxy"]["checkpoints"])
+    for name, entry in config["scoring"].items():
+        epoch = entry.get("epoch")
+        if epoch is not None and epoch not in ckpts:
+            fail(f"epoch {epoch} is not a proxy checkpoint {sorted(ckpts)}", f"scoring.{name}.epoch",
+                 "add it to proxy.checkpoints or pick one of those")
+    for name, entry in config["selection"]["policies"].items():
+        for key in ("score",):
+            ref = entry.get(key)
+            if ref is not None and ref not in config["scoring"]:
+                fail(f"names scoring entry '{ref}', which does not exist", f"selection.policies.{name}.{key}",
+                     f"use one of: {', '.join(config['scoring'])}")
+        ref = entry.get("curriculum", {}).get("score")
+        if ref is not None and ref not in config["scoring"]:
+            fail(f"names scoring entry '{ref}', which does not exist",
+                 f"selection.policies.{name}.curriculum.score", f"use one of: {', '.join(config['scoring'])}")

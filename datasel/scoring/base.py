@@ -25,6 +25,7 @@ class ScoreInputs:
     checkpoints: list[Path] = field(default_factory=list)
     features: list[Path] = field(default_factory=list)
     extra: dict[str, Path] = field(default_factory=dict)
+    model_cfg: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     seed: int = 0
 
@@ -40,6 +41,45 @@ class Scorer(ABC):
     @abstractmethod
     def score(self, inputs: ScoreInputs) -> pl.DataFrame:
         """Return ``example_id`` and ``score`` (float) for every training example, plus optional extra columns."""
+
+
+class CheckpointMeanScorer(Scorer):
+    """A per-example statistic of the proxy model, averaged over the K proxy runs at one checkpoint.
+
+    Subclasses define :meth:`per_checkpoint`; the mean over runs is the score and the spread across runs is kept
+    as ``score_std`` so a user can see how reproducible each example's score is.
+    """
+
+    needs = ("proxy",)
+
+    @abstractmethod
+    def per_checkpoint(self, model: Any, x: Any, y: Any) -> Any:
+        """Return a (N,) tensor for one proxy model on the training inputs."""
+
+    def score(self, inputs: ScoreInputs) -> pl.DataFrame:
+        import torch
+
+        from datasel.data.tensors import load_split
+        from datasel.errors import DataError
+        from datasel.runtime import progress
+        from datasel.store import read_table
+        from datasel.training.proxy import load_checkpoint
+
+        if not inputs.checkpoints:
+            raise DataError("no proxy checkpoints were given", field="scoring", fix="set proxy.seeds >= 1")
+        x, y, ids = load_split(read_table(inputs.examples, "examples"), "train")
+        runs = []
+        for path in progress(inputs.checkpoints, desc=f"{type(self).__name__} over proxy runs", unit="run"):
+            model = load_checkpoint(path, inputs.meta, inputs.model_cfg or None)
+            runs.append(self.per_checkpoint(model, x, y).detach().double())
+        stack = torch.stack(runs)
+        return pl.DataFrame(
+            {
+                "example_id": ids,
+                "score": stack.mean(0).numpy(),
+                "score_std": (stack.std(0) if len(runs) > 1 else torch.zeros(len(ids))).numpy(),
+            }
+        )
 
 
 SCORERS: Registry[type[Scorer]] = Registry("scoring method", "datasel.scoring")

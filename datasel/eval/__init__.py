@@ -1,0 +1,1 @@
+"""Evaluation metrics shared by stages (retrieval quality for embedding models)."""

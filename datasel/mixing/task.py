@@ -1,0 +1,147 @@
+"""A mixing task: the generic pool split into domains, the small specific set, and its held-out evaluation split.
+
+Built from any examples table (vector ``x`` or ``text`` rows) with a domain column, or with domains made by
+k-means (:mod:`datasel.mixing.clusters`). Classification and character-level language modelling share one loss,
+token-level cross-entropy, so the trainer, the alignment and the scores need no branch on the data kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from datasel.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def token_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy for class logits (B, C) vs (B,) or LM logits (B, T, V) vs (B, T)."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+@dataclass
+class MixingTask:
+    """Tensors per generic domain, the specific set (aligned to) and its evaluation split (measured on)."""
+
+    domains: list[str]
+    xs: list[torch.Tensor]
+    ys: list[torch.Tensor]
+    ids: list[list[str]]
+    spe_x: torch.Tensor
+    spe_y: torch.Tensor
+    spe_ids: list[str]
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
+    meta: dict[str, Any]
+    specific: str
+    embeddings: list[np.ndarray] | None = field(default=None, repr=False)
+    spe_embeddings: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([len(y) for y in self.ys], dtype=np.float64)
+
+    def to(self, device: torch.device) -> MixingTask:
+        move = lambda ts: [t.to(device) for t in ts]  # noqa: E731
+        self.xs, self.ys = move(self.xs), move(self.ys)
+        self.spe_x, self.spe_y = self.spe_x.to(device), self.spe_y.to(device)
+        self.eval_x, self.eval_y = self.eval_x.to(device), self.eval_y.to(device)
+        return self
+
+
+def encode_rows(df: pl.DataFrame, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vector rows -> (x float, label); text rows -> (chars[:-1], chars[1:]) over ``meta['vocab']``."""
+    if meta.get("kind") == "text":
+        vocab = meta.get("vocab")
+        if not vocab:
+            raise DataError("text data needs meta['vocab']", field="vocab", fix="build the data with a vocabulary")
+        lut = {c: i for i, c in enumerate(vocab)}
+        unk = lut.get("?", 0)
+        texts = df.get_column("text").to_list()
+        lengths = {len(t) for t in texts}
+        if len(lengths) > 1:
+            raise DataError(f"text rows have different lengths {sorted(lengths)[:5]}", field="text",
+                            fix="cut the text into fixed-length chunks (block_size + 1 characters)")
+        idx = torch.tensor([[lut.get(c, unk) for c in t] for t in texts], dtype=torch.long).reshape(len(texts), -1)
+        return idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+    x = torch.from_numpy(np.asarray(df.get_column("x").to_list(), dtype=np.float32).reshape(df.height, -1))
+    y = torch.from_numpy(df.get_column("label").to_numpy().astype(np.int64))
+    return x, y
+
+
+def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
+               domain_labels: np.ndarray | None = None) -> MixingTask:
+    """Split ``examples`` into generic domains, the specific set and its evaluation split.
+
+    cfg (``dga.task``): ``domain_column`` (default ``domain``), ``specific`` (the specific domain's value; default
+    ``meta['specific']``), ``eval_split`` (default ``test``; falls back to ``val``). ``domain_labels`` overrides the
+    column for the generic pool (k-means clusters), in the pool's row order.
+    """
+    col = cfg.get("domain_column", "domain")
+    specific = cfg.get("specific") or meta.get("specific")
+    if col not in examples.columns:
+        raise DataError(f"the examples table has no domain column '{col}'", file=source, field=col,
+                        fix="add a domain column, set dga.task.domain_column, or use dga.domains.method: kmeans")
+    if not specific:
+        raise ConfigError("no specific (target) set named", field="dga.task.specific",
+                          fix="name the domain-column value that marks the specific set")
+    spe_rows = examples.filter(pl.col(col) == specific)
+    if spe_rows.height == 0:
+        raise DataError(f"the specific set '{specific}' is missing: no row has {col} == '{specific}'", file=source,
+                        field="dga.task.specific", fix=f"use one of {examples[col].unique().sort().to_list()[:10]}")
+    spe_train = spe_rows.filter(pl.col("split") == "train")
+    if spe_train.height == 0:
+        raise DataError(f"the specific set '{specific}' has no train rows to align to", file=source, field="split",
+                        fix="give the specific domain a few split == 'train' rows")
+    eval_split = cfg.get("eval_split", "test")
+    spe_eval = spe_rows.filter(pl.col("split") == eval_split)
+    if spe_eval.height == 0:
+        spe_eval = spe_rows.filter(pl.col("split") == "val")
+    if spe_eval.height == 0:
+        raise DataError(f"the specific set '{specific}' has no '{eval_split}' or 'val' rows to measure the loss on",
+                        file=source, field="split", fix="hold out some specific-domain rows as test")
+    pool = examples.filter((pl.col(col) != specific) & (pl.col("split") == "train")).sort("example_id")
+    if domain_labels is not None:
+        if len(domain_labels) != pool.height:
+            raise DataError("domain labels do not match the generic pool", field="domain")
+        pool = pool.with_columns(pl.Series(col, [str(d) for d in domain_labels]))
+    names = sorted(pool.get_column(col).drop_nulls().unique().to_list())
+    if not names:
+        raise DataError("the generic pool has no domains (no train rows outside the specific set)", file=source,
+                        field=col, fix="add generic train rows with a domain, or cluster them with k-means")
+    from datasel.mixing.clusters import row_embeddings
+
+    xs, ys, ids, embs = [], [], [], []
+    for name in names:
+        rows = pool.filter(pl.col(col) == name)
+        x, y = encode_rows(rows, meta)
+        xs.append(x)
+        ys.append(y)
+        ids.append(rows.get_column("example_id").to_list())
+        embs.append(row_embeddings(rows, meta, cfg))
+    if pool.get_column(col).null_count():
+        raise DataError(f"{pool.get_column(col).null_count()} generic rows have no domain", file=source, field=col,
+                        fix="fill the domain column or cluster with k-means")
+    spe_train = spe_train.sort("example_id")
+    sx, sy = encode_rows(spe_train, meta)
+    ex, ey = encode_rows(spe_eval.sort("example_id"), meta)
+    log.info("mixing task: %d domains (%d pool rows), specific '%s': %d train / %d eval",
+             len(names), pool.height, specific, len(sy), len(ey))
+    return MixingTask(names, xs, ys, ids, sx, sy, spe_train.get_column("example_id").to_list(), ex, ey, dict(meta),
+                      str(specific), embs, row_embeddings(spe_train, meta, cfg))
+
+
+def check_domains(task: MixingTask, where: str = "dga.domains") -> None:
+    """Refuse a task with no domains or an empty one (a weight on an empty domain could never be sampled)."""
+    if not task.domains:
+        raise DataError("no domains in the generic pool", field=where, fix="give the pool a domain column")
+    empty = [d for d, y in zip(task.domains, task.ys) if len(y) == 0]
+    if empty:
+        raise DataError(f"domain(s) {empty} have no examples", field=where, fix="drop them or lower k")

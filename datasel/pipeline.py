@@ -1,0 +1,107 @@
+"""Snakemake steps of the selection pipeline: thin adapters from a rule's inputs/params to library functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from datasel.data.prepare import build_examples
+from datasel.data.tensors import load_split
+from datasel.models import build_model
+from datasel.runtime import seed_everything
+from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
+from datasel.selection.curriculum import paced_batches
+from datasel.selection.make import make_selection
+from datasel.store import atomic_path, read_table, write_table
+from datasel.store.catalog import build_catalog
+from datasel.training.classify import evaluate, total_steps, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def prepare(smk: Any) -> None:
+    df, meta = build_examples(smk.params.data)
+    write_table(df, smk.output.examples, "examples")
+    _write_json(smk.output.meta, meta)
+
+
+def score(smk: Any) -> None:
+    cfg = dict(smk.params.scoring)
+    name = smk.wildcards.method
+    scorer = SCORERS.get(cfg.get("method", name), where=f"scoring.{name}.method")(cfg)
+    inputs = ScoreInputs(
+        examples=Path(smk.input.examples),
+        meta=json.loads(Path(smk.input.meta).read_text()),
+        checkpoints=[Path(p) for p in smk.input.get("checkpoints", [])],
+        features=[Path(p) for p in smk.input.get("features", [])],
+        model_cfg=smk.params.model_cfg or {},
+        seed=int(cfg.get("seed", 0)),
+    )
+    seed_everything(inputs.seed)
+    table = finalize_scores(scorer.score(inputs), name)
+    write_table(table, smk.output[0], "scores")
+
+
+def select(smk: Any) -> None:
+    cfg = smk.params.policy
+    examples = read_table(smk.input.examples, "examples")
+    scores = read_table(smk.input.scores, "scores") if smk.input.get("scores") else None
+    order = read_table(smk.input.order, "scores") if smk.input.get("order") else None
+    table = make_selection(examples, scores, smk.wildcards.policy, cfg, float(smk.params.fraction),
+                           int(smk.params.seed), order_scores=order,
+                           score_source=smk.input.get("scores") or "scores")
+    write_table(table, smk.output[0], "selections")
+
+
+def train(smk: Any) -> None:
+    """Train the target model on one selection with one seed and write its test/val metrics."""
+    cfg, seed = smk.params.training, int(smk.wildcards.seed)
+    meta = json.loads(Path(smk.input.meta).read_text())
+    examples = read_table(smk.input.examples, "examples")
+    sel = read_table(smk.input.selection, "selections").filter(pl.col("selected"))
+    x, y, ids = load_split(examples, "train")
+    row = {eid: i for i, eid in enumerate(ids)}
+    sel = sel.sort("example_id")
+    idx = torch.tensor([row[e] for e in sel.get_column("example_id").to_list()], dtype=torch.long)
+    xs, ys = x[idx], y[idx]
+    weights = torch.from_numpy(sel.get_column("weight").to_numpy()).float()
+    sampler = None
+    pacing = smk.params.curriculum
+    if pacing and sel.get_column("position").null_count() == 0:
+        order = torch.from_numpy(sel.get_column("position").to_numpy()).argsort()
+        sampler = paced_batches(order, int(cfg.get("batch_size", 128)), total_steps(len(idx), cfg), pacing)
+    seed_everything(seed)
+    model = build_model(cfg["model"], meta)
+    train_classifier(model, xs, ys, cfg, seed=seed, weights=None if bool((weights == 1).all()) else weights,
+                     sampler=sampler, desc=f"train {smk.wildcards.selection} seed {seed}")
+    rows = []
+    for split in ("val", "test"):
+        xe, ye, _ = load_split(examples, split)
+        if len(ye):
+            for metric, value in evaluate(model, xe, ye).items():
+                rows.append({"split": split, "metric": metric, "value": value})
+    rows.append({"split": "train", "metric": "steps", "value": float(total_steps(len(idx), cfg))})
+    rows.append({"split": "train", "metric": "examples", "value": float(len(idx))})
+    info = smk.params.info
+    df = pl.DataFrame(rows).with_columns(
+        pl.lit(smk.wildcards.selection).alias("selection"),
+        pl.lit(info["method"]).alias("method"),
+        pl.lit(float(info["fraction"])).alias("fraction"),
+        pl.lit(seed, dtype=pl.Int64).alias("seed"),
+    )
+    write_table(df, smk.output[0], "metrics")
+
+
+def catalog(smk: Any) -> None:
+    counts = build_catalog(Path(smk.output[0]).parent, smk.output[0])
+    log.info("catalog: %s", counts)

@@ -1,0 +1,56 @@
+"""Matplotlib figures for the report (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+from datasel.store import atomic_path  # noqa: E402
+
+
+def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | None = None,
+                         metric: str = "accuracy") -> None:
+    """One line per method (mean ± std band over seeds); full data as a horizontal reference."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mean, std = f"{metric}_mean", f"{metric}_std"
+    for method in sorted(table.get_column("method").unique().to_list()):
+        part = table.filter((pl.col("method") == method) & (pl.col("fraction") < 1)).sort("fraction")
+        if part.height == 0:
+            continue
+        f, m, s = part.get_column("fraction").to_numpy(), part.get_column(mean).to_numpy(), part.get_column(std).to_numpy()
+        ax.plot(f, m, marker="o", label=method)
+        ax.fill_between(f, m - s, m + s, alpha=0.15)
+    if full is not None and full.height:
+        m, s = full.get_column(mean).item(0), full.get_column(std).item(0)
+        ax.axhline(m, color="black", ls="--", lw=1, label="full data")
+        ax.axhspan(m - s, m + s, color="black", alpha=0.07)
+    ax.set_xlabel("kept fraction of the training set")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title("Test accuracy of the target model vs kept fraction (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def noise_share_bars(table: pl.DataFrame, out: Path, base_rate: float) -> None:
+    """Share of injected noisy labels among the dropped examples, per selection, against the base rate."""
+    part = table.filter(pl.col("fraction") < 1).drop_nulls("noisy_share_of_dropped").sort(["fraction", "method"])
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(4, part.height) + 1))
+    labels = part.get_column("selection").to_list()
+    ax.barh(range(part.height), part.get_column("noisy_share_of_dropped").to_numpy())
+    ax.axvline(base_rate, color="red", ls="--", label=f"base rate {base_rate:.0%}")
+    ax.set_yticks(range(part.height), labels, fontsize=7)
+    ax.set_xlabel("share of injected noisy labels among dropped examples")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

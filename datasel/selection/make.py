@@ -1,0 +1,86 @@
+"""Turn a policy config, a kept fraction and (optionally) a score table into a selection table.
+
+Class stratification and curriculum ordering wrap any policy, so each policy only decides *which* rows to keep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from datasel.errors import DataError
+from datasel.selection.base import POLICIES, kept_count
+from datasel.selection.curriculum import order_positions
+
+
+def selection_name(policy: str, fraction: float) -> str:
+    return f"{policy}_keep{round(fraction * 100)}"
+
+
+def build_pool(examples: pl.DataFrame, scores: pl.DataFrame | None, source: str = "scores") -> pl.DataFrame:
+    """Training rows joined with their score, best rank first; refuses scores that do not cover the pool."""
+    train = examples.filter(pl.col("split") == "train").select("example_id", "label")
+    if scores is None:
+        return train.sort("example_id")
+    pool = train.join(scores.select("example_id", "score", "rank"), on="example_id", how="left")
+    missing = pool.filter(pl.col("score").is_null())
+    if missing.height:
+        raise DataError(
+            f"{missing.height} training examples have no score (e.g. {missing.get_column('example_id').head(2).to_list()})",
+            file=source, field="example_id", fix="rerun the scoring step on the current examples table",
+        )
+    if not np.isfinite(pool.get_column("score").to_numpy()).all():
+        raise DataError("scores contain NaN or inf", file=source, field="score", fix="check the scoring method's inputs")
+    return pool.sort("rank")
+
+
+def _stratified(policy: Any, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
+    """Per-class quotas proportional to class size (largest remainder), the policy applied inside each class."""
+    counts = pool.group_by("label").len().sort("label")
+    share = counts.get_column("len").to_numpy() * n_keep / pool.height
+    quota = np.floor(share).astype(int)
+    for i in np.argsort(-(share - quota), kind="stable")[: n_keep - quota.sum()]:
+        quota[i] += 1
+    parts = [
+        policy.choose(pool.filter(pl.col("label") == lab), int(q), seed + int(lab))
+        for lab, q in zip(counts.get_column("label").to_list(), quota)
+        if q > 0
+    ]
+    return pl.concat(parts)
+
+
+def make_selection(
+    examples: pl.DataFrame,
+    scores: pl.DataFrame | None,
+    name: str,
+    cfg: dict[str, Any],
+    fraction: float,
+    seed: int,
+    order_scores: pl.DataFrame | None = None,
+    score_source: str = "scores",
+) -> pl.DataFrame:
+    """The selection table for one policy entry at one kept fraction (rows for every training example)."""
+    policy = POLICIES.get(cfg["policy"], where=f"selection.policies.{name}.policy")(cfg)
+    pool = build_pool(examples, scores if policy.needs_score else None, score_source)
+    n_keep = kept_count(pool.height, fraction)
+    chosen = _stratified(policy, pool, n_keep, seed) if cfg.get("stratify") else policy.choose(pool, n_keep, seed)
+    chosen = chosen.select("example_id", "weight")
+    curriculum = cfg.get("curriculum")
+    if curriculum:
+        chosen = chosen.join(order_positions(chosen, order_scores, curriculum, seed), on="example_id", how="left")
+    else:
+        chosen = chosen.with_columns(pl.lit(None, dtype=pl.Int64).alias("position"))
+    table = (
+        pool.select("example_id")
+        .join(chosen, on="example_id", how="left")
+        .with_columns(
+            pl.lit(selection_name(name, fraction)).alias("selection"),
+            pl.col("weight").is_not_null().alias("selected"),
+            pl.col("weight").fill_null(0.0).cast(pl.Float64),
+            pl.col("position").cast(pl.Int64),
+        )
+        .sort("example_id")
+    )
+    return table.select("selection", "example_id", "selected", "weight", "position")

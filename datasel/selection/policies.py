@@ -1,0 +1,59 @@
+"""Score-rank policies (Paul et al. 2021; Fayyaz et al. 2022) and the random/full baselines.
+
+``top`` keeps the highest scores ("hardest"), ``bottom`` the lowest, ``offset`` drops the ``offset`` highest and
+keeps the next M: under label noise the very highest EL2N/GraNd scores are mostly mislabeled examples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from datasel.errors import ConfigError
+from datasel.selection.base import POLICIES, Policy
+
+
+def _keep(pool: pl.DataFrame, start: int, n_keep: int) -> pl.DataFrame:
+    return pool.slice(start, n_keep).select("example_id").with_columns(pl.lit(1.0).alias("weight"))
+
+
+@POLICIES.register("top")
+class Top(Policy):
+    def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
+        return _keep(pool, 0, n_keep)
+
+
+@POLICIES.register("bottom")
+class Bottom(Policy):
+    def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
+        return _keep(pool, pool.height - n_keep, n_keep)
+
+
+@POLICIES.register("offset")
+class Offset(Policy):
+    """``sorted[off:off+M]``; ``offset`` < 1 is a fraction of the pool, ≥ 1 a count. The window is clamped so
+    that M examples are always kept."""
+
+    def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
+        off = self.cfg.get("offset")
+        if off is None or off < 0:
+            raise ConfigError("policy 'offset' needs offset >= 0", field="offset", fix="set offset: 0.1 (fraction) or 50 (count)")
+        start = int(round(off * pool.height)) if off < 1 else int(off)
+        return _keep(pool, min(start, pool.height - n_keep), n_keep)
+
+
+@POLICIES.register("random")
+class Random(Policy):
+    needs_score = False
+
+    def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
+        idx = np.sort(np.random.default_rng(seed).choice(pool.height, size=n_keep, replace=False))
+        return _keep(pool[idx], 0, n_keep)
+
+
+@POLICIES.register("full")
+class Full(Policy):
+    needs_score = False
+
+    def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
+        return _keep(pool, 0, pool.height)

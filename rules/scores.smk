@@ -1,0 +1,33 @@
+# Scoring: one table per named entry of config["scoring"]; the entry's `method` picks a registered scorer.
+
+
+def score_inputs(wc):
+    entry = config["scoring"].get(wc.method)
+    if entry is None:
+        fail(f"no scoring entry '{wc.method}'", "scoring", f"use one of: {', '.join(config['scoring'])}")
+    inputs = {"examples": "results/examples/examples.parquet", "meta": "results/examples/meta.json"}
+    if "epoch" in entry:
+        inputs["checkpoints"] = expand(
+            "results/proxy/seed{seed}/epoch{epoch}.pt", seed=range(config["proxy"]["seeds"]), epoch=entry["epoch"]
+        )
+    if "features" in entry:
+        inputs["features"] = features_for(entry["features"])
+    return inputs
+
+
+rule score:
+    input:
+        unpack(score_inputs),
+    output:
+        "results/scores/{method}.parquet",
+    params:
+        scoring=lambda wc: config["scoring"][wc.method],
+        model_cfg=lambda wc: config["proxy"]["model"] if "epoch" in config["scoring"][wc.method] else None,
+    resources:
+        gpu=1,
+    log:
+        "logs/scores/{method}.log",
+    benchmark:
+        "logs/benchmarks/scores/{method}.tsv"
+    script:
+        script_path("score")

@@ -1,0 +1,4 @@
+from datasel.pipeline import prepare
+from datasel.snakemake_entry import run_step
+
+run_step(snakemake, prepare)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,4 @@
+from datasel.report.build import report
+from datasel.snakemake_entry import run_step
+
+run_step(snakemake, report)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,4 @@
+from datasel.pipeline import score
+from datasel.snakemake_entry import run_step
+
+run_step(snakemake, score)  # noqa: F821 (injected by Snakemake)
