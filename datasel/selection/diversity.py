@@ -2,7 +2,7 @@
 
 ``kcenter``: greedy k-center (Gonzalez 1985; the core-set of Sener & Savarese 2018): start from the first pool row,
 then repeatedly add the example farthest from everything chosen. It is a 2-approximation of the minimax cover radius.
-``kmeans_coverage``: faiss k-means with ``n_keep`` centroids, keeping the example nearest to each centroid (the
+``kmeans_coverage``: faiss k-means with ``n_keep`` centroids (farthest-first seeding), keeping the example nearest to each centroid (the
 recipe GAPrune uses to pick diverse triplets); a centroid whose nearest examples are all taken gives its slot to the
 next nearest free one.
 Both work on unit features (cosine geometry) unless ``normalize: false``.
@@ -47,9 +47,14 @@ def kmeans_coverage(x: np.ndarray, k: int, seed: int, niter: int = 20, probe: in
     """Row nearest to each of ``k`` k-means centroids, distinct rows; filled in centroid order."""
     n, d = x.shape
     k = min(k, n)
+    # Farthest-first (k-center) seeding from a seeded start, then Lloyd iterations in faiss: random seeding from data
+    # points often puts two centroids in one cluster, which Lloyd cannot undo on well-separated data.
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    start = int(np.random.default_rng(seed).integers(n))
+    init = xs[kcenter_greedy(xs.astype(np.float64), k, start)]
     km = faiss.Kmeans(d, k, niter=niter, seed=int(seed), spherical=False, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=max(256, n // max(k, 1) + 1))
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    km.train(xs, init_centroids=init)
     # Exact L2 neighbours of the centroids (for unit rows the same order as cosine).
     l2 = faiss.IndexFlatL2(d)
     l2.add(np.ascontiguousarray(x, dtype=np.float32))
