@@ -239,7 +239,7 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
     for step in progress(range(steps), desc=f"mix[{strategy}]", total=steps, unit="step"):
         if step % eval_every == 0:
             res.curve.append((step, *evaluate_specific(model, task.eval_x, task.eval_y, int(tcfg["eval_batch"]))))
-        if strategy == "dga" and step % int(dcfg["update_every"]) == 0 and (step > 0 or dcfg.get("update_at_0", True)):
+        if strategy == "dga" and step % int(dcfg["update_every"]) == 0:
             ab = int(dcfg["align_batch"])
             g_spe = _flat_grad(model, params, *_subsample(task.spe_x, task.spe_y, ab, gen))
             g_arms = [_flat_grad(model, params, *arm_sampler.batch(P[j], ab)) for j in range(P.shape[0])]
@@ -247,6 +247,9 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
             w = eg_update(w, a, float(dcfg["eta"]), float(dcfg["beta"]),
                           None if dcfg["clip"] is None else float(dcfg["clip"]))
             alpha = w @ P
+            if res.weights[-1][0] == step:  # the update at step 0 replaces the initial mixture in the log
+                res.weights.pop()
+                res.arm_weights.pop()
             res.arm_weights.append((step, w.copy()))
             res.weights.append((step, alpha.copy()))
             res.alignments.append((step, a))

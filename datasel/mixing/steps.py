@@ -1,0 +1,160 @@
+"""Library side of the DGA rules (rules/dga.smk): build the domain data, train one run, score alignment, plot.
+
+Each ``*_step(smk)`` reads ``smk.input/output/params/wildcards`` only; the logic sits in the functions above them so
+the benchmark and tests call the same code without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from datasel.errors import ConfigError
+from datasel.mixing.basis import make_basis
+from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_labels, row_embeddings
+from datasel.mixing.dga import MixtureResult, train_mixture
+from datasel.mixing.task import MixingTask, build_task, encode_rows
+from datasel.runtime import seed_everything
+from datasel.store import atomic_path, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def prepare_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
+                 seed: int = 0) -> MixingTask:
+    """Domains from a column (``dga.domains.method: column``) or k-means clusters of the generic pool
+    (``method: kmeans``, ``k``, ``on: inputs|grads``) — for data without domain labels or to split coarse ones."""
+    task_cfg = dict(cfg.get("task") or {})
+    dom = {"method": "column", "k": 16, "on": "inputs", "niter": 25, **(cfg.get("domains") or {})}
+    if dom["method"] == "column":
+        return build_task(examples, meta, task_cfg, source)
+    if dom["method"] != "kmeans":
+        raise ConfigError(f"unknown domain method '{dom['method']}'", field="dga.domains.method",
+                          fix="use column or kmeans")
+    col = task_cfg.get("domain_column", "domain")
+    specific = task_cfg.get("specific") or meta.get("specific")
+    if col not in examples.columns:
+        # No domain labels at all: the specific set must still be marked, so a column naming it is required.
+        raise ConfigError(f"k-means domains still need column '{col}' to mark the specific set", file=source,
+                          field="dga.task.domain_column", fix="mark the specific rows in a column")
+    pool = examples.filter((pl.col(col) != specific) & (pl.col("split") == "train")).sort("example_id")
+    if dom["on"] == "inputs":
+        emb = row_embeddings(pool, meta, task_cfg)
+    elif dom["on"] == "grads":
+        from datasel.models import build_model
+
+        seed_everything(seed)
+        model = build_model(dict(cfg.get("model") or {"name": "mlp"}), meta)
+        x, y = encode_rows(pool, meta)
+        emb = grad_embeddings(model, x, y, dom.get("params", "last_layer"))
+    else:
+        raise ConfigError(f"unknown k-means input '{dom['on']}'", field="dga.domains.on", fix="use inputs or grads")
+    k = int(dom["k"])
+    labels = cluster_names(kmeans_labels(emb, k, seed=seed, niter=int(dom["niter"])), k)
+    log.info("k-means: %d clusters over %d pool rows (%d non-empty)", k, pool.height, len(set(labels)))
+    return build_task(examples, meta, task_cfg, source, domain_labels=labels)
+
+
+def task_basis(task: MixingTask, cfg: dict[str, Any], seed: int = 0) -> np.ndarray | None:
+    """The basis for DGA (None = one arm per domain)."""
+    bcfg = dict(cfg.get("basis") or {"kind": "identity"})
+    if bcfg.get("kind", "identity") == "identity":
+        return None
+    centroids = None
+    if task.embeddings is not None:
+        centroids = np.stack([e.mean(0) for e in task.embeddings]).astype(np.float32)
+    return make_basis(len(task.domains), bcfg, task.sizes, centroids, seed)
+
+
+def run_strategy(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], strategy: str, seed: int,
+                 source: str = "examples") -> tuple[MixingTask, MixtureResult]:
+    task = prepare_task(examples, meta, cfg, source, seed=int(cfg.get("domain_seed", 0)))
+    basis = task_basis(task, cfg, seed) if strategy == "dga" else None
+    return task, train_mixture(task, cfg, strategy, seed, basis)
+
+
+def weights_frame(res: MixtureResult, run: str) -> pl.DataFrame:
+    rows = [(run, step, d, float(w)) for step, alpha in res.weights for d, w in zip(res.domains, alpha)]
+    return pl.DataFrame(rows, schema={"run": pl.String, "step": pl.Int64, "domain": pl.String, "weight": pl.Float64},
+                        orient="row")
+
+
+def metrics_frame(res: MixtureResult, seed: int) -> pl.DataFrame:
+    best = min(c[1] for c in res.curve)
+    vals = {"loss": res.final["loss"], "accuracy": res.final["accuracy"], "min_loss": best}
+    return pl.DataFrame({"selection": f"dga_{res.strategy}", "method": res.strategy, "fraction": 1.0, "seed": seed,
+                         "split": "specific_eval", "metric": list(vals), "value": list(vals.values())})
+
+
+def curve_frame(res: MixtureResult, seed: int) -> pl.DataFrame:
+    return pl.DataFrame([(res.strategy, seed, s, l, a) for s, l, a in res.curve],
+                        schema={"strategy": pl.String, "seed": pl.Int64, "step": pl.Int64, "loss": pl.Float64,
+                                "accuracy": pl.Float64}, orient="row")
+
+
+# ------------------------------------------------------------------------------------------------- snakemake steps
+
+def _load(smk: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
+    return read_table(smk.input.examples, "examples"), json.loads(Path(smk.input.meta).read_text())
+
+
+def data_step(smk: Any) -> None:
+    """Build (or take over) the multi-domain examples table and its meta."""
+    cfg = dict(smk.params.data)
+    if cfg.get("source") == "examples":
+        df, meta = read_table(smk.input.examples, "examples"), json.loads(Path(smk.input.meta).read_text())
+        meta = {**meta, "specific": cfg.get("specific", meta.get("specific"))}
+    else:
+        from datasel.data.domains import build_domain_examples
+
+        df, meta = build_domain_examples(cfg)
+    write_table(df, smk.output.examples, "examples")
+    with atomic_path(smk.output.meta) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+
+
+def train_step(smk: Any) -> None:
+    """One run (strategy × seed): model, domain_weights table, metrics table, specific-loss curve."""
+    cfg = dict(smk.params.cfg)
+    strategy, seed = smk.wildcards.strategy, int(smk.wildcards.seed)
+    examples, meta = _load(smk)
+    task, res = run_strategy(examples, meta, cfg, strategy, seed, str(smk.input.examples))
+    run = f"dga_{strategy}_seed{seed}"
+    write_table(weights_frame(res, run), smk.output.weights, "domain_weights")
+    write_table(metrics_frame(res, seed), smk.output.metrics, "metrics")
+    with atomic_path(smk.output.curve) as tmp:
+        curve_frame(res, seed).write_parquet(tmp)
+    with atomic_path(smk.output.model) as tmp:
+        torch.save({"state_dict": {k: v.cpu() for k, v in res.model.state_dict().items()},
+                    "model_cfg": cfg.get("model"), "meta": meta, "strategy": strategy, "seed": seed,
+                    "domains": res.domains}, tmp)
+
+
+def alignment_step(smk: Any) -> None:
+    """Per-example alignment of the pool with the specific set under the trained DGA model -> scores table."""
+    from datasel.mixing.alignment import alignment_table
+    from datasel.models import build_model
+    from datasel.scoring.base import finalize_scores
+
+    cfg = dict(smk.params.cfg)
+    examples, meta = _load(smk)
+    task = prepare_task(examples, meta, cfg, str(smk.input.examples), seed=int(cfg.get("domain_seed", 0)))
+    ckpt = torch.load(smk.input.model, map_location="cpu", weights_only=False)
+    model = build_model(dict(ckpt["model_cfg"] or {"name": "mlp"}), meta)
+    model.load_state_dict(ckpt["state_dict"])
+    df = alignment_table(model, task, dict(cfg.get("alignment") or {}))
+    write_table(finalize_scores(df, "dga_alignment"), smk.output.scores, "scores")
+
+
+def plots_step(smk: Any) -> None:
+    from datasel.report.dga_plots import plot_loss_curves, plot_weight_trajectories
+
+    weights = pl.concat([read_table(p, "domain_weights") for p in smk.input.weights])
+    plot_weight_trajectories(weights, smk.output.weights)
+    plot_loss_curves(pl.concat([pl.read_parquet(p) for p in smk.input.curves]), smk.output.loss)
