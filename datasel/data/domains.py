@@ -85,7 +85,7 @@ def mnist1d_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     :data:`MNIST1D_DOMAINS`), ``specific`` (name), ``specific_settings`` (overrides for the held-out setting),
     ``n_specific`` (labelled specific examples the mixing rule may use, ~100), ``n_specific_test``, ``seed``.
     """
-    domains = dict(cfg.get("domains") or MNIST1D_DOMAINS)
+    domains = dict(MNIST1D_DOMAINS if cfg.get("domains") is None else cfg["domains"])
     specific = str(cfg.get("specific", "target"))
     per_domain = int(cfg.get("per_domain", 500))
     n_spe = int(cfg.get("n_specific", 100))
