@@ -125,6 +125,6 @@ class GRPOTrainer:
                 torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), float(cfg.get("max_grad_norm", 1.0)))
                 self.opt.step()
                 self.steps += 1
-                stats["loss"] = float(loss)
+                stats["loss"] = float(loss.detach())
         stats["rollouts"] = n
         return stats

@@ -42,8 +42,8 @@ def warm_start(policy: Policy, questions: list[str], answers: list[str], cfg: di
         opt.step()
         if step % every == 0 or step == steps:
             acc = accuracy(policy, probe_q, probe_a) if probe_n else float("nan")
-            history.append({"step": step, "loss": float(loss), "probe_accuracy": acc})
-            log.info("warm start step %d loss %.3f probe accuracy %.3f", step, float(loss), acc)
+            history.append({"step": step, "loss": float(loss.detach()), "probe_accuracy": acc})
+            log.info("warm start step %d loss %.3f probe accuracy %.3f", step, float(loss.detach()), acc)
             if target is not None and acc >= float(target):
                 break
     return history
