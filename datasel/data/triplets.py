@@ -224,14 +224,15 @@ def kmeans_diverse(emb: torch.Tensor, k: int, seed: int = 0, niter: int = 20) ->
         return list(range(n))
     x = np.ascontiguousarray(emb.float().numpy())
     faiss = _faiss()
-    if faiss is None:  # pragma: no cover
-        raise ConfigError("k-means diversity selection needs faiss", fix="pip install faiss-cpu")
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1,
-                      max_points_per_centroid=max(256, n // k + 1))
-    km.train(x)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    _, nbrs = index.search(km.centroids, min(n, 32))
+    if faiss is not None:
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1,
+                          max_points_per_centroid=max(256, n // k + 1))
+        km.train(x)
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(x)
+        _, nbrs = index.search(km.centroids, min(n, 32))
+    else:  # machines without faiss (a GPU box, say): the same Lloyd iterations in torch
+        nbrs = _torch_kmeans_neighbours(torch.from_numpy(x), k, seed, niter, min(n, 32))
     chosen: list[int] = []
     used: set[int] = set()
     for row in nbrs:
@@ -241,6 +242,18 @@ def kmeans_diverse(emb: torch.Tensor, k: int, seed: int = 0, niter: int = 20) ->
         used.add(pick)
         chosen.append(pick)
     return sorted(chosen)
+
+
+def _torch_kmeans_neighbours(x: torch.Tensor, k: int, seed: int, niter: int, m: int) -> np.ndarray:
+    """Lloyd's k-means from k seeded random points; returns each centroid's ``m`` nearest points."""
+    g = torch.Generator().manual_seed(seed)
+    cent = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    for _ in range(niter):
+        assign = torch.cdist(x, cent).argmin(dim=1)
+        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+        cent = torch.where(counts > 0, sums / counts.clamp(min=1), cent)  # an empty cluster keeps its centroid
+    return torch.cdist(cent, x).topk(m, largest=False).indices.numpy()
 
 
 def build_triplet_set(model: EmbeddingModel, queries: list[str], positives: list[str], negatives: list[str] | None,

