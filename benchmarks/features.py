@@ -1,0 +1,160 @@
+"""Per-example gradient features: speed against the per-example loop and the batched-backward floor, projection
+throughput, and peak memory of a large featurization run.
+
+    python benchmarks/features.py                      # full: 1,000,000-example run (long on one CPU core)
+    python benchmarks/features.py --large 100000,300000 --n 2048   # reduced
+
+Model: the default config's proxy (1-D CNN, 32 channels) on MNIST-1D-shaped inputs (40 values, 10 classes).
+The large runs use synthetic inputs generated chunk by chunk (seeded), so nothing but the featurizer grows with N;
+each runs in a child process whose peak RSS is read from the kernel (ru_maxrss). Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("DATASEL_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasel.features.compute import cross_entropy, featurize  # noqa: E402
+from datasel.features.grads import PerSampleGrads  # noqa: E402
+from datasel.features.projectors import DenseProjector  # noqa: E402
+from datasel.models import build_model  # noqa: E402
+
+MODEL_CFG = {"name": "cnn1d", "channels": 32}
+META = {"input_dim": 40, "num_classes": 10}
+
+
+class SyntheticInputs:
+    """N seeded MNIST-1D-shaped rows, generated per slice: memory does not depend on N."""
+
+    def __init__(self, n: int, labels: bool = False) -> None:
+        self.n, self.labels = n, labels
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        start, stop, _ = sl.indices(self.n)
+        g = torch.Generator().manual_seed(start)
+        if self.labels:
+            return torch.randint(0, 10, (stop - start,), generator=g)
+        return torch.randn(stop - start, 40, generator=g)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(MODEL_CFG, META).eval()
+
+
+def _rate(fn, n: int, repeat: int = 3) -> float:
+    fn()  # warm-up (vmap tracing, allocator)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
+def speed(n: int, n_loop: int, chunk: int) -> dict:
+    model = _model()
+    x, y = SyntheticInputs(n)[0:n], SyntheticInputs(n, labels=True)[0:n]
+    comp_v = PerSampleGrads(model, cross_entropy, "all", "vmap")
+    comp_l = PerSampleGrads(model, cross_entropy, "all", "loop")
+    dim = comp_v.dim
+
+    def vmap_all() -> None:
+        for s in range(0, n, chunk):
+            comp_v(x[s : s + chunk], y[s : s + chunk])
+
+    def loop_all() -> None:
+        comp_l(x[:n_loop], y[:n_loop])
+
+    params = [p for p in model.parameters()]
+
+    def floor() -> None:  # one plain batched forward+backward per chunk: the cost floor of any gradient method
+        for s in range(0, n, chunk):
+            loss = F.cross_entropy(model(x[s : s + chunk]), y[s : s + chunk])
+            torch.autograd.grad(loss, params)
+
+    r_loop = _rate(loop_all, n_loop, repeat=1)
+    r_vmap = _rate(vmap_all, n)
+    r_floor = _rate(floor, n)
+    out = {"D": dim, "loop_ex_s": r_loop, "vmap_ex_s": r_vmap, "floor_ex_s": r_floor,
+           "vmap_over_loop": r_vmap / r_loop, "floor_over_vmap": r_floor / r_vmap}
+    grads = comp_v(x[:chunk], y[:chunk])
+    t_grad = chunk / r_vmap
+    for k in (512, 4096):
+        proj = DenseProjector(dim, k, "rademacher", seed=0)
+        r_proj = _rate(lambda: proj.project(grads), chunk)
+        out[f"proj{k}_ex_s"] = r_proj
+        out[f"proj{k}_share"] = (chunk / r_proj) / (chunk / r_proj + t_grad)
+    return out
+
+
+def large_child(n: int, out_dir: str, chunk: int) -> None:
+    torch.set_num_threads(1)
+    model = _model()
+    t = time.perf_counter()
+    featurize(model, SyntheticInputs(n), SyntheticInputs(n, labels=True), out_dir,
+              {"params": "all", "dim": 512, "chunk_size": chunk, "seed": 0}, ids=None,
+              identity={"model": json.dumps(MODEL_CFG), "checkpoint": "init", "split": "synthetic"})
+    secs = time.perf_counter() - t
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"n": n, "seconds": secs, "peak_rss_mb": rss_mb,
+                      "bytes": (Path(out_dir) / "features.f16").stat().st_size}))
+
+
+def large(n: int, chunk: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run([sys.executable, __file__, "--child", str(n), "--out", f"{tmp}/shard", "--chunk",
+                              str(chunk)], capture_output=True, text=True, check=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=4096, help="examples for the vmap / floor timings")
+    ap.add_argument("--n-loop", type=int, default=256, help="examples for the per-example loop timing")
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--large", default="100000,1000000", help="comma-separated N for the memory runs ('' to skip)")
+    ap.add_argument("--child", type=int, default=0)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.child:
+        large_child(args.child, args.out, args.chunk)
+        return
+    s = speed(args.n, args.n_loop, args.chunk)
+    print(f"default model {MODEL_CFG}, D = {s['D']} parameters, chunk {args.chunk}, 1 thread")
+    print(f"  per-example loop : {s['loop_ex_s']:10.0f} ex/s")
+    print(f"  vmap             : {s['vmap_ex_s']:10.0f} ex/s   ({s['vmap_over_loop']:.1f}x the loop; goal >= 5x)")
+    print(f"  batched fwd+bwd  : {s['floor_ex_s']:10.0f} ex/s   (floor is {s['floor_over_vmap']:.2f}x vmap; goal <= 3x)")
+    for k in (512, 4096):
+        print(f"  projection D->{k:<5}: {s[f'proj{k}_ex_s']:10.0f} ex/s   ({100 * s[f'proj{k}_share']:.0f}% of "
+              f"gradient+projection time)")
+    figures = {"model": MODEL_CFG["name"], **{k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}}
+    for n in [int(v) for v in args.large.split(",") if v]:
+        r = large(n, args.chunk)
+        print(f"  featurize {n:>9,d} examples -> 512: {r['seconds']:8.1f} s, {n / r['seconds']:8.0f} ex/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, store {r['bytes'] / 2**20:.0f} MiB")
+        figures[f"rss_mb_{n}"] = round(r["peak_rss_mb"], 1)
+        figures[f"ex_s_{n}"] = round(n / r["seconds"], 1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
