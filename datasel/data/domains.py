@@ -87,7 +87,7 @@ def mnist1d_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     """
     domains = dict(MNIST1D_DOMAINS if cfg.get("domains") is None else cfg["domains"])
     specific = str(cfg.get("specific", "target"))
-    per_domain = int(cfg.get("per_domain", 500))
+    per_domain = int(cfg.get("per_domain", 1500))
     n_spe = int(cfg.get("n_specific", 100))
     n_test = int(cfg.get("n_specific_test", 1000))
     seed = int(cfg.get("seed", 0))
@@ -244,7 +244,7 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
     # Sorted, then shuffled with the seed: the same files on every run, spread over the whole library.
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "idlelib" not in p.parts)
     rng.shuffle(files)
-    max_files = int(cfg.get("max_files", 400))
+    max_files = int(cfg.get("max_files", 250))
     need = chunk_len * per_domain * 2  # enough text that chunks are drawn from many files
     texts: dict[str, list[str]] = {n: [] for n in [*TEXT_DOMAINS, "sessions"]}
     sizes = dict.fromkeys(texts, 0)

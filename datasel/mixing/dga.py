@@ -48,10 +48,10 @@ DGA_DEFAULTS: dict[str, Any] = {
     "init": "uniform",
 }
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "steps": 400,
+    "steps": 600,
     "batch_size": 64,
-    "lr": 3e-3,
-    "weight_decay": 0.0,
+    "lr": 1e-3,
+    "weight_decay": 0.01,
     "schedule": "constant",
     "eval_every": 50,
     "eval_batch": 512,

@@ -128,8 +128,8 @@ def train_step(smk: Any) -> None:
     run = f"dga_{strategy}_seed{seed}"
     write_table(weights_frame(res, run), smk.output.weights, "domain_weights")
     write_table(metrics_frame(res, seed), smk.output.metrics, "metrics")
-    with atomic_path(smk.output.curve) as tmp:
-        curve_frame(res, seed).write_parquet(tmp)
+    with atomic_path(smk.output.curve) as tmp:  # JSON, not Parquet: a by-product, not a catalog table
+        curve_frame(res, seed).write_json(tmp)
     with atomic_path(smk.output.model) as tmp:
         torch.save({"state_dict": {k: v.cpu() for k, v in res.model.state_dict().items()},
                     "model_cfg": cfg.get("model"), "meta": meta, "strategy": strategy, "seed": seed,
@@ -157,4 +157,4 @@ def plots_step(smk: Any) -> None:
 
     weights = pl.concat([read_table(p, "domain_weights") for p in smk.input.weights])
     plot_weight_trajectories(weights, smk.output.weights)
-    plot_loss_curves(pl.concat([pl.read_parquet(p) for p in smk.input.curves]), smk.output.loss)
+    plot_loss_curves(pl.concat([pl.read_json(p) for p in smk.input.curves]), smk.output.loss)

@@ -1,0 +1,97 @@
+# DGA (METHODS.md §2): online data mixing by Dynamic Gradient Alignment, with the uniform, natural, specific-only and
+# importance-sampling mixtures trained in the same workflow; domain_weights / metrics / scores tables, plots, models.
+
+if stage_on("dga"):
+    validate_section("dga")
+    DGA = config["dga"]
+    DGA_STRATEGIES = DGA["strategies"]
+    # What a training run depends on (not the plot/alignment/seed lists), so editing those reruns nothing here.
+    DGA_TRAIN_CFG = {k: v for k, v in DGA.items() if k not in ("data", "alignment", "strategies", "seeds")}
+    DGA_TRAIN_CFG["device"] = config.get("compute", {}).get("device", "auto")
+    if DGA["data"]["source"] == "examples" and "specific" not in DGA["task"] and "specific" not in DGA["data"]:
+        fail("the pipeline's examples table needs the specific set named", "dga.task.specific",
+             "set dga.task.specific to the domain-column value of the specific (target) rows")
+
+    def _dga_data_inputs(wc):
+        if DGA["data"]["source"] == "examples":
+            return {"examples": "results/examples/examples.parquet", "meta": "results/examples/meta.json"}
+        return {}
+
+    rule dga_data:
+        input:
+            unpack(_dga_data_inputs),
+        output:
+            examples="results/examples/dga_domains.parquet",
+            meta="results/examples/dga_domains.meta.json",
+        params:
+            data={**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})},
+        log:
+            "logs/dga/data.log",
+        script:
+            script_path("dga_data")
+
+    rule dga_train:
+        input:
+            examples=rules.dga_data.output.examples,
+            meta=rules.dga_data.output.meta,
+        output:
+            model="results/dga/models/{strategy}_seed{seed}.pt",
+            weights="results/domain_weights/dga_{strategy}_seed{seed}.parquet",
+            metrics="results/metrics/dga/{strategy}/seed{seed}.parquet",
+            curve="results/dga/curves/{strategy}_seed{seed}.json",
+        wildcard_constraints:
+            strategy="|".join(DGA_STRATEGIES),
+            seed=r"\d+",
+        params:
+            cfg=DGA_TRAIN_CFG,
+        resources:
+            gpu=1,
+        log:
+            "logs/dga/train_{strategy}_seed{seed}.log",
+        benchmark:
+            "logs/benchmarks/dga/train_{strategy}_seed{seed}.tsv"
+        script:
+            script_path("dga_train")
+
+    rule dga_alignment:
+        input:
+            examples=rules.dga_data.output.examples,
+            meta=rules.dga_data.output.meta,
+            model=f"results/dga/models/dga_seed{DGA['seeds'][0]}.pt",
+        output:
+            scores="results/scores/dga_alignment.parquet",
+        params:
+            cfg={**DGA_TRAIN_CFG, "alignment": DGA["alignment"]},
+        resources:
+            gpu=1,
+        log:
+            "logs/dga/alignment.log",
+        script:
+            script_path("dga_alignment")
+
+    ruleorder: dga_alignment > score
+
+    rule dga_plots:
+        input:
+            weights=expand("results/domain_weights/dga_{s}_seed{seed}.parquet",
+                           s=[s for s in DGA_STRATEGIES if s in ("dga", "importance")] or DGA_STRATEGIES[:1],
+                           seed=DGA["seeds"][0]),
+            curves=expand("results/dga/curves/{s}_seed{seed}.json", s=DGA_STRATEGIES, seed=DGA["seeds"]),
+        output:
+            weights=report("results/plots/dga_weights.png", category="DGA",
+                           caption="../workflow/report/dga_weights.rst"),
+            loss=report("results/plots/dga_loss.png", category="DGA", caption="../workflow/report/dga_loss.rst"),
+        log:
+            "logs/dga/plots.log",
+        script:
+            script_path("dga_plots")
+
+    def _dga_targets():
+        runs = expand("results/{{table}}/dga_{s}_seed{seed}.parquet", s=DGA_STRATEGIES, seed=DGA["seeds"])
+        out = [r.format(table="domain_weights") for r in runs]
+        out += expand("results/metrics/dga/{s}/seed{seed}.parquet", s=DGA_STRATEGIES, seed=DGA["seeds"])
+        if "dga" in DGA_STRATEGIES:
+            out.append("results/scores/dga_alignment.parquet")
+        return out + [*rules.dga_plots.output]
+
+    register_targets("dga", _dga_targets)
