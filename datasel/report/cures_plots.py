@@ -1,0 +1,116 @@
+"""CurES report: held-out accuracy against rollouts consumed, the difficulty (p̂) distribution over iterations, and a
+summary of final accuracy and rollouts-to-reach-GRPO per curriculum."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from datasel.store import atomic_path, read_table  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def accuracy_curves(metrics: pl.DataFrame) -> pl.DataFrame:
+    """selection, seed, rollouts, value of the held-out accuracy rows."""
+    return metrics.filter(pl.col("metric") == "accuracy").select("selection", "seed", "rollouts", "value")
+
+
+def summarize(acc: pl.DataFrame, baseline: str = "grpo") -> dict[str, dict[str, Any]]:
+    """Per run: final accuracy (mean, std, per seed), normalized area under the accuracy-vs-rollouts curve, and the
+    rollouts needed to reach the baseline's final accuracy of the same seed (mean over seeds; None if never)."""
+    out: dict[str, dict[str, Any]] = {}
+    base = {s: g.sort("rollouts")["value"][-1] for (s,), g in acc.filter(pl.col("selection") == baseline).group_by("seed")}
+    total = float(acc["rollouts"].max())
+    for (run,), part in sorted(acc.group_by("selection"), key=lambda kv: kv[0][0]):
+        finals, aucs, reach = [], [], []
+        for (seed,), g in sorted(part.group_by("seed"), key=lambda kv: kv[0][0]):
+            g = g.sort("rollouts")
+            x, y = np.asarray(g["rollouts"], dtype=float), np.asarray(g["value"], dtype=float)
+            finals.append(float(y[-1]))
+            aucs.append(float(np.trapezoid(y, x) / max(x[-1] - x[0], 1.0)))
+            if seed in base:
+                hit = np.nonzero(y >= base[seed] - 1e-9)[0]
+                reach.append(float(x[hit[0]]) if len(hit) else float("inf"))
+        r = float(np.mean(reach)) if reach and np.all(np.isfinite(reach)) else None
+        out[run] = {
+            "final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)), "finals": finals,
+            "auc_mean": float(np.mean(aucs)), "rollouts_to_baseline_final": r,
+            "speedup_vs_baseline": round(total / r, 2) if r else None,
+            "seeds_reaching_baseline": int(np.sum(np.isfinite(reach))) if reach else 0,
+        }
+    return out
+
+
+def plot_accuracy(acc: pl.DataFrame, path: str | Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (run,), part in sorted(acc.group_by("selection"), key=lambda kv: kv[0][0]):
+        m = part.group_by("rollouts").agg(pl.col("value").mean().alias("m"), pl.col("value").std().alias("s")).sort("rollouts")
+        x, y, s = m["rollouts"].to_numpy(), m["m"].to_numpy(), np.nan_to_num(m["s"].to_numpy())
+        ax.plot(x, y, label=run)
+        ax.fill_between(x, y - s, y + s, alpha=0.15)
+    ax.set_xlabel("rollouts consumed")
+    ax.set_ylabel("held-out accuracy (greedy)")
+    ax.set_title("accuracy vs rollouts (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_difficulty(stats: pl.DataFrame, path: str | Path, bins: int = 10) -> None:
+    """Per run: top, the pool's p̂ distribution per iteration; bottom, the share of rollouts spent per p̂ bin."""
+    stats = stats.with_columns(pl.col("run").str.replace(r"_seed\d+$", "").alias("curriculum"))
+    runs = sorted(stats["curriculum"].unique().to_list())
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs), 5.5), squeeze=False, sharey=True)
+    edges = np.linspace(0, 1, bins + 1)
+    for j, run in enumerate(runs):
+        part = stats.filter(pl.col("curriculum") == run)
+        iters = sorted(part["iteration"].unique().to_list())
+        pool = np.zeros((bins, len(iters)))
+        spent = np.zeros((bins, len(iters)))
+        for k, it in enumerate(iters):
+            p = part.filter(pl.col("iteration") == it)
+            ph, r = p["p_hat"].to_numpy(), p["rollouts"].to_numpy().astype(float)
+            pool[:, k] = np.histogram(ph, edges)[0] / max(len(ph), 1)
+            spent[:, k] = np.histogram(ph, edges, weights=r)[0] / max(r.sum(), 1)
+        for row, (mat, what) in enumerate(((pool, "pool share"), (spent, "rollout share"))):
+            ax = axes[row, j]
+            im = ax.imshow(mat, origin="lower", aspect="auto", extent=(iters[0] - 0.5, iters[-1] + 0.5, 0, 1),
+                           cmap="viridis", vmin=0)
+            ax.set_title(f"{run}: {what}", fontsize=8)
+            ax.set_xlabel("iteration")
+            if j == 0:
+                ax.set_ylabel("posterior p̂")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def report_step(smk: Any) -> None:
+    """rule cures_report: metrics + prompt_stats tables → two plots and summary.json."""
+    metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="diagonal_relaxed")
+    stats = pl.concat([read_table(p, "prompt_stats") for p in smk.input.prompt_stats], how="diagonal_relaxed")
+    acc = accuracy_curves(metrics)
+    plot_accuracy(acc, smk.output.accuracy)
+    plot_difficulty(stats, smk.output.difficulty)
+    summary = summarize(acc, "grpo" if "grpo" in acc["selection"].to_list() else acc["selection"][0])
+    with atomic_path(smk.output.summary) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
+    for run, s in summary.items():
+        log.info("%s: final held-out accuracy %.3f ± %.3f, rollouts to baseline's final %s", run, s["final_mean"],
+                 s["final_std"], s["rollouts_to_baseline_final"])

@@ -1,0 +1,89 @@
+# CurES: prompt curricula for RL with verifiable rewards. prompts -> warm-started policy per seed -> one GRPO run
+# per (curriculum, seed) declaring its per-iteration checkpoints -> metrics + prompt_stats tables -> plots.
+
+
+if stage_on("cures"):
+    validate_section("cures")
+    CURES = config["cures"]
+
+    def cures_iterations():
+        b = CURES["budget"]
+        n, every = b["iterations"], b["checkpoint_every"]
+        return [i for i in range(1, n + 1) if i % every == 0 or i == n]
+
+    rule cures_prompts:
+        output:
+            prompts="results/rl_prompts/prompts.parquet",
+        params:
+            prompts=CURES["prompts"],
+            seed=CURES["prompts"]["seed"],
+        log:
+            "logs/cures/prompts.log",
+        script:
+            script_path("cures_prompts")
+
+    rule cures_warmstart:
+        input:
+            prompts="results/rl_prompts/prompts.parquet",
+        output:
+            ckpt="results/rl/warmstart/seed{seed}.pt",
+            history="results/rl/warmstart/seed{seed}.json",
+        params:
+            policy={**CURES["policy"], "device": CURES["device"]},
+            warmstart=CURES["warmstart"],
+        wildcard_constraints:
+            seed=r"\d+",
+        resources:
+            gpu=1,
+        log:
+            "logs/cures/warmstart/seed{seed}.log",
+        benchmark:
+            "logs/benchmarks/cures/warmstart/seed{seed}.tsv"
+        script:
+            script_path("cures_warmstart")
+
+    rule cures_train:
+        input:
+            prompts="results/rl_prompts/prompts.parquet",
+            ckpt="results/rl/warmstart/seed{seed}.pt",
+        output:
+            metrics="results/metrics/cures/{run}__seed{seed}.parquet",
+            prompt_stats="results/prompt_stats/{run}__seed{seed}.parquet",
+            iterations=expand("results/rl/{{run}}/seed{{seed}}/iter{i}.pt", i=cures_iterations()),
+        params:
+            run=lambda wc: CURES["runs"][wc.run],
+            budget=CURES["budget"],
+            grpo=CURES["grpo"],
+            eval=CURES["eval"],
+            policy={"device": CURES["device"]},
+        wildcard_constraints:
+            run=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
+            seed=r"\d+",
+        resources:
+            gpu=1,
+        log:
+            "logs/cures/train/{run}__seed{seed}.log",
+        benchmark:
+            "logs/benchmarks/cures/train/{run}__seed{seed}.tsv"
+        script:
+            script_path("cures_train")
+
+    def cures_tables(kind):
+        folder = {"metrics": "metrics/cures", "prompt_stats": "prompt_stats"}[kind]
+        return expand(f"results/{folder}/{{run}}__seed{{seed}}.parquet", run=CURES["runs"], seed=CURES["seeds"])
+
+    rule cures_report:
+        input:
+            metrics=cures_tables("metrics"),
+            prompt_stats=cures_tables("prompt_stats"),
+        output:
+            accuracy=report("results/plots/cures_accuracy.png", category="CurES"),
+            difficulty=report("results/plots/cures_difficulty.png", category="CurES"),
+            summary="results/rl/summary.json",
+        log:
+            "logs/cures/report.log",
+        script:
+            script_path("cures_report")
+
+    register_targets("cures", lambda: [*cures_tables("metrics"), *cures_tables("prompt_stats"),
+                                       *rules.cures_report.output])
