@@ -7,6 +7,7 @@ Views read the Parquet files in place (relative paths, so the catalog works from
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import duckdb
@@ -28,11 +29,14 @@ def table_folders(results: Path) -> dict[str, list[Path]]:
 
 def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
     """(Re)build the catalog; returns the row count of each view."""
-    results = Path(results)
+    results = Path(results).resolve()
     counts = {}
+    cwd = os.getcwd()
     with atomic_path(db_path) as tmp:
         tmp.unlink()  # duckdb refuses to open an empty file as a database
         con = duckdb.connect(str(tmp))
+        # views bind their relative paths at creation, so create them from where users will query them
+        os.chdir(results.parent)
         try:
             for name, files in table_folders(results).items():
                 rel = [str(Path(results.name) / f.relative_to(results)) for f in files]
@@ -44,5 +48,6 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
                 known = "declared" if name in SCHEMAS else "undeclared"
                 log.info("catalog view %s (%s schema): %d rows from %d files", name, known, counts[name], len(files))
         finally:
+            os.chdir(cwd)
             con.close()
     return counts

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny MNIST-1D examples table and a workflow runner on tiny configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("DATASEL_PROGRESS", "0")
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "stages": ["selection"],
+    "data": {"source": "mnist1d", "mnist1d": {"num_samples": 600, "seed": 3}, "noise": {"fraction": 0.2, "seed": 0}},
+    "proxy": {"seeds": 2, "model": {"name": "mlp", "hidden": [32]}, "epochs": 3, "checkpoints": [0, 1, 3],
+              "batch_size": 64},
+    "scoring": {"el2n": {"method": "el2n", "epoch": 1}, "grand": {"method": "grand", "epoch": 1}},
+    "selection": {"fractions": [0.5], "policies": {"random": {"policy": "random"},
+                                                    "el2n_offset": {"policy": "offset", "score": "el2n", "offset": 0.1}}},
+    "training": {"model": {"name": "mlp", "hidden": [32]}, "seeds": [0, 1], "budget": {"unit": "steps", "value": 40},
+                 "batch_size": 64},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_examples():
+    from datasel.data.prepare import build_examples
+
+    return build_examples(TINY["data"])
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    """A working folder with the repo's config/ (for experiments) and our config as config/config.yaml."""
+    shutil.copytree(ROOT / "config", workdir / "config", dirs_exist_ok=True)
+    path = workdir / "config" / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--scheduler", "greedy", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "DATASEL_PROGRESS": "0"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
