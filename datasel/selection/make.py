@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datasel.errors import DataError
+from datasel.errors import ConfigError, DataError
 from datasel.selection.base import POLICIES, kept_count
 from datasel.selection.curriculum import order_positions
 
@@ -63,6 +63,9 @@ def make_selection(
 ) -> pl.DataFrame:
     """The selection table for one policy entry at one kept fraction (rows for every training example)."""
     policy = POLICIES.get(cfg["policy"], where=f"selection.policies.{name}.policy")(cfg)
+    if policy.needs_score and scores is None:
+        raise ConfigError(f"policy '{cfg['policy']}' needs a score table", field=f"selection.policies.{name}.score",
+                          fix="name a scoring entry in 'score'")
     pool = build_pool(examples, scores if policy.needs_score else None, score_source)
     n_keep = kept_count(pool.height, fraction)
     chosen = _stratified(policy, pool, n_keep, seed) if cfg.get("stratify") else policy.choose(pool, n_keep, seed)
