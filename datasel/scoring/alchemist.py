@@ -3,7 +3,7 @@
 Per proxy run (a checkpoint of the proxy model):
 
 1. build each training example's rater input from the checkpoint: its penultimate activations (``penultimate``),
-   a seeded random projection of its last-layer loss gradient (``grad``), its one-hot label (``label``) and/or its
+   a seeded random projection (:mod:`datasel.features.projectors`) of its last-layer loss gradient (``grad``), its one-hot label (``label``) and/or its
    loss (``loss``) — ``features`` picks and concatenates them, each block z-scored on the training set;
 2. meta-train the rater with the penalty-based bilevel loop of :mod:`datasel.meta.bilevel` (train split = training
    data, val split = the validation set);
@@ -31,6 +31,7 @@ from torch import nn
 
 from datasel.errors import ConfigError, DataError
 from datasel.features.grads import per_sample_grads
+from datasel.features.projectors import make_projector
 from datasel.meta.bilevel import BilevelConfig, MetaHistory, cross_entropy_per_sample, train_rater
 from datasel.meta.rater import Rater, rate
 from datasel.runtime import pick_device, seed_everything
@@ -45,17 +46,6 @@ WHERE = "scoring.alchemist"
 def _zscore(block: torch.Tensor) -> torch.Tensor:
     mu, sd = block.mean(0, keepdim=True), block.std(0, keepdim=True)
     return (block - mu) / sd.clamp_min(1e-6)
-
-
-def random_projection(g: torch.Tensor, dim: int, seed: int, chunk_size: int = 4096) -> torch.Tensor:
-    """Project rows of ``g`` (N, D) to ``dim`` with a seeded Rademacher matrix scaled by 1/√dim (Johnson–
-    Lindenstrauss: inner products are kept in expectation). Rows stream through in chunks; D ≤ dim is passed as is."""
-    if g.shape[1] <= dim:
-        return g
-    gen = torch.Generator().manual_seed(seed)
-    proj = (torch.randint(0, 2, (g.shape[1], dim), generator=gen, dtype=torch.int8).to(g.dtype) * 2 - 1) / dim**0.5
-    proj = proj.to(g.device)
-    return torch.cat([g[i : i + chunk_size] @ proj for i in range(0, g.shape[0], chunk_size)])
 
 
 @torch.no_grad()
@@ -78,6 +68,7 @@ def rater_features(
     proj_dim: int = 64,
     grad_params: str | list[str] = "last_layer",
     seed: int = 0,
+    projector: str = "rademacher",
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """The rater's input for every example of (x, y): the chosen blocks, each z-scored, concatenated."""
@@ -95,7 +86,9 @@ def rater_features(
             block = _penultimate(model, x, chunk_size)
         elif kind == "grad":
             g = per_sample_grads(model, x, y, F.cross_entropy, params=grad_params, chunk_size=chunk_size)
-            block = random_projection(g, int(proj_dim), seed)
+            # the shared seeded projector (JL: inner products kept in expectation); widths <= proj_dim pass as is
+            dim = int(proj_dim) if g.shape[1] > int(proj_dim) else 0
+            block = make_projector({"projector": projector, "dim": dim, "seed": seed}, g.shape[1], g.device).project(g)
         elif kind == "label":
             block = F.one_hot(y, num_classes).to(x.dtype)
         else:
@@ -132,6 +125,7 @@ def alchemist_run(
     feats = rater_features(
         model.to(dev), x.to(dev), y.to(dev), num_classes, list(cfg.get("features", ["penultimate", "label", "grad"])),
         proj_dim=int(cfg.get("proj_dim", 64)), grad_params=cfg.get("grad_params", "last_layer"), seed=seed,
+        projector=str(cfg.get("projector", "rademacher")),
     )
     t1 = time.perf_counter()
     rater = build_rater(feats.shape[1], cfg)
