@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from datasel.report.cures_plots import summarize
 from datasel.rl.loop import new_policy, run_rl, split_lists
 from datasel.rl.policy import load_policy
 from datasel.rl.prompts import build_prompt_sets
@@ -79,7 +80,7 @@ def main() -> None:
             print(f"  {run:14s} final held-out accuracy {acc['value'][-1]:.3f} (start {acc['value'][0]:.3f}, "
                   f"{time.time() - t0:.0f}s)", flush=True)
     df = pl.concat(curves)
-    summary = summarize(df, args.runs)
+    summary = summarize(df, "grpo" if "grpo" in args.runs else args.runs[0])
     print("\nheld-out accuracy vs rollouts consumed (mean over seeds):")
     mean = df.group_by("selection", "rollouts").agg(pl.col("value").mean()).sort("rollouts")
     grid = sorted(set(mean["rollouts"].to_list()))
@@ -93,34 +94,11 @@ def main() -> None:
     for run in args.runs:
         s = summary[run]
         print(f"  {run:14s} final {s['final_mean']:.3f} ± {s['final_std']:.3f}   AUC {s['auc_mean']:.3f}   "
-              f"rollouts to reach GRPO's final accuracy {s['rollouts_to_grpo_final']}   "
-              f"speed-up vs GRPO {s['speedup_vs_grpo']}   time {timing[run]:.0f}s")
+              f"rollouts to first reach GRPO's final accuracy {s['rollouts_to_baseline_final']} "
+              f"({s['seeds_reaching_baseline']}/{len(args.seeds)} seeds)   time {timing[run]:.0f}s")
     out = {"seeds": args.seeds, "iterations": args.iterations, "rollouts_per_iteration": args.budget,
-           "total_rollouts": args.iterations * args.budget, **{f"{k}": v for k, v in summary.items()}}
+           "total_rollouts": args.iterations * args.budget, **summary}
     print(json.dumps(out))
-
-
-def summarize(df: pl.DataFrame, runs: list[str]) -> dict[str, dict]:
-    """Final accuracy, normalized area under the curve, and rollouts to reach GRPO's final accuracy (per seed)."""
-    out: dict[str, dict] = {}
-    grpo_final = {s: g.sort("rollouts")["value"][-1] for (s,), g in df.filter(pl.col("selection") == "grpo").group_by("seed")}
-    for run in runs:
-        finals, aucs, reach = [], [], []
-        for (seed,), g in df.filter(pl.col("selection") == run).group_by("seed"):
-            g = g.sort("rollouts")
-            x, y = np.array(g["rollouts"], dtype=float), np.array(g["value"], dtype=float)
-            finals.append(y[-1])
-            aucs.append(float(np.trapezoid(y, x) / (x[-1] - x[0])))
-            if seed in grpo_final:
-                hit = np.nonzero(y >= grpo_final[seed] - 1e-9)[0]
-                reach.append(float(x[hit[0]]) if len(hit) else float("inf"))
-        total = float(df["rollouts"].max())
-        r = float(np.mean(reach)) if reach and all(np.isfinite(reach)) else None
-        out[run] = {"final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
-                    "auc_mean": float(np.mean(aucs)), "finals": [float(f) for f in finals],
-                    "rollouts_to_grpo_final": r,
-                    "speedup_vs_grpo": round(total / r, 2) if r else None}
-    return out
 
 
 if __name__ == "__main__":
