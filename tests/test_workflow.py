@@ -43,7 +43,7 @@ def test_full_run_produces_every_table(done_run):
     try:
         views = {r[0] for r in con.sql("select table_name from information_schema.tables").fetchall()}
         assert {"examples", "scores", "selections", "metrics"} <= views
-        assert dict(con.sql("select method, count(*) from scores group by 1").fetchall()) == {"el2n": 480, "grand": 480}
+        assert dict(con.sql("select method, count(*) from scores group by 1").fetchall()) == {"el2n": 432, "grand": 432}
     finally:
         os.chdir(cwd)
     assert not list(res.rglob(".tmp-*"))
