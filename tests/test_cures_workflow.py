@@ -35,7 +35,7 @@ def _experiment(workdir, cfg) -> str:
 
 
 @pytest.mark.slow
-def test_cures_stage_end_to_end(tmp_path) -> None:
+def test_cures_stage_end_to_end(tmp_path, monkeypatch) -> None:
     exp = _experiment(tmp_path, TINY_CURES)
     snakemake(tmp_path, "--configfile", exp)
     res = tmp_path / "results"
@@ -45,9 +45,7 @@ def test_cures_stage_end_to_end(tmp_path) -> None:
     for plot in ("cures_accuracy.png", "cures_difficulty.png"):
         assert (res / "plots" / plot).stat().st_size > 1000
     con = duckdb.connect(str(res / "catalog.duckdb"), read_only=True)
-    import os
-
-    os.chdir(tmp_path)  # catalog views hold paths relative to the folder that holds results/
+    monkeypatch.chdir(tmp_path)  # catalog views hold paths relative to the folder that holds results/
     rows = con.execute("select run, max(iteration), sum(rollouts) from prompt_stats group by run order by run").fetchall()
     assert [r[0] for r in rows] == ["cures_seed0", "grpo_seed0"] and all(r[1] == 2 for r in rows)
     assert all(r[2] <= 2 * 48 for r in rows)
