@@ -229,3 +229,33 @@ def test_bad_input_is_refused_with_a_named_field():
     with pytest.raises(DataselError) as err:
         build_task(df, {**META, "specific": "nope"}, {}, source="results/x.parquet")
     assert "results/x.parquet" in str(err.value) and "fix:" in str(err.value)
+
+
+def test_language_model_case_and_its_alignment_scores():
+    """Char-level TinyGPT: the target uses a/b/z/space, so the domain over a/b/c/space must beat the x/y/z one."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dom, chars in [("abc", "abc "), ("xyz", "xyz\n"), ("target", "abz ")]:
+        for split in ("train", "test"):
+            for i in range(16):
+                rows.append((f"{dom}{split}{i}", dom, split, "".join(rng.choice(list(chars), 9))))
+    df = pl.DataFrame(rows, schema=["example_id", "domain", "split", "text"], orient="row").with_columns(
+        pl.lit("s").alias("source"), pl.lit(0).alias("label"), pl.lit(0).alias("label_orig"),
+        pl.lit(False).alias("is_noisy"))
+    meta = {"kind": "text", "vocab": " \nabcxyz?", "vocab_size": 9, "block_size": 8, "specific": "target"}
+    task = build_task(df, meta, {})
+    assert task.xs[0].shape == (16, 8) and task.ys[0].dtype == torch.long
+    cfg = {"model": {"name": "tiny_gpt", "d_model": 16, "n_layer": 1, "n_head": 2},
+           "train": {"steps": 30, "lr": 1e-2, "batch_size": 8, "eval_every": 10},
+           "dga": {"update_every": 5, "align_batch": 8, "eta": 2.0}}
+    res = train_mixture(task, cfg, "dga")
+    alpha = dict(zip(res.domains, res.weights[-1][1]))
+    assert alpha["abc"] > alpha["xyz"], alpha
+    # at initialization the target's gradient (raise a, b, z, space) points the way the abc domain's does
+    from datasel.models import build_model
+
+    torch.manual_seed(0)
+    table = alignment_table(build_model(cfg["model"], meta), task, {})
+    mean = dict(table.group_by("domain").agg(pl.col("score").mean()).iter_rows())
+    assert mean["abc"] > mean["xyz"], mean
+    assert table.height == 32 and table["score"].is_between(-1, 1).all()

@@ -99,3 +99,12 @@ def test_text_domains_bad_input(tmp_path):
         stdlib_text_domains({"domains": ["poetry"]})
     with pytest.raises(Exception, match="does not exist"):
         stdlib_text_domains({"stdlib": str(tmp_path / "missing")})
+
+
+def test_unequal_domain_sizes():
+    df, _ = mnist1d_domains({**SMALL, "per_domain": {"clean": 30, "shift": 10, "scale": 5, "iid_noise": 5,
+                                                     "corr_noise": 5, "shear": 5}})
+    sizes = dict(df.filter(pl.col("split") == "train").group_by("domain").len().iter_rows())
+    assert sizes["clean"] == 30 and sizes["shift"] == 10 and sizes["target"] == 20
+    with pytest.raises(ConfigError, match="no size"):
+        mnist1d_domains({**SMALL, "per_domain": {"clean": 30}})

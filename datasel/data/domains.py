@@ -54,6 +54,22 @@ MNIST1D_TARGET: dict[str, Any] = {"scale_coeff": 0.4, "max_translation": 48, "co
                                   "iid_noise_scale": 0.02, "shear_scale": 0.75}
 
 
+def domain_sizes(spec: int | dict[str, int], names: list[str], where: str) -> dict[str, int]:
+    """Examples per domain: one number for all, or a mapping name -> size (unequal sizes make the natural
+    mixture differ from the uniform one)."""
+    if isinstance(spec, dict):
+        missing = sorted(set(names) - set(spec))
+        if missing:
+            raise ConfigError(f"no size for domain(s) {missing}", field=where, fix="give every domain a size")
+        sizes = {n: int(spec[n]) for n in names}
+    else:
+        sizes = dict.fromkeys(names, int(spec))
+    bad = [n for n, v in sizes.items() if v < 1]
+    if bad:
+        raise ConfigError(f"domain(s) {bad} would be empty", field=where, fix="use sizes >= 1")
+    return sizes
+
+
 def _mnist1d_block(settings: dict[str, Any], n: int, seed: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -87,7 +103,7 @@ def mnist1d_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     """
     domains = dict(MNIST1D_DOMAINS if cfg.get("domains") is None else cfg["domains"])
     specific = str(cfg.get("specific", "target"))
-    per_domain = int(cfg.get("per_domain", 1500))
+    sizes = domain_sizes(cfg.get("per_domain", 1500), sorted(domains), "dga.data.per_domain")
     n_spe = int(cfg.get("n_specific", 100))
     n_test = int(cfg.get("n_specific_test", 1000))
     seed = int(cfg.get("seed", 0))
@@ -96,12 +112,11 @@ def mnist1d_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     if specific in domains:
         raise ConfigError(f"the specific domain '{specific}' is also a generic domain", field="dga.data.specific",
                           fix="give the held-out setting a name no generic domain uses")
-    if per_domain < 1 or n_spe < 1 or n_test < 1:
-        raise ConfigError("per_domain, n_specific and n_specific_test must be >= 1", field="dga.data",
-                          fix="use positive sizes")
+    if n_spe < 1 or n_test < 1:
+        raise ConfigError("n_specific and n_specific_test must be >= 1", field="dga.data", fix="use positive sizes")
     xs, ys, doms, splits = [], [], [], []
     for i, (name, settings) in enumerate(sorted(domains.items())):
-        x, y = _mnist1d_block(dict(settings or {}), per_domain, seed * 1000 + i + 1, f"dga.data.domains.{name}")
+        x, y = _mnist1d_block(dict(settings or {}), sizes[name], seed * 1000 + i + 1, f"dga.data.domains.{name}")
         xs.append(x)
         ys.append(y)
         doms += [name] * len(y)
@@ -224,7 +239,7 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
     specific ``sessions`` domain), ``stdlib`` (path; default: this interpreter's), ``max_files``, ``seed``.
     """
     chunk_len = int(cfg.get("chunk_len", 65))
-    per_domain = int(cfg.get("per_domain", 400))
+    per_domain_spec = cfg.get("per_domain", 400)
     n_spe = int(cfg.get("n_specific", 40))
     n_test = int(cfg.get("n_specific_test", 200))
     names = list(cfg.get("domains") or TEXT_DOMAINS)
@@ -240,6 +255,8 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
     if not root.is_dir():
         raise DataError("the Python standard library folder does not exist", file=root,
                         fix="set dga.data.stdlib to the folder that holds os.py")
+    sizes = domain_sizes(per_domain_spec, sorted(names), "dga.data.per_domain")
+    per_domain = max(sizes.values())
     rng = random.Random(seed)
     # Sorted, then shuffled with the seed: the same files on every run, spread over the whole library.
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "idlelib" not in p.parts)
@@ -247,7 +264,7 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
     max_files = int(cfg.get("max_files", 250))
     need = chunk_len * per_domain * 2  # enough text that chunks are drawn from many files
     texts: dict[str, list[str]] = {n: [] for n in [*TEXT_DOMAINS, "sessions"]}
-    sizes = dict.fromkeys(texts, 0)
+    mined = dict.fromkeys(texts, 0)
     for path in files[:max_files]:
         try:
             src = path.read_text(encoding="utf-8")
@@ -258,9 +275,9 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
         if is_test:
             parts = {"tests": _split_sessions(src)[0], "sessions": parts["sessions"]}
         for name, text in parts.items():
-            if text and sizes[name] < need * (3 if name == "sessions" else 1):
+            if text and mined[name] < need * (3 if name == "sessions" else 1):
                 texts[name].append(text)
-                sizes[name] += len(text)
+                mined[name] += len(text)
     import pydoc_data.topics as topics
 
     for key in sorted(topics.topics):
@@ -269,7 +286,7 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
         texts["sessions"].append(sess)
     rows: list[tuple[str, str, str]] = []  # (domain, split, text)
     for name in sorted(names):
-        chunks = _chunks(_clean("\n\n".join(texts[name])), chunk_len, per_domain, rng)
+        chunks = _chunks(_clean("\n\n".join(texts[name])), chunk_len, sizes[name], rng)
         if not chunks:
             raise DataError(f"the text domain '{name}' came out empty", file=root, field="dga.data.domains",
                             fix="raise max_files or drop this domain")

@@ -20,7 +20,7 @@ from datasel.mixing.basis import make_basis
 from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_labels, row_embeddings
 from datasel.mixing.dga import MixtureResult, train_mixture
 from datasel.mixing.task import MixingTask, build_task, encode_rows
-from datasel.runtime import seed_everything
+from datasel.runtime import pick_device, seed_everything
 from datasel.store import atomic_path, read_table, write_table
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ def alignment_step(smk: Any) -> None:
     ckpt = torch.load(smk.input.model, map_location="cpu", weights_only=False)
     model = build_model(dict(ckpt["model_cfg"] or {"name": "mlp"}), meta)
     model.load_state_dict(ckpt["state_dict"])
-    df = alignment_table(model, task, dict(cfg.get("alignment") or {}))
+    device = pick_device(str(cfg.get("device", "auto")))
+    df = alignment_table(model.to(device), task.to(device), dict(cfg.get("alignment") or {}))
     write_table(finalize_scores(df, "dga_alignment"), smk.output.scores, "scores")
 
 
