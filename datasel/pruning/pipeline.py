@@ -205,3 +205,18 @@ def step_gather(smk: Any) -> None:
                 params[n].copy_(t)
     write_table(pl.DataFrame(rows), smk.output.param_scores, "param_scores")
     plot_gaprune(metrics, smk.output.plot, metric=cfg.get("plot_metric", "ndcg@10"))
+
+
+def step_example_scores(smk: Any) -> None:
+    """The per-example extension (ours) as a ``scores`` table over the chosen set's training triplets."""
+    import polars as pl  # noqa: F401  (the scorer returns a polars frame)
+
+    from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
+    from datasel.store import write_table
+
+    cfg = _cfg(smk)
+    scorer = SCORERS.get("gaprune_example", where="gaprune.example_scores")(cfg)
+    inputs = ScoreInputs(examples=Path(smk.input.triplets), meta={}, device=cfg.get("device", "auto"),
+                         seed=int(cfg.get("seed", 0)),
+                         extra={"triplets": Path(smk.input.triplets), "stats": Path(smk.input.stats)})
+    write_table(finalize_scores(scorer.score(inputs), "gaprune_example"), smk.output.scores, "scores")

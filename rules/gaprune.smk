@@ -1,0 +1,110 @@
+# GAPrune: triplets (stdlib code/prose or user data) -> Fisher + alignment statistics -> one job per
+# (pruning method, sparsity) that prunes, evaluates, retrains with the mask fixed and evaluates again -> metrics,
+# param_scores, plot; plus the per-example extension (ours) as a score table.
+
+
+if stage_on("gaprune"):
+    validate_section("gaprune")
+    GAP = config["gaprune"]
+    GAP_MODEL = {k: GAP[k] for k in ("model", "max_seq_len", "device", "seed")}
+
+    def gaprune_runs():
+        pcts = sorted({int(round(s * 100)) for s in GAP["sparsities"]})
+        return ["dense_s00"] + [f"{m}_s{p:02d}" for m in GAP["methods"] for p in pcts]
+
+    rule gaprune_triplets:
+        output:
+            triplets="results/gaprune/triplets.parquet",
+        params:
+            cfg={**GAP_MODEL, "data": GAP["data"]},
+        resources:
+            gpu=1,
+        log:
+            "logs/gaprune/triplets.log",
+        benchmark:
+            "logs/benchmarks/gaprune/triplets.tsv"
+        script:
+            script_path("gaprune_triplets")
+
+    rule gaprune_stats:
+        input:
+            triplets="results/gaprune/triplets.parquet",
+        output:
+            stats="results/gaprune/stats.pt",
+        params:
+            cfg={**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]},
+        resources:
+            gpu=1,
+        log:
+            "logs/gaprune/stats.log",
+        benchmark:
+            "logs/benchmarks/gaprune/stats.tsv"
+        script:
+            script_path("gaprune_stats")
+
+    rule gaprune_run:
+        input:
+            triplets="results/gaprune/triplets.parquet",
+            stats="results/gaprune/stats.pt",
+        output:
+            metrics="results/gaprune/runs/{method}_s{pct}.parquet",
+            run_dir=directory("results/gaprune/models/{method}_s{pct}"),
+        params:
+            cfg=lambda wc: {**GAP_MODEL, "prune": GAP["prune"], "retrain": GAP["retrain"], "eval": GAP["eval"],
+                            "save_models": GAP["save_models"],
+                            **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {})},
+        wildcard_constraints:
+            method=r"[a-z_]+",
+            pct=r"\d+",
+        resources:
+            gpu=1,
+        log:
+            "logs/gaprune/run/{method}_s{pct}.log",
+        benchmark:
+            "logs/benchmarks/gaprune/run/{method}_s{pct}.tsv"
+        script:
+            script_path("gaprune_run")
+
+    rule gaprune_gather:
+        input:
+            metrics=lambda wc: expand("results/gaprune/runs/{r}.parquet", r=gaprune_runs()),
+            run_dirs=lambda wc: expand("results/gaprune/models/{r}", r=gaprune_runs()),
+            stats="results/gaprune/stats.pt",
+        output:
+            metrics="results/metrics/gaprune.parquet",
+            param_scores="results/param_scores/gaprune.parquet",
+            plot=report("results/plots/gaprune.png", category="GAPrune"),
+        params:
+            cfg={**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]},
+        log:
+            "logs/gaprune/gather.log",
+        script:
+            script_path("gaprune_gather")
+
+    rule gaprune_example_scores:
+        input:
+            triplets="results/gaprune/triplets.parquet",
+            stats="results/gaprune/stats.pt",
+        output:
+            scores="results/scores/gaprune_example.parquet",
+        params:
+            cfg={**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]},
+        resources:
+            gpu=1,
+        log:
+            "logs/gaprune/example_scores.log",
+        benchmark:
+            "logs/benchmarks/gaprune/example_scores.tsv"
+        script:
+            script_path("gaprune_scores")
+
+    # results/scores/{method}.parquet is also the generic `score` rule's pattern: this table is GAPrune's own
+    ruleorder: gaprune_example_scores > score
+
+    register_targets(
+        "gaprune",
+        lambda: [
+            *rules.gaprune_gather.output,
+            *(rules.gaprune_example_scores.output if GAP["example_scores"]["enabled"] else []),
+        ],
+    )
