@@ -8,9 +8,11 @@ if stage_on("dga"):
     # What a training run depends on (not the plot/alignment/seed lists), so editing those reruns nothing here.
     DGA_TRAIN_CFG = {k: v for k, v in DGA.items() if k not in ("data", "alignment", "strategies", "seeds")}
     DGA_TRAIN_CFG["device"] = config.get("compute", {}).get("device", "auto")
-    if DGA["data"]["source"] == "examples" and "specific" not in DGA["task"] and "specific" not in DGA["data"]:
+    if DGA["data"]["source"] == "examples" and not any(
+        k in DGA["task"] for k in ("specific", "specific_split")
+    ) and "specific" not in DGA["data"]:
         fail("the pipeline's examples table needs the specific set named", "dga.task.specific",
-             "set dga.task.specific to the domain-column value of the specific (target) rows")
+             "set dga.task.specific to the domain-column value of the specific rows, or dga.task.specific_split")
 
     def _dga_data_inputs(wc):
         if DGA["data"]["source"] == "examples":

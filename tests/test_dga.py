@@ -259,3 +259,19 @@ def test_language_model_case_and_its_alignment_scores():
     mean = dict(table.group_by("domain").agg(pl.col("score").mean()).iter_rows())
     assert mean["abc"] > mean["xyz"], mean
     assert table.height == 32 and table["score"].is_between(-1, 1).all()
+
+
+def test_no_domain_labels_specific_split_and_kmeans():
+    """Data without a domain column: the validation split is the specific set, the pool is clustered by k-means."""
+    df = synthetic(60, 20).drop("domain")
+    df = df.with_columns(pl.when(pl.col("example_id").str.starts_with("target-train")).then(pl.lit("val"))
+                         .otherwise(pl.col("split")).alias("split"))
+    cfg = {**CFG, "task": {"specific_split": "val", "eval_split": "test"},
+           "domains": {"method": "kmeans", "k": 5}, "train": {**CFG["train"], "steps": 10}}
+    task, res = run_strategy(df, META, cfg, "dga", seed=0)
+    assert len(task.domains) == 5 and len(task.spe_y) == 20 and len(task.eval_y) == 200
+    assert sum(len(y) for y in task.ys) == 180 + 0  # good, flipped, noise train rows (target rows are val/test)
+    with pytest.raises(DataError, match="no domain column"):
+        build_task(df, META, {})
+    with pytest.raises(DataError, match="empty"):
+        build_task(df, META, {"specific_split": "holdout"}, domain_labels=np.zeros(180))

@@ -19,7 +19,7 @@ from datasel.errors import ConfigError
 from datasel.mixing.basis import make_basis
 from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_labels, row_embeddings
 from datasel.mixing.dga import MixtureResult, train_mixture
-from datasel.mixing.task import MixingTask, build_task, encode_rows
+from datasel.mixing.task import MixingTask, build_task, encode_rows, split_roles
 from datasel.runtime import pick_device, seed_everything
 from datasel.store import atomic_path, read_table, write_table
 
@@ -37,13 +37,7 @@ def prepare_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, An
     if dom["method"] != "kmeans":
         raise ConfigError(f"unknown domain method '{dom['method']}'", field="dga.domains.method",
                           fix="use column or kmeans")
-    col = task_cfg.get("domain_column", "domain")
-    specific = task_cfg.get("specific") or meta.get("specific")
-    if col not in examples.columns:
-        # No domain labels at all: the specific set must still be marked, so a column naming it is required.
-        raise ConfigError(f"k-means domains still need column '{col}' to mark the specific set", file=source,
-                          field="dga.task.domain_column", fix="mark the specific rows in a column")
-    pool = examples.filter((pl.col(col) != specific) & (pl.col("split") == "train")).sort("example_id")
+    pool = split_roles(examples, meta, task_cfg, source, need_column=False)[0]
     if dom["on"] == "inputs":
         emb = row_embeddings(pool, meta, task_cfg)
     elif dom["on"] == "grads":

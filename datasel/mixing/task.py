@@ -76,19 +76,36 @@ def encode_rows(df: pl.DataFrame, meta: dict[str, Any]) -> tuple[torch.Tensor, t
     return x, y
 
 
-def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
-               domain_labels: np.ndarray | None = None) -> MixingTask:
-    """Split ``examples`` into generic domains, the specific set and its evaluation split.
+def split_roles(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
+                need_column: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, str]:
+    """(generic pool, specific train rows, specific evaluation rows, domain column name).
 
-    cfg (``dga.task``): ``domain_column`` (default ``domain``), ``specific`` (the specific domain's value; default
-    ``meta['specific']``), ``eval_split`` (default ``test``; falls back to ``val``). ``domain_labels`` overrides the
-    column for the generic pool (k-means clusters), in the pool's row order.
+    The specific set is either the rows whose domain column equals ``specific`` (train rows to align to, ``eval_split``
+    rows to measure), or — for data without domain labels — a whole split: ``specific_split: val`` aligns to the
+    validation split and measures on ``eval_split``, with every train row in the pool (domains then from k-means).
     """
     col = cfg.get("domain_column", "domain")
+    eval_split = cfg.get("eval_split", "test")
+    if cfg.get("specific_split"):
+        sp = cfg["specific_split"]
+        spe_train = examples.filter(pl.col("split") == sp)
+        spe_eval = examples.filter(pl.col("split") == eval_split)
+        pool = examples.filter(pl.col("split") == "train")
+        if spe_train.height == 0:
+            raise DataError(f"the specific set (split '{sp}') is empty", file=source, field="dga.task.specific_split",
+                            fix=f"use a split that has rows: {examples['split'].unique().sort().to_list()}")
+        if spe_eval.height == 0 or sp == eval_split:
+            raise DataError(f"no held-out '{eval_split}' rows distinct from the specific split '{sp}'", file=source,
+                            field="dga.task.eval_split", fix="measure on another split than the one aligned to")
+        if need_column and col not in pool.columns:
+            raise DataError(f"the examples table has no domain column '{col}'", file=source, field=col,
+                            fix="add a domain column, set dga.task.domain_column, or use dga.domains.method: kmeans")
+        return pool.sort("example_id"), spe_train.sort("example_id"), spe_eval.sort("example_id"), col
     specific = cfg.get("specific") or meta.get("specific")
     if col not in examples.columns:
-        raise DataError(f"the examples table has no domain column '{col}'", file=source, field=col,
-                        fix="add a domain column, set dga.task.domain_column, or use dga.domains.method: kmeans")
+        raise DataError(f"the examples table has no domain column '{col}' to find the specific set in", file=source,
+                        field=col, fix="add a domain column, set dga.task.domain_column, or mark the specific set "
+                        "by split with dga.task.specific_split (then dga.domains.method: kmeans)")
     if not specific:
         raise ConfigError("no specific (target) set named", field="dga.task.specific",
                           fix="name the domain-column value that marks the specific set")
@@ -100,7 +117,6 @@ def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any]
     if spe_train.height == 0:
         raise DataError(f"the specific set '{specific}' has no train rows to align to", file=source, field="split",
                         fix="give the specific domain a few split == 'train' rows")
-    eval_split = cfg.get("eval_split", "test")
     spe_eval = spe_rows.filter(pl.col("split") == eval_split)
     if spe_eval.height == 0:
         spe_eval = spe_rows.filter(pl.col("split") == "val")
@@ -108,6 +124,19 @@ def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any]
         raise DataError(f"the specific set '{specific}' has no '{eval_split}' or 'val' rows to measure the loss on",
                         file=source, field="split", fix="hold out some specific-domain rows as test")
     pool = examples.filter((pl.col(col) != specific) & (pl.col("split") == "train")).sort("example_id")
+    return pool, spe_train.sort("example_id"), spe_eval.sort("example_id"), col
+
+
+def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
+               domain_labels: np.ndarray | None = None) -> MixingTask:
+    """Split ``examples`` into generic domains, the specific set and its evaluation split.
+
+    cfg (``dga.task``): ``domain_column`` (default ``domain``), ``specific`` (the specific domain's value; default
+    ``meta['specific']``) or ``specific_split``, ``eval_split`` (default ``test``; falls back to ``val``).
+    ``domain_labels`` overrides the column for the generic pool (k-means clusters), in the pool's row order.
+    """
+    pool, spe_train, spe_eval, col = split_roles(examples, meta, cfg, source, need_column=domain_labels is None)
+    specific = cfg.get("specific") or meta.get("specific") or f"split:{cfg.get('specific_split')}"
     if domain_labels is not None:
         if len(domain_labels) != pool.height:
             raise DataError("domain labels do not match the generic pool", field="domain")
@@ -129,9 +158,8 @@ def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any]
     if pool.get_column(col).null_count():
         raise DataError(f"{pool.get_column(col).null_count()} generic rows have no domain", file=source, field=col,
                         fix="fill the domain column or cluster with k-means")
-    spe_train = spe_train.sort("example_id")
     sx, sy = encode_rows(spe_train, meta)
-    ex, ey = encode_rows(spe_eval.sort("example_id"), meta)
+    ex, ey = encode_rows(spe_eval, meta)
     log.info("mixing task: %d domains (%d pool rows), specific '%s': %d train / %d eval",
              len(names), pool.height, specific, len(sy), len(ey))
     return MixingTask(names, xs, ys, ids, sx, sy, spe_train.get_column("example_id").to_list(), ex, ey, dict(meta),
