@@ -49,8 +49,6 @@ def test_prose_pairs_are_natural_language():
     for p in pairs[::40]:
         assert p.query[-1] in ".!?" and len(p.positive) >= 80
         assert ">>>" not in p.positive and "::=" not in p.positive
-    # deterministic: mined twice, same pairs in the same order
-    assert [p.origin for p in stdlib_text.mine_prose_pairs()[:50]] == [p.origin for p in pairs[:50]]
 
 
 def test_nearest_wrong_matches_bruteforce():
@@ -72,7 +70,10 @@ def test_nearest_wrong_skips_copies_of_the_positive():
     assert nearest_wrong(q, d, [0], ["same", "same", "other"]) == [2]
 
 
-def test_kmeans_diverse_takes_one_point_per_cluster():
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_kmeans_diverse_takes_one_point_per_cluster(backend, monkeypatch):
+    if backend == "torch":  # the fallback used where faiss is not installed
+        monkeypatch.setattr("datasel.data.triplets._faiss", lambda: None)
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(5, 8)) * 20
     pts = np.concatenate([c + rng.normal(size=(30, 8)) for c in centers]).astype(np.float32)

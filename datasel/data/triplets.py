@@ -245,9 +245,17 @@ def kmeans_diverse(emb: torch.Tensor, k: int, seed: int = 0, niter: int = 20) ->
 
 
 def _torch_kmeans_neighbours(x: torch.Tensor, k: int, seed: int, niter: int, m: int) -> np.ndarray:
-    """Lloyd's k-means from k seeded random points; returns each centroid's ``m`` nearest points."""
+    """Lloyd's k-means from a seeded k-means++ start; returns each centroid's ``m`` nearest points."""
     g = torch.Generator().manual_seed(seed)
-    cent = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    # k-means++: each new centre drawn with probability ∝ squared distance to the nearest chosen one, so that
+    # well-separated groups each get a centre (plain random starts often put two in one group)
+    idx = [int(torch.randint(x.shape[0], (1,), generator=g))]
+    d2 = torch.cdist(x, x[idx]).squeeze(1) ** 2
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / len(d2))
+        idx.append(int(torch.multinomial(probs, 1, generator=g)))
+        d2 = torch.minimum(d2, torch.cdist(x, x[idx[-1:]]).squeeze(1) ** 2)
+    cent = x[idx].clone()
     for _ in range(niter):
         assign = torch.cdist(x, cent).argmin(dim=1)
         sums = torch.zeros_like(cent).index_add_(0, assign, x)
