@@ -248,3 +248,28 @@ def test_scorer_rates_every_training_example_over_runs(tmp_path):
     assert again.get_column("score").to_list() == df.get_column("score").to_list()
     with pytest.raises(DataError):
         scorer.score(ScoreInputs(examples=path, meta=META, checkpoints=[]))
+
+
+# -------------------------------------------------------------------------------------------------- diagnostics
+def test_noise_profile_and_auc_match_references():
+    from sklearn.metrics import roc_auc_score
+
+    from datasel.meta.diagnostics import auc_clean_high, noise_profile
+
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=200)
+    score[:40] -= 1.5  # the first 40 are noisy and rated lower
+    noisy = np.arange(200) < 40
+    assert auc_clean_high(score, noisy) == pytest.approx(roc_auc_score(~noisy, score))
+    ties = np.array([1.0, 1.0, 0.0])
+    assert auc_clean_high(ties, np.array([False, True, True])) == pytest.approx(0.75)
+    ids = [f"e{i:03d}" for i in range(200)]
+    examples = pl.DataFrame({"example_id": ids, "split": ["train"] * 200, "is_noisy": noisy})
+    scores = finalize_scores(pl.DataFrame({"example_id": ids, "score": score}), "x")
+    prof = noise_profile(examples, scores, bins=4)
+    assert prof.get_column("count").to_list() == [50, 50, 50, 50]
+    order = np.argsort(-score, kind="stable")
+    want = [noisy[order[i * 50 : (i + 1) * 50]].mean() for i in range(4)]
+    assert np.allclose(prof.get_column("noisy_share").to_numpy(), want)
+    with pytest.raises(DataError):
+        noise_profile(examples, scores.head(10), bins=4)

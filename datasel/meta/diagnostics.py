@@ -77,8 +77,9 @@ def run_diagnostics(smk: Any) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, prof in profiles.items():
-        ax.step(prof.get_column("bin_hi").to_numpy(), prof.get_column("noisy_share").to_numpy(), where="pre",
-                label=f"{name}: noisy share")
+        hi = prof.get_column("bin_hi").to_numpy()
+        ax.stairs(prof.get_column("noisy_share").to_numpy(), np.concatenate([[hi[0] - 1.0 / bins], hi]),
+                  label=f"{name}: noisy share", linewidth=1.8)
     noise = float(examples.filter(pl.col("split") == "train").get_column("is_noisy").mean())
     ax.axhline(noise, color="grey", ls=":", label=f"overall noise {noise:.0%}")
     ax.set_xlabel("percentile of the rating (0 = highest score)")
@@ -89,6 +90,7 @@ def run_diagnostics(smk: Any) -> None:
         dens = np.exp(-((grid - mu) ** 2) / (2 * sigma**2)) * (grid >= drop)
         ax2 = ax.twinx()
         ax2.fill_between(grid, dens / dens.max(), alpha=0.15, color="C3", label="Shift-Gsampling density")
+        ax2.set_ylim(0, 1.05)
         ax2.set_yticks([])
         ax2.legend(loc="upper center", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
