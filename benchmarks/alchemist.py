@@ -61,7 +61,8 @@ def merged_config(experiment: str) -> dict[str, Any]:
     return merge(base, yaml.safe_load((ROOT / "config" / "experiments" / f"alchemist_{experiment}.yaml").read_text()))
 
 
-ARMS = ("alchemist_sg", "alchemist_top", "random", "alchemist_nogroup_sg", "alchemist_sg_strat", "alchemist_top_strat")
+ARMS = ("alchemist_sg", "alchemist_top", "random", "alchemist_nogroup_sg", "alchemist_sg_strat",
+        "alchemist_top_strat")
 
 
 def run_dataset(name: str, seeds: list[int], train_steps: int | None, work: Path,
@@ -146,8 +147,10 @@ def run_dataset(name: str, seeds: list[int], train_steps: int | None, work: Path
             for seed in seeds:
                 sc = scores.get(pcfg_arm.get("score")) if pcfg_arm.get("score") else None
                 # selection seed offset from the noise seed: numpy's draw of k of n rows with the same seed as the
-                # noise injection would pick exactly the noisy rows when k equals the noisy count (20% kept, 20% noise)
-                sel = make_selection(examples, sc, arm, pcfg_arm, frac, int(cfg["selection"]["seed"]) + 100 * (seed + 1))
+                # noise injection would pick exactly the noisy rows when k equals the noisy count (20% kept, 20%
+                # noise)
+                sel_seed = int(cfg["selection"]["seed"]) + 100 * (seed + 1)
+                sel = make_selection(examples, sc, arm, pcfg_arm, frac, sel_seed)
                 mask = sel.sort("example_id").get_column("selected").to_numpy()
                 assert sel.sort("example_id").get_column("example_id").to_list() == ids
                 results.setdefault(arm, {}).setdefault(str(frac), []).append(fit(mask, seed))

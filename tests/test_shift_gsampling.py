@@ -93,7 +93,8 @@ def test_two_draws_match_sequential_sampling_without_replacement():
         counts[key] = counts.get(key, 0) + 1
     for key, prob in exact.items():
         se = math.sqrt(prob * (1 - prob) / trials)
-        assert abs(counts.get(key, 0) / trials - prob) < 5 * se + 1e-3, (sorted(key), counts.get(key, 0) / trials, prob)
+        got = counts.get(key, 0) / trials
+        assert abs(got - prob) < 5 * se + 1e-3, (sorted(key), got, prob)
 
 
 def test_kept_band_centres_on_mu():

@@ -152,7 +152,8 @@ def train_rater(
     theta = {n: p.detach().clone().to(dev) for n, p in model.named_parameters()}
     theta_hat = {n: t.clone() for n, t in theta.items()}
     rater = rater.to(dev).train()
-    opt = (torch.optim.Adam if cfg.rater_optimizer == "adam" else torch.optim.SGD)(rater.parameters(), lr=cfg.rater_lr)
+    opt_cls = torch.optim.Adam if cfg.rater_optimizer == "adam" else torch.optim.SGD
+    opt = opt_cls(rater.parameters(), lr=cfg.rater_lr)
     feats, x, y, x_val, y_val = (t.to(dev) for t in (feats, x, y, x_val, y_val))
     lam, wd, beta = float(cfg.val_weight), float(cfg.proxy_weight_decay), float(cfg.proxy_lr)
 

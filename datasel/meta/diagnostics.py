@@ -85,7 +85,8 @@ def run_diagnostics(smk: Any) -> None:
     ax.set_xlabel("percentile of the rating (0 = highest score)")
     ax.set_ylabel("share of injected noisy labels")
     if policy.get("policy") == "shift_gsampling":
-        drop, mu, sigma = float(policy.get("drop_top", 0.1)), float(policy.get("mu", 0.5)), float(policy.get("sigma", 0.15))
+        drop, mu = float(policy.get("drop_top", 0.1)), float(policy.get("mu", 0.5))
+        sigma = float(policy.get("sigma", 0.15))
         grid = np.linspace(0, 1, 400)
         dens = np.exp(-((grid - mu) ** 2) / (2 * sigma**2)) * (grid >= drop)
         ax2 = ax.twinx()

@@ -3,8 +3,9 @@
 Per proxy run (a checkpoint of the proxy model):
 
 1. build each training example's rater input from the checkpoint: its penultimate activations (``penultimate``),
-   a seeded random projection (:mod:`datasel.features.projectors`) of its last-layer loss gradient (``grad``), its one-hot label (``label``) and/or its
-   loss (``loss``) — ``features`` picks and concatenates them, each block z-scored on the training set;
+   a seeded random projection (:mod:`datasel.features.projectors`) of its last-layer loss gradient (``grad``), its
+   one-hot label (``label``) and/or its loss (``loss``) — ``features`` picks and concatenates them, each block
+   z-scored on the training set;
 2. meta-train the rater with the penalty-based bilevel loop of :mod:`datasel.meta.bilevel` (train split = training
    data, val split = the validation set);
 3. rate every training example once: the rater's raw instance score.
@@ -88,7 +89,8 @@ def rater_features(
             g = per_sample_grads(model, x, y, F.cross_entropy, params=grad_params, chunk_size=chunk_size)
             # the shared seeded projector (JL: inner products kept in expectation); widths <= proj_dim pass as is
             dim = int(proj_dim) if g.shape[1] > int(proj_dim) else 0
-            block = make_projector({"projector": projector, "dim": dim, "seed": seed}, g.shape[1], g.device).project(g)
+            proj = make_projector({"projector": projector, "dim": dim, "seed": seed}, g.shape[1], g.device)
+            block = proj.project(g)
         elif kind == "label":
             block = F.one_hot(y, num_classes).to(x.dtype)
         else:

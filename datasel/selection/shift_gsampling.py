@@ -2,8 +2,8 @@
 around a percentile band with a Gaussian, without replacement, until the retention budget is met.
 
 Sorted by score (high first), example i gets its percentile w_i = (rank_i − 1) / (N − 1) ∈ [0, 1] (0 = the highest
-score, 1 = the lowest; N = pool size). The rows with w_i < ``drop_top`` are removed; from the rest, ``n_keep`` rows are
-drawn without replacement with probability ∝ exp(−(w_i − μ)² / (2σ²)).
+score, 1 = the lowest; N = pool size). The rows with w_i < ``drop_top`` are removed; from the rest, ``n_keep`` rows
+are drawn without replacement with probability ∝ exp(−(w_i − μ)² / (2σ²)).
 
 Why: the top of a rater's ranking is the easiest, most redundant data, the bottom the noisy or harmful data; the paper
 finds the most useful band around percentiles 40–60. Top-k keeps only the redundant head; the shift and the Gaussian
