@@ -9,7 +9,7 @@ Runs, on CPU, with the settings of config/experiments/dga_mnist1d.yaml and dga_t
   6. sensitivity of DGA's final loss to η and β (MNIST-1D).
 Prints readable tables; the last line is one JSON object with every figure.
 
-    DATASEL_PROGRESS=0 python benchmarks/dga.py                 # the full run (about 15-25 min on 2 busy cores)
+    DATASEL_PROGRESS=0 python benchmarks/dga.py                 # the full run (859 s measured on 2 shared, busy cores)
     DATASEL_PROGRESS=0 python benchmarks/dga.py --quick         # fewer steps / smaller pools, for a smoke check
 """
 
