@@ -55,3 +55,24 @@ def check_selection_config():
         if ref is not None and ref not in config["scoring"]:
             fail(f"names scoring entry '{ref}', which does not exist",
                  f"selection.policies.{name}.curriculum.score", f"use one of: {', '.join(config['scoring'])}")
+
+
+# ---- runs: the selection chain runs under a root folder. `results` is the configured experiment; the quality
+# benchmark adds `results/quality/noise<pct>` runs whose config is derived from the same file (see quality.smk).
+import copy
+import re
+
+ROOT_RE = r"results(/quality/noise\d+)?"
+_RUN_CACHE = {}
+
+
+def run_cfg(root):
+    """The config sections (data, proxy, scoring, selection, training) that apply to one run root."""
+    if root == "results":
+        return config
+    if root not in _RUN_CACHE:
+        m = re.fullmatch(r"results/quality/noise(\d+)", root)
+        if m is None or "quality" not in config:
+            fail(f"no run '{root}'", "quality", "add a quality section (config/experiments/quality.yaml)")
+        _RUN_CACHE[root] = quality_run_cfg(int(m.group(1)) / 100)
+    return _RUN_CACHE[root]

@@ -3,13 +3,15 @@
 
 rule prepare:
     output:
-        examples="results/examples/examples.parquet",
-        meta="results/examples/meta.json",
+        examples="{root}/examples/examples.parquet",
+        meta="{root}/examples/meta.json",
     params:
-        data=config["data"],
+        data=lambda wc: run_cfg(wc.root)["data"],
+    wildcard_constraints:
+        root=ROOT_RE,
     log:
-        "logs/prepare.log",
+        "logs/{root}/prepare.log",
     benchmark:
-        "logs/benchmarks/prepare.tsv"
+        "logs/benchmarks/{root}/prepare.tsv"
     script:
         script_path("prepare")

@@ -3,19 +3,20 @@
 
 rule proxy:
     input:
-        examples="results/examples/examples.parquet",
-        meta="results/examples/meta.json",
+        examples="{root}/examples/examples.parquet",
+        meta="{root}/examples/meta.json",
     output:
-        expand("results/proxy/seed{{seed}}/epoch{epoch}.pt", epoch=sorted(set(config["proxy"]["checkpoints"]))),
+        expand("{{root}}/proxy/seed{{seed}}/epoch{epoch}.pt", epoch=sorted(set(config["proxy"]["checkpoints"]))),
     params:
         proxy=config["proxy"],
     wildcard_constraints:
+        root=ROOT_RE,
         seed=r"\d+",
     resources:
         gpu=1,
     log:
-        "logs/proxy/seed{seed}.log",
+        "logs/{root}/proxy/seed{seed}.log",
     benchmark:
-        "logs/benchmarks/proxy/seed{seed}.tsv"
+        "logs/benchmarks/{root}/proxy/seed{seed}.tsv"
     script:
         script_path("proxy")

@@ -5,10 +5,11 @@ def score_inputs(wc):
     entry = config["scoring"].get(wc.method)
     if entry is None:
         fail(f"no scoring entry '{wc.method}'", "scoring", f"use one of: {', '.join(config['scoring'])}")
-    inputs = {"examples": "results/examples/examples.parquet", "meta": "results/examples/meta.json"}
+    inputs = {"examples": f"{wc.root}/examples/examples.parquet", "meta": f"{wc.root}/examples/meta.json"}
     if "epoch" in entry:
         inputs["checkpoints"] = expand(
-            "results/proxy/seed{seed}/epoch{epoch}.pt", seed=range(config["proxy"]["seeds"]), epoch=entry["epoch"]
+            "{root}/proxy/seed{seed}/epoch{epoch}.pt", root=wc.root, seed=range(config["proxy"]["seeds"]),
+            epoch=entry["epoch"],
         )
     if "features" in entry:
         inputs["features"] = features_for(entry["features"])
@@ -19,15 +20,17 @@ rule score:
     input:
         unpack(score_inputs),
     output:
-        "results/scores/{method}.parquet",
+        "{root}/scores/{method}.parquet",
     params:
         scoring=lambda wc: config["scoring"][wc.method],
         model_cfg=lambda wc: config["proxy"]["model"] if "epoch" in config["scoring"][wc.method] else None,
+    wildcard_constraints:
+        root=ROOT_RE,
     resources:
         gpu=1,
     log:
-        "logs/scores/{method}.log",
+        "logs/{root}/scores/{method}.log",
     benchmark:
-        "logs/benchmarks/scores/{method}.tsv"
+        "logs/benchmarks/{root}/scores/{method}.tsv"
     script:
         script_path("score")

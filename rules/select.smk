@@ -2,22 +2,22 @@
 # full-data baseline every comparison includes.
 
 
-def selection_names():
-    names = [f"{p}_keep{round(f * 100)}" for p in config["selection"]["policies"] for f in config["selection"]["fractions"]]
-    return names + ["full_keep100"]
+def selection_names(root="results"):
+    sel = run_cfg(root)["selection"]
+    return [f"{p}_keep{round(f * 100)}" for p in sel["policies"] for f in sel["fractions"]] + ["full_keep100"]
 
 
-def policy_entry(name):
-    return {"policy": "full"} if name == "full" else config["selection"]["policies"][name]
+def policy_entry(name, root="results"):
+    return {"policy": "full"} if name == "full" else run_cfg(root)["selection"]["policies"][name]
 
 
 def select_inputs(wc):
-    entry = policy_entry(wc.policy)
-    inputs = {"examples": "results/examples/examples.parquet"}
+    entry = policy_entry(wc.policy, wc.root)
+    inputs = {"examples": f"{wc.root}/examples/examples.parquet"}
     if entry.get("score"):
-        inputs["scores"] = f"results/scores/{entry['score']}.parquet"
+        inputs["scores"] = f"{wc.root}/scores/{entry['score']}.parquet"
     if entry.get("curriculum", {}).get("score"):
-        inputs["order"] = f"results/scores/{entry['curriculum']['score']}.parquet"
+        inputs["order"] = f"{wc.root}/scores/{entry['curriculum']['score']}.parquet"
     return inputs
 
 
@@ -25,15 +25,16 @@ rule select:
     input:
         unpack(select_inputs),
     output:
-        "results/selections/{policy}_keep{pct}.parquet",
+        "{root}/selections/{policy}_keep{pct}.parquet",
     params:
-        policy=lambda wc: policy_entry(wc.policy),
+        policy=lambda wc: policy_entry(wc.policy, wc.root),
         fraction=lambda wc: int(wc.pct) / 100,
-        seed=config["selection"]["seed"],
+        seed=lambda wc: run_cfg(wc.root)["selection"]["seed"],
     wildcard_constraints:
+        root=ROOT_RE,
         policy=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
         pct=r"\d+",
     log:
-        "logs/select/{policy}_keep{pct}.log",
+        "logs/{root}/select/{policy}_keep{pct}.log",
     script:
         script_path("select")

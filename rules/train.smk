@@ -8,27 +8,28 @@ def selection_info(selection):
 
 rule train:
     input:
-        examples="results/examples/examples.parquet",
-        meta="results/examples/meta.json",
-        selection="results/selections/{selection}.parquet",
+        examples="{root}/examples/examples.parquet",
+        meta="{root}/examples/meta.json",
+        selection="{root}/selections/{selection}.parquet",
     output:
-        "results/metrics/train/{selection}/seed{seed}.parquet",
+        "{root}/metrics/train/{selection}/seed{seed}.parquet",
     params:
-        training=config["training"],
-        curriculum=lambda wc: policy_entry(selection_info(wc.selection)["method"]).get("curriculum"),
+        training=lambda wc: run_cfg(wc.root)["training"],
+        curriculum=lambda wc: policy_entry(selection_info(wc.selection)["method"], wc.root).get("curriculum"),
         info=lambda wc: selection_info(wc.selection),
     wildcard_constraints:
+        root=ROOT_RE,
         seed=r"\d+",
     resources:
         gpu=1,
     log:
-        "logs/train/{selection}/seed{seed}.log",
+        "logs/{root}/train/{selection}/seed{seed}.log",
     benchmark:
-        "logs/benchmarks/train/{selection}/seed{seed}.tsv"
+        "logs/benchmarks/{root}/train/{selection}/seed{seed}.tsv"
     script:
         script_path("train")
 
 
-def train_metrics():
-    return expand("results/metrics/train/{selection}/seed{seed}.parquet", selection=selection_names(),
-                  seed=config["training"]["seeds"])
+def train_metrics(root="results"):
+    return expand("{root}/metrics/train/{selection}/seed{seed}.parquet", root=root, selection=selection_names(root),
+                  seed=run_cfg(root)["training"]["seeds"])

@@ -17,13 +17,24 @@ from datasel.store.tables import SCHEMAS, atomic_path
 log = logging.getLogger(__name__)
 
 
-def table_folders(results: Path) -> dict[str, list[Path]]:
-    """Table name → its Parquet files (ignoring temporaries), for every folder of ``results/`` that holds any."""
-    out = {}
-    for folder in sorted(p for p in results.iterdir() if p.is_dir()):
-        files = sorted(f for f in folder.rglob("*.parquet") if not f.name.startswith("."))
-        if files:
-            out[folder.name] = files
+def table_files(results: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Table name → (run, file) pairs for every Parquet file under ``results/`` (temporaries ignored).
+
+    A file belongs to the first folder on its path that is a declared table (``scores``, ``metrics``…); the folders
+    before it name its run (``""`` for the configured experiment, ``quality/noise20`` for a quality-grid run).
+    Files under no declared table folder form a view named after their top folder.
+    """
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for f in sorted(results.rglob("*.parquet")):
+        rel = f.relative_to(results)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        folders = rel.parts[:-1]
+        if not folders:
+            continue
+        idx = next((i for i, part in enumerate(folders) if part in SCHEMAS), None)
+        name, run = (folders[idx], "/".join(folders[:idx])) if idx is not None else (folders[0], "")
+        out.setdefault(name, []).append((run, f))
     return out
 
 
@@ -38,15 +49,16 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
         # views bind their relative paths at creation, so create them from where users will query them
         os.chdir(results.parent)
         try:
-            for name, files in table_folders(results).items():
-                rel = [str(Path(results.name) / f.relative_to(results)) for f in files]
-                file_list = ", ".join(f"'{p}'" for p in rel)
-                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{file_list}], union_by_name=true)')
-                counts[name] = con.execute(
-                    f"SELECT count(*) FROM read_parquet([{', '.join(repr(str(f)) for f in files)}], union_by_name=true)"
-                ).fetchone()[0]
+            for name, entries in table_files(results).items():
+                # one SELECT per run so each row carries the run it came from (run_dir; "" = the main experiment)
+                parts = []
+                for run in sorted({r for r, _ in entries}):
+                    rel = ", ".join(f"'{Path(results.name) / f.relative_to(results)}'" for r, f in entries if r == run)
+                    parts.append(f"SELECT *, '{run}' AS run_dir FROM read_parquet([{rel}], union_by_name=true)")
+                con.execute(f'CREATE VIEW "{name}" AS ' + " UNION ALL BY NAME ".join(parts))
+                counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
                 known = "declared" if name in SCHEMAS else "undeclared"
-                log.info("catalog view %s (%s schema): %d rows from %d files", name, known, counts[name], len(files))
+                log.info("catalog view %s (%s schema): %d rows from %d files", name, known, counts[name], len(entries))
         finally:
             os.chdir(cwd)
             con.close()

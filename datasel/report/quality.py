@@ -1,0 +1,194 @@
+"""The selection-quality benchmark: every method × kept fraction × label-noise level against random and full
+data, with seed spread, the margin over random with a 95% confidence interval (Welch), and plots.
+
+A method "beats random" at a cell only when the lower end of that interval is above zero; cells where no method
+does are listed plainly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from datasel.report.summary import noise_dropped  # noqa: E402
+from datasel.store import atomic_path, read_table  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean difference a − b and its Welch t-interval (NaN bounds when a side has fewer than two values)."""
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = np.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
+    return diff, diff - half, diff + half
+
+
+def cell_table(runs: dict[float, pl.DataFrame]) -> pl.DataFrame:
+    """Per (noise, method, fraction): test accuracy mean/std/n, and training steps × batch (compute)."""
+    parts = []
+    for noise, metrics in runs.items():
+        acc = metrics.filter((pl.col("split") == "test") & (pl.col("metric") == "accuracy"))
+        steps = metrics.filter(pl.col("metric") == "steps").select("selection", "seed", pl.col("value").alias("steps"))
+        parts.append(acc.join(steps, on=["selection", "seed"], how="left").with_columns(pl.lit(noise).alias("noise")))
+    runs_df = pl.concat(parts, how="diagonal_relaxed")
+    return runs_df
+
+
+def margins(cells: pl.DataFrame) -> pl.DataFrame:
+    """Each method's margin over random at the same noise and fraction (random's own row excluded)."""
+    rows: list[dict[str, Any]] = []
+    for (noise, fraction), part in cells.group_by(["noise", "fraction"], maintain_order=True):
+        rand = part.filter(pl.col("method") == "random").get_column("value").to_numpy()
+        for (method,), m in part.group_by(["method"], maintain_order=True):
+            if method == "random" or len(rand) == 0:
+                continue
+            vals = m.get_column("value").to_numpy()
+            diff, lo, hi = welch_ci(vals, rand)
+            rows.append({"noise": noise, "fraction": fraction, "method": method, "accuracy_mean": float(vals.mean()),
+                         "accuracy_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "seeds": len(vals),
+                         "random_mean": float(rand.mean()), "margin": diff, "ci_low": lo, "ci_high": hi,
+                         "beats_random": bool(lo > 0)})
+    return pl.DataFrame(rows).sort(["noise", "fraction", "margin"], descending=[False, False, True])
+
+
+def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame) -> str:
+    lines = ["# Selection quality: test accuracy (%) by method and kept fraction", ""]
+    for noise in sorted(cells.get_column("noise").unique().to_list()):
+        part = cells.filter(pl.col("noise") == noise)
+        fracs = sorted(part.get_column("fraction").unique().to_list())
+        f = full.filter(pl.col("noise") == noise).get_column("value").to_numpy()
+        lines += [f"## label noise {noise:.0%}" + (f" — full data {100 * f.mean():.2f} ± {100 * f.std(ddof=1):.2f}"
+                                                   if len(f) > 1 else ""), ""]
+        lines.append("| method | " + " | ".join(f"keep {x:.0%}" for x in fracs) + " |")
+        lines.append("|---" * (len(fracs) + 1) + "|")
+        for method in sorted(set(part.get_column("method").to_list()) - {"full"}):
+            row = []
+            for x in fracs:
+                v = part.filter((pl.col("method") == method) & (pl.col("fraction") == x)).get_column("value").to_numpy()
+                row.append(f"{100 * v.mean():.2f} ± {100 * (v.std(ddof=1) if len(v) > 1 else 0):.2f}" if len(v) else "—")
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+        lines += ["| kept | best method | accuracy | margin over random [95% CI] | beats random? |",
+                  "|---|---|---|---|---|"]
+        for x in fracs:
+            m = marg.filter((pl.col("noise") == noise) & (pl.col("fraction") == x) & (pl.col("method") != "full"))
+            if m.height == 0:
+                continue
+            best = m.sort("accuracy_mean", descending=True).row(0, named=True)
+            lines.append(f"| {x:.0%} | {best['method']} | {100 * best['accuracy_mean']:.2f} | "
+                         f"{100 * best['margin']:+.2f} [{100 * best['ci_low']:+.2f}, {100 * best['ci_high']:+.2f}] | "
+                         f"{'yes' if best['beats_random'] else 'no'} |")
+        losers = [x for x in fracs if not marg.filter((pl.col("noise") == noise) & (pl.col("fraction") == x)
+                                                      & (pl.col("method") != "full")).get_column("beats_random").any()]
+        lines.append("")
+        lines.append(f"No method beats random (95% CI above zero) at kept {', '.join(f'{x:.0%}' for x in losers)}."
+                     if losers else "At every kept fraction some method beats random.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc: Path, out_compute: Path,
+                 out_noise: Path, batch_size: int) -> None:
+    noises = sorted(cells.get_column("noise").unique().to_list())
+    agg = cells.group_by("noise", "method", "fraction").agg(
+        pl.col("value").mean().alias("m"), pl.col("value").std().fill_null(0).alias("s"),
+        (pl.col("steps").mean() * batch_size).alias("examples_seen"))
+    fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        part = agg.filter(pl.col("noise") == noise)
+        for method in sorted(set(part.get_column("method").to_list()) - {"full"}):
+            p = part.filter(pl.col("method") == method).sort("fraction")
+            f, m, s = (p.get_column(c).to_numpy() for c in ("fraction", "m", "s"))
+            ax.plot(f, m, marker="o", label=method, lw=2 if method == "random" else 1,
+                    color="black" if method == "random" else None)
+            ax.fill_between(f, m - s, m + s, alpha=0.12)
+        full = part.filter(pl.col("method") == "full")
+        if full.height:
+            ax.axhline(full.get_column("m").item(0), ls="--", color="gray", label="full data")
+        ax.set_title(f"label noise {noise:.0%}")
+        ax.set_xlabel("kept fraction")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(out_acc) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        part = agg.filter(pl.col("noise") == noise)
+        for method in sorted(part.get_column("method").unique().to_list()):
+            p = part.filter(pl.col("method") == method).sort("examples_seen")
+            ax.plot(p.get_column("examples_seen").to_numpy(), p.get_column("m").to_numpy(), marker="o", label=method,
+                    ls="" if method == "full" else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute (examples processed)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"label noise {noise:.0%}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(out_compute) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if noise_table is not None and noise_table.height:
+        for method in sorted(noise_table.get_column("method").unique().to_list()):
+            p = noise_table.filter(pl.col("method") == method).sort("fraction")
+            ax.plot(p.get_column("fraction").to_numpy(), p.get_column("noisy_share_of_dropped").to_numpy(),
+                    marker="o", label=method)
+        base = float(noise_table.get_column("base_rate").max())
+        ax.axhline(base, color="red", ls="--", label=f"base rate {base:.0%}")
+    ax.set_xlabel("kept fraction")
+    ax.set_ylabel("noisy share of dropped examples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(out_noise) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def quality_report(smk: Any) -> None:
+    """Snakemake step: gather every quality run into the table, margins and plots."""
+    runs, noise_parts = {}, []
+    for noise, metrics_files, sel_files, examples in zip(smk.params.noise, smk.params.metrics, smk.params.selections,
+                                                         smk.params.examples):
+        runs[noise] = pl.concat([read_table(p, "metrics") for p in metrics_files], how="diagonal_relaxed")
+        if noise > 0:
+            ex = read_table(examples, "examples")
+            sels = pl.concat([read_table(p, "selections") for p in sel_files], how="diagonal_relaxed")
+            nd = noise_dropped(ex, sels).with_columns(
+                pl.col("selection").str.replace(r"_keep\d+$", "").alias("method"),
+                (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"),
+                pl.lit(float(ex.filter(pl.col("split") == "train").get_column("is_noisy").mean())).alias("base_rate"))
+            noise_parts.append(nd.filter(pl.col("method") != "full"))
+    cells = cell_table(runs)
+    marg = margins(cells.filter(pl.col("method") != "full"))
+    full = cells.filter(pl.col("method") == "full")
+    with atomic_path(smk.output.csv) as tmp:
+        marg.write_csv(tmp)
+    md = render_markdown(cells, marg, full)
+    with atomic_path(smk.output.md) as tmp:
+        tmp.write_text(md)
+    plot_quality(cells, pl.concat(noise_parts) if noise_parts else None, Path(smk.output.accuracy),
+                 Path(smk.output.compute), Path(smk.output.noise_plot), int(smk.params.batch_size))
+    log.info("\n%s", md)

@@ -1,0 +1,54 @@
+# The selection-quality benchmark: the whole selection chain rerun under results/quality/noise<pct>/ for each
+# label-noise level, over more kept fractions and seeds, each policy with and without a curriculum, then one
+# rendered comparison against random and full data. Target: `snakemake quality_report`.
+
+
+def quality_run_cfg(noise):
+    """The configured experiment with the quality grid's noise level, fractions, seeds, curricula and budget."""
+    q = config["quality"]
+    cfg = copy.deepcopy(dict(config))
+    cfg["data"]["noise"] = {**cfg["data"].get("noise", {}), "fraction": noise}
+    base = q.get("policies") or {n: e for n, e in config["selection"]["policies"].items()
+                                 if e.get("policy") not in ("dedup", "kcenter", "kmeans_coverage")}
+    policies = dict(base)
+    if q.get("curriculum"):
+        policies.update({f"{n}_cl": {**e, "curriculum": q["curriculum"]} for n, e in base.items()})
+    cfg["selection"] = {"fractions": [f for f in q["fractions"] if f < 1], "seed": config["selection"]["seed"],
+                        "policies": policies}
+    cfg["training"] = {**config["training"], "seeds": q["seeds"], "budget": q["budget"]}
+    return cfg
+
+
+def quality_roots():
+    return [f"results/quality/noise{round(n * 100)}" for n in config["quality"]["noise"]]
+
+
+if "quality" in config:
+    validate_section("quality")
+
+    rule quality_report:
+        input:
+            lambda wc: [p for r in quality_roots() for p in train_metrics(r)],
+            lambda wc: [f"{r}/selections/{s}.parquet" for r in quality_roots() for s in selection_names(r)],
+        output:
+            md=report("results/quality/report/quality.md", category="Quality", caption="../workflow/report/quality.rst"),
+            csv="results/quality/report/margins.csv",
+            accuracy=report("results/quality/report/accuracy_vs_fraction.png", category="Quality",
+                            caption="../workflow/report/quality.rst"),
+            compute=report("results/quality/report/accuracy_vs_compute.png", category="Quality",
+                           caption="../workflow/report/quality.rst"),
+            noise_plot=report("results/quality/report/noise_dropped.png", category="Quality",
+                              caption="../workflow/report/quality.rst"),
+        params:
+            noise=lambda wc: list(config["quality"]["noise"]),
+            metrics=lambda wc: [train_metrics(r) for r in quality_roots()],
+            selections=lambda wc: [[f"{r}/selections/{s}.parquet" for s in selection_names(r)] for r in quality_roots()],
+            examples=lambda wc: [f"{r}/examples/examples.parquet" for r in quality_roots()],
+            batch_size=config["training"]["batch_size"],
+        log:
+            "logs/quality_report.log",
+        script:
+            script_path("quality_report")
+
+    if stage_on("quality"):
+        register_targets("quality", lambda: [*rules.quality_report.output])
