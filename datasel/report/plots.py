@@ -13,6 +13,14 @@ import polars as pl  # noqa: E402
 from datasel.store import atomic_path  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 120) -> None:
+    """Lay out, write atomically as PNG, and free the figure."""
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | None = None,
                          metric: str = "accuracy") -> None:
     """One line per method (mean ± std band over seeds); full data as a horizontal reference."""
@@ -34,10 +42,7 @@ def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | No
     ax.set_title("Test accuracy of the target model vs kept fraction (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def noise_share_bars(table: pl.DataFrame, out: Path, base_rate: float) -> None:
@@ -50,7 +55,4 @@ def noise_share_bars(table: pl.DataFrame, out: Path, base_rate: float) -> None:
     ax.set_yticks(range(part.height), labels, fontsize=7)
     ax.set_xlabel("share of injected noisy labels among dropped examples")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from datasel.report.plots import save_figure  # noqa: E402
 from datasel.report.summary import noise_dropped  # noqa: E402
 from datasel.store import atomic_path, read_table  # noqa: E402
 
@@ -126,10 +127,7 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(out_acc) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_acc, dpi=110)
 
     fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
     for ax, noise in zip(axes[0], noises):
@@ -144,10 +142,7 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
         ax.set_title(f"label noise {noise:.0%}")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(out_compute) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_compute, dpi=110)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if noise_table is not None and noise_table.height:
@@ -161,10 +156,7 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
     ax.set_ylabel("noisy share of dropped examples")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(out_noise) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_noise, dpi=110)
 
 
 def quality_report(smk: Any) -> None:
