@@ -149,7 +149,7 @@ def test_rater_ranks_mislabeled_examples_low_and_is_deterministic():
 
     x, y, xv, yv, flip = blobs()
     model = trained_proxy(x, y)
-    cfg = {"steps": 200, "warmup_steps": 20, "batch_size": 64, "features": ["penultimate", "label", "grad"]}
+    cfg = {"steps": 200, "warmup_steps": 20, "batch_size": 64, "rater_features": ["penultimate", "label", "grad"]}
     r1, hist, timings = alchemist_run(model, x, y, xv, yv, 3, cfg, seed=0, device="cpu")
     r2, _, _ = alchemist_run(model, x, y, xv, yv, 3, cfg, seed=0, device="cpu")
     assert torch.equal(r1, r2)
@@ -170,7 +170,7 @@ def test_without_label_information_penultimate_features_cannot_see_noise():
     x2, y2 = torch.cat([x, x]), torch.cat([y, (y + 1) % 3])
     model = trained_proxy(x, y, epochs=2)
     r, _, _ = alchemist_run(model, x2, y2, xv, yv, 3, {"steps": 20, "warmup_steps": 5, "batch_size": 32,
-                                                       "features": ["penultimate"]}, seed=0, device="cpu")
+                                                       "rater_features": ["penultimate"]}, seed=0, device="cpu")
     assert torch.allclose(r[:200], r[200:])
 
 
@@ -199,7 +199,7 @@ def test_feature_blocks_are_zscored_and_bad_kinds_refused():
     assert torch.allclose(f.std(0)[live], torch.ones(int(live.sum())), atol=1e-4)
     with pytest.raises(ConfigError) as err:
         rater_features(model, x, y, 3, ["pixels"])
-    assert err.value.field == "scoring.alchemist.features"
+    assert err.value.field == "scoring.alchemist.rater_features"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Per proxy run (a checkpoint of the proxy model):
 
 1. build each training example's rater input from the checkpoint: its penultimate activations (``penultimate``),
    a seeded random projection (:mod:`datasel.features.projectors`) of its last-layer loss gradient (``grad``), its
-   one-hot label (``label``) and/or its loss (``loss``) — ``features`` picks and concatenates them, each block
+   one-hot label (``label``) and/or its loss (``loss``) — ``rater_features`` picks and concatenates them, each block
    z-scored on the training set;
 2. meta-train the rater with the penalty-based bilevel loop of :mod:`datasel.meta.bilevel` (train split = training
    data, val split = the validation set);
@@ -54,8 +54,8 @@ def _penultimate(model: nn.Module, x: torch.Tensor, chunk_size: int) -> torch.Te
     if not hasattr(model, "features"):
         raise ConfigError(
             f"feature 'penultimate' needs a model with a .features() method; {type(model).__name__} has none",
-            field=f"{WHERE}.features",
-            fix="use features: [grad, label] for this model",
+            field=f"{WHERE}.rater_features",
+            fix="use rater_features: [grad, label] for this model",
         )
     return torch.cat([model.features(x[i : i + chunk_size]) for i in range(0, x.shape[0], chunk_size)])
 
@@ -77,7 +77,7 @@ def rater_features(
     if not kinds or unknown:
         raise ConfigError(
             f"unknown or empty rater feature kinds {unknown or kinds}",
-            field=f"{WHERE}.features",
+            field=f"{WHERE}.rater_features",
             fix=f"use a non-empty list of: {', '.join(FEATURE_KINDS)}",
         )
     model.eval()
@@ -124,8 +124,9 @@ def alchemist_run(
     seed_everything(seed)
     dev = pick_device(device)
     t0 = time.perf_counter()
+    kinds = list(cfg.get("rater_features", ["penultimate", "label", "grad"]))
     feats = rater_features(
-        model.to(dev), x.to(dev), y.to(dev), num_classes, list(cfg.get("features", ["penultimate", "label", "grad"])),
+        model.to(dev), x.to(dev), y.to(dev), num_classes, kinds,
         proj_dim=int(cfg.get("proj_dim", 64)), grad_params=cfg.get("grad_params", "last_layer"), seed=seed,
         projector=str(cfg.get("projector", "rademacher")),
     )
