@@ -9,12 +9,7 @@ import polars as pl
 
 def plot_gaprune(metrics: pl.DataFrame, out: str | Path, metric: str = "ndcg@10") -> Path:
     """One panel per eval split (domain, general); solid = after retraining, dashed = one-shot; dense as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from datasel.store import atomic_path
+    from datasel.report.plots import plt, save_figure  # Agg backend, atomic PNG writes
 
     df = metrics.filter(pl.col("metric") == metric).with_columns(
         pl.col("selection").str.split("_").list.last().alias("stage")
@@ -29,18 +24,15 @@ def plot_gaprune(metrics: pl.DataFrame, out: str | Path, metric: str = "ndcg@10"
                        label=f"dense ({row['stage']})")
         methods = sorted(m for m in part.get_column("method").unique().to_list() if m != "dense")
         for i, m in enumerate(methods):
-            for stage, ls in (("oneshot", "--"), ("retrained", "-")):
+            for stage, ls, mk, fill in (("oneshot", "--", "o", "none"), ("retrained", "-", "s", f"C{i}")):
                 d = part.filter((pl.col("method") == m) & (pl.col("stage") == stage)).sort("fraction")
                 if d.height:
-                    ax.plot(d["fraction"], d["value"], ls=ls, marker="o", color=f"C{i}", label=f"{m} ({stage})")
+                    ax.plot(d["fraction"], d["value"], ls=ls, marker=mk, mfc=fill, color=f"C{i}",
+                            label=f"{m} ({stage})")
         ax.set_title(f"{split} retrieval")
         ax.set_xlabel("sparsity of the candidate tensors")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
+    save_figure(fig, out)
+    return Path(out)
