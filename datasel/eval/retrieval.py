@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from datasel.errors import DataError
+
+if TYPE_CHECKING:
+    from datasel.models.embedding import EmbeddingModel
 
 
 def rank_documents(query_emb: torch.Tensor, doc_emb: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -70,7 +74,7 @@ def corpus_from_triplets(queries: Sequence[str], positives: Sequence[str],
     return list(queries), corpus, [{where[p]} for p in positives]
 
 
-def evaluate_retrieval(model, queries: Sequence[str], corpus: Sequence[str], relevant: Sequence[set[int]],
+def evaluate_retrieval(model: EmbeddingModel, queries: Sequence[str], corpus: Sequence[str], relevant: Sequence[set[int]],
                        k: int = 10, batch_size: int = 64) -> dict[str, float]:
     """Encode queries and corpus with ``model`` (an :class:`~datasel.models.embedding.EmbeddingModel`) and score."""
     q = model.encode(list(queries), batch_size, desc="encode eval queries")
