@@ -26,6 +26,8 @@ rule score:
         model_cfg=lambda wc: config["proxy"]["model"] if "epoch" in config["scoring"][wc.method] else None,
     wildcard_constraints:
         root=ROOT_RE,
+        # only configured entries: stages such as DGA and GAPrune write their own score tables
+        method="|".join(re.escape(m) for m in config["scoring"]),
     resources:
         gpu=1,
     log:
