@@ -70,3 +70,5 @@ def setup_logging(level: int = logging.INFO, logfile: str | os.PathLike | None =
     if logfile:
         handlers.append(logging.FileHandler(logfile))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    # faiss logs a ModuleNotFoundError at INFO while probing CPU builds; it is not an error for our users
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
