@@ -38,6 +38,14 @@ def fail(msg, field, fix):
     raise WorkflowError(f"config field '{field}': {msg}\n  fix: {fix}")
 
 
+STAGE_SCORES = set()
+
+
+def register_score_table(name):
+    """A score table written by a stage's own rules (results/scores/<name>.parquet) that policies may name."""
+    STAGE_SCORES.add(name)
+
+
 def check_selection_config():
     ckpts = set(config["proxy"]["checkpoints"])
     for name, entry in config["scoring"].items():
@@ -48,9 +56,9 @@ def check_selection_config():
     for name, entry in config["selection"]["policies"].items():
         for key in ("score",):
             ref = entry.get(key)
-            if ref is not None and ref not in config["scoring"]:
+            if ref is not None and ref not in config["scoring"] and ref not in STAGE_SCORES:
                 fail(f"names scoring entry '{ref}', which does not exist", f"selection.policies.{name}.{key}",
-                     f"use one of: {', '.join(config['scoring'])}")
+                     f"use one of: {', '.join([*config['scoring'], *sorted(STAGE_SCORES)])}")
         ref = entry.get("curriculum", {}).get("score")
         if ref is not None and ref not in config["scoring"]:
             fail(f"names scoring entry '{ref}', which does not exist",

@@ -97,3 +97,5 @@ if stage_on("dga"):
         return out + [*rules.dga_plots.output]
 
     register_targets("dga", _dga_targets)
+    if "dga" in DGA_STRATEGIES:
+        register_score_table("dga_alignment")  # selection policies may rank by it (score: dga_alignment)
