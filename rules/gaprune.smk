@@ -101,6 +101,9 @@ if stage_on("gaprune"):
     # results/scores/{method}.parquet is also the generic `score` rule's pattern: this table is GAPrune's own
     ruleorder: gaprune_example_scores > score
 
+    if GAP["example_scores"]["enabled"]:
+        register_score_table("gaprune_example")  # selection policies may rank by it (ours, labelled as such)
+
     register_targets(
         "gaprune",
         lambda: [
