@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -35,6 +36,16 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
+
+
+def rng_for(seed: int, purpose: str) -> np.random.Generator:
+    """A NumPy generator for one purpose ("noise", "splits", "policy:random"…).
+
+    Seeding every draw with the bare seed would make draws of different purposes identical: with noise seed 0 and
+    selection seed 0, a random 20% selection would be exactly the 20% of rows whose labels were flipped.
+    """
+    salt = int.from_bytes(hashlib.blake2b(purpose.encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng([int(seed), salt])
 
 
 def set_threads(n: int) -> None:

@@ -85,3 +85,12 @@ def test_bad_selection_inputs():
         make_selection(ex, sc.head(5), "t", {"policy": "top"}, 0.5, 0)
     with pytest.raises(ConfigError, match="needs a score"):
         make_selection(ex, None, "t", {"policy": "top"}, 0.5, 0)
+
+
+def test_random_selection_is_independent_of_the_noise_draw(tiny_examples):
+    # noise seed 0 and selection seed 0: a shared stream would make random 20% exactly the 20% flipped rows
+    df, _ = tiny_examples
+    table = make_selection(df, None, "random", {"policy": "random"}, 0.2, 0)
+    kept = table.filter(pl.col("selected")).join(df.select("example_id", "is_noisy"), on="example_id")
+    share = kept.get_column("is_noisy").mean()
+    assert 0.08 < share < 0.32  # binomial(86, 0.2): far inside ±4 sd

@@ -15,6 +15,7 @@ import polars as pl
 from datasel.data.ids import content_ids
 from datasel.data.sources import load_source
 from datasel.errors import ConfigError, DataError
+from datasel.runtime import rng_for
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _splits(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFrame:
     carve = [(name, f) for name, f in (("test", test_frac), ("val", val_frac)) if name not in have and f > 0]
     if carve:
         train_ids = np.array(sorted(df.filter(pl.col("split") == "train").get_column("example_id").to_list()))
-        perm = np.random.default_rng(seed).permutation(len(train_ids))
+        perm = rng_for(seed, "splits").permutation(len(train_ids))
         total = len(train_ids)
         start = 0
         assign: dict[str, str] = {}
@@ -156,7 +157,7 @@ def _inject_noise(df: pl.DataFrame, noise: dict[str, Any], num_classes: int) -> 
     df = df.with_columns(pl.col("label").alias("label_orig"))
     if frac == 0.0:
         return df.with_columns(pl.lit(False).alias("is_noisy"))
-    rng = np.random.default_rng(int(noise.get("seed", 0)))
+    rng = rng_for(int(noise.get("seed", 0)), "noise")
     train_ids = sorted(df.filter(pl.col("split") == "train").get_column("example_id").to_list())
     chosen = rng.choice(len(train_ids), size=int(round(frac * len(train_ids))), replace=False)
     # a noisy label is drawn uniformly from the *other* classes, so every flipped example is really wrong

@@ -16,6 +16,7 @@ import polars as pl
 import torch
 
 from datasel.errors import ConfigError
+from datasel.runtime import rng_for
 
 ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 PACINGS = ("linear", "root", "step", "none")
@@ -28,7 +29,7 @@ def order_positions(chosen: pl.DataFrame, scores: pl.DataFrame | None, cfg: dict
         raise ConfigError(f"unknown curriculum order '{order}'", field="curriculum.order", fix=f"use one of {ORDERS}")
     ids = chosen.select("example_id").sort("example_id")
     if order == "random":
-        perm = np.random.default_rng(seed).permutation(ids.height)
+        perm = rng_for(seed, "curriculum:random").permutation(ids.height)
         ranked = ids[perm]
     else:
         if scores is None:

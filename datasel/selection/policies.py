@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from datasel.errors import ConfigError
+from datasel.runtime import rng_for
 from datasel.selection.base import POLICIES, Policy
 
 
@@ -47,7 +48,7 @@ class Random(Policy):
     needs_score = False
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
-        idx = np.sort(np.random.default_rng(seed).choice(pool.height, size=n_keep, replace=False))
+        idx = np.sort(rng_for(seed, "policy:random").choice(pool.height, size=n_keep, replace=False))
         return _keep(pool[idx], 0, n_keep)
 
 
