@@ -63,3 +63,28 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
             os.chdir(cwd)
             con.close()
     return counts
+
+
+def query(db_path: str | Path, sql: str, retries: int = 5) -> list[tuple]:
+    """Run ``sql`` on the catalog read-only and return its rows, retrying a read torn by a concurrent rewrite.
+
+    Tables are replaced atomically, but DuckDB opens a Parquet file more than once per query (footer at bind time,
+    row groups at scan time); a rewrite in between surfaces as an I/O or "Invalid data" error, never as wrong rows.
+    Such a read is retried; errors in the SQL itself are raised at once.
+    """
+    import time
+
+    for attempt in range(retries + 1):
+        con = duckdb.connect(str(db_path), read_only=True)
+        try:
+            return con.sql(sql).fetchall()
+        except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException):
+            raise
+        except duckdb.Error:
+            if attempt == retries:
+                raise
+            log.info("catalog read overlapped a table rewrite; retrying (%d/%d)", attempt + 1, retries)
+            time.sleep(0.05 * (attempt + 1))
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
