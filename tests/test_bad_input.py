@@ -1,0 +1,306 @@
+"""Bad input is refused with a short error naming file, field and fix, at the step that reads it.
+
+Already covered elsewhere (not repeated here): empty dataset, single class, labels above the class count, NaN and
+inf inputs, duplicate ids, missing label column and non-numeric features in `tests/test_data.py`; a truncated
+table, missing column and wrong dtype on write, duplicate table ids in `tests/test_tables.py`; a feature shard
+of another dimension or projector seed (read, resume and gather) in `tests/test_store.py`; fractions > 1, a
+non-integer epoch and dangling score names in the config in `tests/test_workflow.py`.
+
+Here: the same faults as they reach pipeline steps through `run_step` (exit 1, one message, no traceback),
+tables that are not Parquet, read-side column and dtype faults, NaN scores, stale score tables, negative labels,
+fractions outside (0, 1], unknown method and policy names, checkpoints of another model or truncated, a gathered
+feature set whose shard was swapped for one of another dimension, and configs that fail the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from conftest import TINY, snakemake, write_config
+from datasel.data.prepare import build_examples
+from datasel.errors import ConfigError, DataError, DataselError
+from datasel.models import build_model
+from datasel.pipeline import select
+from datasel.scoring import SCORERS, finalize_scores
+from datasel.selection import POLICIES
+from datasel.selection.make import make_selection
+from datasel.snakemake_entry import run_step
+from datasel.store import read_table, write_table
+from datasel.training.proxy import load_checkpoint, save_checkpoint
+
+
+def refused(exc: pytest.ExceptionInfo, *needles: str) -> str:
+    """The error names where (file or field) and how to fix, and mentions every needle."""
+    err = exc.value
+    assert isinstance(err, DataselError)
+    assert err.fix, f"no fix in {err!s}"
+    assert err.file is not None or err.field is not None, f"no location in {err!s}"
+    text = str(err)
+    for n in needles:
+        assert n in text, f"{n!r} not in {text!r}"
+    assert len(text) < 600 and "Traceback" not in text
+    return text
+
+
+class _Names(dict):
+    """What Snakemake hands a script: a mapping with attribute access (input, output, params, wildcards)."""
+
+    __getattr__ = dict.__getitem__
+
+    def __getitem__(self, key: Any) -> Any:
+        return list(self.values())[key] if isinstance(key, int) else dict.__getitem__(self, key)
+
+
+def fake_smk(tmp: Path, rule: str, inputs: dict, outputs: dict, params: dict, wildcards: dict) -> SimpleNamespace:
+    return SimpleNamespace(input=_Names(inputs), output=_Names(outputs), params=_Names(params),
+                           wildcards=_Names(wildcards), log=[str(tmp / f"{rule}.log")], rule=rule,
+                           config={"compute": {"threads": 1}})
+
+
+@pytest.fixture()
+def results(tmp_path, tiny_examples):
+    df, meta = tiny_examples
+    res = tmp_path / "results"
+    write_table(df, res / "examples" / "examples.parquet", "examples")
+    (res / "examples" / "meta.json").write_text(json.dumps(meta))
+    train = df.filter(pl.col("split") == "train")
+    scores = finalize_scores(train.select("example_id", pl.col("x").list.sum().cast(pl.Float64).alias("score")), "s")
+    write_table(scores, res / "scores" / "s.parquet", "scores")
+    return res, df, scores
+
+
+def _run_select(tmp_path: Path, res: Path, capsys) -> str:
+    """Run the selection step as the `select` rule would; return what the user sees on stderr."""
+    smk = fake_smk(tmp_path, "select", {"examples": str(res / "examples" / "examples.parquet"),
+                                        "scores": str(res / "scores" / "s.parquet")},
+                   {"out": str(res / "selections" / "s_top_keep50.parquet")},
+                   {"policy": {"policy": "top", "score": "s"}, "fraction": 0.5, "seed": 0}, {"policy": "s_top"})
+    with pytest.raises(SystemExit) as code:
+        run_step(smk, select)
+    assert code.value.code == 1
+    err = capsys.readouterr().err
+    assert "datasel error in rule 'select'" in err and "fix:" in err and "Traceback" not in err
+    assert not (res / "selections" / "s_top_keep50.parquet").exists(), "a refused step left an output"
+    return err
+
+
+# ---- tables as a step reads them ----
+
+TABLE_FAULTS = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "cannot read as Parquet"),
+    "not parquet": (lambda p: p.write_text("example_id,score\ne1,0.5\n"), "cannot read as Parquet"),
+    "empty file": (lambda p: p.write_bytes(b""), "cannot read as Parquet"),
+    "missing column": (lambda p: pl.read_parquet(p).drop("rank").write_parquet(p), "field 'rank'"),
+    "wrong dtype": (lambda p: pl.read_parquet(p).with_columns(pl.col("score").cast(pl.String)).write_parquet(p),
+                    "field 'score'"),
+    "NaN score": (lambda p: pl.read_parquet(p).with_columns(
+        pl.when(pl.col("rank") == 3).then(float("nan")).otherwise(pl.col("score")).alias("score")).write_parquet(p),
+        "NaN or inf"),
+    "inf score": (lambda p: pl.read_parquet(p).with_columns(
+        pl.when(pl.col("rank") == 1).then(float("inf")).otherwise(pl.col("score")).alias("score")).write_parquet(p),
+        "NaN or inf"),
+    "stale (rows missing)": (lambda p: pl.read_parquet(p).head(100).write_parquet(p), "have no score"),
+    "duplicate ids": (lambda p: pl.concat([pl.read_parquet(p), pl.read_parquet(p).head(2)]).write_parquet(p),
+                      "duplicated 'example_id'"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(TABLE_FAULTS))
+def test_bad_score_table_fails_the_select_step_cleanly(tmp_path, results, capsys, fault):
+    res, _, _ = results
+    mutate, needle = TABLE_FAULTS[fault]
+    path = res / "scores" / "s.parquet"
+    mutate(path)
+    err = _run_select(tmp_path, res, capsys)
+    assert needle in err and str(path) in err
+    assert "fix:" in (tmp_path / "select.log").read_text()  # the rule's log holds the same message
+
+
+def test_examples_with_duplicate_ids_or_wrong_dtype_are_refused_on_read(tmp_path, tiny_examples):
+    df, _ = tiny_examples
+    path = tmp_path / "examples.parquet"
+    pl.concat([df, df.head(1)]).write_parquet(path)
+    with pytest.raises(DataError) as e:
+        read_table(path, "examples")
+    refused(e, "example_id", str(path))
+    df.with_columns(pl.col("label").cast(pl.String)).write_parquet(path)
+    with pytest.raises(DataError) as e:
+        read_table(path, "examples")
+    assert e.value.field == "label"
+    refused(e, "Int64")
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1garbagePAR1", b"\x00" * 64])
+def test_user_data_file_that_is_not_parquet(tmp_path, content):
+    path = tmp_path / "mine.parquet"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        build_examples({"source": "files", "path": str(path), "feature_columns": ["a"]})
+    refused(e, "mine.parquet", "not truncated")
+
+
+def test_negative_labels_are_out_of_range(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.parquet"
+    pl.DataFrame({"a": rng.normal(size=30), "cls": [-1, 0, 1] * 10}).write_parquet(path)
+    with pytest.raises(DataError) as e:
+        build_examples({"source": "files", "path": str(path), "label_column": "cls", "feature_columns": ["a"]})
+    assert e.value.field == "label"
+    refused(e, "outside the classes", "d.parquet")
+
+
+# ---- config values the schema cannot see at run time ----
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.0001, 2.0, math.nan, math.inf])
+def test_kept_fraction_outside_unit_interval(results, fraction):
+    _, df, scores = results
+    with pytest.raises(ConfigError) as e:
+        make_selection(df, scores, "s_top", {"policy": "top", "score": "s"}, fraction, 0)
+    assert e.value.field == "selection.fractions"
+    refused(e, "outside (0, 1]")
+
+
+def test_fraction_one_keeps_everything(results):
+    _, df, scores = results
+    sel = make_selection(df, scores, "s_top", {"policy": "top", "score": "s"}, 1.0, 0)
+    assert sel.get_column("selected").all()
+
+
+def test_unknown_method_and_policy_names_list_the_known_ones(results):
+    _, df, scores = results
+    with pytest.raises(ConfigError) as e:
+        SCORERS.get("el3n", where="scoring.el2n.method")
+    refused(e, "unknown scoring method 'el3n'", "scoring.el2n.method", "el2n")
+    with pytest.raises(ConfigError) as e:
+        make_selection(df, scores, "mine", {"policy": "offsett", "score": "s"}, 0.5, 0)
+    assert e.value.field == "selection.policies.mine.policy"
+    refused(e, "unknown selection policy 'offsett'", "offset")
+    assert "offset" in POLICIES.names()
+
+
+# ---- checkpoints ----
+
+@pytest.fixture()
+def checkpoint(tmp_path, tiny_examples):
+    _, meta = tiny_examples
+    cfg = {"name": "mlp", "hidden": [32]}
+    model = build_model(cfg, meta)
+    path = tmp_path / "proxy" / "seed0" / "epoch1.pt"
+    save_checkpoint(path, model, model_cfg=cfg, epoch=1, seed=0)
+    return path, cfg, meta
+
+
+def test_checkpoint_from_a_different_model(checkpoint):
+    path, cfg, meta = checkpoint
+    assert isinstance(load_checkpoint(path, meta, cfg), torch.nn.Module)
+    with pytest.raises(DataError) as e:
+        load_checkpoint(path, meta, {"name": "mlp", "hidden": [64]})
+    assert e.value.field == "proxy.model"
+    refused(e, str(path), "rerun the proxy step")
+    with pytest.raises(DataError) as e:
+        load_checkpoint(path, meta, {"name": "cnn1d", "channels": 32})
+    refused(e, "cnn1d")
+
+
+def test_checkpoint_whose_weights_do_not_fit(checkpoint):
+    path, cfg, meta = checkpoint
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["model_cfg"] = {"name": "mlp", "hidden": [16]}  # claims a model its weights do not belong to
+    torch.save(ckpt, path)
+    with pytest.raises(DataError) as e:
+        load_checkpoint(path, meta)
+    refused(e, "does not fit the model", str(path))
+
+
+def test_checkpoint_for_data_of_another_shape(checkpoint):
+    path, _, meta = checkpoint
+    with pytest.raises(DataError) as e:
+        load_checkpoint(path, {**meta, "input_dim": meta["input_dim"] + 1})
+    refused(e, "does not fit")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_checkpoint(checkpoint, damage):
+    path, cfg, meta = checkpoint
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint", "empty": b""}[damage])
+    with pytest.raises(DataError) as e:
+        load_checkpoint(path, meta, cfg)
+    refused(e, "cannot load checkpoint", str(path))
+
+
+# ---- feature sets ----
+
+def test_gathered_set_refuses_a_swapped_shard_of_another_dimension(tmp_path):
+    from datasel.features.store import FeatureSet, ShardWriter, gather
+
+    rng = np.random.default_rng(0)
+
+    def shard(path: Path, ids: list[str], dim: int, seed: int = 0) -> Path:
+        w = ShardWriter(path, {"dim": dim, "seed": seed, "split": "train", "checkpoint": "c"}, ids, len(ids))
+        w.write(0, rng.normal(size=(len(ids), dim)).astype(np.float32))
+        w.finalize()
+        return path
+
+    a = shard(tmp_path / "set" / "shard_0", ["a", "b"], 8)
+    b = shard(tmp_path / "set" / "shard_1", ["c", "d"], 8)
+    index = gather([a, b], tmp_path / "set" / "index.json")
+    import shutil
+
+    shutil.rmtree(b)
+    shard(b, ["c", "d"], 16)  # recomputed with another projection dimension after the gather
+    with pytest.raises(DataError) as e:
+        FeatureSet.open(index)
+    refused(e, "shard_1")
+    with pytest.raises(DataError) as e:
+        gather([a, b], tmp_path / "set" / "index2.json")
+    assert e.value.field == "dim"
+    refused(e, "disagrees")
+
+
+# ---- configs that fail the schema: refused before any job runs ----
+
+SCHEMA_FAULTS = {
+    "unknown source": (lambda c: c["data"].__setitem__("source", "s3"), "source"),
+    "missing checkpoints": (lambda c: c["proxy"].pop("checkpoints"), "checkpoints"),
+    "zero batch size": (lambda c: c["training"].__setitem__("batch_size", 0), "batch_size"),
+    "zero fraction": (lambda c: c["selection"].__setitem__("fractions", [0.0]), "fractions"),
+    "noise of one": (lambda c: c["data"]["noise"].__setitem__("fraction", 1.0), "fraction"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(SCHEMA_FAULTS))
+def test_config_failing_the_schema(tmp_path, fault):
+    mutate, needle = SCHEMA_FAULTS[fault]
+    cfg = copy.deepcopy(TINY)
+    mutate(cfg)
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and needle in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.xfail(reason="rules/common.smk check_selection_config does not yet check method/policy names against "
+                          "the registries; a typo is refused only when the score/select job runs", strict=False)
+@pytest.mark.parametrize("where", ["method", "policy"])
+def test_unknown_names_are_refused_before_any_job(tmp_path, where):
+    cfg = copy.deepcopy(TINY)
+    if where == "method":
+        cfg["scoring"]["el2n"]["method"] = "el3n"
+    else:
+        cfg["selection"]["policies"]["random"]["policy"] = "randomm"
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0 and ("el3n" if where == "method" else "randomm") in proc.stdout + proc.stderr
