@@ -69,9 +69,15 @@ def export_selection(results: str | Path, selection: str, fmt: str, out: str | P
             import datasets
 
             datasets.Dataset(rows.to_arrow()).save_to_disk(str(tmp))
+        old = None
         if out.exists():
-            shutil.rmtree(out)
+            # move the previous export (a folder, or a file in the way) aside before renaming the new one in, so
+            # `out` is always either the whole old export or the whole new one; then drop the old one
+            old = out.parent / f".tmp-old-{tmp.name}"
+            out.rename(old)
         tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
