@@ -46,7 +46,7 @@ def test_quality_grid_smoke(tmp_path):
     rep = tmp_path / "results" / "quality" / "report"
     text = (rep / "quality.md").read_text()
     assert "label noise 0%" in text and "label noise 20%" in text and "el2n_offset_cl" in text
-    assert "beats random" in text
+    assert "beats random" in text and "keep 100%" not in text
     marg = pl.read_csv(rep / "margins.csv")
     assert set(marg.get_column("method")) == {"el2n_offset", "el2n_offset_cl", "random_cl"}
     assert set(marg.get_column("noise")) == {0.0, 0.2} and (marg.get_column("seeds") == 2).all()

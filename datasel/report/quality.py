@@ -72,7 +72,7 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame)
     lines = ["# Selection quality: test accuracy (%) by method and kept fraction", ""]
     for noise in sorted(cells.get_column("noise").unique().to_list()):
         part = cells.filter(pl.col("noise") == noise)
-        fracs = sorted(part.get_column("fraction").unique().to_list())
+        fracs = sorted(x for x in part.get_column("fraction").unique().to_list() if x < 1)  # full data: heading
         f = full.filter(pl.col("noise") == noise).get_column("value").to_numpy()
         lines += [f"## label noise {noise:.0%}" + (f" — full data {100 * f.mean():.2f} ± {100 * f.std(ddof=1):.2f}"
                                                    if len(f) > 1 else ""), ""]
