@@ -47,6 +47,18 @@ def register_score_table(name):
 
 
 def check_selection_config():
+    # names are checked against the registries here, before any job runs, not when a score/select job starts
+    from datasel.scoring import SCORERS
+    from datasel.selection import POLICIES
+
+    for name, entry in config["scoring"].items():
+        method = entry.get("method", name)
+        if method not in SCORERS.names():
+            fail(f"unknown scoring method '{method}'", f"scoring.{name}.method", f"use one of: {', '.join(SCORERS.names())}")
+    for name, entry in config["selection"]["policies"].items():
+        if entry["policy"] not in POLICIES.names():
+            fail(f"unknown selection policy '{entry['policy']}'", f"selection.policies.{name}.policy",
+                 f"use one of: {', '.join(POLICIES.names())}")
     ckpts = set(config["proxy"]["checkpoints"])
     for name, entry in config["scoring"].items():
         epoch = entry.get("epoch")

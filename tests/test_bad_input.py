@@ -292,8 +292,6 @@ def test_config_failing_the_schema(tmp_path, fault):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.xfail(reason="rules/common.smk check_selection_config does not yet check method/policy names against "
-                          "the registries; a typo is refused only when the score/select job runs", strict=False)
 @pytest.mark.parametrize("where", ["method", "policy"])
 def test_unknown_names_are_refused_before_any_job(tmp_path, where):
     cfg = copy.deepcopy(TINY)
@@ -303,4 +301,7 @@ def test_unknown_names_are_refused_before_any_job(tmp_path, where):
         cfg["selection"]["policies"]["random"]["policy"] = "randomm"
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, "-n", check=False)
-    assert proc.returncode != 0 and ("el3n" if where == "method" else "randomm") in proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and ("el3n" if where == "method" else "randomm") in text
+    assert ("scoring.el2n.method" if where == "method" else "selection.policies.random.policy") in text
+    assert not (tmp_path / "results").exists()
