@@ -12,6 +12,7 @@ import torch
 
 from datasel.data.prepare import build_examples
 from datasel.data.tensors import load_split
+from datasel.errors import DataError
 from datasel.models import build_model
 from datasel.runtime import seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
@@ -72,6 +73,11 @@ def train(smk: Any) -> None:
     x, y, ids = load_split(examples, "train")
     row = {eid: i for i, eid in enumerate(ids)}
     sel = sel.sort("example_id")
+    stale = [e for e in sel.get_column("example_id").to_list() if e not in row]
+    if stale:  # a selection made from another examples table: refuse it rather than fail on a lookup
+        raise DataError(f"{len(stale)} selected ids are not training examples (e.g. {stale[:3]})",
+                        file=smk.input.selection, field="example_id",
+                        fix="the selection is stale: delete it and rerun the select step on the current examples")
     idx = torch.tensor([row[e] for e in sel.get_column("example_id").to_list()], dtype=torch.long)
     xs, ys = x[idx], y[idx]
     weights = torch.from_numpy(sel.get_column("weight").to_numpy()).float()

@@ -8,8 +8,9 @@ non-integer epoch and dangling score names in the config in `tests/test_workflow
 
 Here: the same faults as they reach pipeline steps through `run_step` (exit 1, one message, no traceback),
 tables that are not Parquet, read-side column and dtype faults, NaN scores, stale score tables, negative labels,
-fractions outside (0, 1], unknown method and policy names, checkpoints of another model or truncated, a gathered
-feature set whose shard was swapped for one of another dimension, and configs that fail the schema.
+fractions outside (0, 1], unknown method and policy names, checkpoints of another model or truncated (also through
+the score step), stale or empty selections at the train step, a gathered feature set whose shard was swapped for
+one of another dimension, and configs that fail the schema.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from conftest import TINY, snakemake, write_config
 from datasel.data.prepare import build_examples
 from datasel.errors import ConfigError, DataError, DataselError
 from datasel.models import build_model
-from datasel.pipeline import select
+from datasel.pipeline import score, select, train
 from datasel.scoring import SCORERS, finalize_scores
 from datasel.selection import POLICIES
 from datasel.selection.make import make_selection
@@ -237,6 +238,51 @@ def test_damaged_checkpoint(checkpoint, damage):
     with pytest.raises(DataError) as e:
         load_checkpoint(path, meta, cfg)
     refused(e, "cannot load checkpoint", str(path))
+
+
+def test_score_step_refuses_a_checkpoint_of_another_model(tmp_path, results, checkpoint, capsys):
+    res, _, _ = results
+    path, _, _ = checkpoint
+    smk = fake_smk(tmp_path, "score", {"examples": str(res / "examples" / "examples.parquet"),
+                                       "meta": str(res / "examples" / "meta.json"), "checkpoints": [str(path)]},
+                   {"out": str(res / "scores" / "el2n.parquet")},
+                   {"scoring": {"method": "el2n", "epoch": 1}, "model_cfg": {"name": "mlp", "hidden": [64]}},
+                   {"method": "el2n"})
+    with pytest.raises(SystemExit) as code:
+        run_step(smk, score)
+    err = capsys.readouterr().err
+    assert code.value.code == 1 and "datasel error in rule 'score'" in err and str(path) in err
+    assert "proxy.model" in err and "Traceback" not in err
+    assert not (res / "scores" / "el2n.parquet").exists()
+
+
+TRAIN_FAULTS = {
+    "stale selection (unknown ids)": (lambda sel: pl.concat([sel, sel.head(1).with_columns(
+        pl.lit("ghost").alias("example_id"), pl.lit(True).alias("selected"))]), "not training examples"),
+    "nothing selected": (lambda sel: sel.with_columns(pl.lit(False).alias("selected"), pl.lit(0.0).alias("weight")),
+                         "zero examples"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(TRAIN_FAULTS))
+def test_train_step_refuses_a_bad_selection(tmp_path, results, capsys, fault):
+    res, df, scores = results
+    mutate, needle = TRAIN_FAULTS[fault]
+    sel = make_selection(df, scores, "s_top", {"policy": "top", "score": "s"}, 0.5, 0)
+    path = res / "selections" / "s_top_keep50.parquet"
+    write_table(mutate(sel), path, "selections")
+    training = {**TINY["training"], "budget": {"unit": "steps", "value": 2}}
+    smk = fake_smk(tmp_path, "train", {"examples": str(res / "examples" / "examples.parquet"),
+                                       "meta": str(res / "examples" / "meta.json"), "selection": str(path)},
+                   {"out": str(res / "metrics" / "train" / "s_top_keep50" / "seed0.parquet")},
+                   {"training": training, "curriculum": None, "info": {"method": "s_top", "fraction": 0.5}},
+                   {"seed": "0", "selection": "s_top_keep50"})
+    with pytest.raises(SystemExit) as code:
+        run_step(smk, train)
+    err = capsys.readouterr().err
+    assert code.value.code == 1 and "datasel error in rule 'train'" in err and needle in err
+    assert "fix:" in err and "Traceback" not in err
+    assert not (res / "metrics").exists()
 
 
 # ---- feature sets ----
