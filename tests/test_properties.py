@@ -2,14 +2,15 @@
 invariant or a clean refusal (a DataselError naming file/field and fix; for configs, a short Snakemake error). Any
 other exception, a traceback or an invariant break fails the test.
 
-Runs are derandomized (the same examples every time, so CI is reproducible); raise max_examples locally to search
-harder.
+Runs are derandomized (the same examples every time, so CI is reproducible); DATASEL_FUZZ=<n> runs n fresh random
+examples per fast test instead, to search harder locally.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from datasel.selection.base import kept_count
 from datasel.selection.make import make_selection
 from datasel.store import SCHEMAS, read_table, write_table
 
-FAST = settings(max_examples=60, deadline=None, derandomize=True,
+FUZZ = int(os.environ.get("DATASEL_FUZZ", "0"))
+FAST = settings(max_examples=FUZZ or 60, deadline=None, derandomize=not FUZZ,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -160,7 +162,7 @@ def test_random_tables_read_as_their_schema_or_are_refused(tmp_path, schema, dat
         assert df.get_column(key).is_unique().all()
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
+@settings(max_examples=FUZZ or 40, deadline=None, derandomize=not FUZZ,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4))
 def test_damaged_parquet_reads_or_is_refused(tmp_path, cut, flips):
