@@ -19,6 +19,8 @@ class Policy(ABC):
     """A selection policy; ``needs_score`` says whether it reads a score table."""
 
     needs_score: ClassVar[bool] = True
+    # whether per-class quotas make sense; a policy that ignores the kept count (``full``) opts out
+    stratifiable: ClassVar[bool] = True
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg

@@ -68,8 +68,7 @@ def make_selection(
                           fix="name a scoring entry in 'score'")
     pool = build_pool(examples, scores if policy.needs_score else None, score_source)
     n_keep = kept_count(pool.height, fraction)
-    # `full` keeps every row whatever the quota, so per-class quotas would drop whole classes: never stratify it
-    stratify = cfg.get("stratify") and cfg["policy"] != "full"
+    stratify = cfg.get("stratify") and policy.stratifiable
     chosen = _stratified(policy, pool, n_keep, seed) if stratify else policy.choose(pool, n_keep, seed)
     chosen = chosen.select("example_id", "weight")
     curriculum = cfg.get("curriculum")

@@ -55,6 +55,7 @@ class Random(Policy):
 @POLICIES.register("full")
 class Full(Policy):
     needs_score = False
+    stratifiable = False
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         return _keep(pool, 0, pool.height)
