@@ -351,3 +351,28 @@ def test_unknown_names_are_refused_before_any_job(tmp_path, where):
     assert proc.returncode != 0 and ("el3n" if where == "method" else "randomm") in text
     assert ("scoring.el2n.method" if where == "method" else "selection.policies.random.policy") in text
     assert not (tmp_path / "results").exists()
+
+
+# Known gaps in rules/common.smk (the workflow lead's file; reported): an unknown model name is refused only when the
+# proxy job runs (a clean ConfigError there), an unknown stage name is silently ignored, and a stage switched on
+# without its config section stops Snakemake with a KeyError. xfail, not strict: they pass once the checks land.
+PRE_JOB = {
+    "unknown model": (lambda c: c["proxy"]["model"].__setitem__("name", "resnet9000"), "resnet9000"),
+    "unknown stage": (lambda c: c.__setitem__("stages", ["selection", "selectoin"]), "selectoin"),
+    "stage without its section": (lambda c: c.__setitem__("stages", ["selection", "features"]), "features"),
+}
+
+
+@pytest.mark.xfail(reason="common.smk does not yet check model names, stage names, or that a switched-on stage "
+                          "has its section", strict=False)
+@pytest.mark.parametrize("fault", sorted(PRE_JOB))
+def test_config_mistakes_are_refused_before_any_job(tmp_path, fault):
+    mutate, needle = PRE_JOB[fault]
+    cfg = copy.deepcopy(TINY)
+    mutate(cfg)
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and needle in text
+    assert "fix:" in text or "On instance" in text
+    assert "KeyError" not in text and "Traceback" not in text

@@ -231,10 +231,32 @@ SLOTS = [("data", "source"), ("data", "noise"), ("proxy", "epochs"), ("proxy", "
          ("proxy", "model"), ("scoring", "el2n"), ("selection", "fractions"), ("selection", "policies"),
          ("training", "budget"), ("training", "seeds"), ("training", "batch_size"), ("stages", None)]
 WEIRD = st.sampled_from([None, -1, 0, 1, 2.5, "x", "", [], [0], [1.5], {}, {"policy": "top"}, True, [0, 1, 3]])
+# values of the right type that the schema lets through: the cross-section checks (or the run) must handle them
+PLAUSIBLE = {
+    ("data", "noise"): [{"fraction": 0.5, "seed": 1}, {"fraction": 0.0}],
+    ("proxy", "checkpoints"): [[0, 3], [1], [0, 1, 3, 7]],
+    ("proxy", "model"): [{"name": "cnn1d", "channels": 4}, {"name": "nope"}],
+    ("scoring", "el2n"): [{"method": "el2n", "epoch": 2}, {"method": "grand", "epoch": 3}, {"method": "loss"}],
+    ("selection", "fractions"): [[0.1, 1.0], [1.0], [0.333]],
+    ("selection", "policies"): [{"a": {"policy": "offset", "score": "nope"}},
+                                {"b": {"policy": "bottom", "score": "grand"}},
+                                {"c": {"policy": "top", "score": "el2n", "curriculum": {"score": "missing"}}}],
+    ("training", "seeds"): [[7], [0, 0]],
+    # (stages [selection, features] without a features section: tests/test_bad_input.py, a known gap)
+    ("stages", None): [["selection"]],
+}
 
 
-@settings(max_examples=15, deadline=None, derandomize=True)
-@given(edits=st.lists(st.tuples(st.sampled_from(SLOTS), WEIRD), min_size=1, max_size=2))
+@st.composite
+def config_edit(draw):
+    slot = draw(st.sampled_from(SLOTS))
+    if slot in PLAUSIBLE and draw(st.booleans()):
+        return slot, draw(st.sampled_from(PLAUSIBLE[slot]))
+    return slot, draw(WEIRD)
+
+
+@settings(max_examples=max(15, FUZZ // 20), deadline=None, derandomize=not FUZZ)
+@given(edits=st.lists(config_edit(), min_size=1, max_size=2))
 def test_random_configs_dry_run_cleanly_or_are_refused_cleanly(edits):
     cfg = copy.deepcopy(TINY)
     for (section, key), value in edits:
@@ -248,9 +270,12 @@ def test_random_configs_dry_run_cleanly_or_are_refused_cleanly(edits):
         proc = snakemake(work, "-n", check=False, timeout=300)
         text = proc.stdout + proc.stderr
         assert "Traceback" not in text, text[-3000:]
-        event("dry run ok" if proc.returncode == 0 else "refused")
+        if proc.returncode == 0:
+            event("dry run ok")
         if proc.returncode != 0:
             # a refusal names the config field (schema error or datasel's cross-section check)
-            assert any(k in text for k in ("ValidationError", "config field", "Error validating", "WorkflowError")), \
-                text[-3000:]
+            schema = "ValidationError" in text and "On instance" in text  # the schema names the failing path
+            ours = "config field" in text and "fix:" in text  # common.smk's cross-section checks
+            assert schema or ours, text[-3000:]
+            event("refused by the schema" if schema else "refused by a cross-section check")
         assert not (work / "results").exists()
