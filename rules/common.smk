@@ -96,3 +96,28 @@ def run_cfg(root):
             fail(f"no run '{root}'", "quality", "add a quality section (config/experiments/quality.yaml)")
         _RUN_CACHE[root] = quality_run_cfg(int(m.group(1)) / 100)
     return _RUN_CACHE[root]
+
+
+def check_stages():
+    """Every stage named in `stages` exists and has its config section (checked before any rule file reads it)."""
+    known = {"selection"} | {p.name.split(".")[0] for p in SCHEMAS_DIR.glob("*.schema.yaml")} - {"config"}
+    for stage in config.get("stages", []):
+        if stage not in known:
+            fail(f"unknown stage '{stage}'", "stages", f"use some of: {', '.join(sorted(known))}")
+        if stage != "selection" and stage not in config:
+            fail(f"stage '{stage}' is on but the config has no '{stage}' section", "stages",
+                 f"add a '{stage}:' section (see config/experiments/) or take '{stage}' out of stages")
+
+
+def check_models():
+    from datasel.models import gpt, vision  # noqa: F401  (registers the builders)
+    from datasel.models.registry import MODELS
+
+    for section in ("proxy", "training"):
+        name = config[section]["model"]["name"]
+        if name not in MODELS:
+            fail(f"unknown model '{name}'", f"{section}.model.name", f"use one of: {', '.join(sorted(MODELS))}")
+
+
+check_stages()
+check_models()
