@@ -53,3 +53,21 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def write_results(tmp_path: Path, examples, meta: dict, score_of_x: str, score_name: str):
+    """A results/ folder holding the examples table, its meta and a score table (a reduction of each row's x)."""
+    import json
+
+    import polars as pl
+
+    from datasel.scoring import finalize_scores
+    from datasel.store import write_table
+
+    res = tmp_path / "results"
+    write_table(examples, res / "examples" / "examples.parquet", "examples")
+    (res / "examples" / "meta.json").write_text(json.dumps(meta))
+    train = examples.filter(pl.col("split") == "train")
+    reduce = getattr(pl.col("x").list, score_of_x)()
+    scores = finalize_scores(train.select("example_id", reduce.cast(pl.Float64).alias("score")), score_name)
+    return res, scores

@@ -27,7 +27,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import TINY, snakemake, write_config
+from conftest import TINY, snakemake, write_config, write_results
 from datasel.data.prepare import build_examples
 from datasel.errors import ConfigError, DataError, DataselError
 from datasel.models import build_model
@@ -71,11 +71,7 @@ def fake_smk(tmp: Path, rule: str, inputs: dict, outputs: dict, params: dict, wi
 @pytest.fixture()
 def results(tmp_path, tiny_examples):
     df, meta = tiny_examples
-    res = tmp_path / "results"
-    write_table(df, res / "examples" / "examples.parquet", "examples")
-    (res / "examples" / "meta.json").write_text(json.dumps(meta))
-    train = df.filter(pl.col("split") == "train")
-    scores = finalize_scores(train.select("example_id", pl.col("x").list.sum().cast(pl.Float64).alias("score")), "s")
+    res, scores = write_results(tmp_path, df, meta, "sum", "s")
     write_table(scores, res / "scores" / "s.parquet", "scores")
     return res, df, scores
 
@@ -325,17 +321,23 @@ SCHEMA_FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fault", sorted(SCHEMA_FAULTS))
-def test_config_failing_the_schema(tmp_path, fault):
-    mutate, needle = SCHEMA_FAULTS[fault]
+def _dry_run_refusal(tmp_path, mutate) -> str:
+    """Dry-run TINY with one mistake; the run must fail before any job and print no traceback."""
     cfg = copy.deepcopy(TINY)
     mutate(cfg)
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, "-n", check=False)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and needle in text
-    assert "Traceback" not in text
+    assert proc.returncode != 0
+    assert "Traceback" not in text and "KeyError" not in text
     assert not (tmp_path / "results").exists()
+    return text
+
+
+@pytest.mark.parametrize("fault", sorted(SCHEMA_FAULTS))
+def test_config_failing_the_schema(tmp_path, fault):
+    mutate, needle = SCHEMA_FAULTS[fault]
+    assert needle in _dry_run_refusal(tmp_path, mutate)
 
 
 @pytest.mark.parametrize("where", ["method", "policy"])
@@ -365,11 +367,6 @@ PRE_JOB = {
 @pytest.mark.parametrize("fault", sorted(PRE_JOB))
 def test_config_mistakes_are_refused_before_any_job(tmp_path, fault):
     mutate, needle = PRE_JOB[fault]
-    cfg = copy.deepcopy(TINY)
-    mutate(cfg)
-    write_config(tmp_path, cfg)
-    proc = snakemake(tmp_path, "-n", check=False)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and needle in text
+    text = _dry_run_refusal(tmp_path, mutate)
+    assert needle in text
     assert "fix:" in text or "On instance" in text
-    assert "KeyError" not in text and "Traceback" not in text

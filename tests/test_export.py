@@ -7,6 +7,7 @@ import json
 import polars as pl
 import pytest
 
+from conftest import write_results
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection
@@ -18,11 +19,7 @@ from datasel.store import write_table
 @pytest.fixture()
 def results(tmp_path, tiny_examples):
     df, meta = tiny_examples
-    res = tmp_path / "results"
-    write_table(df, res / "examples" / "examples.parquet", "examples")
-    (res / "examples" / "meta.json").write_text(json.dumps(meta))
-    train = df.filter(pl.col("split") == "train")
-    scores = finalize_scores(train.select("example_id", pl.col("x").list.sum().cast(pl.Float64).alias("score")), "s")
+    res, scores = write_results(tmp_path, df, meta, "sum", "s")
     cfg = {"policy": "top", "curriculum": {"order": "easy_to_hard", "score": "s"}}
     sel = make_selection(df, scores, "sum", cfg, 0.3, 0, order_scores=scores)
     write_table(sel, res / "selections" / "sum_keep30.parquet", "selections")

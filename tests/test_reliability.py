@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import TINY, snakemake, write_config
+from conftest import TINY, snakemake, write_config, write_results
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection
@@ -75,11 +75,7 @@ def test_two_fresh_runs_give_the_same_bytes_across_cores_and_hash_seeds(tmp_path
 @pytest.fixture()
 def results(tmp_path, tiny_examples):
     df, meta = tiny_examples
-    res = tmp_path / "results"
-    write_table(df, res / "examples" / "examples.parquet", "examples")
-    (res / "examples" / "meta.json").write_text(json.dumps(meta))
-    train = df.filter(pl.col("split") == "train")
-    scores = finalize_scores(train.select("example_id", pl.col("x").list.max().cast(pl.Float64).alias("score")), "m")
+    res, scores = write_results(tmp_path, df, meta, "max", "m")
     sel = make_selection(df, scores, "m_top", {"policy": "top", "score": "m", "stratify": True}, 0.4, 0)
     write_table(sel, res / "selections" / "m_top_keep40.parquet", "selections")
     return res, sel, df
