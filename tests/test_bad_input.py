@@ -32,7 +32,7 @@ from datasel.data.prepare import build_examples
 from datasel.errors import ConfigError, DataError, DataselError
 from datasel.models import build_model
 from datasel.pipeline import score, select, train
-from datasel.scoring import SCORERS, finalize_scores
+from datasel.scoring import SCORERS
 from datasel.selection import POLICIES
 from datasel.selection.make import make_selection
 from datasel.snakemake_entry import run_step

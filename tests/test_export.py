@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import polars as pl
 import pytest
@@ -11,7 +10,6 @@ from conftest import write_results
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection
-from datasel.scoring import finalize_scores
 from datasel.selection.make import make_selection
 from datasel.store import write_table
 

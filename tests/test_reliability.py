@@ -18,7 +18,6 @@ from conftest import TINY, snakemake, write_config, write_results
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection
-from datasel.scoring import finalize_scores
 from datasel.selection.make import make_selection
 from datasel.store import write_table
 
