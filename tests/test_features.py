@@ -81,16 +81,17 @@ def test_parameter_sets_and_patterns() -> None:
 
 
 class Untraceable(nn.Module):
-    """A module with data-dependent Python control flow, which vmap refuses."""
+    """Data-dependent Python control flow, which vmap refuses, and a bare parameter, which the layer path refuses."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(40, 10)
+        self.scale = nn.Parameter(torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum().item() > 0:  # .item() cannot run under vmap
-            return self.lin(x)
-        return self.lin(-x)
+            return self.scale * self.lin(x)
+        return self.scale * self.lin(-x)
 
 
 def test_auto_falls_back_to_loop_with_logged_reason(caplog: pytest.LogCaptureFixture) -> None:
@@ -102,7 +103,7 @@ def test_auto_falls_back_to_loop_with_logged_reason(caplog: pytest.LogCaptureFix
         got = comp(x, y)
     assert comp.mode == "loop"
     assert any("vmap cannot trace Untraceable" in r.message for r in caplog.records)
-    ref = _reference(model, x, y, ["lin.weight", "lin.bias"])
+    ref = _reference(model, x, y, list(select_params(model, "all")))
     assert torch.allclose(got, ref)
 
 

@@ -42,6 +42,11 @@ def test_minilm_vmap_matches_loop(trainable: str) -> None:
     vm = PerSampleGrads(model, cross_entropy, spec, mode="vmap")(enc, y[:4])
     lp = PerSampleGrads(model, cross_entropy, spec, mode="loop")(enc, y[:4])
     assert ((vm - lp).norm() / lp.norm()).item() < 1e-4
+    auto = PerSampleGrads(model, cross_entropy, spec, mode="auto")
+    au = auto(enc, y[:4])
+    # LoRA adapters are Linear layers: the layer path; the last-k set includes LayerNorm weights: vmap
+    assert auto.mode == ("layers" if trainable == "lora" else "vmap")
+    assert ((au - lp).norm() / lp.norm()).item() < 1e-4
     assert vm.norm(dim=1).min() > 0
     names = PerSampleGrads(model, cross_entropy, spec).names
     if trainable == "lora":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasel.features.grads import Inputs, LossFn, PerSampleGrads, batch_len, slice_inputs
+from datasel.features.layer_grads import mark_per_example_mean
 from datasel.features.projectors import AdamPreconditioner, make_projector
 from datasel.features.store import ShardWriter
 from datasel.runtime import progress
@@ -37,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+@mark_per_example_mean
 def cross_entropy(out: Any, y: torch.Tensor) -> torch.Tensor:
     """Classification loss; accepts raw logits or a Hugging Face output with ``.logits``."""
     logits = out.logits if hasattr(out, "logits") else out

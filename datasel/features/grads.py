@@ -3,9 +3,17 @@
 Memory is bounded by ``chunk_size`` × (number of selected parameters), never by the dataset size.
 
 Inputs are a tensor (called as ``model(x)``) or a mapping of tensors with a shared leading batch dimension (called
-as ``model(**x)``, the Hugging Face convention). Modules that ``vmap`` cannot trace (data-dependent Python control
-flow, ``.item()``, in-place buffer updates, some fused kernels) fall back to an example-by-example autograd loop;
-``mode="auto"`` makes that choice on the first chunk and logs why.
+as ``model(**x)``, the Hugging Face convention). Three ways to compute them, fastest first:
+
+- ``layers`` (:mod:`datasel.features.layer_grads`): one batched backward pass to the layer outputs, then the exact
+  per-example outer products, when every chosen parameter is a Linear/Conv weight or bias and the loss is a
+  per-example mean;
+- ``vmap``: ``torch.func`` traces one example and batches it, for any module it can trace;
+- ``loop``: an autograd pass per example, for anything (data-dependent Python control flow, ``.item()``, in-place
+  buffer updates, some fused kernels).
+
+``mode="auto"`` tries them in that order on the first chunk, checks the layer path against the loop on two examples
+of that chunk (so a model whose examples interact inside a batch cannot slip through), and logs each step down.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from datasel.errors import ConfigError
+from datasel.features.layer_grads import LayerGrads, Unsupported
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
-MODES = ("auto", "vmap", "loop")
+MODES = ("auto", "layers", "vmap", "loop")
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +97,9 @@ class PerSampleGrads:
     """Computes flattened per-example gradients ``(n, D)`` of ``loss_fn(model(x_i), y_i)`` over a parameter set.
 
     The column order is ``select_params`` order, each tensor flattened row-major; ``names``/``shapes`` record it.
-    ``mode``: ``vmap`` (one traced, batched pass per chunk), ``loop`` (autograd per example; works for any module),
-    or ``auto`` (vmap, switching to the loop for good if the first vmap call fails, with the reason logged).
+    ``mode``: ``layers``, ``vmap``, ``loop`` (see the module docstring), or ``auto``: the first of them that works
+    for this model, decided on the first chunk, with the reasons for skipping the faster ones logged. ``mode`` holds
+    the choice afterwards.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, params: str | list[str] = "all", mode: str = "auto") -> None:
@@ -104,6 +114,41 @@ class PerSampleGrads:
         self.mode = mode
         self.device = next(iter(self.params.values())).device
         self._vmapped: Callable[..., Any] | None = None
+        self._layers: LayerGrads | None = None
+        if mode == "layers":
+            try:
+                self._layers = LayerGrads(model, self.params, loss_fn)
+            except Unsupported as exc:
+                raise ConfigError(f"gradient mode 'layers' cannot run here: {exc}", field="features.mode",
+                                  fix="use mode: auto (picks vmap or the loop when the layer path does not apply)") \
+                    from None
+
+    # -- layer path ------------------------------------------------------------------------------------------------
+    def _layers_chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        assert self._layers is not None
+        return self._layers(x, y, lambda inp: _call(self.model, None, inp))
+
+    def _try_layers(self, x: Inputs, y: torch.Tensor) -> torch.Tensor | None:
+        """The layer path's result for the first chunk if it applies and agrees with the loop, else None (logged)."""
+        try:
+            self._layers = LayerGrads(self.model, self.params, self.loss_fn)
+            out = self._layers_chunk(x, y)
+        except Unsupported as exc:
+            log.info("per-layer gradients do not apply to %s (%s); trying vmap", type(self.model).__name__, exc)
+            return None
+        except Exception as exc:  # a forward pass the hooks cannot follow (reshaped batch dimension, ...)
+            log.warning("per-layer gradients failed on %s (%s: %s); trying vmap", type(self.model).__name__,
+                        type(exc).__name__, _first_line(exc))
+            return None
+        k = min(2, batch_len(x))
+        ref = self._loop_chunk(slice_inputs(x, 0, k), y[:k])
+        err = ((out[:k] - ref).norm() / ref.norm().clamp_min(torch.finfo(ref.dtype).tiny)).item()
+        tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 5e-2
+        if not err <= tol:
+            log.warning("per-layer gradients of %s differ from the per-example loop (relative error %.2g): its "
+                        "examples interact inside a batch; trying vmap", type(self.model).__name__, err)
+            return None
+        return out
 
     # -- vmap path -----------------------------------------------------------------------------------------------
     def _build_vmap(self) -> Callable[..., Any]:
@@ -133,29 +178,41 @@ class PerSampleGrads:
         wanted = list(self.params.values())
         for i in range(n):
             xi = slice_inputs(x, i, i + 1)
-            loss = self.loss_fn(_call(self.model, None, xi), y[i : i + 1])
-            gs = torch.autograd.grad(loss, wanted, allow_unused=True)
+            with torch.enable_grad():
+                loss = self.loss_fn(_call(self.model, None, xi), y[i : i + 1])
+                gs = torch.autograd.grad(loss, wanted, allow_unused=True)
             out[i] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, wanted)])
         return out
 
     def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole)."""
         x, y = _to(x, self.device), y.to(self.device)
+        if self.mode == "layers":
+            return self._layers_chunk(x, y)
         if self.mode == "loop":
             return self._loop_chunk(x, y)
         if self.mode == "vmap":
             return self._vmap_chunk(x, y)
+        out = self._try_layers(x, y)
+        if out is not None:
+            self.mode = "layers"
+            return out
+        self._layers = None
         try:
             out = self._vmap_chunk(x, y)
             self.mode = "vmap"
             return out
         except Exception as exc:  # vmap raises many types (RuntimeError, NotImplementedError, ValueError, ...)
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             log.warning("vmap cannot trace %s (%s: %s); using the per-example autograd loop",
-                        type(self.model).__name__, type(exc).__name__, reason)
+                        type(self.model).__name__, type(exc).__name__, _first_line(exc))
             self.mode = "loop"
             self._vmapped = None
             return self._loop_chunk(x, y)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def iter_per_sample_grads(

@@ -1,0 +1,185 @@
+"""Exact per-sample gradients from one batched backward pass: layer input × gradient at the layer output.
+
+For a layer ``z = W a + b`` applied at positions ``t`` (a sequence, a convolution's sliding windows), the loss of
+example ``i`` has ``∂ℓ_i/∂W = Σ_t g_{i,t} a_{i,t}ᵀ`` and ``∂ℓ_i/∂b = Σ_t g_{i,t}``, where ``g_{i,t} = ∂ℓ_i/∂z_{i,t}``.
+When the batch loss is the mean of per-example losses and examples do not interact, one ordinary backward pass of
+``B · loss`` to the layer outputs gives every ``g_{i,t}``, so the per-example gradients cost one batched matrix
+product per layer on top of a plain backward pass (Goodfellow 2015; the approach of Opacus' grad samplers). This
+is what lets the feature store run near the cost of a plain batched backward; ``vmap`` pays for tracing one example
+at a time through every operation, which on CPU turns each convolution into a slow grouped convolution.
+
+Only ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding) own parameters here. LoRA adapters
+(peft) are ``nn.Linear`` modules, so the transformer LoRA path qualifies. ``check`` lets a caller verify a model
+against the per-example loop before trusting it (``PerSampleGrads(mode="auto")`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+# Losses known to be the mean of independent per-example losses: ``B · loss`` is then the sum of them.
+_MEAN_LOSSES: set[Callable[..., Any]] = {F.cross_entropy}
+
+
+def mark_per_example_mean(fn: LossFn) -> LossFn:
+    """Declare that ``fn(out, y)`` is the batch mean of per-example losses (so the layer path may be used)."""
+    _MEAN_LOSSES.add(fn)
+    return fn
+
+
+def is_per_example_mean(fn: LossFn) -> bool:
+    return fn in _MEAN_LOSSES
+
+
+class Unsupported(ValueError):
+    """The model or parameter set cannot use the layer path; the message says why."""
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str, str]:
+    path, _, attr = name.rpartition(".")
+    return model.get_submodule(path) if path else model, path, attr
+
+
+def _check_module(mod: nn.Module, path: str, attr: str) -> None:
+    if attr not in ("weight", "bias"):
+        raise Unsupported(f"parameter {path}.{attr} is not a layer weight or bias")
+    if isinstance(mod, nn.Linear):
+        return
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        if mod.groups != 1:
+            raise Unsupported(f"{path} is a grouped convolution")
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise Unsupported(f"{path} uses padding {mod.padding!r} / {mod.padding_mode!r}")
+        return
+    raise Unsupported(f"{path} is a {type(mod).__name__} (only Linear and Conv1d/Conv2d are supported)")
+
+
+def _couples_examples(model: nn.Module) -> str | None:
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
+            return f"{name} is a batch norm in training mode"
+    return None
+
+
+def _unfold(mod: nn.Conv1d | nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """Sliding windows of the layer input, shape (B, C_in · prod(kernel), positions)."""
+    if isinstance(mod, nn.Conv1d):
+        return F.unfold(a.unsqueeze(2), (1, mod.kernel_size[0]), dilation=(1, mod.dilation[0]),
+                        padding=(0, mod.padding[0]), stride=(1, mod.stride[0]))
+    return F.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+
+
+class LayerGrads:
+    """Per-sample gradients ``(B, D)`` of the parameters ``params`` (name → tensor, in column order).
+
+    Raises :class:`Unsupported` (with the reason) when a parameter is not a Linear/Conv weight or bias, the loss is not
+    declared a per-example mean, or a batch norm in training mode couples the examples of a batch.
+    """
+
+    def __init__(self, model: nn.Module, params: Mapping[str, torch.Tensor], loss_fn: LossFn) -> None:
+        if not is_per_example_mean(loss_fn):
+            raise Unsupported(f"loss {getattr(loss_fn, '__name__', loss_fn)!r} is not declared a per-example mean")
+        reason = _couples_examples(model)
+        if reason:
+            raise Unsupported(reason)
+        self.model, self.loss_fn = model, loss_fn
+        self.layout: list[tuple[str, str, int]] = []  # (module path, attr, numel) in column order
+        self.modules: dict[str, nn.Module] = {}
+        for name, p in params.items():
+            mod, path, attr = _owner(model, name)
+            _check_module(mod, path, attr)
+            self.modules[path] = mod
+            self.layout.append((path, attr, p.numel()))
+        self.wanted = {(path, attr) for path, attr, _ in self.layout}
+        self.dim = sum(n for _, _, n in self.layout)
+        first = next(iter(params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self._work: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        # Reused across chunks: on CPU a fresh multi-MB tensor per layer and chunk costs more in page faults than
+        # the matrix products themselves. A smaller last chunk takes a leading slice (still contiguous).
+        buf = self._work.get(key)
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            buf = self._work[key] = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return buf[: shape[0]]
+
+    @staticmethod
+    def _weight(mod: nn.Module, a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+        """Σ_t g_t a_tᵀ per example into ``out`` (B, fan_out, fan_in); added to it for a module's later calls."""
+        b = g.shape[0]
+        if isinstance(mod, nn.Linear):
+            a3, g3 = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
+        else:
+            a3, g3 = _unfold(mod, a).transpose(1, 2), g.reshape(b, g.shape[1], -1).transpose(1, 2)
+        gt = g3.transpose(1, 2)  # (B, fan_out, P) @ (B, P, fan_in)
+        if a3.shape[1] == 1:  # one position: an outer product, cheaper as a broadcast multiply
+            out.addcmul_(gt, a3) if accumulate else torch.mul(gt, a3, out=out)
+        else:
+            out.baddbmm_(gt, a3) if accumulate else torch.bmm(gt, a3, out=out)
+
+    @staticmethod
+    def _bias(mod: nn.Module, g: torch.Tensor) -> torch.Tensor:
+        b = g.shape[0]
+        if isinstance(mod, nn.Linear):
+            return g.reshape(b, -1, g.shape[-1]).sum(1)
+        return g.reshape(b, g.shape[1], -1).sum(2)
+
+    def _backward_to_outputs(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> list[tuple[str, torch.Tensor,
+                                                                                                      torch.Tensor]]:
+        """(module path, layer input, gradient of B·loss at that call's output) for every call of a tapped layer."""
+        seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+        def tap(path: str) -> Callable[..., torch.Tensor]:
+            def hook(_mod: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+                seen.append((path, inputs[0].detach(), output))
+                # Downstream in-place ops (ReLU(inplace=True)) must not rewrite the tensor whose gradient we ask for.
+                return output.clone()
+            return hook
+
+        handles = [m.register_forward_hook(tap(p)) for p, m in self.modules.items()]
+        try:
+            with torch.enable_grad():
+                loss = self.loss_fn(call(x), y) * y.shape[0]
+                outs = [o for _, _, o in seen]
+                grads = torch.autograd.grad(loss, outs, allow_unused=True) if outs else ()
+        finally:
+            for h in handles:
+                h.remove()
+        return [(p, a, g) for (p, a, _), g in zip(seen, grads) if g is not None]  # None: output unused by the loss
+
+    def __call__(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> torch.Tensor:
+        """Per-example gradients of one chunk, ``(B, D)``; ``call(x)`` runs the model's forward pass."""
+        b = int(y.shape[0])
+        taps = self._backward_to_outputs(x, y, call)
+        with torch.no_grad():
+            blocks: dict[tuple[str, str], torch.Tensor] = {}
+            for path, a, g in taps:
+                mod = self.modules[path]
+                if (path, "weight") in self.wanted:
+                    seen = (path, "weight") in blocks
+                    buf = blocks.get((path, "weight"))
+                    if buf is None:
+                        buf = self._buffer(path, (b, mod.weight.shape[0], mod.weight[0].numel()))
+                    self._weight(mod, a, g, buf, accumulate=seen)
+                    blocks[(path, "weight")] = buf
+                if (path, "bias") in self.wanted:
+                    gb = self._bias(mod, g)
+                    blocks[(path, "bias")] = blocks[(path, "bias")] + gb if (path, "bias") in blocks else gb
+            out = torch.empty(b, self.dim, dtype=self.dtype, device=self.device)
+            col = 0
+            for path, attr, numel in self.layout:
+                blk = blocks.get((path, attr))
+                if blk is None:  # the layer never reached the loss: its gradient is zero
+                    out[:, col : col + numel].zero_()
+                else:
+                    out[:, col : col + numel].copy_(blk.reshape(b, numel))
+                col += numel
+            return out
