@@ -8,8 +8,9 @@ def quality_run_cfg(noise):
     q = config["quality"]
     cfg = copy.deepcopy(dict(config))
     cfg["data"]["noise"] = {**cfg["data"].get("noise", {}), "fraction": noise}
+    # feature policies come in only when named in quality.policies (they need a features section)
     base = q.get("policies") or {n: e for n, e in config["selection"]["policies"].items()
-                                 if e.get("policy") not in ("dedup", "kcenter", "kmeans_coverage")}
+                                 if e.get("policy") not in FEATURE_POLICIES}
     policies = dict(base)
     if q.get("curriculum"):
         policies.update({f"{n}_cl": {**e, "curriculum": q["curriculum"]} for n, e in base.items()})

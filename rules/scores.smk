@@ -12,7 +12,7 @@ def score_inputs(wc):
             epoch=entry["epoch"],
         )
     if "features" in entry:
-        inputs["features"] = features_for(entry["features"])
+        inputs["features"] = features_for(entry["features"], wc.root)
     return inputs
 
 

@@ -8,7 +8,10 @@ def selection_names(root="results"):
 
 
 def policy_entry(name, root="results"):
-    return {"policy": "full"} if name == "full" else run_cfg(root)["selection"]["policies"][name]
+    """The policy's config entry; a policy that reads gradient features gets the index path of this run's."""
+    if name == "full":
+        return {"policy": "full"}
+    return resolve_feature_policy(run_cfg(root)["selection"]["policies"][name], root)
 
 
 def select_inputs(wc):
@@ -18,6 +21,8 @@ def select_inputs(wc):
         inputs["scores"] = f"{wc.root}/scores/{entry['score']}.parquet"
     if entry.get("curriculum", {}).get("score"):
         inputs["order"] = f"{wc.root}/scores/{entry['curriculum']['score']}.parquet"
+    if entry.get("policy") in FEATURE_POLICIES:
+        inputs["features"] = entry["features"]
     return inputs
 
 

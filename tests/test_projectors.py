@@ -119,3 +119,39 @@ def test_adam_preconditioner_matches_torch_adam_step() -> None:
     want = (0.8 * m + 0.2 * g) / ((0.9 * v + 0.1 * g * g).sqrt() + 1e-6)
     assert torch.allclose(pre(g), want)
     assert AdamPreconditioner.from_optimizer_state({"state": {}, "param_groups": []}, model, ["weight"]) is None
+
+
+def test_proxy_checkpoints_carry_the_adam_moments_for_chosen_parameters(tmp_path) -> None:
+    """The plumbing the features stage uses: moments saved with a proxy checkpoint, mapped back to parameter names."""
+    from datasel.features.steps import checkpoint_preconditioner
+    from datasel.models import build_model
+    from datasel.training.classify import train_classifier
+    from datasel.training.proxy import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "hidden": [8]}, {"input_dim": 6, "num_classes": 3})
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    live: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_checkpoint(epoch: int, m: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        save_checkpoint(tmp_path / f"epoch{epoch}.pt", m, optimizer=opt.state_dict())
+        live[epoch] = {n: opt.state[p]["exp_avg"].clone() for n, p in m.named_parameters() if p in opt.state}
+
+    cfg = {"optimizer": "adam", "lr": 0.01, "batch_size": 8, "budget": {"unit": "epochs", "value": 2}}
+    train_classifier(model, x, y, cfg, seed=0, checkpoint_epochs=(0, 2), on_checkpoint=on_checkpoint)
+    assert checkpoint_preconditioner(tmp_path / "epoch0.pt", model, "all") is None  # no step taken yet
+    pre = checkpoint_preconditioner(tmp_path / "epoch2.pt", model, "last_layer")
+    assert pre is not None
+    want = torch.cat([live[2]["head.weight"].flatten(), live[2]["head.bias"].flatten()])
+    assert torch.equal(pre.m, want)  # the head's moments, in column order, not the body's
+    from datasel.features.compute import cross_entropy, featurize
+    from datasel.features.grads import per_sample_grads
+    from datasel.features.store import FeatureShard
+
+    meta = featurize(model, x, y, tmp_path / "shard", {"params": "last_layer", "dim": 16, "chunk_size": 16},
+                     preconditioner=pre)
+    assert meta["precondition"] == "adam"
+    proj = make_projector({"dim": 16}, pre.m.numel())
+    want = proj.project(pre(per_sample_grads(model, x, y, cross_entropy, "last_layer"))).half().float()
+    got = torch.from_numpy(FeatureShard.open(tmp_path / "shard").read(0, 40))
+    assert torch.allclose(got, want, rtol=2e-3, atol=2e-3)

@@ -1,8 +1,8 @@
 """Snakemake steps of the features stage: one shard of one feature set, and the gather of a set's shards.
 
-Paths: ``results/features/<set>/<ckpt>-<split>/shard_<i>/`` and ``.../index.json``; ``<ckpt>`` is
+Paths: ``<root>/features/<set>/<ckpt>-<split>/shard_<i>/`` and ``.../index.json``; ``<ckpt>`` is
 ``seed<k>-epoch<e>`` (a proxy checkpoint) or ``hf`` (a local Hugging Face encoder for text data).
-A shard is computed in ``results/features/.work/...`` (named by a fingerprint of its settings) and renamed onto
+A shard is computed in ``<root>/features/.work/...`` (named by a fingerprint of its settings) and renamed onto
 its output when complete: Snakemake deletes the outputs of a failed job, the work folder survives, and the rerun
 resumes where the killed job stopped.
 """
@@ -23,11 +23,23 @@ import torch
 
 from datasel.errors import ConfigError, DataError
 from datasel.features.compute import DEFAULTS, featurize, shard_bounds
+from datasel.features.grads import select_params
+from datasel.features.projectors import AdamPreconditioner
 from datasel.features.store import gather
 from datasel.runtime import pick_device, seed_everything
 from datasel.store import read_table
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_preconditioner(path: str | os.PathLike, model: torch.nn.Module,
+                              params: str | list[str]) -> AdamPreconditioner | None:
+    """LESS's Adam preconditioner from the optimizer moments a proxy checkpoint carries; None where it has none
+    (initialization, an SGD proxy, a checkpoint written before datasel saved them)."""
+    state = torch.load(path, map_location="cpu", weights_only=False).get("optimizer")
+    if not state:
+        return None
+    return AdamPreconditioner.from_optimizer_state(state, model, list(select_params(model, params)))
 
 
 def checkpoint_lr(proxy: dict[str, Any], epoch: int) -> float:
@@ -68,6 +80,7 @@ def features_shard(smk: Any) -> None:
     ids = part.get_column("example_id").to_list()
     y_all = torch.from_numpy(part.get_column("label").to_numpy().astype("int64"))
     identity: dict[str, Any] = {"split": split}
+    preconditioner: AdamPreconditioner | None = None
     if ckpt == "hf":
         if meta.get("kind") != "text":
             raise ConfigError("checkpoint 'hf' needs text data", field=f"features.sets.{smk.wildcards.fset}.model",
@@ -94,6 +107,8 @@ def features_shard(smk: Any) -> None:
         inputs = x[lo:hi]
         identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "lr": checkpoint_lr(smk.params.proxy, epoch)}
+        if fset.get("precondition") == "adam":
+            preconditioner = checkpoint_preconditioner(smk.input.checkpoint, model, fset["params"])
     model.to(device)
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
     work = _work_dir(out, settings)
@@ -101,7 +116,8 @@ def features_shard(smk: Any) -> None:
         for stale in work.parent.glob(f"{out.name}-*"):
             if stale != work:
                 shutil.rmtree(stale, ignore_errors=True)
-    featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi], identity=identity, device=device)
+    featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi], identity=identity, device=device,
+              preconditioner=preconditioner)
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

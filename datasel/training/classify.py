@@ -65,13 +65,14 @@ def train_classifier(
     weights: torch.Tensor | None = None,
     sampler: BatchSampler | None = None,
     checkpoint_epochs: tuple[int, ...] = (),
-    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+    on_checkpoint: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     desc: str = "train",
 ) -> nn.Module:
     """Train ``model`` in place and return it.
 
     ``weights`` scales each example's loss (selection weights); ``sampler`` overrides the batch order (curricula);
-    ``on_checkpoint(epoch, model)`` fires at epoch 0 (initialization) and after each epoch in ``checkpoint_epochs``.
+    ``on_checkpoint(epoch, model, optimizer)`` fires at epoch 0 (initialization) and after each epoch in
+    ``checkpoint_epochs``.
     """
     n = x.shape[0]
     if n == 0:
@@ -87,7 +88,7 @@ def train_classifier(
         else None
     )
     if on_checkpoint and 0 in checkpoint_epochs:
-        on_checkpoint(0, model)
+        on_checkpoint(0, model, opt)
     model.train()
     step, epoch = 0, 0
     bar = progress(range(steps), desc=desc, unit="step")
@@ -107,7 +108,7 @@ def train_classifier(
                 break
         epoch += 1
         if on_checkpoint and epoch in checkpoint_epochs:
-            on_checkpoint(epoch, model)
+            on_checkpoint(epoch, model, opt)
     model.eval()
     return model
 

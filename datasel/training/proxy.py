@@ -66,10 +66,12 @@ def run_proxy(smk: Any) -> None:
     train_cfg = {**cfg, "budget": {"unit": "epochs", "value": int(cfg["epochs"])}}
     outdir = Path(smk.output[0]).parent
 
-    def on_checkpoint(epoch: int, m: nn.Module) -> None:
+    def on_checkpoint(epoch: int, m: nn.Module, opt: torch.optim.Optimizer) -> None:
         stats = evaluate(m, xv, yv)
         log.info("proxy seed %d epoch %d: val accuracy %.4f", seed, epoch, stats["accuracy"])
-        save_checkpoint(outdir / f"epoch{epoch}.pt", m, model_cfg=cfg["model"], epoch=epoch, seed=seed, val=stats)
+        # the optimizer moments let the feature store precondition gradients as LESS does (features precondition)
+        save_checkpoint(outdir / f"epoch{epoch}.pt", m, model_cfg=cfg["model"], epoch=epoch, seed=seed, val=stats,
+                        optimizer=opt.state_dict())
 
     train_classifier(model, x, y, train_cfg, seed=1000 + seed, checkpoint_epochs=epochs, on_checkpoint=on_checkpoint,
                      desc=f"proxy seed {seed}")
