@@ -134,6 +134,39 @@ def speed(n: int, n_loop: int, chunk: int) -> dict:
     return out
 
 
+def transformer(n: int, chunk: int = 16, max_length: int = 64) -> dict:
+    """The same paths on all-MiniLM-L6-v2 with LoRA adapters (query, value) on stdlib docstrings."""
+    from datasel.features.hf import build_text_classifier, tokenize
+    from datasel.features.textdata import stdlib_docstrings
+
+    df = stdlib_docstrings()
+    df = df.gather_every(max(1, df.height // n)).head(n)  # every module, not the first one only
+    texts = df.get_column("text").to_list()
+    codes = {m: i for i, m in enumerate(sorted(set(df.get_column("label").to_list())))}
+    y = torch.tensor([codes[m] for m in df.get_column("label").to_list()])
+    model, tok, spec = build_text_classifier({"trainable": "lora", "max_length": max_length}, texts, y, len(codes))
+    enc = tokenize(tok, texts, max_length)
+    comps = {mode: PerSampleGrads(model, cross_entropy, spec, mode) for mode in ("loop", "vmap", "auto")}
+    comps["auto"]({k: v[:chunk] for k, v in enc.items()}, y[:chunk])
+    params = list(comps["auto"].params.values())
+
+    def run(mode: str) -> Callable[[], None]:
+        def go() -> None:
+            for s in range(0, n, chunk):
+                comps[mode]({k: v[s : s + chunk] for k, v in enc.items()}, y[s : s + chunk])
+        return go
+
+    def floor() -> None:
+        for s in range(0, n, chunk):
+            torch.autograd.grad(cross_entropy(model(**{k: v[s : s + chunk] for k, v in enc.items()}), y[s : s + chunk]),
+                                params)
+
+    r = _rates({"loop": run("loop"), "vmap": run("vmap"), "auto": run("auto"), "floor": floor}, n, repeat=2)
+    return {"hf_auto_mode": comps["auto"].mode, "hf_D": comps["auto"].dim,
+            **{f"hf_{k}_ex_s": v for k, v in r.items()},
+            "hf_floor_over_auto": r["floor"] / r["auto"], "hf_floor_over_vmap": r["floor"] / r["vmap"]}
+
+
 def large_child(n: int, out_dir: str, chunk: int) -> None:
     torch.set_num_threads(1)
     model = _model()
@@ -161,6 +194,7 @@ def main() -> None:
     ap.add_argument("--n-loop", type=int, default=256, help="examples for the per-example loop timing")
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--large", default="100000,1000000", help="comma-separated N for the memory runs ('' to skip)")
+    ap.add_argument("--hf", type=int, default=64, help="texts for the all-MiniLM-L6-v2 LoRA timings (0 to skip)")
     ap.add_argument("--child", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -181,6 +215,13 @@ def main() -> None:
     for k in (512, 4096):
         print(f"  projection D->{k:<5}: {s[f'proj{k}_ex_s']:10.0f} ex/s   ({100 * s[f'proj{k}_share']:.0f}% of "
               f"gradient+projection time)")
+    if args.hf:
+        h = transformer(args.hf)
+        s.update(h)
+        print(f"all-MiniLM-L6-v2 + LoRA (D = {h['hf_D']}), {args.hf} texts of 64 tokens, chunk 16, 1 thread")
+        print(f"  loop {h['hf_loop_ex_s']:.1f}, vmap {h['hf_vmap_ex_s']:.1f}, auto ({h['hf_auto_mode']}) "
+              f"{h['hf_auto_ex_s']:.1f}, batched fwd+bwd {h['hf_floor_ex_s']:.1f} ex/s (floor is "
+              f"{h['hf_floor_over_vmap']:.2f}x vmap, {h['hf_floor_over_auto']:.2f}x auto)")
     figures = {"model": MODEL_CFG["name"], **{k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}}
     for n in [int(v) for v in args.large.split(",") if v]:
         r = large(n, args.chunk)

@@ -71,3 +71,18 @@ def write_results(tmp_path: Path, examples, meta: dict, score_of_x: str, score_n
     reduce = getattr(pl.col("x").list, score_of_x)()
     scores = finalize_scores(train.select("example_id", reduce.cast(pl.Float64).alias("score")), score_name)
     return res, scores
+
+
+def per_example_reference(model, x, y, names: list[str]):
+    """Per-example gradients by their definition: a fresh backward pass per example, read from ``.grad``."""
+    import torch
+    from torch import nn
+
+    params = dict(model.named_parameters())
+    rows = []
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        rows.append(torch.cat([(params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]))
+                               .reshape(-1).clone() for n in names]))
+    return torch.stack(rows)

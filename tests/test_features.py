@@ -1,14 +1,13 @@
-"""Per-sample gradients: vmap against the per-example loop, the automatic fallback, parameter sets."""
+"""Per-sample gradients: vmap and the loop against the definition, chunking, parameter sets, LoRA, shard bounds."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
 import torch
-from torch import nn
 
+from conftest import per_example_reference
 from datasel.errors import ConfigError
 from datasel.features.compute import cross_entropy, shard_bounds
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, per_sample_grads, select_params
@@ -24,24 +23,13 @@ def _data(n: int = 24, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor
     return torch.randn(n, 40, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
 
 
-def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> torch.Tensor:
-    """The obvious slow definition: one backward pass per example through a fresh autograd graph."""
-    params = dict(model.named_parameters())
-    rows = []
-    for i in range(x.shape[0]):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        rows.append(torch.cat([params[n].grad.reshape(-1).clone() for n in names]))
-    return torch.stack(rows)
-
-
 @pytest.mark.parametrize("name", ["mlp", "cnn1d"])
 def test_vmap_matches_loop_float64(name: str) -> None:
     torch.manual_seed(0)
     model = build_model({"name": name}, META).double().eval()
     x, y = _data()
     names = list(select_params(model, "all"))
-    ref = _reference(model, x, y, names)
+    ref = per_example_reference(model, x, y, names)
     for mode in ("vmap", "loop"):
         got = per_sample_grads(model, x, y, cross_entropy, "all", chunk_size=7, mode=mode)
         rel = ((got - ref).norm() / ref.norm()).item()
@@ -78,33 +66,6 @@ def test_parameter_sets_and_patterns() -> None:
         select_params(model, "lora")
     with pytest.raises(ConfigError):
         PerSampleGrads(model, cross_entropy, "all", mode="fast")
-
-
-class Untraceable(nn.Module):
-    """Data-dependent Python control flow, which vmap refuses, and a bare parameter, which the layer path refuses."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(40, 10)
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum().item() > 0:  # .item() cannot run under vmap
-            return self.scale * self.lin(x)
-        return self.scale * self.lin(-x)
-
-
-def test_auto_falls_back_to_loop_with_logged_reason(caplog: pytest.LogCaptureFixture) -> None:
-    torch.manual_seed(3)
-    model = Untraceable().double()
-    x, y = _data(6)
-    comp = PerSampleGrads(model, cross_entropy, "all", mode="auto")
-    with caplog.at_level(logging.WARNING):
-        got = comp(x, y)
-    assert comp.mode == "loop"
-    assert any("vmap cannot trace Untraceable" in r.message for r in caplog.records)
-    ref = _reference(model, x, y, list(select_params(model, "all")))
-    assert torch.allclose(got, ref)
 
 
 def test_lora_parameters_with_peft() -> None:

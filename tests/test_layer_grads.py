@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import per_example_reference
 from datasel.errors import ConfigError
 from datasel.features.compute import cross_entropy
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, per_sample_grads, select_params
@@ -23,18 +24,6 @@ META = {"input_dim": 40, "num_classes": 10}
 def _data(n: int = 13, shape: tuple[int, ...] = (40,)) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, 10, (n,), generator=g)
-
-
-def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> torch.Tensor:
-    """The definition: a fresh backward pass per example, gradients read from ``.grad``."""
-    params = dict(model.named_parameters())
-    rows = []
-    for i in range(x.shape[0]):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        rows.append(torch.cat([(params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]))
-                               .reshape(-1).clone() for n in names]))
-    return torch.stack(rows)
 
 
 class Conv2dNet(nn.Module):
@@ -81,7 +70,7 @@ def test_layer_path_matches_reference_float64(case: str) -> None:
     model = build().double().eval()
     x, y = _data(13, shape)
     names = list(select_params(model, "all"))
-    ref = _reference(model, x, y, names)
+    ref = per_example_reference(model, x, y, names)
     comp = PerSampleGrads(model, cross_entropy, "all", mode="layers")
     # chunks of 5 leave a tail of 3: the reused buffers must not leak rows between chunks
     got = torch.cat([comp(x[s : s + 5], y[s : s + 5]) for s in range(0, 13, 5)])
@@ -103,9 +92,9 @@ def test_parameter_subsets_and_norms() -> None:
     for spec in (["body.2.bias", "head.weight"], "last_layer"):
         names = list(select_params(model, spec))
         got = per_sample_grads(model, x, y, cross_entropy, spec, chunk_size=4, mode="layers")
-        assert torch.allclose(got, _reference(model, x, y, names), rtol=1e-10, atol=1e-12)
+        assert torch.allclose(got, per_example_reference(model, x, y, names), rtol=1e-10, atol=1e-12)
     norms = per_sample_grad_norms(model, x, y, cross_entropy, "all", chunk_size=4)
-    ref = _reference(model, x, y, list(select_params(model, "all"))).norm(dim=1)
+    ref = per_example_reference(model, x, y, list(select_params(model, "all"))).norm(dim=1)
     assert torch.allclose(norms, ref, rtol=1e-10)
 
 
@@ -144,16 +133,35 @@ class BatchCentered(nn.Module):
         return h - h.mean(0, keepdim=True) if h.shape[0] > 1 else h
 
 
-def test_auto_refuses_layers_when_examples_interact(caplog: pytest.LogCaptureFixture) -> None:
+class Untraceable(nn.Module):
+    """Data-dependent Python control flow, which vmap refuses, and a bare parameter, which the layer path refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(40, 10)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum().item() > 0:  # .item() cannot run under vmap
+            return self.scale * self.lin(x)
+        return self.scale * self.lin(-x)
+
+
+@pytest.mark.parametrize("model_cls, mode, message", [
+    (BatchCentered, "vmap", "interact inside a batch"),
+    (Untraceable, "loop", "vmap cannot trace Untraceable"),
+])
+def test_auto_steps_down_with_logged_reason(model_cls: type, mode: str, message: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(3)
-    model = BatchCentered().double()
+    model = model_cls().double()
     x, y = _data(6)
     comp = PerSampleGrads(model, cross_entropy, "all", mode="auto")
     with caplog.at_level(logging.WARNING):
         got = comp(x, y)
-    assert comp.mode == "vmap"
-    assert any("interact inside a batch" in r.message for r in caplog.records)
-    assert torch.allclose(got, _reference(model, x, y, ["lin.weight", "lin.bias"]), rtol=1e-9)
+    assert comp.mode == mode
+    assert any(message in r.message for r in caplog.records)
+    assert torch.allclose(got, per_example_reference(model, x, y, list(select_params(model, "all"))), rtol=1e-9)
 
 
 def test_unsupported_models_and_losses() -> None:
