@@ -20,9 +20,12 @@ TARGET = "results/scores/el2n.parquet"
 
 
 def test_second_snakemake_in_the_same_folder_is_refused(tmp_path):
-    write_config(tmp_path, TINY)
+    # The first run must still be going when the second has started up (imports, DAG: seconds on a loaded machine):
+    # one core and more, longer proxy runs keep it busy for tens of seconds.
+    cfg = {**TINY, "proxy": {**TINY["proxy"], "seeds": 4, "epochs": 30}}
+    write_config(tmp_path, cfg)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", TARGET]
+           "--cores", "1", TARGET]
     with open(tmp_path / "first.out", "w") as out:
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                  env={**os.environ, "DATASEL_PROGRESS": "0"})

@@ -1,4 +1,4 @@
-"""Per-sample gradients with ``torch.func``: functional_call + vmap(grad), chunked over the batch.
+"""Per-sample gradients, chunked over the batch: per-layer outer products, ``torch.func`` vmap, or a per-example loop.
 
 Memory is bounded by ``chunk_size`` × (number of selected parameters), never by the dataset size.
 
