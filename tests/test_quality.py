@@ -86,3 +86,19 @@ def test_quality_grid_with_gradient_feature_methods(tmp_path):
     assert feats[0].shape == feats[20].shape and not np.allclose(feats[0], feats[20])
     assert kept[0] != kept[20]
     assert not (tmp_path / "results/features").exists()  # nothing computed for the unused default run
+
+
+def test_report_names_a_significant_winner_that_is_not_the_best_mean():
+    """A high but noisy mean is the best method; a steadier one clears random: the table must say so."""
+    from datasel.report.quality import render_markdown
+
+    rows = []
+    for seed in range(4):
+        rows += [{"noise": 0.2, "fraction": 0.5, "method": "random", "value": 0.60 + 0.001 * seed},
+                 {"noise": 0.2, "fraction": 0.5, "method": "noisy", "value": 0.72 + (0.15 if seed % 2 else -0.15)},
+                 {"noise": 0.2, "fraction": 0.5, "method": "steady", "value": 0.66 + 0.001 * seed}]
+    cells = pl.DataFrame(rows)
+    full = pl.DataFrame({"noise": [0.2, 0.2], "value": [0.8, 0.82]})
+    text = render_markdown(cells, margins(cells), full)
+    assert "| 50% | noisy |" in text and "no; steady does |" in text
+    assert "At every kept fraction some method beats random." in text
