@@ -28,9 +28,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from datasel.errors import ConfigError
-from datasel.features.layer_grads import LayerGrads, Unsupported
+from datasel.features.layer_grads import LayerGrads, LossFn, Unsupported
 
-LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 MODES = ("auto", "layers", "vmap", "loop")
 

@@ -9,8 +9,8 @@ is what lets the feature store run near the cost of a plain batched backward; ``
 at a time through every operation, which on CPU turns each convolution into a slow grouped convolution.
 
 Only ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding) own parameters here. LoRA adapters
-(peft) are ``nn.Linear`` modules, so the transformer LoRA path qualifies. ``check`` lets a caller verify a model
-against the per-example loop before trusting it (``PerSampleGrads(mode="auto")`` does).
+(peft) are ``nn.Linear`` modules, so the transformer LoRA path qualifies. ``PerSampleGrads(mode="auto")`` checks
+this path against the per-example loop on its first chunk before trusting it.
 """
 
 from __future__ import annotations
@@ -164,12 +164,12 @@ class LayerGrads:
             for path, a, g in taps:
                 mod = self.modules[path]
                 if (path, "weight") in self.wanted:
-                    seen = (path, "weight") in blocks
-                    buf = blocks.get((path, "weight"))
+                    buf = blocks.get((path, "weight"))  # set: a later call of the same module adds to it
+                    accumulate = buf is not None
                     if buf is None:
-                        buf = self._buffer(path, (b, mod.weight.shape[0], mod.weight[0].numel()))
-                    self._weight(mod, a, g, buf, accumulate=seen)
-                    blocks[(path, "weight")] = buf
+                        buf = blocks[(path, "weight")] = self._buffer(path, (b, mod.weight.shape[0],
+                                                                             mod.weight[0].numel()))
+                    self._weight(mod, a, g, buf, accumulate=accumulate)
                 if (path, "bias") in self.wanted:
                     gb = self._bias(mod, g)
                     blocks[(path, "bias")] = blocks[(path, "bias")] + gb if (path, "bias") in blocks else gb

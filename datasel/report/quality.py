@@ -94,7 +94,7 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame)
             best = m.sort("accuracy_mean", descending=True).row(0, named=True)
             # the best mean can have the widest spread: name any other method whose interval clears zero
             winners = m.filter(pl.col("beats_random")).sort("ci_low", descending=True).get_column("method").to_list()
-            verdict = "yes" if best["beats_random"] else (f"no; {', '.join(winners)} does" if winners else "no")
+            verdict = "yes" if best["beats_random"] else (f"no; {', '.join(winners)} {'does' if len(winners) == 1 else 'do'}" if winners else "no")
             lines.append(f"| {x:.0%} | {best['method']} | {100 * best['accuracy_mean']:.2f} | "
                          f"{100 * best['margin']:+.2f} [{100 * best['ci_low']:+.2f}, {100 * best['ci_high']:+.2f}] | "
                          f"{verdict} |")
