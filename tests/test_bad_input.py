@@ -146,14 +146,17 @@ def test_user_data_file_that_is_not_parquet(tmp_path, content):
     refused(e, "mine.parquet", "not truncated")
 
 
-def test_negative_labels_are_out_of_range(tmp_path):
+def test_negative_labels_are_out_of_range_of_num_classes(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.parquet"
     pl.DataFrame({"a": rng.normal(size=30), "cls": [-1, 0, 1] * 10}).write_parquet(path)
-    with pytest.raises(DataError) as e:
-        build_examples({"source": "files", "path": str(path), "label_column": "cls", "feature_columns": ["a"]})
-    assert e.value.field == "label"
+    cfg = {"source": "files", "path": str(path), "label_column": "cls", "feature_columns": ["a"]}
+    with pytest.raises(DataError) as e:  # num_classes: labels are the indices 0..n-1 themselves
+        build_examples({**cfg, "num_classes": 3})
+    assert e.value.field == "cls"
     refused(e, "outside the classes", "d.parquet")
+    _, meta = build_examples(cfg)  # without it, -1/0/1 are three classes like any other values
+    assert meta["classes"] == ["-1", "0", "1"]
 
 
 # ---- config values the schema cannot see at run time ----

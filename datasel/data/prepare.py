@@ -1,7 +1,13 @@
 """Build the ``examples`` table: load a source, validate it, assign stable ids, split, and inject label noise.
 
-Label noise is injected into the training split only and recorded (``label_orig``, ``is_noisy``) so a method can
-be judged on whether it finds the noise; validation and test labels stay clean.
+Labels become a dense class index ``0..C-1``; meta ``classes`` maps each index back to the user's value (as a
+string) and ``label_dtype`` says whether that value was an integer. ``source_row`` is each row's 0-based position
+in the data as read, so an export can hand a user's rows back in the user's terms (meta ``columns`` names the
+user's label / id / text / feature / split / domain columns).
+
+Label noise is a benchmark device, off unless ``data.noise.fraction`` asks for it. When injected, it is injected
+into the training split only and recorded (``label_orig``, ``is_noisy``) so a method can be judged on whether it
+finds the noise; validation and test labels stay clean.
 """
 
 from __future__ import annotations
@@ -12,80 +18,116 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datasel.data.ids import content_ids
-from datasel.data.sources import load_source
+from datasel.data.ids import ids_from_hashes, row_hashes
+from datasel.data.sources import INTERNAL_COLUMNS, SOURCE_KINDS, data_kind, load_source, user_columns
 from datasel.errors import ConfigError, DataError
 from datasel.runtime import rng_for
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-RESERVED = {"example_id", "source", "split", "label", "label_orig", "is_noisy", "x", "text", "domain", "id"}
 
 
 def build_examples(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Return the examples table and its meta (kind, input_dim, num_classes, classes, split sizes, fields)."""
-    where = cfg.get("path") or f"data source '{cfg.get('source')}'"
+    """Return the examples table and its meta (kind, input_dim, num_classes, classes, split sizes, columns, …)."""
+    where = str(cfg.get("path") or f"data source '{cfg.get('source')}'")
     raw = load_source(cfg)
     if raw.height == 0:
-        raise DataError("the dataset has no rows", file=str(where), fix="point data.path at a non-empty dataset")
-    kind = "text" if "text" in raw.columns else "vector"
-    fields = [c for c in raw.columns if c not in ("split", "id")]
-    raw, classes = _labels(raw, cfg, str(where))
+        raise DataError("the dataset has no rows", file=where, fix="point data.path at a non-empty dataset")
+    kind = data_kind(cfg)
+    # row order as read (files concatenated in order): the export's way back to the user's own rows
+    raw = raw.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+    fields = [c for c in raw.columns if c not in INTERNAL_COLUMNS]  # user columns kept as they are
+    raw, classes, label_dtype = _labels(raw, cfg, where)
     if kind == "vector":
-        _check_vectors(raw, str(where))
+        _check_vectors(raw, where)
     source = str(cfg.get("name") or cfg["source"])
-    ids = _ids(raw, source, kind, str(where))
+    values = pl.Series(classes, dtype=pl.String).gather(raw.get_column("label")).to_list()
+    hashes = row_hashes(raw, kind, values, label_dtype == "int")
+    ids = _ids(raw, cfg, source, hashes, where)
     df = raw.with_columns(pl.Series("example_id", ids), pl.lit(source).alias("source"))
-    df = _splits(df, cfg, str(where))
+    df = _splits(df, cfg, where)
+    duplicates = _duplicates_across_splits(df.get_column("split").to_list(), hashes, where)
     df = _inject_noise(df, cfg.get("noise", {}), len(classes))
-    ordered = ["example_id", "source", "split", "label", "label_orig", "is_noisy"]
-    df = df.select(ordered + [c for c in df.columns if c not in ordered and c != "id"])
+    ordered = ["example_id", "source", "split", "label", "label_orig", "is_noisy", "source_row"]
+    df = df.select(ordered + [c for c in df.columns if c not in ordered])
     meta = {
         "kind": kind,
         "source": source,
         "num_classes": len(classes),
         "classes": classes,
+        "label_dtype": label_dtype,
+        "columns": _builtin_columns() if cfg.get("source") in SOURCE_KINDS else user_columns(cfg),
         "input_dim": int(df.get_column("x").list.len().max()) if kind == "vector" else None,
         "sizes": {s: int((df.get_column("split") == s).sum()) for s in SPLITS},
         "noisy": int(df.get_column("is_noisy").sum()),
+        "duplicates_across_splits": duplicates,
         "fields": fields,
     }
-    log.info("examples: %s, %d classes, noisy labels: %d", meta["sizes"], meta["num_classes"], meta["noisy"])
+    log.info("examples: %s, %d classes", meta["sizes"], meta["num_classes"])
     return df, meta
 
 
-def _labels(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> tuple[pl.DataFrame, list[str]]:
-    """Map labels to 0..C-1; integer labels are checked against ``num_classes``/``classes`` when configured."""
+def _builtin_columns() -> dict[str, Any]:
+    """A generated source has no user columns beyond its label."""
+    return {"label": "label", "id": None, "text": None, "features": None, "split": None, "domain": None}
+
+
+def _labels(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> tuple[pl.DataFrame, list[str], str]:
+    """Map labels to a dense index 0..C-1; return the frame, the classes (index → value as a string) and the dtype.
+
+    Integer labels: the sorted distinct values (``{0, 1, 10**9}`` → 3 classes), or ``0..num_classes-1`` when
+    ``data.num_classes`` is set. ``data.classes`` (the label values themselves) fixes the classes and their order.
+    """
+    column = cfg.get("label_column", "label")
     label = df.get_column("label")
     if label.null_count():
         row = int(label.is_null().arg_max())
-        raise DataError(f"{label.null_count()} rows have no label (first at row {row})", file=where, field="label",
+        raise DataError(f"{label.null_count()} rows have no label (first at row {row})", file=where, field=column,
                         fix="drop unlabeled rows or fill the label")
-    classes_cfg = cfg.get("classes")
-    if label.dtype.is_integer():
-        n = int(cfg.get("num_classes") or (len(classes_cfg) if classes_cfg else label.max() + 1))
-        bad = df.filter((pl.col("label") < 0) | (pl.col("label") >= n))
-        if bad.height:
-            raise DataError(
-                f"{bad.height} labels are outside the classes 0..{n - 1} (e.g. {bad.get_column('label').head(3).to_list()})",
-                file=where, field="label", fix="fix those labels, or raise data.num_classes",
-            )
-        classes = list(map(str, classes_cfg)) if classes_cfg else [str(i) for i in range(n)]
+    if label.dtype.is_float():
+        integral = label.is_finite().all() and bool((label == label.floor()).all())
+        if not integral:
+            shown = label.filter(~label.is_finite() | (label != label.floor())).head(3).to_list()
+            raise DataError(f"labels {shown} are not class labels (non-integer numbers)", file=where, field=column,
+                            fix="datasel selects for classification: give integer or string class labels")
+        label = label.cast(pl.Int64)
+    dtype = "int" if label.dtype.is_integer() else "str"
+    values = label.cast(pl.String)
+    classes_cfg, n_cfg = cfg.get("classes"), cfg.get("num_classes")
+    if classes_cfg is not None:
+        classes = [str(c) for c in classes_cfg]
+        if len(set(classes)) != len(classes):
+            raise ConfigError(f"data.classes has repeated values {classes}", field="data.classes",
+                              fix="list each class once")
+        if n_cfg is not None and int(n_cfg) != len(classes):
+            raise ConfigError(f"data.num_classes is {n_cfg} but data.classes lists {len(classes)}",
+                              field="data.num_classes", fix="drop data.num_classes or make the two agree")
+    elif n_cfg is not None and dtype == "int":
+        classes = [str(i) for i in range(int(n_cfg))]  # labels are the class indices themselves
     else:
-        values = label.cast(pl.String)
-        classes = list(map(str, classes_cfg)) if classes_cfg else sorted(values.unique().to_list())
-        unknown = values.filter(~values.is_in(classes))
-        if unknown.len():
-            raise DataError(f"labels {unknown.unique().head(3).to_list()} are not among data.classes {classes}",
-                            file=where, field="label", fix="add them to data.classes or fix the rows")
-        index = {c: i for i, c in enumerate(classes)}
-        df = df.with_columns(values.replace_strict(index, return_dtype=pl.Int64).alias("label"))
-    df = df.with_columns(pl.col("label").cast(pl.Int64))
+        found = label.unique().sort()  # numeric order for integers, lexical for strings
+        classes = found.cast(pl.String).to_list()
+        if n_cfg is not None and int(n_cfg) != len(classes):
+            raise DataError(f"the labels have {len(classes)} classes but data.num_classes is {n_cfg}", file=where,
+                            field=column, fix="set data.classes to name every class, or drop data.num_classes")
+    unknown = values.filter(~values.is_in(classes))
+    if unknown.len():
+        shown = unknown.unique().sort().head(3).to_list()
+        if classes_cfg is None:
+            raise DataError(f"{unknown.len()} labels are outside the classes 0..{len(classes) - 1} (e.g. {shown})",
+                            file=where, field=column, fix="fix those labels, or raise data.num_classes")
+        raise DataError(f"{unknown.len()} labels (e.g. {shown}) are not among data.classes {classes}", file=where,
+                        field=column, fix="add them to data.classes or fix the rows")
+    index = {c: i for i, c in enumerate(classes)}
+    df = df.with_columns(values.replace_strict(index, return_dtype=pl.Int64).alias("label"))
     if df.get_column("label").n_unique() < 2:
-        raise DataError("the data has a single class; a classifier needs at least two", file=where, field="label",
-                        fix="check the label column and the source")
-    return df, classes
+        raise DataError(f"the data has a single class ({values[0]!r}); a classifier needs at least two", file=where,
+                        field=column, fix="check data.label_column and the source")
+    if len(classes) > 100 and len(classes) > df.height // 2:
+        log.warning("%d classes for %d rows: is '%s' (data.label_column) really the class?", len(classes),
+                    df.height, column)
+    return df, classes, dtype
 
 
 def _check_vectors(df: pl.DataFrame, where: str) -> None:
@@ -101,39 +143,69 @@ def _check_vectors(df: pl.DataFrame, where: str) -> None:
                         fix="drop or impute those rows before selection")
 
 
-def _ids(df: pl.DataFrame, source: str, kind: str, where: str) -> list[str]:
-    if "id" in df.columns:
-        ids = df.get_column("id").cast(pl.String)
-        dup = ids.filter(ids.is_duplicated())
-        if dup.len():
-            raise DataError(f"{dup.n_unique()} ids occur more than once (e.g. {dup.unique().head(3).to_list()})",
-                            file=where, field="id", fix="make the id column unique, or drop data.id_column to derive ids")
-        if ids.null_count():
-            raise DataError("some ids are empty", file=where, field="id", fix="fill every id or drop data.id_column")
-        return [f"{source}-{i}" for i in ids.to_list()]
-    if kind == "vector":
-        xs = np.asarray(df.get_column("x").to_list(), dtype=np.float32)
-        payloads = (row.tobytes() + int(y).to_bytes(8, "little", signed=True)
-                    for row, y in zip(xs, df.get_column("label").to_list()))
-    else:
-        payloads = (f"{t}\x00{y}".encode() for t, y in zip(df.get_column("text").to_list(), df.get_column("label").to_list()))
-    return content_ids(source, payloads)
+def _ids(df: pl.DataFrame, cfg: dict[str, Any], source: str, hashes: list[str], where: str) -> list[str]:
+    """``<source>-<user id>`` from ``data.id_column``, else ``<source>-<content hash>``."""
+    column = cfg.get("id_column")
+    if not column:
+        return ids_from_hashes(source, hashes)
+    ids = df.get_column(column).cast(pl.String)
+    if ids.null_count():
+        raise DataError(f"{ids.null_count()} ids are empty", file=where, field=column,
+                        fix="fill every id or drop data.id_column")
+    dup = ids.filter(ids.is_duplicated())
+    if dup.len():
+        raise DataError(f"{dup.n_unique()} ids occur more than once (e.g. {dup.unique().sort().head(3).to_list()})",
+                        file=where, field=column, fix="make the id column unique, or drop data.id_column to derive ids")
+    return [f"{source}-{i}" for i in ids.to_list()]
+
+
+def _duplicates_across_splits(splits: list[str], hashes: list[str], where: str) -> dict[str, int]:
+    """Rows of a later split whose input and label equal a row of an earlier one (train < val < test).
+
+    Such a pair makes a validation or test score measure memorisation; it is the user's data, so it is reported,
+    not removed.
+    """
+    by_split: dict[str, set[str]] = {s: set() for s in SPLITS}
+    rows: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for split, h in zip(splits, hashes):
+        by_split[split].add(h)
+        rows[split].append(h)
+    counts = {}
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            counts[f"{a}/{b}"] = sum(h in by_split[a] for h in rows[b])
+    if any(counts.values()):
+        shown = ", ".join(f"{n} {pair.split('/')[1]} rows also in {pair.split('/')[0]}"
+                          for pair, n in counts.items() if n)
+        log.warning("duplicate rows across splits (same input and label) in %s: %s; they are kept as given "
+                    "(meta duplicates_across_splits) - drop them from the data if the splits must be disjoint",
+                    where, shown)
+    return counts
 
 
 def _splits(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFrame:
-    """Use the source's split where given; carve the missing ones out of train by a seeded draw over sorted ids."""
+    """Use the source's split where given; carve the missing ones out of train by a seeded draw over sorted ids.
+
+    Every split must end up with rows: proxy checkpoints, Alchemist and target alignment evaluate on ``val`` and
+    the report compares selections on ``test``, so an empty one is refused here, naming the setting to change.
+    """
     fr = cfg.get("splits", {})
-    val_frac, test_frac, seed = float(fr.get("val", 0.1)), float(fr.get("test", 0.2)), int(fr.get("seed", 0))
+    fracs = {"val": float(fr.get("val", 0.1)), "test": float(fr.get("test", 0.2))}
+    seed = int(fr.get("seed", 0))
+    column = cfg.get("split_column") or "split"
     if "split" in df.columns:
         df = df.with_columns(pl.col("split").cast(pl.String).replace({"validation": "val", "dev": "val"}))
         bad = df.filter(~pl.col("split").is_in(list(SPLITS)))
         if bad.height:
             raise DataError(f"split values {bad.get_column('split').unique().head(3).to_list()} are not train/val/test",
-                            file=where, field="split", fix="use train, val (or validation) and test")
+                            file=where, field=column, fix="use train, val (or validation) and test")
     else:
         df = df.with_columns(pl.lit("train").alias("split"))
     have = set(df.get_column("split").unique().to_list())
-    carve = [(name, f) for name, f in (("test", test_frac), ("val", val_frac)) if name not in have and f > 0]
+    carve = [(name, fracs[name]) for name in ("test", "val") if name not in have and fracs[name] > 0]
+    if sum(f for _, f in carve) >= 1.0:
+        raise ConfigError(f"data.splits takes {' + '.join(str(f) for _, f in carve)} of the training rows, "
+                          "leaving none to train on", field="data.splits", fix="keep data.splits.val + test below 1")
     if carve:
         train_ids = np.array(sorted(df.filter(pl.col("split") == "train").get_column("example_id").to_list()))
         perm = rng_for(seed, "splits").permutation(len(train_ids))
@@ -145,12 +217,25 @@ def _splits(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFrame:
             assign.update({i: name for i in train_ids[perm[start:start + k]]})
             start += k
         df = df.with_columns(pl.col("example_id").replace_strict(assign, default=pl.col("split")).alias("split"))
-    if (df.get_column("split") == "train").sum() == 0:
-        raise DataError("the training split is empty", file=where, field="split", fix="lower data.splits fractions")
+    sizes = {s: int((df.get_column("split") == s).sum()) for s in SPLITS}
+    for name in SPLITS:
+        if sizes[name]:
+            continue
+        if name == "train":
+            raise DataError("the training split is empty", file=where, field=column,
+                            fix="give the data training rows, or lower data.splits.val / data.splits.test")
+        why = ("proxy checkpoints and the validation-based scorers evaluate on it" if name == "val"
+               else "the trained models are compared on it")
+        if fracs[name] > 0:  # asked for, but a small training split rounds it to no rows
+            fix = f"raise data.splits.{name} or add rows (the training split has {sizes['train']} rows)"
+        else:
+            fix = f"set data.splits.{name} above 0 (e.g. {0.1 if name == 'val' else 0.2}) to carve it from train"
+        raise ConfigError(f"the {name} split is empty ({why})", file=where, field=f"data.splits.{name}", fix=fix)
     return df
 
 
 def _inject_noise(df: pl.DataFrame, noise: dict[str, Any], num_classes: int) -> pl.DataFrame:
+    """Flip a seeded share of the training labels (a benchmark device); ``label_orig`` keeps the user's label."""
     frac = float(noise.get("fraction", 0.0))
     if not 0.0 <= frac < 1.0:
         raise ConfigError(f"noise fraction {frac} is outside [0, 1)", field="data.noise.fraction", fix="use e.g. 0.2")
@@ -165,4 +250,9 @@ def _inject_noise(df: pl.DataFrame, noise: dict[str, Any], num_classes: int) -> 
     shift = {train_ids[i]: int(o) for i, o in zip(chosen, offsets)}
     df = df.with_columns(pl.col("example_id").replace_strict(shift, default=0, return_dtype=pl.Int64).alias("_shift"))
     df = df.with_columns(((pl.col("label") + pl.col("_shift")) % num_classes).alias("label")).drop("_shift")
-    return df.with_columns((pl.col("label") != pl.col("label_orig")).alias("is_noisy"))
+    df = df.with_columns((pl.col("label") != pl.col("label_orig")).alias("is_noisy"))
+    log.warning("label noise INJECTED: %d of %d training labels flipped (data.noise.fraction %s); the true label "
+                "is in label_orig, flips are marked is_noisy. This is a benchmark device; set "
+                "data.noise.fraction: 0 to keep your labels", int(df.get_column("is_noisy").sum()), len(train_ids),
+                frac)
+    return df

@@ -21,11 +21,25 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[dict[str, Any]], pl.DataFrame]
 SOURCES: dict[str, Loader] = {}
+# The data kind a builtin source always produces; sources absent here read a user's data, whose kind the config
+# decides (``data.text_column`` set → text, else vector), never the presence of a column.
+SOURCE_KINDS: dict[str, str] = {}
+
+# Columns of the examples table that datasel writes itself. A user's column may carry one of these names only when
+# it is mapped onto exactly that role (``label_column: label``, ``split_column: split``, ``x`` as the inputs …);
+# otherwise it would be silently overwritten, so it is refused (see ``_check_reserved``).
+INTERNAL_COLUMNS = ("example_id", "source", "split", "label", "label_orig", "is_noisy", "x", "text", "domain",
+                    "source_row")
+_HF_SPLIT = "_hf_split"  # the split a DatasetDict's keys give, before it is mapped onto ``split``
 
 
-def register_source(name: str) -> Callable[[Loader], Loader]:
+def register_source(name: str, kind: str | None = None) -> Callable[[Loader], Loader]:
+    """Register a loader under ``data.source: name``; ``kind`` fixes the data kind of a builtin generator."""
+
     def deco(fn: Loader) -> Loader:
         SOURCES[name] = fn
+        if kind is not None:
+            SOURCE_KINDS[name] = kind
         return fn
 
     return deco
@@ -38,6 +52,23 @@ def load_source(cfg: dict[str, Any]) -> pl.DataFrame:
     return SOURCES[name](cfg)
 
 
+def data_kind(cfg: dict[str, Any]) -> str:
+    """``text`` or ``vector``: fixed by a builtin source, else by whether ``data.text_column`` is set."""
+    return SOURCE_KINDS.get(str(cfg.get("source")), "text" if cfg.get("text_column") else "vector")
+
+
+def user_columns(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Which of the user's columns became which role (meta ``columns``); ``None`` where no user column did."""
+    return {
+        "label": cfg.get("label_column", "label"),
+        "id": cfg.get("id_column"),
+        "text": cfg.get("text_column"),
+        "features": list(cfg["feature_columns"]) if cfg.get("feature_columns") else None,
+        "split": cfg.get("split_column"),
+        "domain": cfg.get("domain_column"),
+    }
+
+
 def _vector_frame(x: np.ndarray, y: np.ndarray, split: list[str] | None = None) -> pl.DataFrame:
     cols: dict[str, Any] = {
         "x": pl.Series("x", x.astype(np.float32)).cast(pl.List(pl.Float32)),
@@ -48,7 +79,7 @@ def _vector_frame(x: np.ndarray, y: np.ndarray, split: list[str] | None = None) 
     return pl.DataFrame(cols)
 
 
-@register_source("mnist1d")
+@register_source("mnist1d", kind="vector")
 def mnist1d_source(cfg: dict[str, Any]) -> pl.DataFrame:
     """MNIST-1D generated from its seed (Greydanus 2020); generator knobs pass through ``data.mnist1d``."""
     from mnist1d.data import get_dataset_args, make_dataset
@@ -68,7 +99,7 @@ def mnist1d_source(cfg: dict[str, Any]) -> pl.DataFrame:
     return _vector_frame(x, y, split)
 
 
-@register_source("digits")
+@register_source("digits", kind="vector")
 def digits_source(cfg: dict[str, Any]) -> pl.DataFrame:
     """scikit-learn's bundled 8×8 digits, pixels scaled to [0, 1]."""
     from sklearn.datasets import load_digits
@@ -92,28 +123,88 @@ def _read_file(path: Path) -> pl.DataFrame:
         ) from None
 
 
+def _check_roles(cfg: dict[str, Any]) -> None:
+    """One user column per role: the same column cannot be both, say, the label and the split."""
+    roles = [(f"data.{k}", cfg.get(k)) for k in ("label_column", "text_column", "split_column", "domain_column",
+                                                 "id_column")]
+    roles.append(("data.label_column", cfg.get("label_column", "label")))
+    seen: dict[str, str] = {}
+    for key, col in roles:
+        if col and seen.setdefault(col, key) != key:
+            raise ConfigError(f"column '{col}' is given two roles ({seen[col]} and {key})", field=key,
+                              fix="map each role to a different column")
+    if cfg.get("text_column") and cfg.get("feature_columns"):
+        raise ConfigError("both data.text_column and data.feature_columns are set", field="data.feature_columns",
+                          fix="choose the inputs: a text column or numeric feature columns, not both")
+
+
+def _check_reserved(df: pl.DataFrame, cfg: dict[str, Any], kind: str, where: str) -> None:
+    """Refuse a user column that carries an internal column's name without being mapped onto that role.
+
+    Renaming it silently would change the user's columns on export, and keeping it would let datasel overwrite it
+    (the examples table would hold datasel's ``source`` or ``is_noisy`` under the user's name), so it is refused.
+    """
+    renamed = {cfg.get("label_column", "label"), cfg.get("text_column"), cfg.get("split_column"),
+               cfg.get("domain_column")} - {None}
+    x_is_input = kind == "vector" and not cfg.get("feature_columns")
+    for col in df.columns:
+        if col in renamed or col not in INTERNAL_COLUMNS:
+            continue
+        if (col == "x" and x_is_input) or (col == "text" and kind == "vector"):
+            continue  # x as the inputs is its role; a free-text column beside vector inputs is a plain field
+        role = {"split": "split_column", "domain": "domain_column", "label": "label_column",
+                "text": "text_column"}.get(col)
+        how = f"set data.{role}: {col} if it is the {col}, or rename it" if role else "rename it"
+        if col == "x":
+            how = "rename it (the inputs are data.feature_columns / data.text_column), or drop those to use x"
+        raise DataError(f"column '{col}' has the name of a column datasel writes, which would overwrite it",
+                        file=where, field=col, fix=f"{how}; reserved names: {', '.join(INTERNAL_COLUMNS)}")
+
+
 def _standardize(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFrame:
-    """Map a user's columns onto ``x``/``text``, ``label``, ``split``, ``domain``, ``id``; keep the rest as-is."""
+    """Map a user's columns onto ``x``/``text``, ``label``, ``split``, ``domain``; keep the rest under their names.
+
+    The id column (``data.id_column``) and the feature columns stay as they are (prepare reads them); a user's
+    column is never implicitly taken for a role (a column named ``split`` is the split only with
+    ``split_column: split``, a ``text`` column makes text data only with ``text_column``).
+    """
+    _check_roles(cfg)
+    kind = data_kind(cfg)
     label_col = cfg.get("label_column", "label")
     if label_col not in df.columns:
         raise DataError(f"no label column '{label_col}' (columns: {df.columns})", file=where, field=label_col,
                         fix="set data.label_column to the column holding the class")
     renames = {label_col: "label"}
-    for key, target in (("split_column", "split"), ("domain_column", "domain"), ("id_column", "id")):
+    for key, target in (("split_column", "split"), ("domain_column", "domain"), ("id_column", None)):
         col = cfg.get(key)
         if col:
             if col not in df.columns:
                 raise DataError(f"no column '{col}' (columns: {df.columns})", file=where, field=col,
                                 fix=f"fix data.{key} or remove it")
-            renames[col] = target
+            if target:
+                renames[col] = target
+    _check_reserved(df, cfg, kind, where)
     text_col = cfg.get("text_column")
     feature_cols = cfg.get("feature_columns")
     if text_col:
         if text_col not in df.columns:
-            raise DataError(f"no text column '{text_col}'", file=where, field=text_col, fix="fix data.text_column")
+            raise DataError(f"no text column '{text_col}' (columns: {df.columns})", file=where, field=text_col,
+                            fix="fix data.text_column")
+        if df.schema[text_col] != pl.String:
+            raise DataError(f"text column '{text_col}' has dtype {df.schema[text_col]}, expected strings",
+                            file=where, field=text_col, fix="point data.text_column at a column of strings")
+        if df.get_column(text_col).null_count():
+            row = int(df.get_column(text_col).is_null().arg_max())
+            raise DataError(f"{df.get_column(text_col).null_count()} rows have no text (first at row {row})",
+                            file=where, field=text_col, fix="drop those rows or fill the text")
         renames[text_col] = "text"
+    elif "text" in df.columns and df.schema["text"] != pl.String:
+        raise DataError(f"column 'text' has dtype {df.schema['text']}; datasel keeps a 'text' column as strings",
+                        file=where, field="text", fix="rename it, or store it as strings")
     df = df.rename(renames)
-    if not text_col:
+    if "domain" in renames.values():
+        df = df.with_columns(pl.col("domain").cast(pl.String))
+    if kind == "vector":
         if feature_cols:
             missing = [c for c in feature_cols if c not in df.columns]
             if missing:
@@ -177,7 +268,10 @@ def hf_source(cfg: dict[str, Any]) -> pl.DataFrame:
             frame = pl.from_arrow(part.data.table)
             parts.append(frame.with_columns(pl.lit({"validation": "val"}.get(split_name, split_name)).alias("_hf_split")))
         df = pl.concat(parts, how="diagonal_relaxed")
-        cfg = {"split_column": "_hf_split", **cfg}
+        if cfg.get("split_column"):  # the user's own split column wins over the dict's keys
+            df = df.drop(_HF_SPLIT)
+        else:
+            cfg = {**cfg, "split_column": _HF_SPLIT}
     else:
         df = pl.from_arrow(ds.data.table)
     return _standardize(df, cfg, str(name))
