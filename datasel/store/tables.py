@@ -101,7 +101,7 @@ SCHEMAS: dict[str, TableSchema] = {
                 "label_orig": pl.Int64,
                 "is_noisy": pl.Boolean,
             },
-            optional={"x": pl.List(pl.Float32), "text": pl.String, "domain": pl.String},
+            optional={"x": pl.List(pl.Float32), "text": pl.String, "domain": pl.String, "source_row": pl.Int64},
             unique=("example_id",),
         ),
         TableSchema(
