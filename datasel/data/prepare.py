@@ -85,11 +85,17 @@ def _labels(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> tuple[pl.DataF
         row = int(label.is_null().arg_max())
         raise DataError(f"{label.null_count()} rows have no label (first at row {row})", file=where, field=column,
                         fix="drop unlabeled rows or fill the label")
+    if not (label.dtype.is_numeric() or label.dtype in (pl.String, pl.Categorical, pl.Boolean)
+            or isinstance(label.dtype, pl.Enum)):
+        raise DataError(f"the label column has dtype {label.dtype}", file=where, field=column,
+                        fix="give one integer or string class label per row")
     if label.dtype.is_float():
-        integral = label.is_finite().all() and bool((label == label.floor()).all())
-        if not integral:
-            shown = label.filter(~label.is_finite() | (label != label.floor())).head(3).to_list()
-            raise DataError(f"labels {shown} are not class labels (non-integer numbers)", file=where, field=column,
+        # whole numbers (a CSV column with 1.0, 2.0 …) are integer classes; anything else is not a class label
+        whole = label.is_finite() & (label == label.floor()) & (label.abs() < 2**53)
+        if not whole.all():
+            shown = label.filter(~whole).unique().sort().head(3).to_list()
+            raise DataError(f"labels {shown} are not class labels (non-integer numbers, or beyond 2**53)",
+                            file=where, field=column,
                             fix="datasel selects for classification: give integer or string class labels")
         label = label.cast(pl.Int64)
     dtype = "int" if label.dtype.is_integer() else "str"
