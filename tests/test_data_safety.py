@@ -191,6 +191,14 @@ def test_non_integer_numeric_labels_are_refused_and_whole_floats_are_integers(tm
     assert meta["classes"] == ["0", "3"] and meta["label_dtype"] == "int"
 
 
+@pytest.mark.parametrize("labels, needle", [([[1], [2]] * 30, "dtype List"), ([b"a", b"b"] * 30, "dtype Binary"),
+                                            ([1e300, 0.0] * 30, "beyond 2**53")])
+def test_labels_that_are_not_classes_are_refused_naming_the_column(tmp_path, labels, needle):
+    with pytest.raises(DataError) as err:
+        _build(tmp_path, _frame(labels=labels))
+    assert err.value.field == "cls" and needle in str(err.value) and err.value.fix
+
+
 def test_ids_do_not_depend_on_the_other_classes(tmp_path):
     frame = _frame(labels=["a", "b", "c"] * 20)
     a, _ = _build(tmp_path, frame)
