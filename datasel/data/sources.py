@@ -125,9 +125,8 @@ def _read_file(path: Path) -> pl.DataFrame:
 
 def _check_roles(cfg: dict[str, Any]) -> None:
     """One user column per role: the same column cannot be both, say, the label and the split."""
-    roles = [(f"data.{k}", cfg.get(k)) for k in ("label_column", "text_column", "split_column", "domain_column",
-                                                 "id_column")]
-    roles.append(("data.label_column", cfg.get("label_column", "label")))
+    roles = [("data.label_column", cfg.get("label_column", "label"))]
+    roles += [(f"data.{k}", cfg.get(k)) for k in ("text_column", "split_column", "domain_column", "id_column")]
     seen: dict[str, str] = {}
     for key, col in roles:
         if col and seen.setdefault(col, key) != key:
