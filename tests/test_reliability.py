@@ -85,7 +85,7 @@ def _expected(sel: pl.DataFrame, df: pl.DataFrame) -> pl.DataFrame:
     source row number, the original (pre-noise) label, the inputs, the noise flag, weight and position."""
     source = df.with_row_index("source_row").with_columns(pl.col("source_row").cast(pl.Int64))
     kept = sel.filter(pl.col("selected")).select("example_id", "weight", "position")
-    rows = kept.join(source, on="example_id").select("x", pl.col("label_orig").alias("label"), "source_row",
+    rows = kept.join(source, on="example_id").select("source_row", "x", pl.col("label_orig").alias("label"),
                                                      "is_noisy", "weight", "position")
     return rows.sort("source_row")
 

@@ -86,6 +86,8 @@ def _user_fields(rows: pl.DataFrame, meta: dict[str, Any], cols: UserColumns) ->
     """The user's own columns in their order (meta ``fields``), then any others the table carries."""
 
     def is_user(c: str) -> bool:
+        if c == cols.id:
+            return False  # exported first, as the key
         if c in ("label", "text"):
             return True  # renamed back to the user's names
         if c == "x":
@@ -111,36 +113,33 @@ def joined(inputs: Inputs, kept_only: bool = True) -> pl.DataFrame:
 
 
 def user_view(rows: pl.DataFrame, inputs: Inputs, internal: bool = False, keep: tuple[str, ...] = ()) -> pl.DataFrame:
-    """Rename and restrict joined rows to the user's columns (+ weight, position, is_noisy); ``keep`` passes extra
-    columns through unrenamed (e.g. a show's scores and ``selected`` flag)."""
+    """Rename and restrict joined rows to the user's columns: the key (their id, else ``source_row``), their fields,
+    then ``is_noisy``, ``weight``, ``position`` (and with ``internal`` the pipeline's columns); ``keep`` passes
+    extra columns through as they are (e.g. a show's scores)."""
     meta, cols = inputs.meta, user_columns(inputs.meta)
     label_src = "label_orig" if "label_orig" in rows.columns else "label"
-    exprs: list[pl.Expr] = []
-    user: list[str] = []
-    if cols.id:
-        exprs.append(_id_expr(rows, cols))
-        user.append(cols.id)
-    fields = _user_fields(rows, meta, cols)
+    fields = [c for c in _user_fields(rows, meta, cols) if c not in keep]
+    user: dict[str, pl.Expr] = {}
     for c in fields:
         name = cols.label if c == "label" else (cols.text or "text") if c == "text" else c
-        exprs.append(_label_expr(meta, label_src, name) if c == "label" else pl.col(c).alias(name))
-        user.append(name)
-    if len(set(user)) != len(user):
-        raise DataError(f"the user's columns {user} repeat a name", file=inputs.results / "examples" / "meta.json",
-                        field="columns", fix="rerun the prepare step")
-    added = [] if cols.id else ["source_row"]
+        if name in user or name == cols.id:
+            raise DataError(f"two of the user's columns would both be named '{name}'", field="columns",
+                            file=inputs.results / "examples" / "meta.json", fix="rerun the prepare step")
+        user[name] = _label_expr(meta, label_src, name) if c == "label" else pl.col(c).alias(name)
+    taken = set(user) | {cols.id}
+
+    def free(c: str) -> str:  # an added column never takes a name the user's data already uses
+        return PREFIX + c if c in taken else c
+
+    key = _id_expr(rows, cols) if cols.id else pl.col(HELPERS["source_row"]).alias(free("source_row"))
     noisy = int(meta.get("noisy") or 0) > 0 or bool(inputs.examples.get_column("is_noisy").any())
-    added += (["is_noisy"] if noisy else []) + ["weight", "position"]
+    added = (["is_noisy"] if noisy else []) + ["weight", "position"]
     if internal:
         # the pipeline's columns, except those already exported unchanged (the label is exported transformed)
-        verbatim = set(fields) - {"label"}
-        added += [c for c in rows.columns
-                  if c not in added and c not in verbatim and c not in HELPERS.values() and c not in keep]
-    for c in added:
-        # an added column never takes a name the user's data already uses
-        exprs.append(pl.col(HELPERS.get(c, c)).alias(PREFIX + c if c in user else c))
-    exprs += [pl.col(k) for k in keep]
-    return rows.select(exprs)
+        done = set(fields) - {"label"} | set(added) | set(keep) | set(HELPERS.values()) | set(() if cols.id else ["source_row"])
+        added += [c for c in rows.columns if c not in done]
+    extra = [pl.col(HELPERS.get(c, c)).alias(free(c)) for c in added]
+    return rows.select(key, *user.values(), *extra, *[pl.col(k) for k in keep])
 
 
 def resolve_order(rows: pl.DataFrame, order: str | None) -> str:
