@@ -267,3 +267,15 @@ def test_the_real_prepare_output_joins_back(tmp_path):
     assert joined.height == back.height == int(sel.get_column("selected").sum())
     for col in theirs.columns[1:]:
         assert joined.get_column(col).to_list() == joined.get_column(f"{col}_file").to_list(), col
+
+
+def test_feature_columns_are_unpacked_when_the_table_kept_only_x(tmp_path):
+    user = user_table()
+    res = prepared(tmp_path, user)
+    path = res / "examples" / "examples.parquet"
+    write_table(pl.read_parquet(path).drop(FEATURES), path, "examples")
+    back = read_back(export_selection(res, "el2n_top_keep50", "parquet", tmp_path / "s"), "parquet", "el2n_top_keep50")
+    assert back.columns == [*user.columns, "weight", "position"]
+    joined = back.join(user, on="patient", suffix="_file")
+    for f in FEATURES:
+        np.testing.assert_allclose(joined.get_column(f).to_numpy(), joined.get_column(f"{f}_file").to_numpy(), rtol=1e-6)

@@ -103,6 +103,10 @@ def joined(inputs: Inputs, kept_only: bool = True) -> pl.DataFrame:
     ex = inputs.examples
     row = pl.col("source_row") if "source_row" in ex.columns else pl.int_range(pl.len())
     ex = ex.with_columns(row.cast(pl.Int64).alias(HELPERS["source_row"]))
+    features = user_columns(inputs.meta).features
+    if "x" in ex.columns and any(f not in ex.columns for f in features):
+        # a table that kept only the packed vector: unpack the user's feature columns from it (as float32)
+        ex = ex.with_columns(pl.col("x").list.get(i).alias(f) for i, f in enumerate(features) if f not in ex.columns)
     sel = inputs.selection.filter(pl.col("selected")) if kept_only else inputs.selection
     sel = sel.select("example_id", *[pl.col(c).alias(HELPERS[c]) for c in ("selected", "weight", "position")])
     rows = sel.join(ex, on="example_id", how="inner")
