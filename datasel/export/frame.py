@@ -40,12 +40,19 @@ class UserColumns:
     id: str | None
     text: str | None
     features: tuple[str, ...]
+    split: str | None = None  # the user's split column (its values as read: validation/dev become val)
+    domain: str | None = None
+
+    def name_of(self, column: str) -> str:
+        """The user's name for an examples column that datasel renamed (label, text, domain, split)."""
+        return {"label": self.label, "text": self.text, "domain": self.domain, "split": self.split}.get(column) or column
 
 
 def user_columns(meta: dict[str, Any]) -> UserColumns:
     cols = meta.get("columns") or {}
     return UserColumns(label=cols.get("label") or "label", id=cols.get("id") or None, text=cols.get("text") or None,
-                       features=tuple(cols.get("features") or ()))
+                       features=tuple(cols.get("features") or ()), split=cols.get("split") or None,
+                       domain=cols.get("domain") or None)
 
 
 def _is_int_text(values: list[str]) -> bool:
@@ -88,7 +95,7 @@ def _user_fields(rows: pl.DataFrame, meta: dict[str, Any], cols: UserColumns) ->
     def is_user(c: str) -> bool:
         if c == cols.id:
             return False  # exported first, as the key
-        if c in ("label", "text"):
+        if c in ("label", "text") or (c == "split" and cols.split):
             return True  # renamed back to the user's names
         if c == "x":
             return not cols.features  # x only packs the feature columns when the user named them
@@ -125,7 +132,7 @@ def user_view(rows: pl.DataFrame, inputs: Inputs, internal: bool = False, keep: 
     fields = [c for c in _user_fields(rows, meta, cols) if c not in keep]
     user: dict[str, pl.Expr] = {}
     for c in fields:
-        name = cols.label if c == "label" else (cols.text or "text") if c == "text" else c
+        name = cols.name_of(c)
         if name in user or name == cols.id:
             raise DataError(f"two of the user's columns would both be named '{name}'", field="columns",
                             file=inputs.results / "examples" / "meta.json", fix="rerun the prepare step")
@@ -140,7 +147,7 @@ def user_view(rows: pl.DataFrame, inputs: Inputs, internal: bool = False, keep: 
     added = (["is_noisy"] if noisy else []) + ["weight", "position"]
     if internal:
         # the pipeline's columns, except those already exported unchanged (the label is exported transformed)
-        done = set(fields) - {"label"} | set(added) | set(keep) | set(HELPERS.values()) | set(() if cols.id else ["source_row"])
+        done = (set(fields) - {"label"}) | set(added) | set(keep) | set(HELPERS.values()) | set(() if cols.id else ["source_row"])
         added += [c for c in rows.columns if c not in done]
     extra = [pl.col(HELPERS.get(c, c)).alias(free(c)) for c in added]
     return rows.select(key, *user.values(), *extra, *[pl.col(k) for k in keep])
