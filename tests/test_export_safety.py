@@ -260,3 +260,16 @@ def test_modes_follow_the_umask(project, tmp_path, mask, fmt):
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files and {p.stat().st_mode & 0o777 for p in files} == {0o666 & ~mask}
+
+
+def test_an_unwritable_place_is_a_clear_error(project, tmp_path, monkeypatch):
+    _, res, _ = project
+    import datasel.export as export
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(export.tempfile, "mkdtemp", denied)
+    with pytest.raises(DataselError, match=r"cannot write the export \(Permission denied\)"):
+        export_selection(res, SEL, "parquet", tmp_path / "subset")
+    assert not (tmp_path / "subset").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

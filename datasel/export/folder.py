@@ -50,13 +50,20 @@ def refuse_protected(out: Path, results: Path) -> None:
         why = f"it is the results folder {res}, inside it or above it"
     elif _within(cwd, real):
         why = "it is the current folder or a folder above it"
-    elif real in (Path.home().resolve(), Path(real.anchor)):
+    elif real == Path(real.anchor) or real == _home():
         why = "it is the home folder or the filesystem root"
     elif real.is_dir() and any((real / sign).exists() for sign in PROJECT_SIGNS):
         why = f"it holds {', '.join(s for s in PROJECT_SIGNS if (real / s).exists())} (a project, not an export)"
     if why:
         raise DataselError(f"refusing to export into {real}: {why}", file=out, field="--out",
                            fix="choose a new folder for the export, e.g. --out subset/")
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home folder known (HOME unset, no passwd entry)
+        return None
 
 
 def _entries(folder: Path) -> set[str]:
