@@ -177,7 +177,8 @@ def test_internal_columns_only_when_asked_and_user_names_are_never_taken(tmp_pat
     assert set(back.get_column("datasel_weight").to_list()) == {1.0}
     full = read_back(export_selection(res, "el2n_top_keep50", "parquet", tmp_path / "i", internal=True), "parquet",
                      "el2n_top_keep50")
-    assert {"example_id", "source", "split", "label", "label_orig", "x", "is_noisy"} <= set(full.columns)
+    assert {"example_id", "source", "split", "label", "label_orig", "x", "is_noisy", "source_row"} <= set(full.columns)
+    assert full.columns[0] == "patient" and not any(c.startswith("datasel_") for c in full.columns if c != "datasel_weight")
     assert full.select(user.columns).equals(back.select(user.columns))
 
 
@@ -279,3 +280,18 @@ def test_feature_columns_are_unpacked_when_the_table_kept_only_x(tmp_path):
     joined = back.join(user, on="patient", suffix="_file")
     for f in FEATURES:
         np.testing.assert_allclose(joined.get_column(f).to_numpy(), joined.get_column(f"{f}_file").to_numpy(), rtol=1e-6)
+
+
+def test_the_cli_takes_csv_order_and_internal_and_refuses_csv_lists_clearly(tmp_path, capsys):
+    user = user_table()
+    res = prepared(tmp_path, user)
+    assert main(["export", "el2n_cl_keep50", "--format", "csv", "--order", "source", "--out", str(tmp_path / "a"),
+                 "--results", str(res)]) == 0
+    back = pl.read_csv(tmp_path / "a" / "el2n_cl_keep50.csv")
+    assert back.columns == [*user.columns, "weight", "position"]
+    # --internal brings the packed x list, which CSV cannot hold: refused before anything is written
+    assert main(["export", "el2n_cl_keep50", "--format", "csv", "--internal", "--out", str(tmp_path / "b"),
+                 "--results", str(res)]) == 1
+    err = capsys.readouterr().err
+    assert "CSV cannot hold the list column(s) ['x']" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()

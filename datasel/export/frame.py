@@ -81,7 +81,7 @@ def _label_expr(meta: dict[str, Any], source: str, name: str) -> pl.Expr:
 def _id_expr(rows: pl.DataFrame, cols: UserColumns) -> pl.Expr:
     """The user's id: kept under its own name or as ``id``, else recovered from ``example_id = <source>-<id>``."""
     for have in (cols.id, "id"):
-        if have in rows.columns and have not in ("example_id", "source", "label"):
+        if have in rows.columns:
             return pl.col(have).alias(cols.id)
     stripped = rows.get_column("example_id").str.strip_prefix(rows.get_column("source") + "-")
     if _is_int_text(stripped.drop_nulls().unique().to_list()):
@@ -147,7 +147,8 @@ def user_view(rows: pl.DataFrame, inputs: Inputs, internal: bool = False, keep: 
     added = (["is_noisy"] if noisy else []) + ["weight", "position"]
     if internal:
         # the pipeline's columns, except those already exported unchanged (the label is exported transformed)
-        done = (set(fields) - {"label"}) | set(added) | set(keep) | set(HELPERS.values()) | set(() if cols.id else ["source_row"])
+        done = (set(fields) - {"label"}) | set(added) | set(keep) | set(HELPERS.values())
+        done |= {cols.id} if cols.id else {"source_row"}  # the key is already out
         added += [c for c in rows.columns if c not in done]
     extra = [pl.col(HELPERS.get(c, c)).alias(free(c)) for c in added]
     return rows.select(key, *user.values(), *extra, *[pl.col(k) for k in keep])
