@@ -19,6 +19,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    import shutil
+
     import polars as pl
 
     from datasel.export.show import show_rows
@@ -28,7 +30,10 @@ def _show(args: argparse.Namespace) -> None:
     scores = f"scores {shown.scores} ({shown.scores_from})" if shown.scores else shown.scores_from
     print(f"{args.selection}: {shown.kept.height} of {total} training rows kept; {scores}")
     parts = [("kept", shown.kept)] + ([("dropped", shown.dropped)] if args.dropped else [])
-    with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=40, tbl_hide_dataframe_shape=True):
+    # as wide as the terminal, and unwrapped when printed into a pipe or file (no terminal: 250 columns)
+    width = shutil.get_terminal_size((250, 24)).columns
+    with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=40, tbl_hide_dataframe_shape=True,
+                   tbl_width_chars=width):
         for title, df in parts:
             print(f"\n{title}: {df.height} rows, by {shown.sorted_by}" + (f" (first {args.rows})" if df.height > args.rows else ""))
             print(df.head(args.rows))

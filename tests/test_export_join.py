@@ -206,6 +206,7 @@ def test_show_lists_kept_and_dropped_rows_with_their_scores(tmp_path, capsys):
     for part in (shown.kept, shown.dropped):
         assert part.get_column("rank").to_list() == sorted(part.get_column("rank").to_list())
         assert {"patient", "target", "radius", "score", "rank"} <= set(part.columns)
+    assert {"weight", "position"} <= set(shown.kept.columns) and not {"weight", "position"} & set(shown.dropped.columns)
     # the top policy keeps the best ranks: every kept rank is ahead of every dropped one
     assert shown.kept.get_column("rank").max() < shown.dropped.get_column("rank").min()
     # scores belong to the right rows: look one up by the user's id

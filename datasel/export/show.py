@@ -63,11 +63,11 @@ def find_scores(inputs: Inputs, name: str | None = None) -> tuple[Path | None, s
     for path in _snakemake_record(inputs.results, inputs.path):
         p = Path(path)
         if p.parent.name == "scores" and p.suffix == ".parquet" and p.stem in have:
-            return folder / f"{p.stem}.parquet", "found in the Snakemake record of the select job"
+            return folder / f"{p.stem}.parquet", "from the Snakemake record of the select job"
     policy = inputs.name.rsplit("_keep", 1)[0]
     matches = [s for s in have if policy == s or policy.startswith(s + "_")]
     if matches:
-        return folder / f"{max(matches, key=len)}.parquet", "matched by the policy name (no Snakemake record found)"
+        return folder / f"{max(matches, key=len)}.parquet", "matched by the policy name; no Snakemake record found"
     return None, "no score table: the policy reads none, or none was found (pass --scores NAME)"
 
 
@@ -94,4 +94,6 @@ def show_rows(results: str | Path, selection: str, scores: str | None = None) ->
         key = [HELPERS["position"], HELPERS["source_row"]] if used == "curriculum" else [HELPERS["source_row"]]
         view, by = view.sort(key, nulls_last=True), f"{used} order"
     kept = pl.col(HELPERS["selected"])
-    return Shown(view.filter(kept).drop(helpers), view.filter(~kept).drop(helpers), path, found, by)
+    # a dropped row has no weight or position: those columns would only show 0.0 and null
+    unset = [PREFIX + c if PREFIX + c in view.columns else c for c in ("weight", "position")]
+    return Shown(view.filter(kept).drop(helpers), view.filter(~kept).drop(*helpers, *unset), path, found, by)
