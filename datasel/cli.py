@@ -13,8 +13,30 @@ from datasel.errors import DataselError
 def _export(args: argparse.Namespace) -> None:
     from datasel.export import export_selection
 
-    out = export_selection(args.results, args.selection, args.format, args.out, overwrite=args.overwrite)
+    out = export_selection(args.results, args.selection, args.format, args.out, overwrite=args.overwrite,
+                           order=args.order, internal=args.internal)
     print(f"wrote {args.selection} ({args.format}) to {out}")
+
+
+def _show(args: argparse.Namespace) -> None:
+    import shutil
+
+    import polars as pl
+
+    from datasel.export.show import show_rows
+
+    shown = show_rows(args.results, args.selection, scores=args.scores)
+    total = shown.kept.height + shown.dropped.height
+    scores = f"scores {shown.scores} ({shown.scores_from})" if shown.scores else shown.scores_from
+    print(f"{args.selection}: {shown.kept.height} of {total} training rows kept; {scores}")
+    parts = [("kept", shown.kept)] + ([("dropped", shown.dropped)] if args.dropped else [])
+    # as wide as the terminal, and unwrapped when printed into a pipe or file (no terminal: 250 columns)
+    width = shutil.get_terminal_size((250, 24)).columns
+    with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=40, tbl_hide_dataframe_shape=True,
+                   tbl_width_chars=width):
+        for title, df in parts:
+            print(f"\n{title}: {df.height} rows, by {shown.sorted_by}" + (f" (first {args.rows})" if df.height > args.rows else ""))
+            print(df.head(args.rows))
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -51,11 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write the selected examples for a trainer")
     e.add_argument("selection", help="selection name, e.g. el2n_offset_keep50 (see results/selections/)")
-    e.add_argument("--format", default="parquet", choices=["parquet", "jsonl", "hf"])
+    e.add_argument("--format", default="parquet", choices=["parquet", "jsonl", "csv", "hf"])
     e.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
     e.add_argument("--results", default="results", help="the workflow's results folder")
-    e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in --out (only a folder datasel export wrote, nothing else)")
+    e.add_argument("--order", choices=["curriculum", "source"], default=None,
+                   help="row order: curriculum position (default when the selection has one) or the source's order")
+    e.add_argument("--internal", action="store_true",
+                   help="also write the pipeline's own columns (example_id, split, label index, x, ...)")
     e.set_defaults(fn=_export)
+    sh = sub.add_parser("show", help="list a selection's kept (and dropped) rows with their scores")
+    sh.add_argument("selection", help="selection name (see results/selections/)")
+    sh.add_argument("--dropped", action="store_true", help="also list the rows the selection dropped")
+    sh.add_argument("--rows", type=int, default=10, help="rows to print per part")
+    sh.add_argument("--scores", default=None, help="score table name to show (default: the one the selection used)")
+    sh.add_argument("--results", default="results", help="the workflow's results folder")
+    sh.set_defaults(fn=_show)
     i = sub.add_parser("inspect", help="print the head of a Parquet table")
     i.add_argument("table")
     i.add_argument("--rows", type=int, default=10)

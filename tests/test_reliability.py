@@ -81,10 +81,14 @@ def results(tmp_path, tiny_examples):
 
 
 def _expected(sel: pl.DataFrame, df: pl.DataFrame) -> pl.DataFrame:
-    """Exactly the selected rows with every field a trainer gets, built independently of export.py."""
-    fields = ["example_id", "split", "label", "x"]
+    """Exactly the selected rows with every field a trainer gets, built independently of datasel.export: the
+    source row number, the original (pre-noise) label, the inputs, the noise flag, weight and position."""
+    source = df if "source_row" in df.columns else df.with_row_index("source_row")  # prepare's row order otherwise
+    source = source.with_columns(pl.col("source_row").cast(pl.Int64))
     kept = sel.filter(pl.col("selected")).select("example_id", "weight", "position")
-    return kept.join(df.select(fields), on="example_id").sort("example_id")
+    rows = kept.join(source, on="example_id").select("source_row", "x", pl.col("label_orig").alias("label"),
+                                                     "is_noisy", "weight", "position")
+    return rows.sort("source_row")
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "hf"])
@@ -100,8 +104,8 @@ def test_round_trip_returns_exactly_the_selected_rows_and_fields(tmp_path, resul
         back = pl.read_parquet(out / "m_top_keep40.parquet")
     want = _expected(sel, df)
     assert back.height == sel.get_column("selected").sum() == want.height
-    assert set(back.columns) == set(want.columns)
-    got = back.select(want.columns).with_columns(pl.col("x").cast(pl.List(pl.Float32))).sort("example_id")
+    assert sorted(back.columns) == sorted(want.columns)
+    got = back.select(want.columns).with_columns(pl.col("x").cast(pl.List(pl.Float32))).sort("source_row")
     assert got.equals(want)
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -114,15 +118,14 @@ def test_export_into_an_existing_empty_folder(tmp_path, results):
     assert pl.read_ndjson(out / "m_top_keep40.jsonl").height == sel.get_column("selected").sum()
 
 
-def test_export_refuses_a_file_in_the_way_and_overwrite_replaces_it(tmp_path, results):
+def test_export_refuses_a_file_in_the_way_even_with_overwrite(tmp_path, results):
     res, _, _ = results
     out = tmp_path / "taken"
     out.write_text("someone's notes")
-    with pytest.raises(DataselError, match="not empty"):
-        export_selection(res, "m_top_keep40", "parquet", out)
+    for overwrite in (False, True):
+        with pytest.raises(DataselError, match="file is in the way"):
+            export_selection(res, "m_top_keep40", "parquet", out, overwrite=overwrite)
     assert out.read_text() == "someone's notes"
-    export_selection(res, "m_top_keep40", "parquet", out, overwrite=True)
-    assert (out / "m_top_keep40.parquet").exists()
 
 
 @pytest.mark.parametrize("existing", [False, True])
@@ -130,19 +133,18 @@ def test_a_failed_export_leaves_no_partial_folder_and_keeps_the_old_one(tmp_path
     res, _, _ = results
     out = tmp_path / "out"
     if existing:
-        out.mkdir()
-        (out / "old.parquet").write_text("previous export")
+        export_selection(res, "m_top_keep40", "jsonl", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if existing else None
 
     def crash(self, path, *a, **k):
         Path(path).write_bytes(b"PAR1 half a file")  # what a crash mid-write leaves
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataselError, match="disk full"):
         export_selection(res, "m_top_keep40", "parquet", out, overwrite=existing)
     if existing:
-        assert [p.name for p in out.iterdir()] == ["old.parquet"]
-        assert (out / "old.parquet").read_text() == "previous export"
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     else:
         assert not out.exists()
     assert not list(tmp_path.glob(".tmp-*"))

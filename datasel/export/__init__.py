@@ -1,0 +1,117 @@
+"""Export a selection to a folder a trainer (or a spreadsheet) can read: Parquet, JSON lines, CSV or a Hugging Face
+``datasets`` folder.
+
+Rows are the kept examples in the user's terms (``frame.py``). The folder is written under a temporary name next
+to ``--out``, read back and checked, marked as an export, flushed to disk and only then renamed into place, so
+``--out`` is always either absent, the whole previous export or the whole new one. What ``--out`` may be and what
+``--overwrite`` may replace is decided in ``folder.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from datasel.errors import DataselError
+from datasel.export.folder import (
+    check_replaceable,
+    export_lock,
+    fsync_tree,
+    refuse_protected,
+    remove_export,
+    umask,
+    write_marker,
+)
+from datasel.export.formats import FORMATS, check_format, is_disk_full, require_format, verify, write_rows
+from datasel.export.frame import ORDERS, export_frame
+from datasel.export.inputs import available_selections, load_inputs
+
+__all__ = ["FORMATS", "ORDERS", "available_selections", "export_selection", "selected_rows"]
+
+log = logging.getLogger(__name__)
+
+
+def selected_rows(results: str | Path, selection: str, order: str | None = None, internal: bool = False) -> pl.DataFrame:
+    """The exported frame for one selection."""
+    return export_frame(load_inputs(results, selection), order, internal)[0]
+
+
+def export_selection(results: str | Path, selection: str, fmt: str, out: str | Path, overwrite: bool = False,
+                     order: str | None = None, internal: bool = False) -> Path:
+    """Write the kept rows of ``selection`` into the folder ``out``; returns ``out`` once it is complete on disk."""
+    results, out = Path(results), Path(os.path.abspath(out))
+    require_format(fmt)
+    refuse_protected(out, results)
+    inputs = load_inputs(results, selection)
+    rows, used = export_frame(inputs, order, internal)
+    check_format(rows, fmt)
+    info = {"selection": inputs.name, "format": fmt, "rows": rows.height, "columns": rows.columns, "order": used,
+            "internal": internal}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with export_lock(out):
+            exists = check_replaceable(out, overwrite)
+            _write_and_place(rows, fmt, inputs.name, info, out, exists)
+    except OSError as exc:
+        raise _write_error(exc, out) from None
+    log.info("exported %d rows of %s (%s, %s order) to %s", rows.height, inputs.name, fmt, used, out)
+    return out
+
+
+def _write_and_place(rows: pl.DataFrame, fmt: str, stem: str, info: dict, out: Path, exists: bool) -> None:
+    """Write into a temporary sibling folder, verify, mark and flush it, then swap it in for ``out``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; an export folder follows the umask like any other
+        try:
+            write_rows(rows, fmt, tmp, stem)
+        except Exception as exc:
+            if is_disk_full(exc):  # polars reports a full disk as a ComputeError, not an OSError
+                raise _write_error(exc, out) from None
+            raise
+        verify(rows, fmt, tmp, stem)
+        write_marker(tmp, info)
+        fsync_tree(tmp)
+        if exists:
+            # the previous export (checked under the lock) goes aside first, so `out` is always one whole export
+            old = out.parent / f".tmp-old-{tmp.name}"
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except OSError as exc:
+            if old is not None:
+                old.rename(out)
+                old = None
+            raise DataselError(f"cannot move the export into place ({exc.strerror})", file=out, field="--out",
+                               fix="another process created this folder meanwhile: choose a new one") from None
+        _fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, never the user's
+        if old is not None:
+            remove_export(old)
+
+
+def _write_error(exc: BaseException, out: Path) -> DataselError:
+    """A failed write as a clear error; a full disk (or file size limit) is named as such."""
+    if is_disk_full(exc):
+        return DataselError("disk full (or over the file size limit) while writing the export; nothing was "
+                            "changed", file=out, field="--out", fix="free disk space, or export to another disk")
+    what = getattr(exc, "strerror", None) or str(exc)
+    where = getattr(exc, "filename", None) or out
+    return DataselError(f"cannot write the export ({what})", file=where, field="--out",
+                        fix="check that the folder is writable and retry")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
