@@ -109,7 +109,8 @@ def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = 
         try:
             yield tmp_path
             if not tmp_path.exists():
-                raise DataselError("the write produced no file", file=path, fix="rerun the step; report a bug if it repeats")
+                raise DataselError("the write produced no file", file=path,
+                                   fix="rerun the step; report a bug if it repeats")
             if tmp_path.is_file():
                 _fsync(tmp_path)
             if verify is not None:

@@ -126,7 +126,8 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
                     counts[name] = con.execute(f"SELECT count(*) FROM {sql_identifier(name)}").fetchone()[0]
                     log.info("catalog view %s: %d rows from %d files", name, counts[name],
                              sum(len(f) for f in parts.values()))
-                con.execute(f"CREATE TABLE {MANIFEST} (results VARCHAR, view_name VARCHAR, files BIGINT, rows_at_build BIGINT)")
+                con.execute(f"CREATE TABLE {MANIFEST} "
+                            "(results VARCHAR, view_name VARCHAR, files BIGINT, rows_at_build BIGINT)")
                 con.executemany(f"INSERT INTO {MANIFEST} VALUES (?, ?, ?, ?)",
                                 [[os.fspath(results), name, sum(len(f) for f in sources[name].values()), n]
                                  for name, n in counts.items()])
@@ -192,7 +193,8 @@ def _run(db_path: str | Path, sql: str, fetch: Callable[[Any], T], retries: int)
             finally:
                 con.close()
         if attempt < retries:
-            log.info("catalog read failed (%s); retrying (%d/%d)", str(last).splitlines()[0][:120], attempt + 1, retries)
+            log.info("catalog read failed (%s); retrying (%d/%d)", str(last).splitlines()[0][:120], attempt + 1,
+                     retries)
             time.sleep(min(0.05 * 2**attempt, 2.0))
     raise _read_failure(db_path, last)
 

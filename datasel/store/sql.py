@@ -29,7 +29,7 @@ def sql_identifier(name: str) -> str:
 
 
 def glob_escape(path: str | os.PathLike) -> str:
-    """``path`` with DuckDB's glob characters matched literally (``*`` → ``[*]``, ``?`` → ``[?]``, ``[`` → ``[[]``).
+    """``path`` with DuckDB's glob characters matched literally: ``*`` → ``[*]``, ``?`` → ``[?]``, ``[`` → ``[[]``.
 
     DuckDB reads a backslash in a globbed path as a separator, so a path holding one cannot be globbed; the caller
     lists such files one by one (see :func:`has_glob_chars`) or refuses.
