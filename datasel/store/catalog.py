@@ -35,7 +35,7 @@ import duckdb
 
 from datasel.errors import DataselError
 from datasel.store.atomic import atomic_path, incomplete
-from datasel.store.sql import glob_escape, has_glob_chars, sql_identifier, sql_literal
+from datasel.store.sql import check_database_path, glob_escape, has_glob_chars, sql_identifier, sql_literal
 from datasel.store.tables import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
     """
     results = Path(results).resolve()  # views hold absolute paths: they must not depend on the reader's folder
     db_path = Path(db_path)
+    check_database_path(db_path)
     sources = table_files(results)
     counts: dict[str, int] = {}
 
@@ -169,6 +170,7 @@ def _verify_catalog(tmp: Path, db_path: Path, expected: set[str]) -> None:
 def _run(db_path: str | Path, sql: str, fetch: Callable[[Any], T], retries: int) -> T:
     """Run ``sql`` read-only on the catalog, retrying reads that a concurrent rewrite or rerun broke."""
     db_path = Path(db_path)
+    check_database_path(db_path)
     if not db_path.is_file():
         raise DataselError("there is no catalog here", file=db_path,
                            fix="run the workflow (snakemake) or `datasel catalog --results <results folder>`")

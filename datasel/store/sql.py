@@ -8,6 +8,7 @@ double quotes, and a path used as a DuckDB glob has its glob characters escaped 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from datasel.errors import DataselError
 
@@ -29,7 +30,8 @@ def sql_identifier(name: str) -> str:
 
 
 def glob_escape(path: str | os.PathLike) -> str:
-    """``path`` with DuckDB's glob characters matched literally: ``*`` → ``[*]``, ``?`` → ``[?]``, ``[`` → ``[[]``.
+    """``path`` with DuckDB's glob characters matched literally: each of ``*``, ``?``, ``[`` becomes a one-character
+    class (``[*]``, ``[?]``, ``[[]``).
 
     DuckDB reads a backslash in a globbed path as a separator, so a path holding one cannot be globbed; the caller
     lists such files one by one (see :func:`has_glob_chars`) or refuses.
@@ -47,3 +49,16 @@ def glob_escape(path: str | os.PathLike) -> str:
 def has_glob_chars(path: str | os.PathLike) -> bool:
     """Whether DuckDB would treat ``path`` as a glob pattern rather than a file name."""
     return any(c in os.fspath(path) for c in _GLOB_CHARS)
+
+
+def check_database_path(path: str | os.PathLike) -> None:
+    """Refuse a database path DuckDB would misread: it takes "?" as the start of connection options (the WAL then
+    goes elsewhere) and "\\" as a separator, so a catalog there could be neither written nor opened."""
+    text = os.fspath(Path(path).resolve())
+    for char in ("?", "\\"):
+        if char in text:
+            raise DataselError(
+                f"DuckDB cannot open a database whose path holds {char!r}",
+                file=text,
+                fix=f"rename the folder without {char!r}, or keep the results folder under a folder without one",
+            )
