@@ -52,7 +52,7 @@ NAMES = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories
 NAMES = NAMES.filter(lambda s: s not in (".", "..") and not s.startswith(".") and len(s.encode()) < 200)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=NAMES)
 def test_any_folder_name_works_as_project_and_run_folder(name):
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,6 +176,33 @@ def test_query_retries_a_table_a_rerun_removed_then_fails_clearly(tmp_path):
         query(res / "catalog.duckdb", "select count(*) from examples", retries=2)
     assert time.monotonic() - start < 5
     assert "rerun the query" in str(err.value)
+
+
+def test_query_waits_for_a_catalog_being_rebuilt_and_refuses_a_missing_one_at_once(tmp_path):
+    res = tmp_path / "results"
+    write_table(_scores(3), res / "scores" / "a.parquet", "scores")
+    db = res / "catalog.duckdb"
+    build_catalog(res, db)
+    saved = db.read_bytes()
+    db.unlink()  # Snakemake removed it; the rerun's build is writing its temporary
+    (res / ".tmp-catalog.duckdb.abc123").write_bytes(b"")
+
+    def rebuild():
+        time.sleep(0.4)
+        db.write_bytes(saved)
+        (res / ".tmp-catalog.duckdb.abc123").unlink()
+
+    t = threading.Thread(target=rebuild)
+    t.start()
+    try:
+        assert query(db, "select count(*) from scores") == [(3,)]
+    finally:
+        t.join()
+    db.unlink()
+    start = time.monotonic()
+    with pytest.raises(DataselError, match="no catalog"):
+        query(db, "select 1")
+    assert time.monotonic() - start < 1  # nothing is rebuilding it: no waiting
 
 
 def test_sql_command_prints_results_and_reports_errors_once(tmp_path):

@@ -24,6 +24,7 @@ A table ``datasel_catalog`` records the results folder and each view's row count
 from __future__ import annotations
 
 import fnmatch
+import glob
 import logging
 import os
 import time
@@ -171,34 +172,41 @@ def _run(db_path: str | Path, sql: str, fetch: Callable[[Any], T], retries: int)
     """Run ``sql`` read-only on the catalog, retrying reads that a concurrent rewrite or rerun broke."""
     db_path = Path(db_path)
     check_database_path(db_path)
-    if not db_path.is_file():
-        raise DataselError("there is no catalog here", file=db_path,
-                           fix="run the workflow (snakemake) or `datasel catalog --results <results folder>`")
     last: duckdb.Error | None = None
     for attempt in range(retries + 1):
-        try:
-            con = duckdb.connect(os.fspath(db_path), read_only=True)
-        except duckdb.Error as exc:  # the catalog itself was being replaced or removed by a rerun
-            last = exc
+        if not db_path.is_file():
+            # Snakemake removes the catalog before its rule reruns: wait for the rebuild when one can be running
+            if attempt == retries or not _rebuild_may_be_running(db_path):
+                raise DataselError("there is no catalog here", file=db_path,
+                                   fix="run the workflow (snakemake) or `datasel catalog --results <results folder>`")
         else:
             try:
-                rel = con.sql(sql)
-                return fetch(rel)
-            except _SQL_ERRORS as exc:
-                raise DataselError(f"the query failed: {str(exc).strip()}", field="sql",
-                                   fix=f"check the SQL; the catalog's views: {', '.join(_views(con))}") from None
+                con = duckdb.connect(os.fspath(db_path), read_only=True)
+                try:
+                    return fetch(con.sql(sql))
+                except _SQL_ERRORS as exc:
+                    raise DataselError(f"the query failed: {str(exc).strip()}", field="sql",
+                                       fix=f"check the SQL; the catalog's views: {', '.join(_views(con))}") from None
+                finally:
+                    con.close()
             except duckdb.Error as exc:
                 # Tables are replaced atomically, but DuckDB opens a Parquet file more than once per query (footer at
                 # bind time, row groups at scan time), and Snakemake removes a job's output before rerunning it: such
                 # a read fails (never returns wrong rows) and is retried, waiting longer each time.
                 last = exc
-            finally:
-                con.close()
         if attempt < retries:
-            log.info("catalog read failed (%s); retrying (%d/%d)", str(last).splitlines()[0][:120], attempt + 1,
-                     retries)
+            log.info("catalog read failed (%s); retrying (%d/%d)", str(last).splitlines()[0][:120] if last else
+                     "no catalog file", attempt + 1, retries)
             time.sleep(min(0.05 * 2**attempt, 2.0))
     raise _read_failure(db_path, last)
+
+
+def _rebuild_may_be_running(db_path: Path) -> bool:
+    """A build's temporary next to the catalog, or a Snakemake run holding locks in the folder above results/."""
+    if any(db_path.parent.glob(f".tmp-{glob.escape(db_path.name)}.*")):
+        return True
+    locks = db_path.parent.parent / ".snakemake" / "locks"
+    return locks.is_dir() and any(locks.iterdir())
 
 
 def _views(con: duckdb.DuckDBPyConnection) -> list[str]:
