@@ -117,9 +117,13 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
 
     def verify(tmp: Path) -> None:
         _verify_catalog(tmp, db_path, set(sources))
+        # a WAL next to the old file belongs to it; DuckDB would replay it onto the new database once renamed
+        db_path.with_name(db_path.name + ".wal").unlink(missing_ok=True)
 
+    own_wal: Path | None = None
     try:
         with atomic_path(db_path, verify=verify) as tmp:
+            own_wal = tmp.with_name(tmp.name + ".wal")
             tmp.unlink()  # duckdb refuses to open an empty file as a database
             con = duckdb.connect(os.fspath(tmp))
             try:
@@ -137,10 +141,8 @@ def build_catalog(results: str | Path, db_path: str | Path) -> dict[str, int]:
             finally:
                 con.close()
     finally:
-        for stray in db_path.parent.glob(f".tmp-{db_path.name}.*.wal"):
-            stray.unlink(missing_ok=True)
-    # a WAL next to the new file belonged to the replaced one; DuckDB would replay it onto the new database
-    db_path.with_name(db_path.name + ".wal").unlink(missing_ok=True)
+        if own_wal is not None:  # a failed build's WAL (a concurrent build's temporaries are left alone)
+            own_wal.unlink(missing_ok=True)
     return counts
 
 
