@@ -60,6 +60,23 @@ def _catalog(args: argparse.Namespace) -> None:
         print(f"{name:20s} {n:>10d} rows")
 
 
+def _sql(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from datasel.store.catalog import query_frame
+
+    # the catalog's views hold absolute paths, so this works from any folder given --results
+    df = query_frame(Path(args.results) / "catalog.duckdb", args.query)
+    if df is None:
+        return
+    if args.csv:
+        text = df.write_csv()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_column_data_types=True):
+        print(df)
+
+
 def _list(args: argparse.Namespace) -> None:
     from datasel.scoring import SCORERS
     from datasel.selection import POLICIES
@@ -97,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("catalog", help="rebuild results/catalog.duckdb")
     c.add_argument("--results", default="results")
     c.set_defaults(fn=_catalog)
+    q = sub.add_parser("sql", help="run a SQL query on results/catalog.duckdb and print the result")
+    q.add_argument("query", help='e.g. "select method, count(*) from scores group by 1"')
+    q.add_argument("--results", default="results", help="the workflow's results folder (from any current folder)")
+    q.add_argument("--rows", type=int, default=50, help="rows to print (the table form)")
+    q.add_argument("--csv", action="store_true", help="print all rows as CSV instead of a table")
+    q.set_defaults(fn=_sql)
     ls = sub.add_parser("list", help="list registered scoring methods and selection policies")
     ls.set_defaults(fn=_list)
     return p

@@ -21,7 +21,7 @@ from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_label
 from datasel.mixing.dga import MixtureResult, train_mixture
 from datasel.mixing.task import MixingTask, build_task, encode_rows, split_roles
 from datasel.runtime import pick_device, seed_everything
-from datasel.store import atomic_path, read_table, write_table
+from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,9 @@ def train_step(smk: Any) -> None:
     write_table(metrics_frame(res, seed), smk.output.metrics, "metrics")
     with atomic_path(smk.output.curve) as tmp:  # JSON, not Parquet: a by-product, not a catalog table
         curve_frame(res, seed).write_json(tmp)
-    with atomic_path(smk.output.model) as tmp:
-        torch.save({"state_dict": {k: v.cpu() for k, v in res.model.state_dict().items()},
-                    "model_cfg": cfg.get("model"), "meta": meta, "strategy": strategy, "seed": seed,
-                    "domains": res.domains}, tmp)
+    save_checkpoint_file({"state_dict": {k: v.cpu() for k, v in res.model.state_dict().items()},
+                          "model_cfg": cfg.get("model"), "meta": meta, "strategy": strategy, "seed": seed,
+                          "domains": res.domains}, smk.output.model)
 
 
 def alignment_step(smk: Any) -> None:

@@ -38,10 +38,9 @@ class GradStats:
     loss: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
-        from datasel.store import atomic_path
+        from datasel.store import save_checkpoint_file
 
-        with atomic_path(path) as tmp:
-            torch.save(self.__dict__, tmp)
+        save_checkpoint_file(self.__dict__, path)
 
     @staticmethod
     def load(path: str | Path) -> GradStats:

@@ -24,7 +24,7 @@ from datasel.rl.prompts import PROMPTS_SCHEMA, build_prompt_sets
 from datasel.rl.sampling import SAMPLERS
 from datasel.rl.warmstart import warm_start
 from datasel.runtime import pick_device, progress, seed_everything
-from datasel.store import atomic_path, read_table, write_table
+from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ def warmstart_step(smk: Any) -> None:
     policy = new_policy(prompts, dict(smk.params.policy), _device(dict(smk.params.policy)))
     _, q, a = split_lists(prompts, "warmstart")
     history = warm_start(policy, q, a, dict(smk.params.warmstart), seed)
-    with atomic_path(smk.output.ckpt) as tmp:
-        torch.save({**policy.checkpoint(), "warmstart": history, "seed": seed}, tmp)
+    save_checkpoint_file({**policy.checkpoint(), "warmstart": history, "seed": seed}, smk.output.ckpt)
     with atomic_path(smk.output.history) as tmp:
         Path(tmp).write_text(json.dumps(history, indent=1))
 
@@ -141,8 +140,8 @@ def train_step(smk: Any) -> None:
 
     def save(it: int, pol: Policy) -> None:
         if it in iter_ckpts:
-            with atomic_path(iter_ckpts[it]) as tmp:
-                torch.save({**pol.checkpoint(), "iteration": it, "seed": seed, "run": smk.wildcards.run}, tmp)
+            save_checkpoint_file({**pol.checkpoint(), "iteration": it, "seed": seed, "run": smk.wildcards.run},
+                                 iter_ckpts[it])
 
     metrics, stats = run_rl(policy, prompts, cfg, smk.wildcards.run, seed, on_iteration=save)
     write_table(metrics, smk.output.metrics, "metrics")

@@ -17,24 +17,14 @@ import polars as pl
 from datasel.data.ids import content_ids
 from datasel.errors import ConfigError, DataError
 from datasel.rl.answers import reference_number
-from datasel.store import TableSchema
+from datasel.store import SCHEMAS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("warmstart", "pool", "heldout")
 
-PROMPTS_SCHEMA = TableSchema(
-    "rl_prompts",
-    {
-        "prompt_id": pl.String,
-        "split": pl.String,
-        "source": pl.String,
-        "question": pl.String,
-        "answer": pl.String,
-    },
-    optional={"digits": pl.Int64, "n_ops": pl.Int64, "carries": pl.Int64},
-    unique=("prompt_id",),
-)
+# declared with the other schemas (datasel/store/tables.py) so the catalog gives it a view
+PROMPTS_SCHEMA = SCHEMAS["rl_prompts"]
 
 
 # ---------------------------------------------------------------- arithmetic

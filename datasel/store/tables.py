@@ -1,32 +1,36 @@
 """Declared table schemas and atomic Parquet reads/writes.
 
 A table that fails its schema is refused at the boundary (read or write), so a bad column is reported against the
-file that holds it rather than surfacing later as a polars or torch traceback.
+file that holds it rather than surfacing later as a polars or torch traceback. A schema also declares where its
+files live under a run folder (``files``): the catalog builds one view per schema from exactly those files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
 
 from datasel.errors import DataError
+from datasel.store.atomic import atomic_path, incomplete
 
 
 @dataclass(frozen=True)
 class TableSchema:
-    """Required columns and their dtypes; extra columns are kept unless ``closed``."""
+    """Required columns and their dtypes; extra columns are kept unless ``closed``.
+
+    ``files``: glob patterns, relative to a run folder (``results/`` or ``results/quality/noise20/``), of the Parquet
+    files that hold this table; ``**`` spans folders. A schema without patterns gets no catalog view.
+    """
 
     name: str
     columns: dict[str, pl.DataType]
     optional: dict[str, pl.DataType] = field(default_factory=dict)
     closed: bool = False
     unique: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
 
     def validate(self, df: pl.DataFrame, source: str | os.PathLike) -> pl.DataFrame:
         """Check columns and dtypes, cast lossless widenings, and return the conformed frame."""
@@ -103,11 +107,14 @@ SCHEMAS: dict[str, TableSchema] = {
             },
             optional={"x": pl.List(pl.Float32), "text": pl.String, "domain": pl.String, "source_row": pl.Int64},
             unique=("example_id",),
+            # by name, not by folder: other stages keep their own example tables here (dga_domains below)
+            files=("examples/examples.parquet",),
         ),
         TableSchema(
             "scores",
             {"example_id": pl.String, "method": pl.String, "score": pl.Float64, "rank": pl.Int64},
             unique=("example_id",),
+            files=("scores/*.parquet",),
         ),
         TableSchema(
             "selections",
@@ -119,6 +126,7 @@ SCHEMAS: dict[str, TableSchema] = {
                 "position": pl.Int64,
             },
             unique=("example_id",),
+            files=("selections/*.parquet",),
         ),
         TableSchema(
             "metrics",
@@ -131,10 +139,12 @@ SCHEMAS: dict[str, TableSchema] = {
                 "metric": pl.String,
                 "value": pl.Float64,
             },
+            files=("metrics/**/*.parquet",),
         ),
         TableSchema(
             "domain_weights",
             {"run": pl.String, "step": pl.Int64, "domain": pl.String, "weight": pl.Float64},
+            files=("domain_weights/*.parquet",),
         ),
         TableSchema(
             "prompt_stats",
@@ -149,6 +159,7 @@ SCHEMAS: dict[str, TableSchema] = {
                 "rho": pl.Float64,
                 "rollouts": pl.Int64,
             },
+            files=("prompt_stats/*.parquet",),
         ),
         TableSchema(
             "param_scores",
@@ -158,43 +169,44 @@ SCHEMAS: dict[str, TableSchema] = {
                 "numel": pl.Int64,
                 "sparsity": pl.Float64,
             },
+            files=("param_scores/*.parquet",),
+        ),
+        TableSchema(
+            "rl_prompts",
+            {
+                "prompt_id": pl.String,
+                "split": pl.String,
+                "source": pl.String,
+                "question": pl.String,
+                "answer": pl.String,
+            },
+            optional={"digits": pl.Int64, "n_ops": pl.Int64, "carries": pl.Int64},
+            unique=("prompt_id",),
+            files=("rl_prompts/prompts.parquet",),
         ),
     ]
 }
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto ``path`` only if the block finishes.
-
-    The temporary name sits in the same folder so the final ``os.replace`` is atomic; a crash leaves at most a
-    ``.tmp-*`` file that no reader globs for.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            if tmp_path.is_dir():
-                import shutil
-
-                shutil.rmtree(tmp_path, ignore_errors=True)
-            else:
-                tmp_path.unlink()
+# The DGA stage's own example table (domains as labels) has the examples schema but is another dataset: its own view.
+SCHEMAS["dga_domains"] = replace(SCHEMAS["examples"], name="dga_domains", files=("examples/dga_domains.parquet",))
 
 
 def write_table(df: pl.DataFrame, path: str | os.PathLike, schema: str | TableSchema) -> Path:
     """Validate ``df`` against ``schema`` and write it to ``path`` atomically."""
     schema = SCHEMAS[schema] if isinstance(schema, str) else schema
     df = schema.validate(df, path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=lambda tmp: verify_parquet(tmp, df.height)) as tmp:
         df.write_parquet(tmp, statistics=True)
     return Path(path)
+
+
+def verify_parquet(path: str | os.PathLike, rows: int) -> None:
+    """Re-open a just-written Parquet file: its footer must parse and declare ``rows`` rows."""
+    try:
+        got = pl.scan_parquet(path, glob=False).select(pl.len()).collect().item()  # a name with [ or * is a name
+    except Exception as exc:  # a truncated file has no footer: polars raises ComputeError/OSError
+        raise incomplete(path, f"the Parquet footer cannot be read ({str(exc).splitlines()[0][:160]})") from exc
+    if got != rows:
+        raise incomplete(path, f"the file holds {got} rows, {rows} were written")
 
 
 def read_table(path: str | os.PathLike, schema: str | TableSchema | None = None) -> pl.DataFrame:
@@ -203,7 +215,7 @@ def read_table(path: str | os.PathLike, schema: str | TableSchema | None = None)
     if not path.exists():
         raise DataError("the table file does not exist", file=path, fix="run the step that produces it first")
     try:
-        df = pl.read_parquet(path)
+        df = pl.read_parquet(path, glob=False)  # a folder named "a[1]" is a name, not a pattern
     except Exception as exc:  # polars raises several types for corrupt input
         raise DataError(
             f"cannot read as Parquet ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",

@@ -18,15 +18,14 @@ from datasel.data.tensors import load_split
 from datasel.errors import ConfigError, DataError
 from datasel.models import build_model
 from datasel.runtime import seed_everything
-from datasel.store import atomic_path, read_table
+from datasel.store import read_table, save_checkpoint_file
 from datasel.training.classify import evaluate, train_classifier
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **info: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), **info}, tmp)
+    save_checkpoint_file({"state_dict": model.state_dict(), **info}, path)  # verified complete before the rename
 
 
 def load_checkpoint(path: str | Path, meta: dict[str, Any], model_cfg: dict[str, Any] | None = None) -> nn.Module:
