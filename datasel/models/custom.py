@@ -31,18 +31,22 @@ from datasel.models.registry import register_model
 
 
 def _import(module: str, where: str) -> Any:
+    top = module.split(".")[0]
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.split(".")[0] == exc.name.split(".")[0] and os.getcwd() not in sys.path:
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != top or os.getcwd() in sys.path:
+                raise
             sys.path.append(os.getcwd())  # a module file next to the config, as a user would expect
-            try:
-                return importlib.import_module(module)
-            except ModuleNotFoundError:
-                pass
-        raise ConfigError(f"cannot import module '{module}' ({exc})", field=f"{where}.builder",
-                          fix="put the module on PYTHONPATH or in the working directory, or install its package") \
-            from None
+            return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise ConfigError(f"cannot import module '{module}' ({exc})", field=f"{where}.builder",
+                              fix="put the module on PYTHONPATH or in the working directory, or install its package") \
+                from None
+        raise ConfigError(f"importing '{module}' failed: {exc}", field=f"{where}.builder",
+                          fix=f"install '{exc.name}' or fix the import in {module}") from None
     except Exception as exc:  # the user's module raised while importing
         raise ConfigError(f"importing '{module}' failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                           field=f"{where}.builder", fix="fix the error in that module") from None

@@ -34,13 +34,14 @@ def register_model(name: str, kinds: Sequence[str] | None = None) -> Callable[[M
     return deco
 
 
-def _load_builtin() -> None:
+def load_builtin_models() -> None:
+    """Import the modules whose builders register themselves (cheap: heavy imports happen inside builders)."""
     from datasel.models import custom, gpt, hf, vision  # noqa: F401  (registration side effect)
 
 
 def check_model_kind(cfg: dict[str, Any], meta: dict[str, Any], where: str = "model") -> None:
     """Refuse a model that does not take this data kind (naming the data's kind and the models that do)."""
-    _load_builtin()
+    load_builtin_models()
     name, kind = cfg.get("name"), meta.get("kind")
     kinds = MODEL_KINDS.get(str(name))
     if kind and kinds is not None and kind not in kinds:
@@ -51,7 +52,7 @@ def check_model_kind(cfg: dict[str, Any], meta: dict[str, Any], where: str = "mo
 
 def build_model(cfg: dict[str, Any], meta: dict[str, Any], where: str = "model") -> nn.Module:
     """Build the model named by ``cfg['name']`` for a dataset described by ``meta``."""
-    _load_builtin()
+    load_builtin_models()
     name = cfg.get("name")
     if name not in MODELS:
         raise ConfigError(f"unknown model '{name}'", field=f"{where}.name",
