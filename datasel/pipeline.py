@@ -11,16 +11,17 @@ import polars as pl
 import torch
 
 from datasel.data.prepare import build_examples
-from datasel.data.tensors import load_split
+from datasel.data.tensors import standardize_default
 from datasel.errors import DataError
-from datasel.models import build_model
 from datasel.runtime import seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
 from datasel.selection.curriculum import paced_batches
 from datasel.selection.make import make_selection
 from datasel.store import atomic_path, read_table, write_table
 from datasel.store.catalog import build_catalog
+from datasel.tasks import make_task
 from datasel.training.classify import evaluate, total_steps, train_classifier
+from datasel.training.proxy import step_device
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ def _write_json(path: str | Path, obj: Any) -> None:
 
 def prepare(smk: Any) -> None:
     df, meta = build_examples(smk.params.data)
+    if meta.get("kind") == "vector":
+        # recorded, not applied: tasks standardize in memory with the training split's statistics
+        meta["standardize"] = standardize_default(smk.params.data)
     write_table(df, smk.output.examples, "examples")
     _write_json(smk.output.meta, meta)
 
@@ -70,8 +74,9 @@ def train(smk: Any) -> None:
     meta = json.loads(Path(smk.input.meta).read_text())
     examples = read_table(smk.input.examples, "examples")
     sel = read_table(smk.input.selection, "selections").filter(pl.col("selected"))
-    x, y, ids = load_split(examples, "train")
-    row = {eid: i for i, eid in enumerate(ids)}
+    task = make_task(examples, meta, cfg["model"], where="training.model")
+    train_split = task.split("train")
+    row = {eid: i for i, eid in enumerate(train_split.ids)}
     sel = sel.sort("example_id")
     stale = [e for e in sel.get_column("example_id").to_list() if e not in row]
     if stale:  # a selection made from another examples table: refuse it rather than fail on a lookup
@@ -79,22 +84,24 @@ def train(smk: Any) -> None:
                         file=smk.input.selection, field="example_id",
                         fix="the selection is stale: delete it and rerun the select step on the current examples")
     idx = torch.tensor([row[e] for e in sel.get_column("example_id").to_list()], dtype=torch.long)
-    xs, ys = x[idx], y[idx]
-    weights = torch.from_numpy(sel.get_column("weight").to_numpy()).float()
+    subset = train_split.subset(idx)
+    # torch.tensor copies: polars hands out read-only NumPy buffers, which torch.from_numpy warns about
+    weights = torch.tensor(sel.get_column("weight").to_list(), dtype=torch.float32)
     sampler = None
     pacing = smk.params.curriculum
     if pacing and sel.get_column("position").null_count() == 0:
-        order = torch.from_numpy(sel.get_column("position").to_numpy()).argsort()
+        order = torch.tensor(sel.get_column("position").to_list()).argsort()
         sampler = paced_batches(order, int(cfg.get("batch_size", 128)), total_steps(len(idx), cfg), pacing)
     seed_everything(seed)
-    model = build_model(cfg["model"], meta)
-    train_classifier(model, xs, ys, cfg, seed=seed, weights=None if bool((weights == 1).all()) else weights,
-                     sampler=sampler, desc=f"train {smk.wildcards.selection} seed {seed}")
+    model = task.build_model("training.model").to(step_device(smk))
+    train_classifier(model, subset.inputs, subset.labels, cfg, seed=seed,
+                     weights=None if bool((weights == 1).all()) else weights, sampler=sampler,
+                     desc=f"train {smk.wildcards.selection} seed {seed}", loss_fn=task.per_example_loss)
     rows = []
     for split in ("val", "test"):
-        xe, ye, _ = load_split(examples, split)
-        if len(ye):
-            for metric, value in evaluate(model, xe, ye).items():
+        part = task.split(split)
+        if len(part):
+            for metric, value in evaluate(model, part.inputs, part.labels, loss_fn=task.per_example_loss).items():
                 rows.append({"split": split, "metric": metric, "value": value})
     rows.append({"split": "train", "metric": "steps", "value": float(total_steps(len(idx), cfg))})
     rows.append({"split": "train", "metric": "examples", "value": float(len(idx))})

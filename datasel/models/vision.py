@@ -57,11 +57,11 @@ class CNN1D(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("mlp")
+@register_model("mlp", kinds=("vector",))
 def _mlp(cfg: dict[str, Any], meta: dict[str, Any]) -> nn.Module:
     return MLP(int(meta["input_dim"]), list(cfg.get("hidden", [100, 100])), int(meta["num_classes"]))
 
 
-@register_model("cnn1d")
+@register_model("cnn1d", kinds=("vector",))
 def _cnn(cfg: dict[str, Any], meta: dict[str, Any]) -> nn.Module:
     return CNN1D(int(meta["input_dim"]), int(cfg.get("channels", 25)), int(meta["num_classes"]))

@@ -148,19 +148,18 @@ class Alchemist(Scorer):
     needs = ("proxy",)
 
     def score(self, inputs: ScoreInputs) -> pl.DataFrame:
-        from datasel.data.tensors import load_split
-        from datasel.store import read_table
-        from datasel.training.proxy import load_checkpoint
+        from datasel.training.proxy import checkpoint_model_cfg, load_checkpoint, task_for_run
 
         if not inputs.checkpoints:
             raise DataError("no proxy checkpoints were given", field=WHERE, fix="set proxy.seeds >= 1")
         runs = int(self.cfg.get("runs", 1))
         if runs < 1:
             raise ConfigError(f"runs must be >= 1, got {runs}", field=f"{WHERE}.runs", fix="use 1 or more")
-        examples = read_table(inputs.examples, "examples")
-        x, y, ids = load_split(examples, "train")
-        xv, yv, _ = load_split(examples, "val")
-        if xv.shape[0] < 2:
+        task = task_for_run(inputs.examples, inputs.meta,
+                            inputs.model_cfg or checkpoint_model_cfg(inputs.checkpoints[0]))
+        train, val = task.split("train"), task.split("val")
+        x, y, ids, xv, yv = train.inputs, train.labels, train.ids, val.inputs, val.labels
+        if len(val) < 2:
             raise DataError("Alchemist needs a validation split (it is the meta-objective)", file=inputs.examples,
                             field="split", fix="set data.splits.val > 0")
         num_classes = int(inputs.meta["num_classes"])

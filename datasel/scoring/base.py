@@ -53,26 +53,26 @@ class CheckpointMeanScorer(Scorer):
     needs = ("proxy",)
 
     @abstractmethod
-    def per_checkpoint(self, model: Any, x: Any, y: Any) -> Any:
-        """Return a (N,) tensor for one proxy model on the training inputs."""
+    def per_checkpoint(self, model: Any, x: Any, y: Any, task: Any = None) -> Any:
+        """Return a (N,) tensor for one proxy model on the training inputs ``x`` (as ``task`` batches them)."""
 
     def score(self, inputs: ScoreInputs) -> pl.DataFrame:
         import torch
 
-        from datasel.data.tensors import load_split
         from datasel.errors import DataError
-        from datasel.runtime import progress
-        from datasel.store import read_table
-        from datasel.training.proxy import load_checkpoint
+        from datasel.runtime import pick_device, progress
+        from datasel.training.proxy import checkpoint_model_cfg, load_checkpoint, task_for_run
 
         if not inputs.checkpoints:
             raise DataError("no proxy checkpoints were given", field="scoring", fix="set proxy.seeds >= 1")
-        x, y, ids = load_split(read_table(inputs.examples, "examples"), "train")
+        task = task_for_run(inputs.examples, inputs.meta, inputs.model_cfg or checkpoint_model_cfg(inputs.checkpoints[0]))
+        train = task.split("train")
         runs = []
         for path in progress(inputs.checkpoints, desc=f"{type(self).__name__} over proxy runs", unit="run"):
-            model = load_checkpoint(path, inputs.meta, inputs.model_cfg or None)
-            runs.append(self.per_checkpoint(model, x, y).detach().double())
+            model = load_checkpoint(path, inputs.meta, inputs.model_cfg or None).to(pick_device(inputs.device))
+            runs.append(self.per_checkpoint(model, train.inputs, train.labels, task).detach().double().cpu())
         stack = torch.stack(runs)
+        ids = train.ids
         return pl.DataFrame(
             {
                 "example_id": ids,

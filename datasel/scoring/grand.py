@@ -1,23 +1,27 @@
 """GraNd (Paul, Ganguli, Dziugaite 2021): ‖∇_θ ℓ(p(θ_t, x), y)‖₂, averaged over K proxy runs at checkpoint t.
 
-``params: all`` is the paper's score (every parameter, per-example gradients by vmap, no projection);
-``params: last_layer`` is a cheaper variant over the classifier head only, named ``grand_last_layer`` by convention.
+``params: all`` is the paper's score (every trainable parameter, per-example gradients, no projection);
+``params: last_layer`` is a cheaper variant over the classifier head only, named ``grand_last_layer`` by convention;
+``params: lora`` takes the LoRA adapters of a LoRA proxy. The loss is the task's (cross-entropy on logits).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from datasel.features.compute import cross_entropy
 from datasel.features.grads import per_sample_grad_norms
 from datasel.scoring.base import SCORERS, CheckpointMeanScorer
+from datasel.tasks.base import Inputs
 
 
 @SCORERS.register("grand")
 class GraNd(CheckpointMeanScorer):
-    def per_checkpoint(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def per_checkpoint(self, model: nn.Module, x: Inputs, y: torch.Tensor, task: Any = None) -> torch.Tensor:
         return per_sample_grad_norms(
-            model, x, y, F.cross_entropy, params=self.cfg.get("params", "all"),
+            model, x, y, task.loss_fn if task is not None else cross_entropy, params=self.cfg.get("params", "all"),
             chunk_size=int(self.cfg.get("chunk_size", 512)),
         )

@@ -1,26 +1,43 @@
-"""Train and evaluate a classifier on tensors, under an epoch or step budget, deterministically from a seed.
+"""Train and evaluate a classifier on a task's inputs, under an epoch or step budget, deterministically from a seed.
 
 The same function trains the proxy models (with checkpoints) and the target models on each selection, so a
-selection is compared with its baselines under exactly the same optimizer, schedule and budget.
+selection is compared with its baselines under exactly the same optimizer, schedule and budget. Inputs are a tensor
+or a mapping of tensors (token ids and masks), as a :class:`datasel.tasks.Task` loads them; batches are moved to
+the model's device, and on CUDA the forward pass runs under bfloat16 autocast (mixed precision; CPU stays float32
+so CPU results are bit-for-bit reproducible).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError
 from datasel.runtime import progress
+from datasel.tasks.base import Inputs, batch_len, chunks, forward, per_example_cross_entropy, take, to_device
 
 log = logging.getLogger(__name__)
 
 BatchSampler = Callable[[int, torch.Generator], Iterator[torch.Tensor]]
+PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA (mixed precision), nothing elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def shuffled_batches(n: int, batch_size: int) -> BatchSampler:
@@ -39,12 +56,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def _optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     name, lr, wd = cfg.get("optimizer", "adam"), float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 0.0))
+    # trainable parameters only (LoRA freezes the backbone); the feature store maps moments back in this order
+    params = [p for p in model.parameters() if p.requires_grad]
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=float(cfg.get("momentum", 0.9)))
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(cfg.get("momentum", 0.9)))
     raise ConfigError(f"unknown optimizer '{name}'", field="optimizer", fix="use adam, adamw or sgd")
 
 
@@ -58,7 +77,7 @@ def total_steps(n: int, cfg: dict[str, Any]) -> int:
 
 def train_classifier(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     cfg: dict[str, Any],
     seed: int,
@@ -67,14 +86,16 @@ def train_classifier(
     checkpoint_epochs: tuple[int, ...] = (),
     on_checkpoint: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     desc: str = "train",
+    loss_fn: PerExampleLoss = per_example_cross_entropy,
 ) -> nn.Module:
-    """Train ``model`` in place and return it.
+    """Train ``model`` in place (on the device it is on) and return it.
 
     ``weights`` scales each example's loss (selection weights); ``sampler`` overrides the batch order (curricula);
     ``on_checkpoint(epoch, model, optimizer)`` fires at epoch 0 (initialization) and after each epoch in
-    ``checkpoint_epochs``.
+    ``checkpoint_epochs``; ``loss_fn(logits, y)`` is the task's per-example loss.
     """
-    n = x.shape[0]
+    n = batch_len(x)
+    device = model_device(model)
     if n == 0:
         raise ConfigError("cannot train on zero examples", field="selection", fix="keep a larger fraction")
     bs = int(cfg.get("batch_size", 128))
@@ -94,9 +115,15 @@ def train_classifier(
     bar = progress(range(steps), desc=desc, unit="step")
     while step < steps:
         for idx in sampler(epoch, gen):
-            xb, yb = x[idx], y[idx]
-            loss = F.cross_entropy(model(xb), yb, reduction="none")
-            loss = (loss * weights[idx]).sum() / weights[idx].sum() if weights is not None else loss.mean()
+            xb, yb = to_device(take(x, idx), device), y[idx].to(device)
+            with autocast(device):
+                logits = forward(model, xb)
+            loss = loss_fn(logits, yb)
+            if weights is not None:
+                wb = weights[idx].to(device)
+                loss = (loss * wb).sum() / wb.sum()
+            else:
+                loss = loss.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -114,19 +141,28 @@ def train_classifier(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
-    """Accuracy and mean cross-entropy."""
+def logits_of(model: nn.Module, x: Inputs, batch_size: int = 1024) -> torch.Tensor:
+    """Float32 logits of every example, computed in eval mode batch by batch on the model's device (CPU result)."""
     model.eval()
-    correct, loss = 0, 0.0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        out = model(xb)
-        loss += F.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
-    n = max(1, x.shape[0])
-    return {"accuracy": correct / n, "loss": loss / n}
+    device = model_device(model)
+    outs = []
+    for xb in chunks(x, batch_size):
+        with autocast(device):
+            outs.append(forward(model, to_device(xb, device)).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    model.eval()
-    return torch.cat([F.softmax(model(xb), dim=1) for xb in x.split(batch_size)])
+def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 1024,
+             loss_fn: PerExampleLoss = per_example_cross_entropy) -> dict[str, float]:
+    """Accuracy and mean loss (cross-entropy by default)."""
+    n = batch_len(x)
+    if n == 0:
+        return {"accuracy": 0.0, "loss": 0.0}
+    out = logits_of(model, x, batch_size)
+    return {"accuracy": (out.argmax(1) == y).sum().item() / n, "loss": loss_fn(out, y).sum().item() / n}
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: Inputs, batch_size: int = 1024) -> torch.Tensor:
+    return torch.softmax(logits_of(model, x, batch_size), dim=1)

@@ -1,0 +1,89 @@
+"""A labelled text-classification set mined from installed packages: docstrings labelled by the package they
+document (``stdlib``, ``torch``, ``numpy``, ``sklearn``, ``matplotlib``, ``pandas``).
+
+Every documented function and class (dunder names, tests, GUIs and vendored code skipped, as in
+:mod:`datasel.data.stdlib_text`) gives one example: the first paragraph of its docstring. Each class keeps the same
+number of examples, drawn by a hash of the text (so not biased towards alphabetically early modules), so accuracy
+reads against chance (1/6). Deterministic for given installed versions; nothing is downloaded::
+
+    python -m datasel.data.docstring_topics data/docstring_topics.jsonl
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from datasel.data.stdlib_text import _first_paragraph, _module_name, _source_files, stdlib_root
+from datasel.store import atomic_path
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("stdlib", "torch", "numpy", "sklearn", "matplotlib", "pandas")
+
+
+def package_root(name: str) -> Path | None:
+    if name == "stdlib":
+        return stdlib_root()
+    spec = importlib.util.find_spec(name)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
+
+
+def _docstrings(root: Path, min_chars: int, max_chars: int) -> list[tuple[str, str]]:
+    out = []
+    for f in _source_files(root):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # templates and legacy encodings
+        module = _module_name(root, f)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                    and not node.name.startswith("__"):
+                doc = ast.get_docstring(node)
+                text = _first_paragraph(doc)[:max_chars] if doc else ""
+                if len(text) >= min_chars:
+                    out.append((f"{module}:{node.name}:{node.lineno}", text))
+    return out
+
+
+def docstring_topics(packages: tuple[str, ...] = PACKAGES, per_class: int = 900, min_chars: int = 30,
+                     max_chars: int = 400) -> pl.DataFrame:
+    """Rows ``id, text, label`` with ``per_class`` rows per package (fewer if it has fewer); texts are unique."""
+    rows, seen = [], set()
+    for pkg in packages:
+        root = package_root(pkg)
+        if root is None:
+            log.warning("package %s is not installed; skipped", pkg)
+            continue
+        found = sorted(_docstrings(root, min_chars, max_chars),
+                       key=lambda r: hashlib.sha1(r[1].encode()).hexdigest())
+        kept = 0
+        for ident, text in found:
+            if kept >= per_class:
+                break
+            if text not in seen:  # the same docstring under two packages would be an unlearnable example
+                seen.add(text)
+                rows.append({"id": f"{pkg}/{ident}", "text": text, "label": pkg})
+                kept += 1
+        log.info("%s: %d of %d docstrings kept", pkg, kept, len(found))
+    return pl.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    out = Path((argv or sys.argv[1:] or ["data/docstring_topics.jsonl"])[0])
+    df = docstring_topics()
+    with atomic_path(out) as tmp:
+        df.write_ndjson(tmp)
+    print(f"{out}: {df.height} examples, {df.get_column('label').value_counts().sort('label').rows()}")
+
+
+if __name__ == "__main__":
+    main()
