@@ -1,4 +1,8 @@
 # Report: summary table and figures of the selection stage, and the DuckDB catalog over every table.
+from datasel.snakemake_entry import install_error_summary
+
+# a step's DataselError is printed once, as the run's last lines, without Snakemake's CalledProcessError tail
+install_error_summary()
 
 
 rule report:
