@@ -66,6 +66,48 @@ def run_step(smk: Any, fn: Callable[[Any], None]) -> None:
     log.info("step %s: done, work %.2fs", smk.rule, time.perf_counter() - t0)
 
 
+class _Wildcards(dict):
+    """Wildcards with attribute access, as Snakemake hands them to a script."""
+
+    __getattr__ = dict.__getitem__
+
+
+def over_outputs(fn: Callable[[Any], None], wildcard: str, values_param: str) -> Callable[[Any], None]:
+    """Run a one-output step once per output of a job that gathers several, in one process.
+
+    The training rule makes one job per selection over all its seeds (``params.seeds`` lists them in output
+    order): the process start and imports (seconds per job, more than a small model's training) are paid once,
+    not once per seed. ``fn`` sees what a one-seed job would: the seed as a wildcard and its own output only.
+    Each seed seeds every generator itself, so its result does not depend on the seeds run before it.
+    """
+
+    def step(smk: Any) -> None:
+        values = list(getattr(smk.params, values_param))
+        outputs = [smk.output[i] for i in range(len(smk.output))]
+        if len(values) != len(outputs):
+            raise RuntimeError(f"rule {smk.rule}: {len(outputs)} outputs but {values_param}={values}")
+        items = getattr(getattr(smk, "wildcards", None), "items", None)
+        base = dict(items()) if items else {}
+        for value, out in zip(values, outputs):
+            view = _StepView(smk, wildcards=_Wildcards({**base, wildcard: str(value)}), output=[out])
+            t0 = time.perf_counter()
+            fn(view)
+            log.info("step %s %s=%s: work %.2fs", smk.rule, wildcard, value, time.perf_counter() - t0)
+
+    return step
+
+
+class _StepView:
+    """The job's ``snakemake`` object with some attributes replaced (the rest read through)."""
+
+    def __init__(self, smk: Any, **replace: Any) -> None:
+        self._smk, self._replace = smk, replace
+
+    def __getattr__(self, name: str) -> Any:
+        replace = self.__dict__["_replace"]
+        return replace[name] if name in replace else getattr(self.__dict__["_smk"], name)
+
+
 def read_error(logfile: str | os.PathLike) -> str | None:
     """The datasel error message a failed step left at the end of its log file, if any."""
     try:

@@ -35,13 +35,15 @@ def test_a_data_error_is_printed_once_as_the_last_lines(tmp_path):
 
 def test_rule_logs_hold_the_step_log_lines(tmp_path):
     write_config(tmp_path, TINY)
+    # one train job per selection trains both seeds (TINY has seeds 0 and 1) in one process
     snakemake(tmp_path, "results/metrics/train/random_keep50/seed0.parquet", timeout=300)
+    assert (tmp_path / "results/metrics/train/random_keep50/seed1.parquet").exists()
     logs = tmp_path / "logs" / "results"
-    for path, rule in ((logs / "select" / "random_keep50.log", "select"),
-                       (logs / "train" / "random_keep50" / "seed0.log", "train")):
-        text = path.read_text()
-        assert f"step {rule}" in text and "started" in text, text
-        assert f"step {rule}: done, work" in text, text
+    select = (logs / "select" / "random_keep50.log").read_text()
+    assert "step select root=results policy=random pct=50: started" in select and "step select: done" in select
+    train = (logs / "train" / "random_keep50.log").read_text()
+    assert "step train root=results selection=random_keep50: started" in train
+    assert "step train seed=0: work" in train and "step train seed=1: work" in train and "step train: done" in train
 
 
 def _record(msg: str, **extra) -> logging.LogRecord:
@@ -93,3 +95,35 @@ def test_harmless_warnings_are_silenced_others_are_logged(caplog):
     logging.captureWarnings(False)
     text = caplog.text
     assert "something a user should read" in text and "not writable" not in text
+
+
+def test_one_train_job_over_seeds_gives_each_seed_its_own_result(tmp_path, tiny_examples):
+    """A seed's metrics do not depend on the seeds trained before it in the same process."""
+    from test_bad_input import fake_smk
+
+    from datasel.pipeline import train
+    from datasel.selection.make import make_selection
+    from datasel.snakemake_entry import over_outputs, run_step
+    from datasel.store import write_table
+
+    df, meta = tiny_examples
+    res = tmp_path / "results"
+    write_table(df, res / "examples.parquet", "examples")
+    (res / "meta.json").write_text(__import__("json").dumps(meta))
+    write_table(make_selection(df, None, "random", {"policy": "random"}, 0.5, 0), res / "sel.parquet", "selections")
+    training = {**TINY["training"], "budget": {"unit": "steps", "value": 5}}
+
+    def run(seeds: list[int], tag: str) -> list[pl.DataFrame]:
+        outs = {f"o{s}": str(tmp_path / tag / f"seed{s}.parquet") for s in seeds}
+        smk = fake_smk(tmp_path, f"train_{tag}", {"examples": str(res / "examples.parquet"),
+                                                  "meta": str(res / "meta.json"), "selection": str(res / "sel.parquet")},
+                       outs, {"training": training, "seeds": seeds, "curriculum": None,
+                              "info": {"method": "random", "fraction": 0.5}}, {"selection": "random_keep50"})
+        run_step(smk, over_outputs(train, "seed", "seeds"))
+        return [pl.read_parquet(p) for p in outs.values()]
+
+    together = run([0, 1], "both")
+    alone = run([1], "alone")
+    assert together[1].equals(alone[0])
+    assert together[1].get_column("seed").unique().to_list() == [1]
+    assert not together[0].equals(together[1])
