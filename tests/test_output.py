@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from pathlib import Path
 
 import polars as pl
 
