@@ -1,4 +1,8 @@
-"""Device choice, seeding, thread count and progress bars shared by every stage."""
+"""Device choice, seeding, thread count, logging and progress bars shared by every stage.
+
+torch and tqdm are imported inside the functions that need them: data preparation, selection and the report import
+this module too, and a step that never touches torch should not pay its import (about a second per job).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,32 @@ import logging
 import os
 import random
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 log = logging.getLogger("datasel")
 
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+# Library warnings that say nothing a user can act on. Each job is its own process, so a warning Python shows "once"
+# still prints once per job: dozens of copies in a run. Matched on the message start; extend with care.
+HARMLESS_WARNINGS = (
+    # torch.from_numpy on a read-only Arrow buffer: datasel never writes into those tensors
+    r"The given NumPy array is not writable",
+)
+
 
 def pick_device(preference: str = "auto") -> torch.device:
     """'auto' takes the GPU when one is visible, else the CPU; 'cuda' without a GPU falls back with a warning."""
+    import torch
+
     if preference == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -31,6 +48,8 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch, make CPU kernels deterministic, and return a torch generator for sampling."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -52,34 +71,70 @@ def set_threads(n: int) -> None:
     """Fix torch's intra-op threads from config, not from Snakemake's ``threads``.
 
     Reduction order depends on the thread count, so tying it to ``--cores`` would make scores differ in the last bits
-    between runs with different ``--cores``.
+    between runs with different ``--cores``. Before torch is imported, OMP_NUM_THREADS fixes the count torch starts
+    with (so a step that imports torch lazily gets the same count); after, torch is told directly.
     """
-    torch.set_num_threads(max(1, int(n)))
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    n = max(1, int(n))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+class _Bar(Iterator[T]):
+    """An iterator over a tqdm bar that counts an item when it is handed out and closes at ``total``.
+
+    tqdm counts an item only when the *next* one is requested, so a loop that pulls exactly ``total`` items with
+    ``next()`` and stops (the training loops do) leaves the bar at total − 1 ("199/200") and never closes it.
+    """
+
+    def __init__(self, items: Iterable[T], bar: Any) -> None:
+        self._it, self._bar = iter(items), bar
+
+    def __next__(self) -> T:
+        try:
+            item = next(self._it)
+        except StopIteration:
+            self._bar.close()
+            raise
+        self._bar.update(1)
+        if self._bar.total is not None and self._bar.n >= self._bar.total:
+            self._bar.close()
+        return item
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A tqdm bar on stderr that stays quiet when DATASEL_PROGRESS=0 (tests) and refreshes rarely in logs."""
-    disable = os.environ.get("DATASEL_PROGRESS", "1") == "0"
+    if os.environ.get("DATASEL_PROGRESS", "1") == "0":
+        return iter(items)
+    from tqdm.auto import tqdm
+
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
     interactive = sys.stderr.isatty()
-    return iter(
-        tqdm(
-            items,
-            desc=desc,
-            total=total,
-            unit=unit,
-            disable=disable,
-            mininterval=0.5 if interactive else 10.0,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
-    )
+    bar = tqdm(total=total, desc=desc, unit=unit, mininterval=0.5 if interactive else 10.0, dynamic_ncols=True,
+               file=sys.stderr)
+    return _Bar(items, bar)
+
+
+def quiet_harmless_warnings() -> None:
+    """Silence :data:`HARMLESS_WARNINGS` and send every other warning through logging (so it reaches the log file)."""
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.captureWarnings(True)
 
 
 def setup_logging(level: int = logging.INFO, logfile: str | os.PathLike | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Log records to stderr and, when given, to ``logfile`` (a rule's ``log:``), both with one format.
+
+    A record carrying ``extra={"stderr": False}`` goes to the file only: the step's final error, which the Snakemake
+    process prints once at the end of the run (see :mod:`datasel.snakemake_entry`).
+    """
+    stream = logging.StreamHandler(sys.stderr)
+    stream.addFilter(lambda record: getattr(record, "stderr", True))
+    handlers: list[logging.Handler] = [stream]
     if logfile:
         handlers.append(logging.FileHandler(logfile))
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
     # faiss logs a ModuleNotFoundError at INFO while probing CPU builds; it is not an error for our users
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    quiet_harmless_warnings()

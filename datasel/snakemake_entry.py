@@ -1,8 +1,13 @@
-"""The bridge from a Snakemake ``script:`` to a library function.
+"""The bridge from a Snakemake ``script:`` to a library function, and the clean error output of a failed run.
 
 Scripts in ``workflow/scripts/`` are two lines: they hand the injected ``snakemake`` object to :func:`run_step`.
-Here we set up logging into the rule's log file, fix threads and seeds, and turn a :class:`DataselError` into a
-short message and exit status 1 instead of a traceback.
+Here we set up logging into the rule's log file and stderr, fix threads and seeds, time the step, and turn a
+:class:`DataselError` into one short message and exit status :data:`EXIT_DATASEL` instead of a traceback.
+
+Where the message goes: a failing step writes it to its log file only. The Snakemake process (through
+:func:`install_error_summary`, called from ``rules/report.smk``) drops its own ``CalledProcessError`` tail for
+that exit status and prints the message from the log as the run's last lines, so a user reads it exactly once, at
+the end, without Snakemake's traceback. Snakemake's short "Error in rule …" block (rule, outputs, log path) stays.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from datasel.errors import DataselError
@@ -18,19 +25,140 @@ from datasel.runtime import set_threads, setup_logging
 
 log = logging.getLogger("datasel")
 
+# a step refused its input (a DataselError): distinct from 1 (a crash, whose traceback Snakemake should show)
+EXIT_DATASEL = 3
+# the line that starts the message in the log file; install_error_summary reads from it to the end of the log
+ERROR_MARK = "datasel error in rule "
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), i.e. interpreter start + imports before the step ran."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 def run_step(smk: Any, fn: Callable[[Any], None]) -> None:
     """Run ``fn(smk)`` with logging to the rule's log, config-fixed threads and clean error reporting."""
+    startup = process_age()
     logfile = smk.log[0] if len(smk.log) else None
     setup_logging(logfile=logfile)
     compute = smk.config.get("compute", {}) if hasattr(smk, "config") else {}
     set_threads(int(compute.get("threads", 1)))
     if "DATASEL_PROGRESS" not in os.environ and not compute.get("progress", True):
         os.environ["DATASEL_PROGRESS"] = "0"
+    items = getattr(getattr(smk, "wildcards", None), "items", None)
+    where = " ".join(f"{k}={v}" for k, v in items()) if items else ""
+    log.info("step %s%s: started (process start and imports %s)", smk.rule, f" {where}" if where else "",
+             "?" if startup is None else f"{startup:.2f}s")
+    t0 = time.perf_counter()
     try:
         fn(smk)
     except DataselError as exc:
-        msg = f"datasel error in rule '{smk.rule}': {exc}"
-        log.error(msg)
-        print(msg, file=sys.stderr)
-        sys.exit(1)
+        # file only (stderr=False): the Snakemake process prints it once at the end, see install_error_summary
+        log.error("%s'%s': %s", ERROR_MARK, smk.rule, exc, extra={"stderr": False})
+        if logfile is None:  # no log file to read it back from: the user must still see it
+            print(f"{ERROR_MARK}'{smk.rule}': {exc}", file=sys.stderr)
+        sys.exit(EXIT_DATASEL)
+    log.info("step %s: done, work %.2fs", smk.rule, time.perf_counter() - t0)
+
+
+class _Wildcards(dict):
+    """Wildcards with attribute access, as Snakemake hands them to a script."""
+
+    __getattr__ = dict.__getitem__
+
+
+def over_outputs(fn: Callable[[Any], None], wildcard: str, values_param: str) -> Callable[[Any], None]:
+    """Run a one-output step once per output of a job that gathers several, in one process.
+
+    The training rule makes one job per selection over all its seeds (``params.seeds`` lists them in output
+    order): the process start and imports (seconds per job, more than a small model's training) are paid once,
+    not once per seed. ``fn`` sees what a one-seed job would: the seed as a wildcard and its own output only.
+    Each seed seeds every generator itself, so its result does not depend on the seeds run before it.
+    """
+
+    def step(smk: Any) -> None:
+        values = list(getattr(smk.params, values_param))
+        outputs = [smk.output[i] for i in range(len(smk.output))]
+        if len(values) != len(outputs):
+            raise RuntimeError(f"rule {smk.rule}: {len(outputs)} outputs but {values_param}={values}")
+        items = getattr(getattr(smk, "wildcards", None), "items", None)
+        base = dict(items()) if items else {}
+        for value, out in zip(values, outputs):
+            view = _StepView(smk, wildcards=_Wildcards({**base, wildcard: str(value)}), output=[out])
+            t0 = time.perf_counter()
+            fn(view)
+            log.info("step %s %s=%s: work %.2fs", smk.rule, wildcard, value, time.perf_counter() - t0)
+
+    return step
+
+
+class _StepView:
+    """The job's ``snakemake`` object with some attributes replaced (the rest read through)."""
+
+    def __init__(self, smk: Any, **replace: Any) -> None:
+        self._smk, self._replace = smk, replace
+
+    def __getattr__(self, name: str) -> Any:
+        replace = self.__dict__["_replace"]
+        return replace[name] if name in replace else getattr(self.__dict__["_smk"], name)
+
+
+def read_error(logfile: str | os.PathLike) -> str | None:
+    """The datasel error message a failed step left at the end of its log file, if any."""
+    try:
+        text = Path(logfile).read_text(errors="replace")
+    except OSError:
+        return None
+    at = text.rfind(ERROR_MARK)
+    return text[at:].strip() if at >= 0 else None
+
+
+class ErrorSummary(logging.Filter):
+    """A filter on Snakemake's logger: remembers failed jobs' datasel errors, drops the tail they would cause.
+
+    - a job error record (``Error in rule …``) names the job's log files: the datasel message is read from them;
+    - the ``RuleException``/``CalledProcessError`` record of a script that exited with :data:`EXIT_DATASEL` is
+      dropped (it says only that the script failed, with a temporary script path);
+    - the final ``WorkflowError: At least one job did not complete successfully.`` is replaced by the messages;
+    - the ``Shell command: None`` line Snakemake prints for every script job (it has no shell command) is dropped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("datasel")
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return self._filter(record)
+        except Exception:  # never let a display nicety break Snakemake's logging
+            return True
+
+    def _filter(self, record: logging.LogRecord) -> bool:
+        logs = getattr(record, "log", None)
+        if getattr(record, "rule_name", None) is not None and logs:
+            for path in logs:
+                msg = read_error(path)
+                if msg and msg not in self.messages:
+                    self.messages.append(msg)
+            return True
+        event = getattr(getattr(record, "event", None), "name", None)
+        if event == "SHELLCMD" and getattr(record, "shellcmd", None) is None:
+            return False
+        text = record.getMessage()
+        if "CalledProcessError" in text and f"non-zero exit status {EXIT_DATASEL}." in text:
+            return False
+        if self.messages and "At least one job did not complete successfully" in text:
+            record.msg, record.args = "\n\n".join(self.messages), ()
+        return True
+
+
+def install_error_summary() -> None:
+    """Attach one :class:`ErrorSummary` to Snakemake's logger (idempotent: the Snakefile may be parsed twice)."""
+    logger = logging.getLogger("snakemake.logging")
+    if not any(isinstance(f, ErrorSummary) for f in logger.filters):
+        logger.addFilter(ErrorSummary())

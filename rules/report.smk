@@ -1,4 +1,27 @@
 # Report: summary table and figures of the selection stage, and the DuckDB catalog over every table.
+from datasel.snakemake_entry import install_error_summary
+
+# the landing page of `snakemake --report report.html`: the selection summary itself, not only the rule graph
+report: "../workflow/report/workflow.rst"
+
+# a step's DataselError is printed once, as the run's last lines, without Snakemake's CalledProcessError tail
+install_error_summary()
+
+
+def report_outputs():
+    """The summary files, and the noise figure only when the config injects label noise (without it, no bar differs
+    from zero)."""
+    out = {
+        "csv": "results/report/summary.csv",
+        "md": report("results/report/summary.md", caption="../workflow/report/summary.rst", category="Selection"),
+        "rst": "results/report/summary.rst",  # the same summary, included by the report's landing page
+        "plot": report("results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst",
+                       category="Selection"),
+    }
+    if float(config["data"].get("noise", {}).get("fraction", 0) or 0) > 0:
+        out["noise_plot"] = report("results/report/noise_dropped.png", caption="../workflow/report/noise.rst",
+                                   category="Selection")
+    return out
 
 
 rule report:
@@ -6,11 +29,10 @@ rule report:
         examples="results/examples/examples.parquet",
         metrics=lambda wc: train_metrics(),
         selections=lambda wc: expand("results/selections/{s}.parquet", s=selection_names()),
+        # read for the saturation warning (a score whose values pile up at one end)
+        scores=lambda wc: expand("results/scores/{m}.parquet", m=config["scoring"]),
     output:
-        csv="results/report/summary.csv",
-        md=report("results/report/summary.md", caption="../workflow/report/summary.rst", category="Selection"),
-        plot=report("results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst", category="Selection"),
-        noise_plot=report("results/report/noise_dropped.png", caption="../workflow/report/noise.rst", category="Selection"),
+        **report_outputs(),
     log:
         "logs/report.log",
     script:

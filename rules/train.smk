@@ -6,28 +6,44 @@ def selection_info(selection):
     return {"method": policy, "fraction": int(pct) / 100}
 
 
+def train_seed_outputs(seeds):
+    return expand("{{root}}/metrics/train/{{selection}}/seed{seed}.parquet", seed=seeds)
+
+
+# One job per selection trains every seed in one process (datasel.snakemake_entry.over_outputs): a job's process
+# start and imports cost seconds, more than a small target model's training, and were paid once per seed.
+# The quality grid's runs have their own seeds, so they get the same rule with their outputs (train_quality).
 rule train:
     input:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
         selection="{root}/selections/{selection}.parquet",
     output:
-        "{root}/metrics/train/{selection}/seed{seed}.parquet",
+        train_seed_outputs(config["training"]["seeds"]),
     params:
         training=lambda wc: run_cfg(wc.root)["training"],
+        seeds=lambda wc: run_cfg(wc.root)["training"]["seeds"],
         curriculum=lambda wc: policy_entry(selection_info(wc.selection)["method"], wc.root).get("curriculum"),
         info=lambda wc: selection_info(wc.selection),
     wildcard_constraints:
-        root=ROOT_RE,
-        seed=r"\d+",
+        root="results",
     resources:
         gpu=1,
     log:
-        "logs/{root}/train/{selection}/seed{seed}.log",
+        "logs/{root}/train/{selection}.log",
     benchmark:
-        "logs/benchmarks/{root}/train/{selection}/seed{seed}.tsv"
+        "logs/benchmarks/{root}/train/{selection}.tsv"
     script:
         script_path("train")
+
+
+if "quality" in config:
+
+    use rule train as train_quality with:
+        output:
+            train_seed_outputs(config["quality"]["seeds"]),
+        wildcard_constraints:
+            root=r"results/quality/noise\d+",
 
 
 def train_metrics(root="results"):

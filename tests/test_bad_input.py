@@ -6,7 +6,7 @@ table, missing column and wrong dtype on write, duplicate table ids in `tests/te
 of another dimension or projector seed (read, resume and gather) in `tests/test_store.py`; fractions > 1, a
 non-integer epoch and dangling score names in the config in `tests/test_workflow.py`.
 
-Here: the same faults as they reach pipeline steps through `run_step` (exit 1, one message, no traceback),
+Here: the same faults as they reach pipeline steps through `run_step` (exit 3, one message, no traceback),
 tables that are not Parquet, read-side column and dtype faults, NaN scores, stale score tables, negative labels,
 fractions outside (0, 1], unknown method and policy names, checkpoints of another model or truncated (also through
 the score step), stale or empty selections at the train step, a gathered feature set whose shard was swapped for
@@ -35,7 +35,7 @@ from datasel.pipeline import score, select, train
 from datasel.scoring import SCORERS
 from datasel.selection import POLICIES
 from datasel.selection.make import make_selection
-from datasel.snakemake_entry import run_step
+from datasel.snakemake_entry import EXIT_DATASEL, run_step
 from datasel.store import read_table, write_table
 from datasel.training.proxy import load_checkpoint, save_checkpoint
 
@@ -76,6 +76,13 @@ def results(tmp_path, tiny_examples):
     return res, df, scores
 
 
+def step_error(tmp_path: Path, rule: str, capsys) -> str:
+    """What a refused step left for the user: its message in the rule's log (the Snakemake process prints it once at
+    the end of the run, see datasel/snakemake_entry.py), and nothing of it on stderr."""
+    assert "datasel error" not in capsys.readouterr().err
+    return (tmp_path / f"{rule}.log").read_text()
+
+
 def _run_select(tmp_path: Path, res: Path, capsys) -> str:
     """Run the selection step as the `select` rule would; return what the user sees on stderr."""
     smk = fake_smk(tmp_path, "select", {"examples": str(res / "examples" / "examples.parquet"),
@@ -84,8 +91,8 @@ def _run_select(tmp_path: Path, res: Path, capsys) -> str:
                    {"policy": {"policy": "top", "score": "s"}, "fraction": 0.5, "seed": 0}, {"policy": "s_top"})
     with pytest.raises(SystemExit) as code:
         run_step(smk, select)
-    assert code.value.code == 1
-    err = capsys.readouterr().err
+    assert code.value.code == EXIT_DATASEL
+    err = step_error(tmp_path, "select", capsys)
     assert "datasel error in rule 'select'" in err and "fix:" in err and "Traceback" not in err
     assert not (res / "selections" / "s_top_keep50.parquet").exists(), "a refused step left an output"
     return err
@@ -249,8 +256,8 @@ def test_score_step_refuses_a_checkpoint_of_another_model(tmp_path, results, che
                    {"method": "el2n"})
     with pytest.raises(SystemExit) as code:
         run_step(smk, score)
-    err = capsys.readouterr().err
-    assert code.value.code == 1 and "datasel error in rule 'score'" in err and str(path) in err
+    err = step_error(tmp_path, "score", capsys)
+    assert code.value.code == EXIT_DATASEL and "datasel error in rule 'score'" in err and str(path) in err
     assert "proxy.model" in err and "Traceback" not in err
     assert not (res / "scores" / "el2n.parquet").exists()
 
@@ -278,8 +285,8 @@ def test_train_step_refuses_a_bad_selection(tmp_path, results, capsys, fault):
                    {"seed": "0", "selection": "s_top_keep50"})
     with pytest.raises(SystemExit) as code:
         run_step(smk, train)
-    err = capsys.readouterr().err
-    assert code.value.code == 1 and "datasel error in rule 'train'" in err and needle in err
+    err = step_error(tmp_path, "train", capsys)
+    assert code.value.code == EXIT_DATASEL and "datasel error in rule 'train'" in err and needle in err
     assert "fix:" in err and "Traceback" not in err
     assert not (res / "metrics").exists()
 

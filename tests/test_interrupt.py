@@ -192,7 +192,7 @@ def test_kill_during_scoring(reference, victim):
 
 
 def test_kill_during_training(reference, victim):
-    log = victim / "logs/results/train/el2n_offset_keep50/seed0.log"
+    log = victim / "logs/results/train/el2n_offset_keep50.log"  # one job per selection over its seeds
     run_and_kill(victim, TRAIN, lambda: log.exists())
     assert not (victim / TRAIN[0]).exists(), "training finished before the kill; raise CFG training budget"
     assert_nothing_looks_complete_but_is_not(victim, TRAIN)

@@ -1,4 +1,4 @@
-"""Snakemake step: gather metrics and selections into the summary table and figures."""
+"""Snakemake step: gather metrics, selections and scores into the summary (table, answer, warnings) and figures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import polars as pl
 
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
-from datasel.report.summary import noise_dropped, summarize, to_markdown, write_summary
+from datasel.report.summary import (best_against_random, build_document, noise_dropped, run_warnings, summarize,
+                                    write_summary)
 from datasel.store import read_table
 
 log = logging.getLogger(__name__)
@@ -19,12 +20,17 @@ def report(smk: Any) -> None:
     examples = read_table(smk.input.examples, "examples")
     metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="diagonal_relaxed")
     selections = pl.concat([read_table(p, "selections") for p in smk.input.selections], how="diagonal_relaxed")
-    noise = noise_dropped(examples, selections)
-    table = summarize(metrics, noise)
+    scores = {Path(p).stem: read_table(p, "scores") for p in smk.input.get("scores", [])}
     train = examples.filter(pl.col("split") == "train")
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
-    write_summary(table, Path(smk.output.csv), Path(smk.output.md), base)
+    table = summarize(metrics, noise_dropped(examples, selections))
+    warnings = run_warnings(metrics, scores)
+    doc = build_document(table, best_against_random(metrics), warnings, base)
+    write_summary(table, doc, Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),
                          full=table.filter(pl.col("method") == "full"))
-    noise_share_bars(table, Path(smk.output.noise_plot), base)
-    log.info("summary:\n%s", to_markdown(table, base))
+    if "noise_plot" in smk.output.keys():  # declared only when the config injects noise
+        noise_share_bars(table, Path(smk.output.noise_plot), base)
+    for w in warnings:
+        log.warning("%s", w)
+    log.info("summary:\n%s", doc.markdown())

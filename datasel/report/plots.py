@@ -23,16 +23,22 @@ def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 120) -> None:
 
 def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | None = None,
                          metric: str = "accuracy") -> None:
-    """One line per method (mean ± std band over seeds); full data as a horizontal reference."""
+    """One line per method (mean ± std band over seeds); full data as a horizontal reference.
+
+    The legend lists methods best first (mean over kept fractions), random drawn in black as the bar to clear.
+    """
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mean, std = f"{metric}_mean", f"{metric}_std"
-    for method in sorted(table.get_column("method").unique().to_list()):
+    order = (table.filter(pl.col("fraction") < 1).group_by("method").agg(pl.col(mean).mean())
+             .sort([mean, "method"], descending=[True, False]).get_column("method").to_list())
+    for method in order:
         part = table.filter((pl.col("method") == method) & (pl.col("fraction") < 1)).sort("fraction")
         if part.height == 0:
             continue
         f, m, s = part.get_column("fraction").to_numpy(), part.get_column(mean).to_numpy(), part.get_column(std).to_numpy()
-        ax.plot(f, m, marker="o", label=method)
-        ax.fill_between(f, m - s, m + s, alpha=0.15)
+        rand = method == "random"
+        ax.plot(f, m, marker="o", label=method, color="black" if rand else None, lw=2 if rand else 1.5)
+        ax.fill_between(f, m - s, m + s, alpha=0.15, color="black" if rand else None)
     if full is not None and full.height:
         m, s = full.get_column(mean).item(0), full.get_column(std).item(0)
         ax.axhline(m, color="black", ls="--", lw=1, label="full data")
@@ -46,13 +52,20 @@ def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | No
 
 
 def noise_share_bars(table: pl.DataFrame, out: Path, base_rate: float) -> None:
-    """Share of injected noisy labels among the dropped examples, per selection, against the base rate."""
-    part = table.filter(pl.col("fraction") < 1).drop_nulls("noisy_share_of_dropped").sort(["fraction", "method"])
+    """Share of injected noisy labels among the dropped examples, per selection, against the base rate.
+
+    Drawn only when noise was injected (the report rule declares it then): without it every bar is zero. Bars are
+    grouped by kept fraction, highest share first within each.
+    """
+    part = (table.filter(pl.col("fraction") < 1).drop_nulls("noisy_share_of_dropped")
+            .sort(["fraction", "noisy_share_of_dropped", "method"], descending=[False, True, False]))
     fig, ax = plt.subplots(figsize=(8, 0.3 * max(4, part.height) + 1))
     labels = part.get_column("selection").to_list()
     ax.barh(range(part.height), part.get_column("noisy_share_of_dropped").to_numpy())
     ax.axvline(base_rate, color="red", ls="--", label=f"base rate {base_rate:.0%}")
     ax.set_yticks(range(part.height), labels, fontsize=7)
+    ax.invert_yaxis()  # first row on top
     ax.set_xlabel("share of injected noisy labels among dropped examples")
+    ax.set_title("Injected label noise among the examples each selection dropped")
     ax.legend()
     save_figure(fig, out)

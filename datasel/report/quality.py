@@ -68,6 +68,30 @@ def margins(cells: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows).sort(["noise", "fraction", "margin"], descending=[False, False, True])
 
 
+def format_margin(row: dict[str, Any]) -> str:
+    """A margin in accuracy points with its interval: "+1.20 [+0.30, +2.10]" ("n/a" bounds with one seed)."""
+    bounds = ("n/a" if np.isnan(row["ci_low"]) else f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]")
+    return f"{100 * row['margin']:+.2f} {bounds}"
+
+
+def best_per_fraction(marg: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per kept fraction (of one noise level): the method with the best mean, its margin over random, and a verdict.
+
+    The best mean can have the widest spread, so the verdict names any other method whose interval clears zero.
+    """
+    out = []
+    for fraction in sorted(marg.get_column("fraction").unique().to_list()):
+        m = marg.filter((pl.col("fraction") == fraction) & (pl.col("method") != "full"))
+        if m.height == 0:
+            continue
+        best = m.sort("accuracy_mean", descending=True).row(0, named=True)
+        winners = m.filter(pl.col("beats_random")).sort("ci_low", descending=True).get_column("method").to_list()
+        verdict = "yes" if best["beats_random"] else (
+            f"no; {', '.join(winners)} {'does' if len(winners) == 1 else 'do'}" if winners else "no")
+        out.append({**best, "verdict": verdict, "winners": winners})
+    return out
+
+
 def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame) -> str:
     lines = ["# Selection quality: test accuracy (%) by method and kept fraction", ""]
     for noise in sorted(cells.get_column("noise").unique().to_list()):
@@ -87,17 +111,9 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame)
         lines.append("")
         lines += ["| kept | best method | accuracy | margin over random [95% CI] | beats random? |",
                   "|---|---|---|---|---|"]
-        for x in fracs:
-            m = marg.filter((pl.col("noise") == noise) & (pl.col("fraction") == x) & (pl.col("method") != "full"))
-            if m.height == 0:
-                continue
-            best = m.sort("accuracy_mean", descending=True).row(0, named=True)
-            # the best mean can have the widest spread: name any other method whose interval clears zero
-            winners = m.filter(pl.col("beats_random")).sort("ci_low", descending=True).get_column("method").to_list()
-            verdict = "yes" if best["beats_random"] else (f"no; {', '.join(winners)} {'does' if len(winners) == 1 else 'do'}" if winners else "no")
-            lines.append(f"| {x:.0%} | {best['method']} | {100 * best['accuracy_mean']:.2f} | "
-                         f"{100 * best['margin']:+.2f} [{100 * best['ci_low']:+.2f}, {100 * best['ci_high']:+.2f}] | "
-                         f"{verdict} |")
+        for b in best_per_fraction(marg.filter(pl.col("noise") == noise)):
+            lines.append(f"| {b['fraction']:.0%} | {b['method']} | {100 * b['accuracy_mean']:.2f} | "
+                         f"{format_margin(b)} | {b['verdict']} |")
         losers = [x for x in fracs if not marg.filter((pl.col("noise") == noise) & (pl.col("fraction") == x)
                                                       & (pl.col("method") != "full")).get_column("beats_random").any()]
         lines.append("")

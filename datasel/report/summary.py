@@ -1,11 +1,25 @@
-"""The selection summary: method × kept fraction → test accuracy (mean ± std over seeds) and how much of the
-injected label noise each selection dropped."""
+"""The selection summary: method × kept fraction → test accuracy (mean ± std over seeds), the answer (per kept
+fraction, the best selection and its margin over random with a 95% interval, as the quality report computes it),
+warnings about runs whose numbers mean little, and how much of the injected label noise each selection dropped.
+
+The document is built once as a list of blocks and rendered to Markdown (``summary.md``) and reStructuredText
+(``summary.rst``, included by the Snakemake report's landing page), so both say the same thing.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
+
+# a score "saturates" when more than this share of its values sit at its maximum (or minimum): its ranking among
+# them is a tie broken by id, so a top/bottom/offset policy over it selects arbitrarily
+SATURATION_SHARE = 0.5
 
 
 def noise_dropped(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.DataFrame:
@@ -37,33 +51,171 @@ def summarize(metrics: pl.DataFrame, noise: pl.DataFrame | None = None, split: s
     )
     if noise is not None:
         table = table.join(noise.select("selection", "noisy_share_of_dropped", "noise_recall"), on="selection", how="left")
-    return table.sort(["fraction", f"{metric}_mean"], descending=[False, True])
+    return table.sort(["fraction", f"{metric}_mean", "selection"], descending=[False, True, False])
+
+
+def best_against_random(metrics: pl.DataFrame, split: str = "test") -> list[dict[str, Any]]:
+    """Per kept fraction < 1: the best selection by mean test accuracy, its margin over random (Welch 95% interval
+    over training seeds) and a verdict — :func:`datasel.report.quality.best_per_fraction` on this run's metrics.
+
+    Empty when the run has no random selection to compare against.
+    """
+    from datasel.report.quality import best_per_fraction, margins
+
+    cells = metrics.filter((pl.col("split") == split) & (pl.col("metric") == "accuracy") & (pl.col("fraction") < 1)
+                           & (pl.col("method") != "full")).with_columns(pl.lit(0.0).alias("noise"))
+    if cells.filter(pl.col("method") == "random").height == 0 or cells.select("method").n_unique() < 2:
+        return []
+    rows = best_per_fraction(margins(cells))
+    for r in rows:
+        r["selection"] = f"{r['method']}_keep{round(100 * r['fraction'])}"
+    return rows
+
+
+def run_warnings(metrics: pl.DataFrame, scores: Mapping[str, pl.DataFrame] | None = None) -> list[str]:
+    """Sentences about results that look like numbers but mean little: a target model that predicted one class
+    (its accuracy is the majority share), a score whose values pile up at one end (its ranking is mostly ties)."""
+    out = []
+    one = metrics.filter((pl.col("metric") == "predicted_classes") & (pl.col("split") == "test")
+                         & (pl.col("value") <= 1))
+    for (selection,), part in one.group_by(["selection"], maintain_order=True):
+        total = metrics.filter((pl.col("selection") == selection) & (pl.col("metric") == "predicted_classes")
+                               & (pl.col("split") == "test")).height
+        seeds = ", ".join(str(s) for s in sorted(part.get_column("seed").to_list()))
+        out.append(f"the target model trained on `{selection}` predicted a single class on the test split "
+                   f"({part.height} of {total} seeds: {seeds}), so its accuracy is the share of that class; "
+                   "scale the inputs (data.standardize) or check training.lr and training.budget")
+    for name, table in sorted((scores or {}).items()):
+        s = table.get_column("score").drop_nulls().to_numpy().astype(np.float64)
+        if len(s) == 0:
+            continue
+        for end, value in (("maximum", s.max()), ("minimum", s.min())):
+            share = float(np.isclose(s, value, rtol=1e-5, atol=1e-12).mean())
+            if share > SATURATION_SHARE:
+                out.append(f"score `{name}` saturates: {share:.0%} of its {len(s)} values equal its {end} "
+                           f"{value:.4g}, so a selection by it breaks ties arbitrarily; check the proxy model "
+                           "(unscaled inputs, a checkpoint too late or too early)")
+                break
+    return out
+
+
+@dataclass
+class Doc:
+    """A small document: headings, paragraphs, bullet lists and tables, rendered to Markdown or reST."""
+
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(("ul", items))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", (header, rows)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, body in self.blocks:
+            if kind == "h":
+                out.append(f"{'#' * body[0]} {body[1]}")
+            elif kind == "p":
+                out.append(body)
+            elif kind == "ul":
+                out.append("\n".join(f"- {item}" for item in body))
+            else:
+                header, rows = body
+                out.append("\n".join([f"| {' | '.join(header)} |", "|" + "---|" * len(header),
+                                      *(f"| {' | '.join(r)} |" for r in rows)]))
+        return "\n\n".join(out) + "\n"
+
+    def rst(self) -> str:
+        def inline(text: str) -> str:  # Markdown `code` is reST ``code`` (single backticks would be a citation)
+            return text.replace("`", "``").replace("````", "``")
+
+        out = []
+        marks = {1: "=", 2: "-", 3: "~"}
+        for kind, body in self.blocks:
+            if kind == "h":
+                out.append(f"{body[1]}\n{marks[body[0]] * max(4, len(body[1]) + 2)}")
+            elif kind == "p":
+                out.append(inline(body))
+            elif kind == "ul":
+                out.append("\n".join(f"- {inline(item)}" for item in body))
+            else:
+                header, rows = body
+                lines = [".. list-table::", "   :header-rows: 1", ""]
+                for r in [header, *rows]:
+                    lines += [f"   * - {inline(r[0]) or ' '}", *(f"     - {inline(c) or ' '}" for c in r[1:])]
+                out.append("\n".join(lines))
+        return "\n\n".join(out) + "\n"
+
+
+def _pct(mean: float, std: float | None = None) -> str:
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: list[str],
+                   base_rate: float | None = None) -> Doc:
+    """The summary: the answer per kept fraction first, then warnings, then every selection."""
+    from datasel.report.quality import format_margin
+
+    doc = Doc()
+    doc.heading("Selection summary: test accuracy of the target model", 1)
+    full = table.filter(pl.col("method") == "full")
+    if best:
+        doc.heading("Best selection per kept fraction, against random")
+        rows = []
+        for b in best:
+            rows.append([f"{b['fraction']:.0%}", f"`{b['selection']}`", _pct(b["accuracy_mean"], b["accuracy_std"]),
+                         _pct(b["random_mean"]), format_margin(b), b["verdict"]])
+        doc.table(["kept", "best selection", "test accuracy (%)", "random (%)",
+                   "margin over random, points [95% CI]", "beats random?"], rows)
+        seeds = min(b["seeds"] for b in best)
+        doc.para("Margin: mean accuracy difference to the random selection of the same size, with a Welch 95% "
+                 f"interval over training seeds ({seeds} or more per cell); a selection beats random when the whole "
+                 "interval is above zero."
+                 + (f" Full data: {_pct(full.item(0, 'accuracy_mean'), full.item(0, 'accuracy_std'))}."
+                    if full.height else ""))
+    else:
+        doc.para("No margin over random: the run has no `random` selection (add `random: {policy: random}` to "
+                 "selection.policies) or no other selection to compare with it.")
+    if warnings:
+        doc.heading("Warnings")
+        doc.bullets(warnings)
+    doc.heading("All selections")
+    noisy = base_rate is not None and base_rate > 0 and "noisy_share_of_dropped" in table.columns
+    header = ["method", "kept", "selection", "test accuracy (%)", "seeds"]
+    header += ["noisy share of dropped", "noise recall"] if noisy else []
+    rows = []
+    for r in table.iter_rows(named=True):
+        row = [r["method"], f"{r['fraction']:.0%}", f"`{r['selection']}`", _pct(r["accuracy_mean"], r["accuracy_std"]),
+               str(r["seeds"])]
+        if noisy:
+            row += ["—" if r[c] is None or r["fraction"] >= 1 or math.isnan(r[c]) else f"{r[c]:.1%}"
+                    for c in ("noisy_share_of_dropped", "noise_recall")]
+        rows.append(row)
+    doc.table(header, rows)
+    if noisy:
+        doc.para(f"Injected label noise in the training split: {base_rate:.1%} of rows.")
+    return doc
 
 
 def to_markdown(table: pl.DataFrame, base_rate: float | None = None) -> str:
-    """A plain Markdown table (no extra dependency), accuracy as mean ± std in percent."""
-    acc = [c for c in table.columns if c.endswith("_mean")][0]
-    std = acc.replace("_mean", "_std")
-    head = "| method | kept | selection | test accuracy (%) | seeds | noisy share of dropped | noise recall |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for r in table.iter_rows(named=True):
-        share = r.get("noisy_share_of_dropped")
-        recall = r.get("noise_recall")
-        lines.append(
-            f"| {r['method']} | {r['fraction']:.0%} | {r['selection']} | {100 * r[acc]:.2f} ± {100 * r[std]:.2f} | "
-            f"{r['seeds']} | {'—' if share is None or r['fraction'] >= 1 else f'{share:.1%}'} | "
-            f"{'—' if recall is None or r['fraction'] >= 1 else f'{recall:.1%}'} |"
-        )
-    if base_rate is not None:
-        lines.append("")
-        lines.append(f"Injected noise base rate in the training split: {base_rate:.1%}.")
-    return "\n".join(lines) + "\n"
+    """The table of every selection alone, as Markdown (for the log)."""
+    return build_document(table, [], [], base_rate).markdown().split("## All selections\n\n", 1)[1]
 
 
-def write_summary(table: pl.DataFrame, out_csv: Path, out_md: Path, base_rate: float | None) -> None:
+def write_summary(table: pl.DataFrame, doc: Doc, out_csv: Path, out_md: Path, out_rst: Path | None = None) -> None:
     from datasel.store import atomic_path
 
     with atomic_path(out_csv) as tmp:
         table.write_csv(tmp)
     with atomic_path(out_md) as tmp:
-        tmp.write_text(to_markdown(table, base_rate))
+        tmp.write_text(doc.markdown())
+    if out_rst is not None:
+        with atomic_path(out_rst) as tmp:
+            tmp.write_text(doc.rst())

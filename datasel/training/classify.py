@@ -155,12 +155,15 @@ def logits_of(model: nn.Module, x: Inputs, batch_size: int = 1024) -> torch.Tens
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 1024,
              loss_fn: PerExampleLoss = per_example_cross_entropy) -> dict[str, float]:
-    """Accuracy and mean loss (cross-entropy by default)."""
+    """Accuracy, mean loss (cross-entropy by default), and how many classes the model predicts (1: it learned only
+    the majority; the report warns, see datasel.report.summary.run_warnings)."""
     n = batch_len(x)
     if n == 0:
-        return {"accuracy": 0.0, "loss": 0.0}
+        return {"accuracy": 0.0, "loss": 0.0, "predicted_classes": 0.0}
     out = logits_of(model, x, batch_size)
-    return {"accuracy": (out.argmax(1) == y).sum().item() / n, "loss": loss_fn(out, y).sum().item() / n}
+    pred = out.argmax(1)
+    return {"accuracy": (pred == y).sum().item() / n, "loss": loss_fn(out, y).sum().item() / n,
+            "predicted_classes": float(pred.unique().numel())}
 
 
 @torch.no_grad()

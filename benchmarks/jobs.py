@@ -1,0 +1,186 @@
+"""Where a Snakemake job's time goes on a small run: interpreter start, imports, the Snakefile parse, the work.
+
+    DATASEL_PROGRESS=0 python benchmarks/jobs.py                   # the tests' tiny config (600 MNIST-1D rows)
+    DATASEL_PROGRESS=0 python benchmarks/jobs.py --run tabular     # sklearn's breast cancer (569 rows) as a user's
+                                                                   # CSV, the default experiment's stages otherwise
+    DATASEL_PROGRESS=0 python benchmarks/jobs.py --run tabular --cores 2 --keep /tmp/bc   # keep the run folder
+    DATASEL_PROGRESS=0 python benchmarks/jobs.py --repo /tmp/old  # another checkout's Snakefile and code (before/after)
+
+Measured, each in fresh processes:
+  1. interpreter start (`python -c pass`), the Snakemake script preamble (`from snakemake import script`), and the
+     import of each step's module (what a job pays before its step starts), best of 3;
+  2. the Snakefile parse and DAG (`snakemake -n` on the run's config, wall);
+  3. the run itself: wall, CPU seconds (user + sys of every process it started), number of jobs, and per rule the
+     sum of "process start and imports" and of "work" that each step writes into its rule log
+     (datasel.snakemake_entry.run_step), so the share of a run spent starting jobs is a measured figure;
+  4. an estimate of the default experiment's wall on ``--cores`` from these per-job figures (printed with its
+     assumptions: the default experiment itself is not run here).
+
+Prints readable figures and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import TINY  # noqa: E402  (the tests' tiny config: one source of truth)
+
+# what each step script imports before run_step starts (workflow/scripts/*.py)
+STEP_MODULES = {
+    "prepare/score/select/train": "datasel.pipeline",
+    "proxy": "datasel.training.proxy",
+    "report": "datasel.report.build",
+    "catalog (entry only)": "datasel.snakemake_entry",
+}
+STARTED = re.compile(r"step (\w+)[^\n]*: started \(process start and imports ([\d.]+)s\)")
+DONE = re.compile(r"step (\w+): done, work ([\d.]+)s")
+
+
+REPO = ROOT  # the checkout whose Snakefile and datasel package run (--repo)
+
+
+def best_of(cmd: list[str], n: int = 3) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def import_costs() -> dict[str, float]:
+    py = sys.executable
+    base = best_of([py, "-c", "pass"])
+    out = {"python_start_s": base,
+           "snakemake_preamble_s": best_of([py, "-c", "from snakemake import script"]) - base}
+    for label, mod in STEP_MODULES.items():
+        out[f"import {mod} ({label})_s"] = best_of([py, "-c", f"import {mod}"]) - base
+    out["import torch_s"] = best_of([py, "-c", "import torch"]) - base
+    return out
+
+
+def tabular_config(work: Path) -> dict[str, Any]:
+    """The default experiment with a user's tabular CSV as data: sklearn's breast cancer, label column `target`."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    csv = work / "breast_cancer.csv"
+    frame.to_csv(csv, index=False)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["data"] = {"source": "files", "path": str(csv), "label_column": "target",
+                   "feature_columns": [c for c in frame.columns if c != "target"],
+                   "splits": cfg["data"]["splits"], "noise": {"fraction": 0.0, "seed": 0}}
+    return cfg
+
+
+def snakemake(work: Path, cores: int, *args: str) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run Snakemake; return the process, its wall seconds and the CPU seconds of everything it started."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--cores", str(cores), "--scheduler", "greedy", *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "DATASEL_PROGRESS": "0"})
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"snakemake failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def per_rule(work: Path) -> dict[str, dict[str, float]]:
+    """Per rule: jobs, summed process start + imports, summed work, from the steps' own log lines."""
+    rules: dict[str, dict[str, float]] = defaultdict(lambda: {"jobs": 0, "startup_s": 0.0, "work_s": 0.0})
+    for log in (work / "logs").rglob("*.log"):
+        text = log.read_text(errors="replace")
+        for rule, secs in STARTED.findall(text):
+            rules[rule]["jobs"] += 1
+            rules[rule]["startup_s"] += float(secs)
+        for rule, secs in DONE.findall(text):
+            rules[rule]["work_s"] += float(secs)
+    return dict(rules)
+
+
+def default_job_counts() -> dict[str, int]:
+    """Jobs of the default experiment per rule, from its config (one train job per selection over its seeds)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    selections = len(cfg["selection"]["policies"]) * len(cfg["selection"]["fractions"]) + 1
+    return {"prepare": 1, "proxy": cfg["proxy"]["seeds"], "score": len(cfg["scoring"]), "select": selections,
+            "train": selections, "report": 1, "catalog": 1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", choices=["tiny", "tabular"], default="tiny")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
+    ap.add_argument("--repo", type=Path, default=ROOT, help="checkout to run (e.g. an older commit, for before/after)")
+    args = ap.parse_args()
+    global REPO
+    REPO = args.repo.resolve()
+
+    print("fresh-process costs (best of 3, seconds):")
+    costs = import_costs()
+    for k, v in costs.items():
+        print(f"  {k[:-2]:<60} {v:6.2f}")
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="datasel-jobs-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "config", work / "config", dirs_exist_ok=True)
+    cfg = copy.deepcopy(TINY) if args.run == "tiny" else tabular_config(work)
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    _, parse_wall, _ = snakemake(work, args.cores, "-n")
+    print(f"Snakefile parse + DAG (snakemake -n): {parse_wall:.2f}s")
+    proc, wall, cpu = snakemake(work, args.cores)
+    done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", proc.stdout + proc.stderr)
+    jobs = int(done[-1][1]) if done else -1
+    rules = per_rule(work)
+    startup = sum(r["startup_s"] for r in rules.values())
+    work_s = sum(r["work_s"] for r in rules.values())
+    step_jobs = sum(int(r["jobs"]) for r in rules.values())
+    print(f"\nrun '{args.run}' on {args.cores} cores: wall {wall:.1f}s, CPU {cpu:.1f}s, {jobs} jobs "
+          f"({step_jobs} with a step)")
+    print(f"  {'rule':<10} {'jobs':>4} {'start+imports s':>16} {'work s':>8} {'per job start':>14}")
+    for name, r in sorted(rules.items()):
+        print(f"  {name:<10} {int(r['jobs']):>4} {r['startup_s']:>16.1f} {r['work_s']:>8.1f} "
+              f"{r['startup_s'] / max(1, r['jobs']):>14.2f}")
+    share = startup / max(1e-9, startup + work_s)
+    print(f"  job start + imports: {startup:.1f}s of {startup + work_s:.1f}s summed job time ({share:.0%})")
+
+    # the default experiment: same rules; start cost per job as measured here, work not measured (not run here)
+    counts = default_job_counts()
+    per_job_start = startup / max(1, step_jobs)
+    est_start = sum(counts.values()) * per_job_start / args.cores
+    print(f"\ndefault experiment: {sum(counts.values())} jobs {counts}; at {per_job_start:.2f}s start per job "
+          f"that is ~{est_start:.0f}s of wall on {args.cores} cores for job starts alone (its work is not run here)")
+
+    result = {"run": args.run, "repo": str(REPO), "load_avg_1m": round(os.getloadavg()[0], 2), "cores": args.cores, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "jobs": jobs,
+              "parse_dag_s": round(parse_wall, 2), "startup_sum_s": round(startup, 2), "work_sum_s": round(work_s, 2),
+              "startup_share": round(share, 3), "per_rule": rules,
+              **{k: round(v, 3) for k, v in costs.items()},
+              "default_jobs": sum(counts.values()), "default_start_wall_estimate_s": round(est_start, 1)}
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
