@@ -261,7 +261,7 @@ def check_config(loaded: LoadedConfig, schemas_dir: str | Path) -> dict[str, Any
     for name, schema in sections.items():
         _check(cfg[name], schema, (name,), loaded)
     _check_required(cfg, loaded)
-    check_names(cfg, loaded)
+    check_names(cfg, loaded, set(root["definitions"]["policy_kinds"]))
     out = copy.deepcopy(cfg)
     _fill_defaults(out, root)
     for name, schema in sections.items():
@@ -306,16 +306,19 @@ def _check_fractions(fractions: Sequence[float], field_: str, loaded: LoadedConf
         seen[pct] = f
 
 
-def check_names(cfg: dict[str, Any], loaded: LoadedConfig) -> None:
-    """Names the rules give a meaning of their own are refused for anything else, before any job runs."""
+def check_names(cfg: dict[str, Any], loaded: LoadedConfig, policies: set[str]) -> None:
+    """Names the rules give a meaning of their own are refused for anything else, before any job runs.
+
+    (An entry whose policy is not a known one is left to the registry check, which names `.policy`.)"""
     for section in ("selection", "quality"):
         sec = cfg.get(section) or {}
         for name, entry in (sec.get("policies") or {}).items():
             base = name.split("_", 1)[0] if name.startswith("full") else name
             wanted = RESERVED_POLICIES.get(base)
-            if wanted and entry.get("policy") != wanted:
-                raise ConfigError(f"the name '{name}' is reserved for `policy: {wanted}` "
-                                  f"({'the full-data baseline' if wanted == 'full' else 'the baseline every margin is measured against'})",
+            if wanted and entry.get("policy") != wanted and entry.get("policy") in policies:
+                role = "the full-data baseline" if wanted == "full" else "the baseline every margin is measured against"
+                raise ConfigError(f"the name '{name}' is reserved for `policy: {wanted}` ({role}), but this entry has "
+                                  f"`policy: {entry.get('policy')}`",
                                   file=loaded.file_of((section, "policies", name)),
                                   field=f"{section}.policies.{name}", fix="give this policy another name")
         if sec.get("fractions"):
