@@ -1,16 +1,30 @@
 # datasel: per-example gradient features -> scores -> selections -> training -> report.
 # All logic lives in the `datasel` package; rule files under rules/ call it through workflow/scripts/.
+#
+# The config is the user's file alone: `--configfile X.yaml` (complete, or naming its base with `extends:`), else
+# the repository's config/config.yaml. There is no `configfile:` directive, because Snakemake would merge the
+# user's file over it and run entries the user never listed (see datasel/config.py).
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from datasel.config import check_config, data_inputs, load_config
+from datasel.errors import DataselError
 
 min_version("9.0")
 
+DEFAULT_CONFIG = Path(workflow.basedir, "config", "config.yaml")
+SCHEMAS_DIR = Path(workflow.basedir, "workflow", "schemas")
 
-configfile: "config/config.yaml"
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    CONFIG_SOURCE = load_config(list(workflow.config_settings.configfiles) or [DEFAULT_CONFIG],
+                                dict(workflow.config_settings.config))
+    _checked = check_config(CONFIG_SOURCE, SCHEMAS_DIR)  # validated before defaults: messages quote the user's file
+except DataselError as _exc:
+    raise WorkflowError(str(_exc)) from None
+config.clear()
+config.update(_checked)
 
 TARGETS = {}
 
@@ -25,7 +39,11 @@ rule all:
 include: "rules/common.smk"
 
 
+# The selection chain's rule files exist only when their section does (a CurES- or GAPrune-only config has none).
+# (scores.smk always: DGA and GAPrune order their score rules before its generic one.)
+_SECTION_OF = {"data.smk": "data", "proxy.smk": "proxy", "select.smk": "selection", "train.smk": "training"}
 for _smk in sorted(Path(workflow.basedir, "rules").glob("*.smk")):
-    if _smk.name != "common.smk":
+    _section = _SECTION_OF.get(_smk.name)
+    if _smk.name != "common.smk" and (_section is None or _section in config):
 
         include: str(_smk)

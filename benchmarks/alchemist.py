@@ -1,7 +1,7 @@
 """Alchemist benchmark: test accuracy of target models trained on Alchemist subsets against top-k, random and full
 data, on noisy MNIST-1D (the default experiment) and noisy scikit-learn digits, over several seeds.
 
-For each dataset (config/config.yaml merged with config/experiments/alchemist_<name>.yaml):
+For each dataset (config/experiments/alchemist_<name>.yaml, as the workflow loads it):
   1. build the examples table, train one proxy run as the pipeline does and keep its checkpoint at the scoring epoch;
   2. rate every training example with the Alchemist scorer (with and without the group MLP: the ablation);
   3. select 50% and 20% with Shift-Gsampling, top-k (both on the Alchemist score) and random; plus full data;
@@ -18,7 +18,6 @@ Prints readable figures and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -31,7 +30,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,16 +47,11 @@ from datasel.training.proxy import save_checkpoint  # noqa: E402
 
 
 def merged_config(experiment: str) -> dict[str, Any]:
-    """config/config.yaml updated recursively by the experiment file, as Snakemake's --configfile does."""
+    """The experiment's config as the workflow loads it (its `extends:` chain, schema defaults filled)."""
+    from datasel.config import check_config, load_config
 
-    def merge(a: dict, b: dict) -> dict:
-        out = copy.deepcopy(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return merge(base, yaml.safe_load((ROOT / "config" / "experiments" / f"alchemist_{experiment}.yaml").read_text()))
+    path = ROOT / "config" / "experiments" / f"alchemist_{experiment}.yaml"
+    return check_config(load_config([path]), ROOT / "workflow" / "schemas")
 
 
 ARMS = ("alchemist_sg", "alchemist_top", "random", "alchemist_nogroup_sg", "alchemist_sg_strat",

@@ -1,4 +1,5 @@
-"""The ``datasel`` command: export selections, inspect tables, rebuild the catalog, list plug-ins."""
+"""The ``datasel`` command: start and run a run folder, export selections, inspect tables, rebuild the catalog,
+list plug-ins."""
 
 from __future__ import annotations
 
@@ -77,6 +78,13 @@ def _sql(args: argparse.Namespace) -> None:
         print(df)
 
 
+def _init(args: argparse.Namespace) -> None:
+    from datasel.runfolder import init_folder
+
+    path = init_folder(args.dir, args.template, data=args.data, label=args.label, id_column=args.id)
+    print(f"wrote {path} (template {args.template}); edit it, then: datasel run {args.dir}")
+
+
 def _list(args: argparse.Namespace) -> None:
     from datasel.scoring import SCORERS
     from datasel.selection import POLICIES
@@ -120,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rows", type=int, default=50, help="rows to print (the table form)")
     q.add_argument("--csv", action="store_true", help="print all rows as CSV instead of a table")
     q.set_defaults(fn=_sql)
+    n = sub.add_parser("init", help="start a run folder: write DIR/config.yaml from a template")
+    n.add_argument("dir", help="the run folder (created if missing)")
+    n.add_argument("--template", default="tabular",
+                   help="tabular (your table), text (your texts), default (the embedded experiment) or an experiment "
+                        "name from config/experiments/")
+    n.add_argument("--data", help="your data file: fills in data.path (and the numeric feature columns)")
+    n.add_argument("--label", help="the label column of --data")
+    n.add_argument("--id", help="your own row-id column of --data")
+    n.set_defaults(fn=_init)
+    sub.add_parser("run", help="run the workflow in a run folder: datasel run [DIR] [snakemake args...]",
+                   add_help=False)
     ls = sub.add_parser("list", help="list registered scoring methods and selection policies")
     ls.set_defaults(fn=_list)
     return p
@@ -127,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["run"]:  # everything after DIR goes to Snakemake unparsed (-n, targets, --cores ...)
+            from datasel.runfolder import run_folder
+
+            return run_folder(argv[1:])
+        args = build_parser().parse_args(argv)
         args.fn(args)
     except DataselError as exc:
         print(f"datasel: error: {exc}", file=sys.stderr)

@@ -1,9 +1,6 @@
 # Helpers shared by every rule file: target registration, per-section validation, config slices.
 import json
 
-from snakemake.utils import validate
-
-SCHEMAS_DIR = Path(workflow.basedir, "workflow", "schemas")
 SCRIPTS = str(Path(workflow.basedir, "workflow", "scripts"))
 
 
@@ -13,8 +10,8 @@ def register_targets(name, fn):
 
 
 def validate_section(name):
-    """Validate config[name] against workflow/schemas/<name>.schema.yaml (fills its defaults)."""
-    validate(config[name], str(SCHEMAS_DIR / f"{name}.schema.yaml"))
+    """Kept for the stage rule files: every section present was already validated against
+    workflow/schemas/<name>.schema.yaml, and its defaults filled, by datasel.config in the Snakefile."""
 
 
 def stage_on(name):
@@ -35,7 +32,9 @@ from snakemake.exceptions import WorkflowError
 
 
 def fail(msg, field, fix):
-    raise WorkflowError(f"config field '{field}': {msg}\n  fix: {fix}")
+    """One short refusal naming the user's config file that holds the field."""
+    where = CONFIG_SOURCE.file_of(field.split(".")) if field else None
+    raise WorkflowError(f"{where + ': ' if where else ''}config field '{field}': {msg}\n  fix: {fix}")
 
 
 STAGE_SCORES = set()
@@ -59,6 +58,10 @@ def check_selection_config():
         if entry["policy"] not in POLICIES.names():
             fail(f"unknown selection policy '{entry['policy']}'", f"selection.policies.{name}.policy",
                  f"use one of: {', '.join(POLICIES.names())}")
+    for name in config["scoring"]:
+        if name in STAGE_SCORES:
+            fail(f"'{name}' is the score table a stage writes itself", f"scoring.{name}",
+                 "give this scoring entry another name")
     ckpts = set(config["proxy"]["checkpoints"])
     for name, entry in config["scoring"].items():
         epoch = entry.get("epoch")
@@ -115,6 +118,8 @@ def check_models():
     load_builtin_models()
 
     for section in ("proxy", "training"):
+        if section not in config:
+            continue
         name = config[section]["model"]["name"]
         if name not in MODELS:
             fail(f"unknown model '{name}'", f"{section}.model.name", f"use one of: {', '.join(sorted(MODELS))}")

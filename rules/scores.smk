@@ -27,7 +27,8 @@ rule score:
     wildcard_constraints:
         root=ROOT_RE,
         # only configured entries: stages such as DGA and GAPrune write their own score tables
-        method="|".join(re.escape(m) for m in config["scoring"]),
+        # (always defined, so stages can order their own score rules before it; none without a scoring section)
+        method="|".join(re.escape(m) for m in config.get("scoring", {})) or "(?!)",
     resources:
         gpu=1,
     log:

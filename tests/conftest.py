@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,17 +37,24 @@ def tiny_examples():
 
 
 def write_config(workdir: Path, cfg: dict) -> Path:
-    """A working folder with the repo's config/ (for experiments) and our config as config/config.yaml."""
-    shutil.copytree(ROOT / "config", workdir / "config", dirs_exist_ok=True)
-    path = workdir / "config" / "config.yaml"
+    """A run folder: our config as <workdir>/config.yaml (complete on its own; snakemake() passes it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
+def snakemake_cmd(workdir: Path, *args: str, cores: str = "2") -> list[str]:
+    """The repository's Snakefile run in ``workdir`` on the folder's config.yaml (when the args name none)."""
+    cfg = workdir / "config.yaml"
+    own = [f"--configfile={cfg}"] if cfg.exists() and not any(a.startswith("--configfile") for a in args) else []
+    # `--configfile=X` (one word) takes one file, so targets may follow it
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            "--cores", cores, "--scheduler", "greedy", *own, *args]
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--scheduler", "greedy", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "DATASEL_PROGRESS": "0"})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from conftest import ROOT, TINY, snakemake, write_config
+from conftest import TINY, snakemake, snakemake_cmd, write_config
 from datasel.store import write_table
 from datasel.store.catalog import build_catalog, query
 
@@ -24,8 +24,7 @@ def test_second_snakemake_in_the_same_folder_is_refused(tmp_path):
     # one core and more, longer proxy runs keep it busy for tens of seconds.
     cfg = {**TINY, "proxy": {**TINY["proxy"], "seeds": 4, "epochs": 30}}
     write_config(tmp_path, cfg)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "1", TARGET]
+    cmd = snakemake_cmd(tmp_path, TARGET, cores="1")
     with open(tmp_path / "first.out", "w") as out:
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                  env={**os.environ, "DATASEL_PROGRESS": "0"})

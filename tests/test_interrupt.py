@@ -16,7 +16,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import ROOT, TINY, snakemake, write_config
+from conftest import TINY, snakemake, snakemake_cmd, write_config
 from datasel.errors import DataselError
 from datasel.store import read_table
 
@@ -64,8 +63,7 @@ def victim(tmp_path_factory) -> Path:
 
 def run_and_kill(work: Path, targets: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
     """Start Snakemake on ``targets``; SIGKILL its whole process group as soon as ``ready()`` holds."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--cores", "2", *targets]
+    cmd = snakemake_cmd(work, *targets)
     with open(work / "killed_run.out", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "DATASEL_PROGRESS": "0"})

@@ -274,7 +274,8 @@ def test_random_configs_dry_run_cleanly_or_are_refused_cleanly(edits):
         if proc.returncode != 0:
             # a refusal names the config field (schema error or datasel's cross-section check)
             schema = "ValidationError" in text and "On instance" in text  # the schema names the failing path
-            ours = "config field" in text and "fix:" in text  # common.smk's cross-section checks
+            # datasel.config's schema checks (file / field) and common.smk's cross-section checks (config field)
+            ours = ("config field" in text or "field '" in text) and "fix:" in text
             assert schema or ours, text[-3000:]
             event("refused by the schema" if schema else "refused by a cross-section check")
         assert not (work / "results").exists()

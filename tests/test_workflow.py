@@ -98,10 +98,12 @@ def test_bad_config_is_refused_before_any_job(tmp_path, mutate, needle):
 
 def test_a_bad_data_file_fails_its_rule_with_a_short_message(tmp_path):
     cfg = copy.deepcopy(TINY)
-    cfg["data"] = {"source": "files", "path": "missing.parquet", "feature_columns": ["a"]}
+    # (a missing file is refused before any job: tests/test_config_strict.py; this one exists but lacks the column)
+    (tmp_path / "bad.csv").write_text("b,label\n1,0\n2,1\n")
+    cfg["data"] = {"source": "files", "path": "bad.csv", "feature_columns": ["a"]}
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "datasel error in rule 'prepare'" in text and "missing.parquet" in text and "fix:" in text
+    assert "datasel error in rule 'prepare'" in text and "bad.csv" in text and "fix:" in text
     assert not (tmp_path / "results" / "examples" / "examples.parquet").exists()

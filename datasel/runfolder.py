@@ -1,0 +1,137 @@
+"""Run folders: ``datasel init DIR`` writes a starter config, ``datasel run DIR`` runs the repository's workflow there.
+
+A run folder holds one ``config.yaml`` (complete on its own) and, once run, ``results/`` and ``logs/``; the rules,
+schemas and profiles stay in the repository, so nothing of it is copied into the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from datasel.errors import ConfigError, DataselError
+
+BUILTIN = ("tabular", "text", "default")
+
+
+def repo_root() -> Path:
+    """The repository this package runs from (an editable install, as the README's set-up makes)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "Snakefile").is_file():
+        raise DataselError("the datasel workflow (Snakefile, rules/, config/) is not next to this package",
+                           file=root, fix="install datasel from its repository with `pip install -e .`")
+    return root
+
+
+def templates() -> list[str]:
+    exps = sorted(p.stem for p in (repo_root() / "config" / "experiments").glob("*.yaml"))
+    return [*BUILTIN, *exps]
+
+
+def template_text(name: str) -> str:
+    """A complete, commented config: a built-in template or an experiment (its ``extends`` chain merged in)."""
+    from datasel.config import load_config
+
+    root = repo_root()
+    if name == "default":
+        return (root / "config" / "config.yaml").read_text()
+    if name in ("tabular", "text"):
+        return (root / "config" / "templates" / f"{name}.yaml").read_text()
+    path = root / "config" / "experiments" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no template '{name}'", field="--template", fix=f"use one of: {', '.join(templates())}")
+    text = path.read_text()
+    if "extends" not in (yaml.safe_load(text) or {}):
+        return text
+    # the run folder must not depend on the repository's files: write the merged config, complete
+    merged = load_config([path]).config
+    head = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    note = f"# The experiment config/experiments/{name}.yaml with the config it extends merged in (complete).\n"
+    return head + note + yaml.safe_dump(merged, sort_keys=False)
+
+
+def _numeric_columns(path: Path, exclude: set[str]) -> list[str]:
+    import polars as pl
+
+    readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(f"unsupported file type '{path.suffix}'", file=path, field="--data",
+                          fix="use .csv, .parquet or .jsonl")
+    frame = reader(path, n_rows=100) if path.suffix.lower() == ".csv" else reader(path).head(100)
+    return [c for c, t in frame.schema.items() if t.is_numeric() and c not in exclude]
+
+
+def _set(text: str, key: str, value: object) -> str:
+    """Replace the value of the first ``key:`` line (keeping its comment); the value written as YAML (JSON)."""
+    pattern = re.compile(rf"^(\s*{re.escape(key)}:\s*)([^#\n]*?)(\s*#.*)?$", re.M)
+    if not pattern.search(text):
+        raise ConfigError(f"the template has no '{key}' line to fill in", field=f"data.{key}")
+    return pattern.sub(lambda m: f"{m.group(1)}{json.dumps(value)}{m.group(3) or ''}", text, count=1)
+
+
+def init_folder(folder: str | os.PathLike, template: str = "tabular", data: str | None = None,
+                label: str | None = None, id_column: str | None = None) -> Path:
+    """Write ``folder/config.yaml`` from a template; never replaces an existing file."""
+    folder = Path(folder)
+    target = folder / "config.yaml"
+    if target.exists():
+        raise DataselError("the run folder already has a config", file=target,
+                           fix="edit it, remove it yourself, or pick a new folder")
+    text = template_text(template)
+    if data is not None:
+        if template not in ("tabular", "text"):
+            raise ConfigError("--data fills in the tabular or text template", field="--data",
+                              fix="add --template tabular (or text)")
+        src = Path(data).expanduser().resolve()
+        if not src.is_file():
+            raise ConfigError("data file not found", file=data, field="--data", fix="give the path of your file")
+        rel = os.path.relpath(src, folder.resolve())
+        text = _set(text, "path", rel if not rel.startswith("..") else str(src))
+        if label:
+            text = _set(text, "label_column", label)
+        if id_column:
+            text = re.sub(r"^  # id_column: id .*$", f"  id_column: {json.dumps(id_column)}", text, count=1, flags=re.M)
+        if template == "tabular":
+            exclude = {label or "label", *([id_column] if id_column else []), "split", "id"}
+            cols = _numeric_columns(src, exclude)
+            if not cols:
+                raise ConfigError("the file has no numeric input columns besides the label", file=data,
+                                  field="data.feature_columns", fix="check --label, or use --template text")
+            text = _set(text, "feature_columns", cols)
+    elif label or id_column:
+        raise ConfigError("--label and --id go with --data", field="--label", fix="add --data your_file.csv")
+    folder.mkdir(parents=True, exist_ok=True)
+    # written whole under a temporary name, then linked into place: never a half-written config, never a
+    # config someone else wrote replaced (link fails if the name exists)
+    tmp = folder / f".config.yaml.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise DataselError("the run folder already has a config", file=target,
+                           fix="edit it, remove it yourself, or pick a new folder") from None
+    finally:
+        tmp.unlink()
+    return target
+
+
+def run_folder(argv: list[str]) -> int:
+    """``datasel run [DIR] [snakemake args...]``: the repository's Snakefile on DIR/config.yaml, in DIR."""
+    folder = "."
+    if argv and not argv[0].startswith("-") and Path(argv[0]).is_dir():
+        folder, argv = argv[0], argv[1:]
+    cfg = Path(folder) / "config.yaml"
+    if not cfg.is_file():
+        raise DataselError("no config.yaml in the run folder", file=cfg, fix=f"datasel init {folder}")
+    root = repo_root()
+    # `--configfile=X` is one word: the targets the user lists after it stay targets
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", folder,
+           f"--configfile={cfg.resolve()}", *argv]
+    return subprocess.call(cmd)

@@ -1,0 +1,101 @@
+"""Run folders: `datasel init DIR` writes a complete config, the repository's workflow runs there without copying
+config/ into it, and an edited data file reruns prepare."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from conftest import ROOT
+from datasel.config import check_config, load_config
+from datasel.errors import DataselError
+from datasel.runfolder import init_folder, templates
+
+
+def _user_csv(path: Path, rows: int) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 4))
+    frame = pl.DataFrame({"row_id": np.arange(rows) + 1000, **{f"f{i}": x[:, i] for i in range(4)},
+                          "target": (x[:, 0] + 0.3 * x[:, 1] > 0).astype(np.int64), "note": ["n"] * rows})
+    frame.write_csv(path)
+    return path
+
+
+def _datasel(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datasel.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "DATASEL_PROGRESS": "0"})
+
+
+@pytest.fixture()
+def run_dir(tmp_path) -> Path:
+    _user_csv(tmp_path / "my.csv", 150)
+    proc = _datasel(tmp_path, "init", "run1", "--data", "my.csv", "--label", "target", "--id", "row_id")
+    assert proc.returncode == 0, proc.stderr
+    return tmp_path / "run1"
+
+
+def test_init_writes_a_complete_config_for_the_users_table(run_dir) -> None:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "extends" not in cfg and "noise" not in cfg["data"]  # complete, and the user's labels are left alone
+    assert cfg["data"]["label_column"] == "target" and cfg["data"]["id_column"] == "row_id"
+    assert cfg["data"]["feature_columns"] == ["f0", "f1", "f2", "f3"]  # numeric, minus label and id
+    assert Path(run_dir, cfg["data"]["path"]).resolve() == (run_dir.parent / "my.csv").resolve()
+    assert check_config(load_config([run_dir / "config.yaml"]), ROOT / "workflow" / "schemas")["data"]["noise"] == \
+        {"fraction": 0.0, "seed": 0}
+
+
+def test_the_workflow_runs_in_the_folder_with_the_repositorys_rules(run_dir) -> None:
+    proc = _datasel(run_dir.parent, "run", "run1", "-n", "--cores", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "prepare" in proc.stdout and "results/selections/el2n_offset_keep50.parquet" in proc.stdout
+    assert not (run_dir / "config").exists()  # no config/ copied in
+    # the plain Snakemake form works as well, from anywhere
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                           str(run_dir), "--configfile", str(run_dir / "config.yaml"), "-n", "--cores", "1"],
+                          cwd=ROOT.parent, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_an_edited_data_file_reruns_prepare(run_dir) -> None:
+    target = "results/examples/examples.parquet"
+    proc = _datasel(run_dir.parent, "run", "run1", "--cores", "1", target)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    meta = json.loads((run_dir / "results" / "examples" / "meta.json").read_text())
+    assert sum(meta["sizes"].values()) == 150 and meta["noisy"] == 0
+    assert "Nothing to be done" in _datasel(run_dir.parent, "run", "run1", "-n", target).stdout
+    _user_csv(run_dir.parent / "my.csv", 120)  # the user's file shrinks
+    dry = _datasel(run_dir.parent, "run", "run1", "-n", target)
+    assert dry.returncode == 0 and "rule prepare" in dry.stdout and "Nothing to be done" not in dry.stdout
+
+
+def test_init_never_replaces_an_existing_config(tmp_path) -> None:
+    (tmp_path / "config.yaml").write_text("# mine\n")
+    with pytest.raises(DataselError, match="already has a config"):
+        init_folder(tmp_path, "default")
+    assert (tmp_path / "config.yaml").read_text() == "# mine\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("template", ["default", "quality_cpu", "alchemist_mnist1d", "cures_tiny"])
+def test_experiment_templates_are_complete(tmp_path, template) -> None:
+    assert template in templates()
+    path = init_folder(tmp_path / template, template)
+    raw = yaml.safe_load(path.read_text())
+    assert "extends" not in raw  # the folder does not depend on the repository's config files
+    schemas = ROOT / "workflow" / "schemas"
+    expected = check_config(load_config([ROOT / "config" / "experiments" / f"{template}.yaml"]
+                                        if template != "default" else [ROOT / "config" / "config.yaml"]), schemas)
+    assert check_config(load_config([path]), schemas) == expected
+
+
+def test_unknown_template_is_refused_naming_the_choices(tmp_path) -> None:
+    with pytest.raises(DataselError, match="tabular"):
+        init_folder(tmp_path, "tabluar")
