@@ -18,7 +18,7 @@ def report_outputs():
         "plot": report("results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst",
                        category="Selection"),
     }
-    if float(config["data"].get("noise", {}).get("fraction", 0) or 0) > 0:
+    if float(config.get("data", {}).get("noise", {}).get("fraction", 0) or 0) > 0:
         out["noise_plot"] = report("results/report/noise_dropped.png", caption="../workflow/report/noise.rst",
                                    category="Selection")
     return out
