@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)  # the CLI owns logging
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["run"]:  # everything after DIR goes to Snakemake unparsed (-n, targets, --cores ...)

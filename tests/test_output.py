@@ -86,6 +86,8 @@ def test_progress_bar_reaches_total_when_pulled_with_next(monkeypatch, capsys):
 
 
 def test_harmless_warnings_are_silenced_others_are_logged(caplog):
+    # an earlier in-process step may have left warnings captured, with pytest's recorder installed over it since
+    logging.captureWarnings(False)
     with warnings.catch_warnings():
         quiet_harmless_warnings()
         with caplog.at_level(logging.WARNING, logger="py.warnings"):
