@@ -24,6 +24,10 @@ def report_outputs():
     return out
 
 
+# the summary and the catalog read finished tables for a second or two: on a cluster they run on the submitting host
+localrules: report, catalog
+
+
 rule report:
     input:
         examples="results/examples/examples.parquet",

@@ -1,0 +1,84 @@
+"""Slurm/local wall-time ratio of a small run: the same config locally (`--cores N`) and through a Slurm profile on a
+throwaway single-node cluster (tests/slurm_cluster.py; needs root and Debian's slurm-wlm + munge).
+
+    python benchmarks/slurm.py                                   # the tests' tiny config, the repository's profile
+    python benchmarks/slurm.py --shards 4                        # with a 4-shard features set (test_slurm's run)
+    python benchmarks/slurm.py --repo /tmp/old --profile /tmp/old_profile   # another checkout / profile (before)
+
+Prints the local and the Slurm wall, their ratio, the number of Slurm jobs, and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import TINY  # noqa: E402  (the tests' tiny config: one source of truth)
+from slurm_cluster import SlurmCluster  # noqa: E402
+
+
+def small_config(shards: int) -> dict[str, Any]:
+    """TINY, plus (shards > 0) a features set over the training split of proxy seed 0, epoch 1, in `shards` jobs."""
+    cfg = copy.deepcopy(TINY)
+    if shards:
+        cfg["features"] = {"shards": shards, "sets": {"grads": {"epochs": [1], "splits": ["train"], "dim": 64}}}
+        cfg["stages"] = ["selection", "features"]
+    return cfg
+
+
+def run(repo: Path, workdir: Path, args: list[str], env: dict[str, str], timeout: int) -> float:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
+           f"--configfile={workdir / 'config.yaml'}", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=repo)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", type=Path, default=ROOT, help="checkout whose Snakefile and datasel package run")
+    ap.add_argument("--profile", type=Path, default=None, help="Slurm profile folder (default: <repo>/profiles/slurm)")
+    ap.add_argument("--shards", type=int, default=0, help="add a features set computed in this many shard jobs")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=1800)
+    ns = ap.parse_args(argv)
+    repo = ns.repo.resolve()
+    profile = (ns.profile or repo / "profiles" / "slurm").resolve()
+    env = {**os.environ, "DATASEL_PROGRESS": "0", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory(prefix="datasel-slurm-bench-") as tmp:
+        tmp_path = Path(tmp)
+        cfg = yaml.safe_dump(small_config(ns.shards))
+        for name in ("local", "slurm"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "config.yaml").write_text(cfg)
+        local = run(repo, tmp_path / "local", ["--cores", str(ns.cores)], env, ns.timeout)
+        cluster = SlurmCluster(tmp_path / "cluster", cpus=ns.cores).start()
+        try:
+            slurm = run(repo, tmp_path / "slurm", ["--profile", str(profile)], {**cluster.env, **env}, ns.timeout)
+            jobs = cluster.jobs()
+        finally:
+            cluster.stop()
+    out = {"repo": str(repo), "profile": str(profile), "shards": ns.shards, "local_s": round(local, 1),
+           "slurm_s": round(slurm, 1), "ratio": round(slurm / local, 2), "slurm_jobs": len(jobs)}
+    print(f"local --cores {ns.cores}: {local:.1f} s; Slurm ({profile}): {slurm:.1f} s in {len(jobs)} Slurm jobs; "
+          f"ratio {slurm / local:.2f}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
