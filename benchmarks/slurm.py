@@ -45,7 +45,10 @@ def run(repo: Path, workdir: Path, args: list[str], env: dict[str, str], timeout
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=repo)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        slurm_logs = "".join(f"--- {p}\n{p.read_text(errors='replace')[-2000:]}"
+                             for p in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")))
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}\n"
+                         f"{slurm_logs}")
     return wall
 
 

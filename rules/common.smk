@@ -126,8 +126,14 @@ def check_models():
             fail(f"unknown model '{name}'", f"{section}.model.name", f"use one of: {', '.join(sorted(MODELS))}")
 
 
+# The run's own Snakemake checks the config once. A cluster job parses this file twice more (the job's Snakemake and
+# the step it starts, --mode remote / subprocess) and would re-import the model and method registries (torch:
+# seconds per parse) to check names the run already accepted.
+CHECKS_DONE = workflow.remote_exec or workflow.subprocess_exec
+
 check_stages()
-check_models()
+if not CHECKS_DONE:
+    check_models()
 
 
 # ---- what each job asks a cluster for (profiles/slurm lists no rule: every rule states its needs here) ----

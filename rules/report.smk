@@ -55,7 +55,8 @@ rule catalog:
 
 
 if stage_on("selection"):
-    check_selection_config()
+    if not CHECKS_DONE:
+        check_selection_config()
     register_targets(
         "selection",
         lambda: [*rules.report.output, *expand("results/scores/{m}.parquet", m=config["scoring"])],

@@ -56,7 +56,7 @@ def runs(slurm_cluster, tmp_path_factory):
     """The same config run locally and through `--profile slurm` (as README's Slurm section has it)."""
     base = tmp_path_factory.mktemp("slurm_runs")
     cfg = tiny_with_features()
-    local, remote = base / "local", base / "slurm"
+    local, remote = base / "local", base / "on_slurm"  # not "slurm": --profile slurm would take that folder
     write_config(local, cfg)
     write_config(remote, cfg)
     snakemake(local)
@@ -66,8 +66,14 @@ def runs(slurm_cluster, tmp_path_factory):
                           capture_output=True, text=True, env=env, timeout=1200, cwd=base)
     if proc.returncode != 0:
         raise AssertionError(f"slurm run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n"
-                             f"slurmctld.log:\n{slurm_cluster.log('slurmctld')[-3000:]}")
+                             f"slurmctld.log:\n{slurm_cluster.log('slurmctld')[-3000:]}\n{slurm_logs(remote)}")
     return local, remote, slurm_cluster.jobs()
+
+
+def slurm_logs(run: Path) -> str:
+    """The Slurm job logs the executor keeps for failed jobs (what a failure message should show)."""
+    return "".join(f"--- {p}\n{p.read_text(errors='replace')[-2000:]}\n"
+                   for p in sorted((run / ".snakemake" / "slurm_logs").rglob("*.log")))
 
 
 def steps(run: Path) -> list[tuple[str, str | None, Path]]:
