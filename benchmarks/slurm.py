@@ -3,9 +3,12 @@ throwaway single-node cluster (tests/slurm_cluster.py; needs root and Debian's s
 
     python benchmarks/slurm.py                                   # the tests' tiny config, the repository's profile
     python benchmarks/slurm.py --shards 4                        # with a 4-shard features set (test_slurm's run)
-    python benchmarks/slurm.py --repo /tmp/old --profile /tmp/old_profile   # another checkout / profile (before)
+    python benchmarks/slurm.py --repo /tmp/old --profile /tmp/old_profile   # another checkout / profile
+    python benchmarks/slurm.py --before /tmp/old /tmp/old_profile  # also that checkout + profile on the same cluster
 
-Prints the local and the Slurm wall, their ratio, the number of Slurm jobs, and ends with one JSON line.
+Prints the local and the Slurm wall, their ratio, the number of Slurm jobs, and ends with one JSON line. With
+--before, the local run is shared: cluster settings (profile, resources, groups, localrules) do not change a local
+run's jobs.
 """
 
 from __future__ import annotations
@@ -56,30 +59,43 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=ROOT, help="checkout whose Snakefile and datasel package run")
     ap.add_argument("--profile", type=Path, default=None, help="Slurm profile folder (default: <repo>/profiles/slurm)")
+    ap.add_argument("--before", nargs=2, type=Path, metavar=("REPO", "PROFILE"),
+                    help="also run this checkout with this profile through the same cluster (first)")
     ap.add_argument("--shards", type=int, default=0, help="add a features set computed in this many shard jobs")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--timeout", type=int, default=3600)
     ns = ap.parse_args(argv)
     repo = ns.repo.resolve()
-    profile = (ns.profile or repo / "profiles" / "slurm").resolve()
-    env = {**os.environ, "DATASEL_PROGRESS": "0", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    setups = [("after", repo, (ns.profile or repo / "profiles" / "slurm").resolve())]
+    if ns.before:
+        setups.insert(0, ("before", ns.before[0].resolve(), ns.before[1].resolve()))
+    extra = {"DATASEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    out: dict[str, Any] = {"shards": ns.shards, "load_avg_1m_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="datasel-slurm-bench-") as tmp:
         tmp_path = Path(tmp)
         cfg = yaml.safe_dump(small_config(ns.shards))
-        for name in ("local", "slurm"):
+        for name in ("local", *(s[0] for s in setups)):
             (tmp_path / name).mkdir()
             (tmp_path / name / "config.yaml").write_text(cfg)
-        local = run(repo, tmp_path / "local", ["--cores", str(ns.cores)], env, ns.timeout)
+        local = run(repo, tmp_path / "local", ["--cores", str(ns.cores)],
+                    {**os.environ, **extra, "PYTHONPATH": str(repo)}, ns.timeout)
+        out["local_s"] = round(local, 1)
+        print(f"local --cores {ns.cores} ({repo}): {local:.1f} s", flush=True)
         cluster = SlurmCluster(tmp_path / "cluster", cpus=ns.cores).start()
         try:
-            slurm = run(repo, tmp_path / "slurm", ["--profile", str(profile)], {**cluster.env, **env}, ns.timeout)
-            jobs = cluster.jobs()
+            for name, r, profile in setups:
+                seen = {j["JobId"] for j in cluster.jobs()}
+                # the cluster's environment (SLURM_CONF, its srun on PATH) over ours
+                wall = run(r, tmp_path / name, ["--profile", str(profile)],
+                           {**cluster.env, **extra, "PYTHONPATH": str(r)}, ns.timeout)
+                jobs = [j for j in cluster.jobs() if j["JobId"] not in seen]
+                out[name] = {"repo": str(r), "profile": str(profile), "slurm_s": round(wall, 1),
+                             "ratio": round(wall / local, 2), "slurm_jobs": len(jobs)}
+                print(f"{name}: Slurm ({profile}): {wall:.1f} s in {len(jobs)} Slurm jobs; ratio to local "
+                      f"{wall / local:.2f}", flush=True)
         finally:
             cluster.stop()
-    out = {"repo": str(repo), "profile": str(profile), "shards": ns.shards, "local_s": round(local, 1),
-           "slurm_s": round(slurm, 1), "ratio": round(slurm / local, 2), "slurm_jobs": len(jobs)}
-    print(f"local --cores {ns.cores}: {local:.1f} s; Slurm ({profile}): {slurm:.1f} s in {len(jobs)} Slurm jobs; "
-          f"ratio {slurm / local:.2f}")
+    out["load_avg_1m_end"] = os.getloadavg()[0]
     print(json.dumps(out))
 
 

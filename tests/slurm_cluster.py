@@ -12,6 +12,7 @@ status with `sacct` gets wrong (see profiles/slurm/config.yaml).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -87,8 +88,9 @@ class SlurmCluster:
         for d in ("state", "spool", "munge"):
             (r / d).mkdir(parents=True, exist_ok=True)
         # MinJobAge keeps a finished job visible to `squeue --states=all` for 5 minutes (Slurm's default, written
-        # out because the status query of the profile relies on it); no cgroups (a container has none to give),
-        # no accounting.
+        # out because the status query of the profile relies on it); the job completion log keeps every finished
+        # job for jobs() (it is not accounting: sacct stays unavailable); no cgroups (a container has none to
+        # give), no accounting.
         self.conf.write_text(f"""\
 ClusterName=datasel
 SlurmctldHost={host}(127.0.0.1)
@@ -117,6 +119,8 @@ SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
 MinJobAge=300
+JobCompType=jobcomp/filetxt
+JobCompLoc={r / "jobcomp.log"}
 KillWait=5
 InactiveLimit=0
 NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN
@@ -187,9 +191,9 @@ PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=U
         self.procs.clear()
 
     def jobs(self) -> list[dict[str, str]]:
-        """Every job slurmctld still holds (finished ones for MinJobAge): id, name, state, comment, cpus."""
-        fmt = "%i|%j|%T|%k|%C"
-        proc = subprocess.run(["squeue", "--states=all", "--noheader", f"--format={fmt}"], capture_output=True,
-                              text=True, env=self.env, timeout=30, check=True)
-        keys = ("id", "name", "state", "comment", "cpus")
-        return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.strip()]
+        """Every job that finished, from the job completion log: JobId, Name, JobState, ProcCnt (CPUs), Partition,
+        ExitCode, ... (the log's own keys)."""
+        path = self.root / "jobcomp.log"
+        if not path.exists():
+            return []
+        return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in path.read_text().splitlines() if line.strip()]

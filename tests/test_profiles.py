@@ -81,3 +81,17 @@ def test_job_resources_refuse_an_unknown_rule(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "compute.jobs.proxxy" in out and "did you mean 'proxy'" in out, out[-2000:]
+
+
+def test_datasel_run_finds_the_repository_profiles(tmp_path, monkeypatch):
+    """`datasel run DIR --profile slurm` from any folder: Snakemake itself looks the name up only here and in the
+    user's config folders. A folder of that name here still wins (Snakemake's own rule)."""
+    from datasel.runfolder import repo_profiles
+
+    monkeypatch.chdir(tmp_path)
+    ours = str(ROOT / "profiles" / "slurm")
+    assert repo_profiles(["--profile", "slurm", "-n"], ROOT) == ["--profile", ours, "-n"]
+    assert repo_profiles(["--profile=gpu"], ROOT) == [f"--profile={ROOT / 'profiles' / 'gpu'}"]
+    assert repo_profiles(["--profile", "elsewhere"], ROOT) == ["--profile", "elsewhere"]
+    (tmp_path / "slurm").mkdir()
+    assert repo_profiles(["--profile", "slurm"], ROOT) == ["--profile", "slurm"]

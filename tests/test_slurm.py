@@ -94,7 +94,7 @@ def test_cluster_has_no_accounting(slurm_cluster):
 
 def test_every_non_local_rule_ran_as_a_slurm_job(runs):
     _, remote, jobs = runs
-    by_id = {j["id"]: j for j in jobs}
+    by_id = {j["JobId"]: j for j in jobs}
     ran = steps(remote)
     assert {r for r, _, _ in ran} >= {"prepare", "proxy", "score", "select", "train", "features_shard", *LOCAL_RULES}
     for rule, job, log in ran:
@@ -102,9 +102,9 @@ def test_every_non_local_rule_ran_as_a_slurm_job(runs):
             assert job is None, f"{rule} ran in Slurm job {job} ({log}); it is a localrule"
             continue
         assert job is not None, f"{rule} did not run in a Slurm job ({log})"
-        assert by_id[job]["state"] == "COMPLETED", by_id[job]
-        # one CPU per job: compute.threads (1), not a profile's guess
-        assert by_id[job]["cpus"] == "1", by_id[job]
+        assert by_id[job]["JobState"] == "COMPLETED", by_id[job]
+        # one CPU per job: compute.threads (1), not a profile's guess; the cluster's default partition
+        assert by_id[job]["ProcCnt"] == "1" and by_id[job]["Partition"] == "main", by_id[job]
     # every Slurm job of the run did one of these steps, and nothing else was submitted
     assert {j for _, j, _ in ran if j} == set(by_id), (sorted(by_id), ran)
 
