@@ -60,6 +60,11 @@ class SlurmCluster:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
+    def node(self) -> str:
+        """This host's short name: slurmd looks its NodeName up by it (a FQDN would not match)."""
+        return socket.gethostname().split(".")[0]
+
+    @property
     def conf(self) -> Path:
         return self.root / "slurm.conf"
 
@@ -84,7 +89,7 @@ class SlurmCluster:
 
     def _write_conf(self) -> None:
         r = self.root
-        host = socket.gethostname()
+        host = self.node
         for d in ("state", "spool", "munge"):
             (r / d).mkdir(parents=True, exist_ok=True)
         # MinJobAge keeps a finished job visible to `squeue --states=all` for 5 minutes (Slurm's default, written
@@ -153,7 +158,7 @@ PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=U
             self._wait(lambda: (m / "munge.socket").exists(), timeout, "munged did not open its socket")
             self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
             self._wait(lambda: self._ok(["scontrol", "ping"], "UP"), timeout, "slurmctld did not answer")
-            self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
+            self._spawn("slurmd", ["slurmd", "-D", "-N", self.node, "-f", str(self.conf)])
             self._wait(lambda: self._ok(["sinfo", "-h", "-o", "%t"], "idle"), timeout, "the node did not come up idle")
         except SlurmUnavailable:
             self.stop()
