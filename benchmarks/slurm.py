@@ -35,6 +35,7 @@ from slurm_cluster import SlurmCluster  # noqa: E402
 def small_config(shards: int) -> dict[str, Any]:
     """TINY, plus (shards > 0) a features set over the training split of proxy seed 0, epoch 1, in `shards` jobs."""
     cfg = copy.deepcopy(TINY)
+    cfg["compute"] = {"device": "cpu"}  # the test cluster has no GPU (README: the switch for such a cluster)
     if shards:
         cfg["features"] = {"shards": shards, "sets": {"grads": {"epochs": [1], "splits": ["train"], "dim": 64}}}
         cfg["stages"] = ["selection", "features"]
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also run this checkout with this profile through the same cluster (first)")
     ap.add_argument("--shards", type=int, default=0, help="add a features set computed in this many shard jobs")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--local-s", type=float, default=None,
+                    help="the local wall of an earlier measurement of the same config (skips the local run)")
     ap.add_argument("--timeout", type=int, default=3600)
     ns = ap.parse_args(argv)
     repo = ns.repo.resolve()
@@ -77,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("local", *(s[0] for s in setups)):
             (tmp_path / name).mkdir()
             (tmp_path / name / "config.yaml").write_text(cfg)
-        local = run(repo, tmp_path / "local", ["--cores", str(ns.cores)],
-                    {**os.environ, **extra, "PYTHONPATH": str(repo)}, ns.timeout)
+        local = ns.local_s or run(repo, tmp_path / "local", ["--cores", str(ns.cores)],
+                                  {**os.environ, **extra, "PYTHONPATH": str(repo)}, ns.timeout)
         out["local_s"] = round(local, 1)
         print(f"local --cores {ns.cores} ({repo}): {local:.1f} s", flush=True)
         cluster = SlurmCluster(tmp_path / "cluster", cpus=ns.cores).start()
