@@ -133,5 +133,25 @@ def run_folder(argv: list[str]) -> int:
     root = repo_root()
     # `--configfile=X` is one word: the targets the user lists after it stay targets
     cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", folder,
-           f"--configfile={cfg.resolve()}", *argv]
+           f"--configfile={cfg.resolve()}", *repo_profiles(argv, root)]
     return subprocess.call(cmd)
+
+
+def repo_profiles(argv: list[str], root: Path) -> list[str]:
+    """``--profile NAME`` names the repository's profiles/NAME (slurm, gpu) unless NAME is a folder here.
+
+    Snakemake looks a profile name up in the current folder and the user's config folders, never beside the
+    Snakefile, so from a run folder `--profile slurm` would not find the repository's.
+    """
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--profile" and i + 1 < len(out):
+            at, name, prefix = i + 1, out[i + 1], ""
+        elif arg.startswith("--profile="):
+            at, name, prefix = i, arg.split("=", 1)[1], "--profile="
+        else:
+            continue
+        ours = root / "profiles" / name
+        if not Path(name).exists() and ours.is_dir():
+            out[at] = prefix + str(ours)
+    return out

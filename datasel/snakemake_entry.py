@@ -52,8 +52,10 @@ def run_step(smk: Any, fn: Callable[[Any], None]) -> None:
         os.environ["DATASEL_PROGRESS"] = "0"
     items = getattr(getattr(smk, "wildcards", None), "items", None)
     where = " ".join(f"{k}={v}" for k, v in items()) if items else ""
-    log.info("step %s%s: started (process start and imports %s)", smk.rule, f" {where}" if where else "",
-             "?" if startup is None else f"{startup:.2f}s")
+    # a step run by a Slurm job names it, so its log ties the step to the cluster's record (squeue, sacct)
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    log.info("step %s%s: started (process start and imports %s)%s", smk.rule, f" {where}" if where else "",
+             "?" if startup is None else f"{startup:.2f}s", f" in Slurm job {slurm_job}" if slurm_job else "")
     t0 = time.perf_counter()
     try:
         fn(smk)

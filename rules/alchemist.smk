@@ -12,6 +12,9 @@ if stage_on("alchemist"):
         fail(f"names policy '{_pol}', which does not exist", "alchemist.policy",
              "use an entry of selection.policies with policy: shift_gsampling")
 
+    # metrics and a plot from finished score tables: on a cluster, on the submitting host
+    localrules: alchemist_diagnostics
+
     rule alchemist_diagnostics:
         input:
             examples="results/examples/examples.parquet",

@@ -83,6 +83,7 @@ def check_selection_config():
 # ---- runs: the selection chain runs under a root folder. `results` is the configured experiment; the quality
 # benchmark adds `results/quality/noise<pct>` runs whose config is derived from the same file (see quality.smk).
 import copy
+import difflib
 import re
 
 ROOT_RE = r"results(/quality/noise\d+)?"
@@ -125,5 +126,53 @@ def check_models():
             fail(f"unknown model '{name}'", f"{section}.model.name", f"use one of: {', '.join(sorted(MODELS))}")
 
 
+# The run's own Snakemake checks the config once. A cluster job parses this file twice more (the job's Snakemake and
+# the step it starts, --mode remote / subprocess) and would re-import the model and method registries (torch:
+# seconds per parse) to check names the run already accepted.
+CHECKS_DONE = workflow.remote_exec or workflow.subprocess_exec
+
 check_stages()
-check_models()
+if not CHECKS_DONE:
+    check_models()
+
+
+# ---- what each job asks a cluster for (profiles/slurm lists no rule: every rule states its needs here) ----
+# Threads: the torch intra-op threads every step runs with (datasel.runtime.set_threads), so a Slurm job's
+# --cpus-per-task is exactly what it uses. Runtime and memory: config compute.jobs (`default`, `gpu`, the rule's own
+# entry). A rule that runs torch on compute.device says so with gpu=True; it asks for one GPU unless the device is
+# cpu, the one switch for a cluster (or a run) without GPUs.
+THREADS = config["compute"]["threads"]
+
+
+def _rule_names():
+    """Every rule name the rule files define (also those of stages this config leaves out)."""
+    names = set()
+    for smk in Path(workflow.basedir, "rules").glob("*.smk"):
+        names.update(re.findall(r"^\s*(?:rule (\w+)|use rule \w+ as (\w+))", smk.read_text(), flags=re.M))
+    return {n for pair in names for n in pair if n}
+
+
+def check_jobs_config():
+    known = _rule_names()
+    for name in config["compute"]["jobs"]:
+        if name not in known | {"default", "gpu"}:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            fail(f"no rule '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""), f"compute.jobs.{name}",
+                 f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`")
+
+
+def job_resources(rule, gpu=False):
+    """Snakemake resources of one rule: runtime/mem_mb (and partition, constraint, GPU type) from compute.jobs, and
+    gpu=1 for a GPU rule unless compute.device is cpu."""
+    jobs = config["compute"]["jobs"]
+    use_gpu = gpu and config["compute"]["device"] != "cpu"
+    res = {**jobs.get("default", {}), **(jobs.get("gpu", {}) if use_gpu else {}), **jobs.get(rule, {})}
+    if "gpu_model" in res and not use_gpu:
+        where = "compute.jobs.default" if "gpu_model" in jobs.get("default", {}) else f"compute.jobs.{rule}"
+        fail(f"gpu_model is set for rule '{rule}', which " +
+             ("uses no GPU" if not gpu else "asks for no GPU (compute.device: cpu)"), where,
+             "give the GPU type under compute.jobs.gpu (applied to GPU jobs only)")
+    return {**res, "gpu": 1} if use_gpu else res
+
+
+check_jobs_config()

@@ -11,6 +11,9 @@ if stage_on("cures"):
         n, every = b["iterations"], b["checkpoint_every"]
         return [i for i in range(1, n + 1) if i % every == 0 or i == n]
 
+    # writing the prompt table and the report are seconds of work: on a cluster, on the submitting host
+    localrules: cures_prompts, cures_report
+
     rule cures_prompts:
         output:
             prompts="results/rl_prompts/prompts.parquet",
@@ -33,8 +36,9 @@ if stage_on("cures"):
             warmstart=CURES["warmstart"],
         wildcard_constraints:
             seed=r"\d+",
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("cures_warmstart", gpu=True),
         log:
             "logs/cures/warmstart/seed{seed}.log",
         benchmark:
@@ -59,8 +63,9 @@ if stage_on("cures"):
         wildcard_constraints:
             run=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
             seed=r"\d+",
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("cures_train", gpu=True),
         log:
             "logs/cures/train/{run}__seed{seed}.log",
         benchmark:

@@ -22,6 +22,9 @@ rule prepare:
         data=lambda wc: run_cfg(wc.root)["data"],
     wildcard_constraints:
         root=ROOT_RE,
+    threads: THREADS
+    resources:
+        **job_resources("prepare"),
     log:
         "logs/{root}/prepare.log",
     benchmark:

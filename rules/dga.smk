@@ -27,6 +27,9 @@ if stage_on("dga"):
             meta="results/examples/dga_domains.meta.json",
         params:
             data={**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})},
+        threads: THREADS
+        resources:
+            **job_resources("dga_data"),
         log:
             "logs/dga/data.log",
         script:
@@ -46,8 +49,9 @@ if stage_on("dga"):
             seed=r"\d+",
         params:
             cfg=DGA_TRAIN_CFG,
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("dga_train", gpu=True),
         log:
             "logs/dga/train_{strategy}_seed{seed}.log",
         benchmark:
@@ -64,14 +68,18 @@ if stage_on("dga"):
             scores="results/scores/dga_alignment.parquet",
         params:
             cfg={**DGA_TRAIN_CFG, "alignment": DGA["alignment"]},
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("dga_alignment", gpu=True),
         log:
             "logs/dga/alignment.log",
         script:
             script_path("dga_alignment")
 
     ruleorder: dga_alignment > score
+
+    # plots from finished trajectories: on a cluster, on the submitting host
+    localrules: dga_plots
 
     rule dga_plots:
         input:

@@ -85,14 +85,18 @@ if "features" in config:
             ckpt=r"seed\d+-epoch\d+|hf",
             split=r"train|val|test",
             shard=r"\d+",
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("features_shard", gpu=True),
         log:
             "logs/{root}/features/{fset}/{ckpt}-{split}/shard_{shard}.log",
         benchmark:
             "logs/benchmarks/{root}/features/{fset}/{ckpt}-{split}/shard_{shard}.tsv"
         script:
             script_path("features_shard")
+
+    # concatenates the shards' index files: on a cluster, on the submitting host
+    localrules: features_gather
 
     rule features_gather:
         input:

@@ -17,8 +17,9 @@ if stage_on("gaprune"):
             triplets="results/gaprune/triplets.parquet",
         params:
             cfg={**GAP_MODEL, "data": GAP["data"]},
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("gaprune_triplets", gpu=True),
         log:
             "logs/gaprune/triplets.log",
         benchmark:
@@ -33,8 +34,9 @@ if stage_on("gaprune"):
             stats="results/gaprune/stats.pt",
         params:
             cfg={**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]},
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("gaprune_stats", gpu=True),
         log:
             "logs/gaprune/stats.log",
         benchmark:
@@ -56,14 +58,18 @@ if stage_on("gaprune"):
         wildcard_constraints:
             method=r"[a-z_]+",
             pct=r"\d+",
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("gaprune_run", gpu=True),
         log:
             "logs/gaprune/run/{method}_s{pct}.log",
         benchmark:
             "logs/benchmarks/gaprune/run/{method}_s{pct}.tsv"
         script:
             script_path("gaprune_run")
+
+    # one table from the finished runs: on a cluster, on the submitting host
+    localrules: gaprune_gather
 
     rule gaprune_gather:
         input:
@@ -89,8 +95,9 @@ if stage_on("gaprune"):
             scores="results/scores/gaprune_example.parquet",
         params:
             cfg={**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]},
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("gaprune_example_scores", gpu=True),
         log:
             "logs/gaprune/example_scores.log",
         benchmark:

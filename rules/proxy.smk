@@ -12,8 +12,9 @@ rule proxy:
     wildcard_constraints:
         root=ROOT_RE,
         seed=r"\d+",
+    threads: THREADS
     resources:
-        gpu=1,
+        **job_resources("proxy", gpu=True),
     log:
         "logs/{root}/proxy/seed{seed}.log",
     benchmark:

@@ -29,6 +29,9 @@ def quality_roots():
 if "quality" in config:
     validate_section("quality")
 
+    # tables and plots from finished metrics: on a cluster, on the submitting host
+    localrules: quality_report
+
     rule quality_report:
         input:
             lambda wc: [p for r in quality_roots() for p in train_metrics(r)],

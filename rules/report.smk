@@ -24,6 +24,10 @@ def report_outputs():
     return out
 
 
+# the summary and the catalog read finished tables for a second or two: on a cluster they run on the submitting host
+localrules: report, catalog
+
+
 rule report:
     input:
         examples="results/examples/examples.parquet",
@@ -51,7 +55,8 @@ rule catalog:
 
 
 if stage_on("selection"):
-    check_selection_config()
+    if not CHECKS_DONE:
+        check_selection_config()
     register_targets(
         "selection",
         lambda: [*rules.report.output, *expand("results/scores/{m}.parquet", m=config["scoring"])],

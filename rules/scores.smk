@@ -29,8 +29,9 @@ rule score:
         # only configured entries: stages such as DGA and GAPrune write their own score tables
         # (always defined, so stages can order their own score rules before it; none without a scoring section)
         method="|".join(re.escape(m) for m in config.get("scoring", {})) or "(?!)",
+    threads: THREADS
     resources:
-        gpu=1,
+        **job_resources("score", gpu=True),
     log:
         "logs/{root}/scores/{method}.log",
     benchmark:

@@ -39,6 +39,12 @@ rule select:
         root=ROOT_RE,
         policy=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
         pct=r"\d+",
+    threads: THREADS
+    resources:
+        **job_resources("select"),
+    # one Slurm job with the training of this selection (a select step alone takes a second)
+    group:
+        "select_train"
     log:
         "logs/{root}/select/{policy}_keep{pct}.log",
     script:

@@ -27,8 +27,11 @@ rule train:
         info=lambda wc: selection_info(wc.selection),
     wildcard_constraints:
         root="results",
+    threads: THREADS
     resources:
-        gpu=1,
+        **job_resources("train", gpu=True),
+    group:
+        "select_train"
     log:
         "logs/{root}/train/{selection}.log",
     benchmark:

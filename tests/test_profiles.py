@@ -30,3 +30,68 @@ def test_profile_resolves_at_repo_root(tmp_path, profile):
     assert "train" in out and "proxy" in out
     if profile == "gpu":
         assert "gpu=1" in out.replace(" ", "") or "gpu: 1" in out
+
+
+def test_slurm_profile_names_no_partition_and_no_rule():
+    """What a cluster it has never seen needs: the account and partition keys left to fill (empty: none / the
+    cluster's default), job states from squeue (sacct fails where there is no accounting), no per-rule list."""
+    import yaml
+
+    prof = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert prof["executor"] == "slurm"
+    assert prof["default-resources"] == {"slurm_account": "", "slurm_partition": ""}
+    assert prof["slurm-status-command"] == "squeue"
+    assert "set-resources" not in prof and "set-threads" not in prof
+
+
+def _dry_run_resources(tmp_path, compute: dict) -> dict[str, str]:
+    """rule -> its resources line in `snakemake -n` on the tiny config with this compute section."""
+    import re
+
+    from conftest import TINY, snakemake, write_config
+
+    write_config(tmp_path, {**TINY, "compute": compute})
+    out = snakemake(tmp_path, "-n", "--forceall").stdout
+    found = {}
+    for m in re.finditer(r"rule (\w+):\n(?:\s+\w+:.*\n)*?\s+(?:threads: (\d+)\n\s+)?resources: (.*)\n", out):
+        found.setdefault(m.group(1), f"threads={m.group(2) or 1}, {m.group(3)}")
+    return found
+
+
+def test_job_resources_come_from_the_config(tmp_path):
+    jobs = {"default": {"runtime": 7, "mem_mb": 123}, "proxy": {"runtime": 9}, "gpu": {"gpu_model": "a100"}}
+    res = _dry_run_resources(tmp_path / "gpu", {"threads": 2, "jobs": jobs})
+    assert {"prepare", "proxy", "score", "select", "train"} <= set(res), res
+    assert "runtime=9" in res["proxy"] and "mem_mb=123" in res["proxy"] and "gpu=1" in res["proxy"]
+    assert "gpu_model=a100" in res["proxy"] and "gpu=1" in res["train"] and "gpu=1" in res["score"]
+    for rule in ("prepare", "select"):
+        assert "runtime=7" in res[rule] and "gpu" not in res[rule], res[rule]
+    assert all(r.startswith("threads=2,") for name, r in res.items() if name not in ("all", "report", "catalog")), res
+    # the switch for a cluster without GPUs: no job asks for one, the GPU type goes with it
+    off = _dry_run_resources(tmp_path / "cpu", {"device": "cpu", "jobs": jobs})
+    assert not any("gpu" in r for r in off.values()), off
+    assert "runtime=9" in off["proxy"]
+
+
+def test_job_resources_refuse_an_unknown_rule(tmp_path):
+    from conftest import TINY, snakemake, write_config
+
+    write_config(tmp_path, {**TINY, "compute": {"jobs": {"proxxy": {"runtime": 5}}}})
+    proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "compute.jobs.proxxy" in out and "did you mean 'proxy'" in out, out[-2000:]
+
+
+def test_datasel_run_finds_the_repository_profiles(tmp_path, monkeypatch):
+    """`datasel run DIR --profile slurm` from any folder: Snakemake itself looks the name up only here and in the
+    user's config folders. A folder of that name here still wins (Snakemake's own rule)."""
+    from datasel.runfolder import repo_profiles
+
+    monkeypatch.chdir(tmp_path)
+    ours = str(ROOT / "profiles" / "slurm")
+    assert repo_profiles(["--profile", "slurm", "-n"], ROOT) == ["--profile", ours, "-n"]
+    assert repo_profiles(["--profile=gpu"], ROOT) == [f"--profile={ROOT / 'profiles' / 'gpu'}"]
+    assert repo_profiles(["--profile", "elsewhere"], ROOT) == ["--profile", "elsewhere"]
+    (tmp_path / "slurm").mkdir()
+    assert repo_profiles(["--profile", "slurm"], ROOT) == ["--profile", "slurm"]
