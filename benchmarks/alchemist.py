@@ -80,7 +80,7 @@ def run_dataset(name: str, seeds: list[int], train_steps: int | None, work: Path
     t0 = time.perf_counter()
     train_classifier(proxy, x, y, {**pcfg, "budget": {"unit": "epochs", "value": int(pcfg["epochs"])}}, seed=1000,
                      checkpoint_epochs=(epoch,),
-                     on_checkpoint=lambda e, m: save_checkpoint(ckpt, m, model_cfg=pcfg["model"], epoch=e, seed=0))
+                     on_checkpoint=lambda e, m, *_: save_checkpoint(ckpt, m, model_cfg=pcfg["model"], epoch=e, seed=0))
     proxy_epoch_s = (time.perf_counter() - t0) / int(pcfg["epochs"])
 
     # 2. ratings (with the group MLP, and the ablation without it)
