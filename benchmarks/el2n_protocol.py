@@ -90,6 +90,7 @@ def main() -> None:
             auroc[f"{e}:{k}"] = float(roc_auc_score(is_noisy, s))
             scores[(e, k)] = finalize_scores(pl.DataFrame({"example_id": ids, "score": s}), "el2n")
 
+    print(f"proxy training {t_proxy:.0f}s; noise AUROC by epoch:K {json.dumps(auroc)}", flush=True)
     tcfg = dict(cfg["training"])
     if args.target_steps:
         tcfg["budget"] = {"unit": "steps", "value": int(args.target_steps)}
@@ -110,6 +111,7 @@ def main() -> None:
             accs.append(evaluate(model, xt, yt)["accuracy"])
         offset[pair] = {"noise_kept": float(is_noisy[mask].mean()), "acc_mean": statistics.mean(accs),
                         "acc_runs": accs}
+        print(f"  offset at {pair}: {offset[pair]}", flush=True)
     wall = time.perf_counter() - t0
     print(f"EL2N protocol on the default experiment: {len(ids)} training examples, {is_noisy.mean():.0%} noisy, "
           f"{args.runs} proxy runs of {pcfg['epochs']} epochs ({pcfg['schedule']}), proxy training {t_proxy:.0f}s")

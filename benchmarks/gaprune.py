@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mine-only", action="store_true", help="stop after writing --save-triplets")
+    ap.add_argument("--domain-eval-only", action="store_true",
+                    help="evaluate retrieval on the domain eval split only (halves the evaluation cost)")
     args = ap.parse_args()
 
     os.environ.setdefault("DATASEL_PROGRESS", "0")
@@ -127,23 +129,33 @@ def main() -> None:
     stats = compute_stats(load_model(cfg), triplets, cfg, args.seed)
     t_stats = time.perf_counter() - t1
 
+    run_triplets = triplets
+    if args.domain_eval_only:
+        from datasel.data.triplets import Triplets
+
+        run_triplets = Triplets.concat([triplets.where("domain", "train"), triplets.where("domain", "eval"),
+                                        triplets.where("general", "train")])
+    print(f"statistics done ({t_stats:.0f}s); triplets {sizes}", flush=True)
+    sweep = [float(x) for x in args.sweep.split(",") if x]
+    # cheap and the heart of the question (does DAI prune what magnitude prunes?): printed before any evaluation
+    overlap, terms = mask_overlap_and_terms(cfg, stats, [args.sparsity, *sweep], args.methods.split(","), args.seed)
+    print(f"overlap with DAI: {overlap}", flush=True)
     results: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
-    sweep = [float(x) for x in args.sweep.split(",") if x]
     for sp in [args.sparsity, *sweep]:
         for method in args.methods.split(","):
             if method == "dense" and sp != args.sparsity:
                 continue
             key = method if sp == args.sparsity else f"{method}@{sp:g}"
             t = time.perf_counter()
-            out = run_one(cfg, triplets, None if method == "dense" else stats, method,
+            out = run_one(cfg, run_triplets, None if method == "dense" else stats, method,
                           0.0 if method == "dense" else sp, args.seed)
             timings[key] = round(time.perf_counter() - t, 1)
             for r in out["metrics"]:
                 stage = r["selection"].rsplit("_", 1)[1]
                 results.setdefault(key, {})[f"{r['split']}_{stage}_{r['metric']}"] = round(r["value"], 4)
+            print(f"  {key}: {results[key]} ({timings[key]}s)", flush=True)
 
-    overlap, terms = mask_overlap_and_terms(cfg, stats, [args.sparsity, *sweep], args.methods.split(","), args.seed)
     dev = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     print(f"GAPrune benchmark on {dev}: model {args.model}, sparsity {args.sparsity:.0%} of the MLP weights, "
           f"{args.steps} retraining steps; triplets {sizes}; data {t_data:.0f}s, statistics {t_stats:.0f}s")
