@@ -59,8 +59,10 @@ ARMS = ("alchemist_sg", "alchemist_top", "random", "alchemist_nogroup_sg", "alch
 
 
 def run_dataset(name: str, seeds: list[int], train_steps: int | None, work: Path,
-                arms_wanted: tuple[str, ...] = ARMS) -> dict[str, Any]:
+                arms_wanted: tuple[str, ...] = ARMS, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = merged_config(name)
+    for entry in cfg["alchemist"]["scores"]:  # e.g. warmup / rater_optimizer for a before/after comparison
+        cfg["scoring"][entry].update(overrides or {})
     examples, meta = build_examples(cfg["data"])
     ex_path = write_table(examples, work / name / "examples.parquet", "examples")
     x, y, ids = load_split(examples, "train")
@@ -78,7 +80,7 @@ def run_dataset(name: str, seeds: list[int], train_steps: int | None, work: Path
     t0 = time.perf_counter()
     train_classifier(proxy, x, y, {**pcfg, "budget": {"unit": "epochs", "value": int(pcfg["epochs"])}}, seed=1000,
                      checkpoint_epochs=(epoch,),
-                     on_checkpoint=lambda e, m: save_checkpoint(ckpt, m, model_cfg=pcfg["model"], epoch=e, seed=0))
+                     on_checkpoint=lambda e, m, *_: save_checkpoint(ckpt, m, model_cfg=pcfg["model"], epoch=e, seed=0))
     proxy_epoch_s = (time.perf_counter() - t0) / int(pcfg["epochs"])
 
     # 2. ratings (with the group MLP, and the ablation without it)
@@ -182,15 +184,21 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=None, help="override training.budget (steps) to save time")
     ap.add_argument("--work", default="/tmp/datasel_bench_alchemist")
     ap.add_argument("--arms", default=",".join(ARMS), help="policy entries to train on (full data always runs)")
+    ap.add_argument("--warmup", choices=["paper", "joint"], help="override the rater's warm-up mode")
+    ap.add_argument("--rater-optimizer", choices=["adam", "sgd"], help="override the rater's optimizer")
+    ap.add_argument("--rater-lr", type=float, help="override the rater's learning rate")
     args = ap.parse_args()
     os.environ.setdefault("DATASEL_PROGRESS", "0")
     logging.basicConfig(level=logging.WARNING)
     set_threads(1)
     work = Path(args.work)
-    out: dict[str, Any] = {"seeds": args.seeds}
+    overrides = {k: v for k, v in (("warmup", args.warmup), ("rater_optimizer", args.rater_optimizer),
+                                   ("rater_lr", args.rater_lr)) if v is not None}
+    out: dict[str, Any] = {"seeds": args.seeds, "overrides": overrides}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
-        r = run_dataset(name, list(range(args.seeds)), args.train_steps, work, tuple(args.arms.split(",")))
+        r = run_dataset(name, list(range(args.seeds)), args.train_steps, work, tuple(args.arms.split(",")),
+                        overrides)
         r["wall_s"] = time.perf_counter() - t0
         out[name] = r
         print(f"\n== {name}: {r['n_train']} training examples, {r['noise_fraction']:.0%} noisy labels, "

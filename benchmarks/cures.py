@@ -3,8 +3,11 @@
 Per seed: one arithmetic prompt table, one warm-started TinyGPT shared by every method (same start), then each
 curriculum runs GRPO for the same number of iterations × rollouts. Figures: held-out accuracy against rollouts
 consumed (mean over seeds), final accuracy, area under the accuracy curve, and the rollouts each method needs to
-reach uniform GRPO's final accuracy. ``cures`` uses a small τ; ``cures_tau10`` the near-uniform τ of the released
-code. The last line is one JSON object.
+reach uniform GRPO's final accuracy. ``cures`` uses a small τ and the official empirical σ; ``cures_posterior`` the
+Beta-posterior σ (this project's earlier default); ``cures_tau10`` a near-uniform constant τ; ``cures_tau_prompt`` the
+official per-prompt τ = 100·(correct + 1). A run name ending in ``@population`` trains with the population group std
+instead of the unbiased one (verl's, the default): ``cures_posterior@population`` is the earlier code's CurES.
+The last line is one JSON object.
 
     DATASEL_PROGRESS=0 python benchmarks/cures.py --seeds 0 1 2
 """
@@ -31,7 +34,11 @@ from datasel.runtime import seed_everything, set_threads
 RUNS = {
     "grpo": {"sampler": "uniform", "group_size": 8},
     "cures": {"sampler": "cures", "tau": 0.1, "batch_prompts": 32, "estimate_rollouts": 4, "min_group": 2},
+    "cures_posterior": {"sampler": "cures", "tau": 0.1, "batch_prompts": 32, "estimate_rollouts": 4, "min_group": 2,
+                        "sigma": "posterior"},
     "cures_tau10": {"sampler": "cures", "tau": 10.0, "batch_prompts": 32, "estimate_rollouts": 4, "min_group": 2},
+    "cures_tau_prompt": {"sampler": "cures", "tau_mode": "per_prompt", "batch_prompts": 32, "estimate_rollouts": 4,
+                         "min_group": 2},
     "vade": {"sampler": "vade", "group_size": 8, "decay": 0.9},
     "reinforce_ada": {"sampler": "reinforce_ada", "round_size": 4, "max_per_prompt": 16, "active_prompts": 32},
 }
@@ -47,7 +54,8 @@ def main() -> None:
     ap.add_argument("--warm-steps", type=int, default=2000)
     ap.add_argument("--warm-target", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--runs", nargs="+", default=list(RUNS))
+    ap.add_argument("--runs", nargs="+", default=["grpo", "cures", "cures_tau10", "vade", "reinforce_ada"],
+                    help=f"of {list(RUNS)}, each optionally suffixed @population")
     args = ap.parse_args()
     set_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -56,7 +64,7 @@ def main() -> None:
     cfg = {"budget": {"iterations": args.iterations, "rollouts_per_iteration": args.budget},
            "grpo": {"lr": args.lr, "kl_coef": 0.01, "clip_eps": 0.2, "temperature": 1.0, "ppo_epochs": 1,
                     "minibatch_size": 256},
-           "eval": {"every": 1}, "runs": {k: RUNS[k] for k in args.runs}}
+           "eval": {"every": 1}, "runs": {k: RUNS[k.split("@")[0]] for k in args.runs}}
     curves = []
     timing: dict[str, float] = {}
     for seed in args.seeds:
@@ -73,7 +81,8 @@ def main() -> None:
         for run in args.runs:
             t0 = time.time()
             policy = load_policy(start, torch.device("cpu"))
-            metrics, _ = run_rl(policy, prompts, cfg, run, seed)
+            std = "population" if run.endswith("@population") else "unbiased"
+            metrics, _ = run_rl(policy, prompts, {**cfg, "grpo": {**cfg["grpo"], "std": std}}, run, seed)
             timing[run] = timing.get(run, 0.0) + time.time() - t0
             acc = metrics.filter(pl.col("metric") == "accuracy").select("selection", "seed", "rollouts", "value")
             curves.append(acc)

@@ -78,17 +78,22 @@ def test_zero_init_gives_uniform_weights_and_ablation_holds_batch_weight():
 # ------------------------------------------------------------------------------------------ bilevel vs reference
 def _reference(model, rater, feats, x, y, xv, yv, cfg: BilevelConfig, seed: int):
     """The same loop written with nn.Module copies, loss.backward-style autograd and a per-sample loop for
-    Σ_i pen_i ∇_μ W_i — no torch.func — and plain SGD on the rater."""
+    Σ_i pen_i ∇_μ W_i — no torch.func — and plain SGD on the rater. ``warmup: paper``: θ stands still during the
+    warm-up and is replaced by a copy of θ̂ when it ends."""
     theta, theta_hat, rater = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(rater)
     gen = torch.Generator().manual_seed(seed)
     ti, vi = _batches(x.shape[0], cfg.batch_size, gen), _batches(xv.shape[0], cfg.val_batch_size, gen)
     for step in range(cfg.warmup_steps + cfg.steps):
         idx, vidx = next(ti), next(vi)
+        if cfg.warmup == "paper" and step == cfg.warmup_steps and step > 0:
+            theta = copy.deepcopy(theta_hat)
         with torch.no_grad():
             w = rater(feats[idx])
         l_t = F.cross_entropy(theta(x[idx]), y[idx], reduction="none")
         obj_t = cfg.val_weight * F.cross_entropy(theta(xv[vidx]), yv[vidx]) + (w * l_t).sum()
         gt = torch.autograd.grad(obj_t, list(theta.parameters()))
+        if cfg.warmup == "paper" and step < cfg.warmup_steps:
+            gt = [torch.zeros_like(g) for g in gt]
         l_h = F.cross_entropy(theta_hat(x[idx]), y[idx], reduction="none")
         gh = torch.autograd.grad((w * l_h).sum(), list(theta_hat.parameters()))
         if step >= cfg.warmup_steps:
@@ -110,9 +115,10 @@ def _reference(model, rater, feats, x, y, xv, yv, cfg: BilevelConfig, seed: int)
     return rater
 
 
-@pytest.mark.parametrize("update", ["penalty", "simplified"])
-@pytest.mark.parametrize("group", [True, False])
-def test_meta_update_matches_slow_autograd_reference(update, group):
+@pytest.mark.parametrize("update,group,warmup", [("penalty", True, "paper"), ("simplified", True, "paper"),
+                                                 ("penalty", False, "paper"), ("penalty", True, "joint"),
+                                                 ("simplified", False, "joint")])
+def test_meta_update_matches_slow_autograd_reference(update, group, warmup):
     x, y, xv, yv, _ = blobs(96, 40)
     torch.manual_seed(1)
     model = build_model({"name": "mlp", "hidden": [16]}, META)
@@ -121,7 +127,7 @@ def test_meta_update_matches_slow_autograd_reference(update, group):
     for p in rater.parameters():
         torch.nn.init.normal_(p, std=0.3)
     cfg = BilevelConfig(steps=3, warmup_steps=2, batch_size=16, val_batch_size=8, proxy_lr=0.5, rater_lr=0.3,
-                        rater_optimizer="sgd", update=update, val_weight=2.0)
+                        rater_optimizer="sgd", update=update, val_weight=2.0, warmup=warmup)
     ref = _reference(model, rater, feats, x, y, xv, yv, cfg, seed=5)
     start = copy.deepcopy(rater)
     got, hist = train_rater(model, feats, x, y, xv, yv, cfg, rater, seed=5, device="cpu")
@@ -204,7 +210,7 @@ def test_feature_blocks_are_zscored_and_bad_kinds_refused():
 
 @pytest.mark.parametrize(
     "key, value", [("update", "exact"), ("rater_optimizer", "lbfgs"), ("proxy_lr", 0.0), ("batch_size", 1),
-                   ("steps", -1), ("proxy_init", "random")]
+                   ("steps", -1), ("proxy_init", "random"), ("warmup", "both")]
 )
 def test_bad_config_names_its_field(key, value):
     with pytest.raises(ConfigError) as err:

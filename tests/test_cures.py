@@ -176,6 +176,69 @@ def test_cures_focuses_on_uncertain_prompts() -> None:
     assert counts.max() / counts.min() < 1.01
 
 
+def _reference_sigma_empirical(g, idx, r, chosen):
+    """σ per chosen prompt from its own estimation rollouts only: p = s/n, moments over its correct/wrong rollouts."""
+    out = []
+    for x in chosen:
+        gc = [float(g[i]) for i in range(len(idx)) if idx[i] == x and r[i] > 0.5]
+        gw = [float(g[i]) for i in range(len(idx)) if idx[i] == x and r[i] <= 0.5]
+        p = len(gc) / (len(gc) + len(gw))
+        q = 1 - p
+        m = lambda v, k: sum(t**k for t in v) / len(v) if v else 0.0  # noqa: E731
+        var = p * q * q * m(gc, 2) + p * p * q * m(gw, 2) - p * p * q * q * (m(gc, 1) - m(gw, 1)) ** 2
+        out.append(max(var, 0.0) ** 0.5)
+    return np.array(out)
+
+
+def test_cures_empirical_sigma_matches_reference_and_skips_settled_prompts() -> None:
+    """Official default: prompts whose estimation rollouts were all right or all wrong get σ = 0, no rollouts."""
+    env = FakeEnv(P, seed=2)
+    s = CurES({"tau": 0.05, "batch_prompts": 16, "estimate_rollouts": 4, "min_group": 2}, len(P),
+              np.random.default_rng(3))
+    old = CurES({"tau": 0.05, "batch_prompts": 16, "estimate_rollouts": 4, "min_group": 2, "sigma": "posterior"},
+                len(P), np.random.default_rng(3))
+    gen = np.random.default_rng(0)
+    idx = np.repeat(np.arange(10), 4)
+    r = (gen.random(40) < 0.5).astype(float)
+    r[:4], r[4:8] = 1.0, 0.0  # prompt 0 all right, prompt 1 all wrong
+    g = gen.random(40) + 1.0
+    chosen = np.arange(10)
+    got = s._sigma(g, idx, r > 0.5, chosen)
+    np.testing.assert_allclose(got, _reference_sigma_empirical(g, idx, r, chosen), rtol=1e-10, atol=1e-12)
+    assert got[0] == 0 and got[1] == 0
+    assert (old._sigma(g, idx, r > 0.5, chosen)[:2] > 0).all()  # the posterior mode still funds them
+    settled_share, settled_share_old = [], []
+    for it in range(1, 6):
+        for sampler, out in ((s, settled_share), (old, settled_share_old)):
+            res = sampler.step(env, 128, it)
+            n_x = np.bincount(res.batch.prompt_idx.numpy(), minlength=len(P))
+            out.append(n_x[np.r_[0:40, 60:100]].sum() / max(n_x.sum(), 1))
+    assert max(settled_share) == 0.0  # P is exactly 0 or 1 there: every estimation agrees, σ = 0
+    assert max(settled_share_old) > 0.0
+    with pytest.raises(ConfigError, match="sigma"):
+        CurES({"sigma": "bayes"}, 4, np.random.default_rng(0))
+
+
+def test_cures_per_prompt_temperature() -> None:
+    """τ_x = 100·(c_x + 1) with c_x the correct rollouts seen for x; ρ ∝ exp(√(p̂q̂)/τ_x)."""
+    s = CurES({"tau_mode": "per_prompt", "batch_prompts": 8, "estimate_rollouts": 4}, len(P), np.random.default_rng(0))
+    env = FakeEnv(P)
+    for it in (1, 2):
+        s.step(env, 128, it)
+    # every rollout updates the Beta counts (update_from both), so α − 1 is the correct count, read independently
+    correct = s.post.alpha - 1.0
+    assert correct.sum() > 0
+    p_hat = s.post.p_hat.copy()
+    z = np.sqrt(p_hat * (1 - p_hat)) / (100.0 * (correct + 1.0))
+    ref = np.array([np.exp(v) for v in z])
+    res = s.step(env, 128, 3)
+    np.testing.assert_allclose(res.rho, ref / ref.sum(), rtol=1e-10)
+    constant = sampling_weights(p_hat, 0.1)
+    assert np.abs(constant - res.rho).max() > 1e-4  # the modes differ
+    with pytest.raises(ConfigError, match="tau_mode"):
+        CurES({"tau_mode": "annealed"}, 4, np.random.default_rng(0))
+
+
 def test_cures_refuses_budget_eaten_by_estimation() -> None:
     s = CurES({"batch_prompts": 32, "estimate_rollouts": 4}, len(P), np.random.default_rng(0))
     with pytest.raises(ConfigError, match="whole budget"):

@@ -121,7 +121,8 @@ def test_masks_prune_exactly_the_lowest(budget):
 def test_gradient_statistics_match_slow_reference(model, triplets):
     params = candidate_params(model, "mlp")
     dom, gen = triplets.where("domain", "train"), triplets.where("general", "train")
-    stats = gradient_statistics(model, dom, gen, params, {"batch_size": 8, "max_seq_len": 32}, seed=0)
+    stats = gradient_statistics(model, dom, gen, params, {"batch_size": 8, "max_seq_len": 32, "mode": "eval",
+                                                          "normalize": "batches"}, seed=0)
     from datasel.training.embedding import batches
 
     def batch_grads(data, seed):
@@ -146,6 +147,128 @@ def test_gradient_statistics_match_slow_reference(model, triplets):
         assert s.shape == params[n].shape and 0 < float(s.min()) and float(s.max()) < 1
     with pytest.raises(ConfigError, match="needs gradient statistics"):
         score_weights("fisher", params, None)
+
+
+def test_fisher_normalized_by_samples_in_train_mode(model, triplets, monkeypatch):
+    """The official estimator: Σ_batches g_b² / number of triplets, gathered with dropout on (train mode)."""
+    params = candidate_params(model, "mlp")
+    dom, gen = triplets.where("domain", "train").subset(range(13)), triplets.where("general", "train")
+    from datasel.pruning import stats as stats_mod
+    from datasel.runtime import seed_everything
+    from datasel.training.embedding import batches
+
+    modes: list[bool] = []
+    orig = stats_mod.triplet_loss
+
+    def spy(m, *a, **k):
+        modes.append(m.training)
+        return orig(m, *a, **k)
+
+    monkeypatch.setattr(stats_mod, "triplet_loss", spy)
+    assert not model.training
+    got = gradient_statistics(model, dom, gen, params, {"batch_size": 4, "max_seq_len": 32}, seed=5)
+    assert modes and all(modes) and not model.training  # dropout on while gathering, the caller's mode restored
+    monkeypatch.setattr(stats_mod, "triplet_loss", orig)
+    # slow reference: the same seeded dropout stream, batches taken in the same interleaved order, explicit sums
+    seed_everything(5)
+    model.train()
+    dom_b = [b for b in batches(dom, 4, 5) if len(b) > 1]
+    gen_b = [b for b in batches(gen, 4, 6) if len(b) > 1]
+    sq = {k: {n: torch.zeros_like(p) for n, p in params.items()} for k in ("d", "g")}
+    for i in range(max(len(dom_b), len(gen_b))):
+        for key, bl in (("d", dom_b), ("g", gen_b)):
+            if i < len(bl):
+                grads = torch.autograd.grad(triplet_loss(model, bl[i], 20.0, 32), list(params.values()))
+                for n, g in zip(params, grads):
+                    sq[key][n] += g * g
+    model.eval()
+    n_dom = sum(len(b) for b in dom_b)
+    assert n_dom == 12 and len(dom_b) == 3  # 13 = 4 + 4 + 4 + 1: the singleton batch is dropped, 12 triplets count
+    for n in params:
+        torch.testing.assert_close(got.fisher_domain[n], sq["d"][n] / n_dom, rtol=1e-4, atol=1e-14)
+        torch.testing.assert_close(got.fisher_general[n], sq["g"][n] / len(gen), rtol=1e-4, atol=1e-14)
+    with pytest.raises(ConfigError, match="fisher.normalize"):
+        gradient_statistics(model, dom, gen, params, {"normalize": "rows"})
+    with pytest.raises(ConfigError, match="fisher.mode"):
+        gradient_statistics(model, dom, gen, params, {"mode": "dropout"})
+
+
+def _reference_postproc(vals: list[float], how: str) -> list[float]:
+    n = len(vals)
+    if how == "minmax":
+        lo, hi = min(vals), max(vals)
+        return [(v - lo) / (hi - lo + 1e-8) for v in vals]
+    if how == "rank":
+        order = sorted(range(n), key=lambda i: (vals[i], i))
+        out = [0.0] * n
+        for r, i in enumerate(order):
+            out[i] = (r + 1) / n
+        return out
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    return [1 / (1 + math.exp(-(v - mean) / (std + 1e-8))) for v in vals]
+
+
+@pytest.mark.parametrize("post", ["zscore_sigmoid", "minmax", "rank"])
+def test_dai_postprocessing_rescue_and_fusion_match_reference(post):
+    """GAPrune's post-processing, recomputed weight by weight: rescue of flat tensors, min-max / rank, fusion α/β."""
+    from datasel.pruning.stats import GradStats
+
+    g = torch.Generator().manual_seed(7)
+    w = {"enc.layer.0.w": torch.randn(4, 5, generator=g), "enc.layer.1.w": torch.randn(3, 4, generator=g)}
+    fd = {n: torch.rand(t.shape, generator=g) * 0.3 for n, t in w.items()}
+    fg = {n: torch.rand(t.shape, generator=g) * 0.1 for n, t in w.items()}
+    gd = {n: torch.randn(t.shape, generator=g) for n, t in w.items()}
+    gg = {n: torch.randn(t.shape, generator=g) for n, t in w.items()}
+    # layer 1: no Fisher signal and c = 0 → every importance is softplus(0): the rescue orders it by |w|
+    fd["enc.layer.1.w"] = fg["enc.layer.1.w"] = torch.zeros(3, 4)
+    w["enc.layer.1.w"][0, 0] = 5.0  # the largest weight: the rescue must rank it highest
+    stats = GradStats(fd, fg, gd, gg)
+    params = {n: torch.nn.Parameter(t) for n, t in w.items()}
+    for alpha, fbeta in ((0.0, 1.0), (2.0, 0.5)):
+        got = score_weights("dai", params, stats, {"postproc": post, "fusion_alpha": alpha, "fusion_beta": fbeta,
+                                                   "smooth": False, "c": 0.0})
+        for n, t in w.items():
+            flat_w = t.flatten().tolist()
+            a = (gg[n] / gg[n].norm() * gd[n] / gd[n].norm()).flatten().tolist()
+            raw = []
+            for j, wj in enumerate(flat_w):
+                m = abs(wj)
+                factor = min(1.2, max(0.8, 1 + 0.2 * a[j]))
+                x = (float(fd[n].flatten()[j]) - float(fg[n].flatten()[j])) * m * factor  # c = 0
+                raw.append(math.log1p(math.exp(x)))
+            mean_r = sum(raw) / len(raw)
+            if math.sqrt(sum((r - mean_r) ** 2 for r in raw) / (len(raw) - 1)) < 1e-6:
+                mean_m = sum(abs(v) for v in flat_w) / len(flat_w)
+                raw = [r * (0.5 + 0.5 * abs(v) / (mean_m + 1e-8)) for r, v in zip(raw, flat_w)]
+                assert n == "enc.layer.1.w"
+            ref = _reference_postproc(raw, post)
+            if alpha != 0.0 or fbeta != 1.0:
+                ref = [alpha * float(fd[n].flatten()[j]) * abs(flat_w[j]) + fbeta * r for j, r in enumerate(ref)]
+            assert got[n].flatten().tolist() == pytest.approx(ref, rel=1e-4, abs=1e-6)
+        assert int(got["enc.layer.1.w"].argmax()) == 0
+    # without the rescue the flat tensor has no order at all
+    off = score_weights("dai", params, stats, {"rescue": False, "postproc": "minmax", "c": 0.0})
+    assert float(off["enc.layer.1.w"].abs().max()) == 0.0
+    with pytest.raises(ConfigError, match="postproc"):
+        score_weights("dai", params, stats, {"postproc": "softmax"})
+
+
+@pytest.mark.parametrize("budget", ["per_layer", "per_tensor"])
+def test_per_group_clamps_rho_min_max(budget):
+    g = torch.Generator().manual_seed(4)
+    scores = {f"enc.layer.{i}.w": torch.rand(10, 10, generator=g) + i for i in range(3)}
+    for sp, expect in ((0.98, 95), (0.02, 5), (0.5, 50)):  # floor(0.95·100), floor(0.05·100), unclamped
+        masks = masks_from_scores(scores, sp, budget)
+        for n, m in masks.items():
+            assert int((~m).sum()) == expect
+            assert scores[n][~m].max() <= scores[n][m].min()
+    masks = masks_from_scores(scores, 0.98, budget, rho_min=0.0, rho_max=1.0)
+    assert all(int((~m).sum()) == 98 for m in masks.values())
+    glob = masks_from_scores(scores, 0.02, "global")  # no clamp globally: the lowest layer takes all 6 prunings
+    assert int((~glob["enc.layer.0.w"]).sum()) == 6 and int((~glob["enc.layer.2.w"]).sum()) == 0
+    with pytest.raises(ConfigError, match="rho_min"):
+        masks_from_scores(scores, 0.5, budget, rho_min=0.9, rho_max=0.1)
 
 
 def test_retraining_holds_the_mask_and_learns(model, triplets):

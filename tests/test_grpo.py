@@ -22,11 +22,36 @@ torch.set_num_threads(1)
 def test_group_advantages_known_values() -> None:
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.5, 0.5])
     g = torch.tensor([7, 7, 7, 7, 3, 3, 9, 9])
-    a = group_advantages(r, g, eps=0.0 + 1e-12)
+    a = group_advantages(r, g, eps=0.0 + 1e-12, std="population")
     std = np.sqrt(0.1875)  # population std of (1, 0, 0, 0)
     assert torch.allclose(a[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / std, atol=1e-5)
+    default = group_advantages(r, g, eps=1e-12)  # verl: unbiased std, sqrt(0.75 / 3)
+    assert torch.allclose(default[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / np.sqrt(0.25), atol=1e-5)
     assert torch.all(a[4:] == 0)  # groups without spread carry no signal
     assert torch.allclose(group_advantages(r, g, scale=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+@pytest.mark.parametrize("std", ["unbiased", "population"])
+def test_group_advantages_match_explicit_loop(std: str) -> None:
+    """Random groups (sizes 1-5) against a per-group loop with hand-written mean and std."""
+    gen = np.random.default_rng(3)
+    groups = np.repeat(np.arange(12), gen.integers(1, 6, 12))
+    rewards = gen.integers(0, 2, len(groups)).astype(np.float32)
+    got = group_advantages(torch.from_numpy(rewards), torch.from_numpy(groups), std=std).numpy()
+    for k in np.unique(groups):
+        members = [i for i in range(len(groups)) if groups[i] == k]
+        vals = [float(rewards[i]) for i in members]
+        mean = sum(vals) / len(vals)
+        div = (len(vals) - 1 if std == "unbiased" else len(vals)) or 1
+        sd = (sum((v - mean) ** 2 for v in vals) / div) ** 0.5
+        for i, v in zip(members, vals):
+            assert got[i] == pytest.approx((v - mean) / (sd + 1e-6), abs=1e-5)
+    pair = group_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), std=std)
+    assert float(pair[0]) == pytest.approx(1 / np.sqrt(2) if std == "unbiased" else 1.0, rel=1e-4)
+    from datasel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="std"):
+        group_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), std="sample")
 
 
 def test_loss_is_policy_gradient_at_ratio_one_and_clips() -> None:

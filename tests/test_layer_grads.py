@@ -133,6 +133,20 @@ class BatchCentered(nn.Module):
         return h - h.mean(0, keepdim=True) if h.shape[0] > 1 else h
 
 
+class TailCoupled(nn.Module):
+    """Couples only the rows after the fourth (centres them on their own mean): the leading rows look independent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(40, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        if h.shape[0] <= 4:
+            return h
+        return torch.cat([h[:4], h[4:] - h[4:].mean(0, keepdim=True)])
+
+
 class Untraceable(nn.Module):
     """Data-dependent Python control flow, which vmap refuses, and a bare parameter, which the layer path refuses."""
 
@@ -149,6 +163,7 @@ class Untraceable(nn.Module):
 
 @pytest.mark.parametrize("model_cls, mode, message", [
     (BatchCentered, "vmap", "interact inside a batch"),
+    (TailCoupled, "vmap", "interact inside a batch"),  # invisible on rows 0-1; the spread check catches it
     (Untraceable, "loop", "vmap cannot trace Untraceable"),
 ])
 def test_auto_steps_down_with_logged_reason(model_cls: type, mode: str, message: str,

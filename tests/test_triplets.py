@@ -19,7 +19,7 @@ from datasel.data.triplets import (
     read_triplets,
     write_triplets,
 )
-from datasel.errors import DataError
+from datasel.errors import ConfigError, DataError
 from datasel.models.embedding import tiny_random_model
 
 torch.set_num_threads(1)
@@ -126,3 +126,30 @@ def test_build_triplet_set_splits_are_disjoint_and_negatives_wrong(code_pairs, t
 def test_triplets_reject_ragged_fields():
     with pytest.raises(DataError, match="negative"):
         Triplets(["a", "b"], ["c", "d"], ["e"])
+
+
+@pytest.mark.parametrize("on", ["query", "query_positive"])
+def test_kmeans_runs_on_query_embeddings_by_default(on, monkeypatch):
+    """GAPrune's sample.py clusters the query embeddings; normalize(q + p) is kept as an option."""
+    import datasel.data.triplets as tmod
+
+    model = tiny_random_model(32)
+    qs = [f"query number {i} about topic {i % 4}" for i in range(30)]
+    ps = [f"answer {i} text {i % 3}" for i in range(30)]
+    negs = [f"negative {i}" for i in range(30)]
+    seen: list[torch.Tensor] = []
+    orig = tmod.kmeans_diverse
+    monkeypatch.setattr(tmod, "kmeans_diverse", lambda emb, k, seed=0: seen.append(emb) or orig(emb, k, seed))
+    kw = {} if on == "query" else {"kmeans_on": on}
+    t = build_triplet_set(model, qs, ps, negs, "domain", n_train=6, n_eval=5, max_candidates=20, seed=1, **kw)
+    assert len(t.where("domain", "train")) == 6 and len(seen) == 1
+    pool = torch.randperm(30, generator=torch.Generator().manual_seed(1)).tolist()[5:25]
+    q_ref = torch.stack([model.encode([qs[i]])[0] for i in pool])  # one text at a time: an independent encoding
+    if on == "query":
+        ref = q_ref
+    else:
+        p_ref = torch.stack([model.encode([ps[i]])[0] for i in pool])
+        ref = torch.nn.functional.normalize(q_ref + p_ref, dim=-1)
+    torch.testing.assert_close(seen[0], ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="kmeans_on"):
+        build_triplet_set(model, qs, ps, negs, "domain", 6, 5, 20, 1, kmeans_on="negative")

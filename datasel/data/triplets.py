@@ -266,7 +266,7 @@ def _torch_kmeans_neighbours(x: torch.Tensor, k: int, seed: int, niter: int, m: 
 
 def build_triplet_set(model: EmbeddingModel, queries: list[str], positives: list[str], negatives: list[str] | None,
                       name: str, n_train: int, n_eval: int, max_candidates: int, seed: int,
-                      select: str = "kmeans", encode_batch: int = 64) -> Triplets:
+                      select: str = "kmeans", encode_batch: int = 64, kmeans_on: str = "query") -> Triplets:
     """Split pairs into a held-out eval part and a train pool, mine hard negatives, pick train by k-means.
 
     The eval split is drawn first and at random (so it stays an unbiased sample); negatives are mined inside each
@@ -294,7 +294,15 @@ def build_triplet_set(model: EmbeddingModel, queries: list[str], positives: list
         keep = list(range(len(idx)))
         if split == "train" and len(idx) > n_train:
             if select == "kmeans":
-                feat = q_emb if p_emb is None else torch.nn.functional.normalize(q_emb + p_emb, dim=-1)
+                if kmeans_on == "query":  # GAPrune's sample.py clusters the query embeddings (text_key: query)
+                    feat = q_emb
+                elif kmeans_on == "query_positive":
+                    if p_emb is None:
+                        p_emb = model.encode(p, encode_batch, desc=f"encode {name}/{split} positives")
+                    feat = torch.nn.functional.normalize(q_emb + p_emb, dim=-1)
+                else:
+                    raise ConfigError(f"unknown kmeans_on '{kmeans_on}'", field="gaprune.data.kmeans_on",
+                                      fix="use query (GAPrune's code) or query_positive")
                 keep = kmeans_diverse(feat, n_train, seed)
             elif select == "random":
                 keep = sorted(torch.randperm(len(idx), generator=g)[:n_train].tolist())
@@ -309,7 +317,8 @@ def build_triplet_set(model: EmbeddingModel, queries: list[str], positives: list
 
 
 def build_triplets(data_cfg: dict[str, Any], model: EmbeddingModel, seed: int = 0) -> Triplets:
-    """Both sets from ``gaprune.data``: {domain: spec, general: spec, n_train, eval_size, max_candidates, select}."""
+    """Both sets from ``gaprune.data``: {domain: spec, general: spec, n_train, eval_size, max_candidates, select,
+    kmeans_on}."""
     defaults = {"domain": {"kind": "stdlib_code"}, "general": {"kind": "stdlib_prose"}}
     parts = []
     for k, name in enumerate(("domain", "general")):
@@ -318,7 +327,7 @@ def build_triplets(data_cfg: dict[str, Any], model: EmbeddingModel, seed: int = 
         parts.append(build_triplet_set(
             model, q, p, neg, name, int(data_cfg.get("n_train", 256)), int(data_cfg.get("eval_size", 128)),
             int(data_cfg.get("max_candidates", 1024)), seed + k, data_cfg.get("select", "kmeans"),
-            int(data_cfg.get("encode_batch", 64)),
+            int(data_cfg.get("encode_batch", 64)), data_cfg.get("kmeans_on", "query"),
         ))
     return Triplets.concat(parts)
 

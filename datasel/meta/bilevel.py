@@ -4,6 +4,9 @@ Two copies of a proxy model train beside the rater μ:
 
 * θ̂ ("lower level") trains on the reweighted training loss only:   θ̂ ← θ̂ − β·Σ_i W_i(μ)·∇ℓ(θ̂; x_i)
 * θ  ("penalized")  trains on validation + reweighted training:      θ ← θ − β·(λ·g_val(θ) + Σ_i W_i(μ)·∇ℓ(θ; x_i))
+* warm-up (``warmup: paper``, the default, as the paper): for ``warmup_steps`` only θ̂ trains, the rater frozen at its
+  initial (uniform) weights, then θ := θ̂ and all three move together; ``warmup: joint`` (this project's earlier
+  behaviour) steps θ with the validation gradient from the first step and never copies θ̂;
 * the rater follows the penalty form of the bilevel problem
       μ ← μ − α·Σ_i [ℓ(θ; x_i) − ℓ(θ̂; x_i)]·∇_μ W_i(μ)
   or, when the proxy is over-parameterized (θ̂ fits everything, ℓ(θ̂) ≈ 0), the simplified form
@@ -51,12 +54,13 @@ class BilevelConfig:
     """The knobs of the meta-training loop; every one is a key of the scorer's config section."""
 
     steps: int = 300  # rater updates after the warm-up
-    warmup_steps: int = 50  # proxy-only steps (rater frozen at uniform weights) before the rater moves
+    warmup_steps: int = 50  # steps with the rater frozen at its initial weights before it moves
+    warmup: str = "paper"  # paper (only θ̂ trains, then θ := θ̂) | joint (θ and θ̂ both train from step 0)
     batch_size: int = 128  # training batch: the set the softmax normalizes over
     val_batch_size: int = 128
     proxy_lr: float = 0.05  # β
     rater_lr: float = 1e-3  # α
-    rater_optimizer: str = "adam"  # adam | sgd (sgd is the paper's literal update)
+    rater_optimizer: str = "adam"  # adam | sgd (the paper's update is plain SGD: μ ← μ − α·∇)
     update: str = "penalty"  # penalty | simplified
     val_weight: float = 1.0  # λ, the weight of the validation gradient in θ's step
     proxy_weight_decay: float = 0.0
@@ -94,6 +98,8 @@ class BilevelConfig:
             raise bad("update", "use 'penalty' or 'simplified'")
         if self.rater_optimizer not in ("adam", "sgd"):
             raise bad("rater_optimizer", "use 'adam' or 'sgd'")
+        if self.warmup not in ("paper", "joint"):
+            raise bad("warmup", "use 'paper' (train only θ̂, then θ := θ̂) or 'joint'")
         if self.proxy_init not in ("checkpoint", "scratch"):
             raise bad("proxy_init", "use 'checkpoint' or 'scratch'")
 
@@ -187,9 +193,15 @@ def train_rater(
         mu = {n: p.detach() for n, p in rater.named_parameters()}
         with torch.no_grad():
             w = weights_fn(rater, mu, fb)
-        gt, (per_t, val_t) = g_upper(theta, xb, yb, w, x_val[vidx], y_val[vidx])
+        warming = step < cfg.warmup_steps
+        if warming and cfg.warmup == "paper":
+            gt = None  # θ waits: it becomes θ̂ when the warm-up ends
+        else:
+            if step == cfg.warmup_steps and cfg.warmup == "paper" and step > 0:
+                theta = {n: t.clone() for n, t in theta_hat.items()}  # the paper's θ := θ̂ after the warm-up
+            gt, (per_t, val_t) = g_upper(theta, xb, yb, w, x_val[vidx], y_val[vidx])
         gh, per_h = g_lower(theta_hat, xb, yb, w)
-        if step >= cfg.warmup_steps:
+        if not warming:
             # The penalty is read at the same iterate as the proxies' gradients; all three move together.
             pen = (per_t - per_h) if cfg.update == "penalty" else per_t
             gmu = g_rater(mu, fb, pen.detach())
@@ -197,9 +209,13 @@ def train_rater(
             for n, p in rater.named_parameters():
                 p.grad = gmu[n]
             opt.step()
-        theta = {n: theta[n] - beta * gt[n] for n in theta}
+        if gt is not None:
+            theta = {n: theta[n] - beta * gt[n] for n in theta}
         theta_hat = {n: theta_hat[n] - beta * gh[n] for n in theta_hat}
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            if gt is None:  # θ did not move in this warm-up step: its losses are read, not stepped
+                with torch.no_grad():
+                    per_t, val_t = losses(theta, xb, yb), losses(theta, x_val[vidx], y_val[vidx]).mean()
             row = {
                 "step": float(step + 1),
                 "val_loss_theta": float(val_t),

@@ -7,6 +7,7 @@ tensor (every matrix loses the same share).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -50,10 +51,9 @@ def layer_of(name: str) -> str:
     return f"layer{m.group(1)}" if m else name
 
 
-def _prune_lowest(scores: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
-    """Masks that drop exactly round(sparsity × total) lowest scores; ties are broken by position (stable sort)."""
+def _prune_lowest(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Masks that drop exactly the k lowest scores; ties are broken by position (stable sort)."""
     flat = torch.cat([s.reshape(-1).float() for s in scores])
-    k = int(round(sparsity * flat.numel()))
     keep = torch.ones(flat.numel(), dtype=torch.bool)
     if k > 0:
         # NaN would sort arbitrarily: rank it lowest so a broken score prunes rather than protects
@@ -66,11 +66,20 @@ def _prune_lowest(scores: list[torch.Tensor], sparsity: float) -> list[torch.Ten
     return out
 
 
-def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, budget: str = "global") -> dict[str, torch.Tensor]:
-    """Keep-masks pruning the lowest scores to ``sparsity`` under a 'global', 'per_layer' or 'per_tensor' budget."""
+def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, budget: str = "global",
+                      rho_min: float = 0.05, rho_max: float = 0.95) -> dict[str, torch.Tensor]:
+    """Keep-masks pruning the lowest scores to ``sparsity`` under a 'global', 'per_layer' or 'per_tensor' budget.
+
+    Each group prunes round(sparsity × its size) weights; under the per-layer and per-tensor budgets that count is
+    clamped to [⌊ρ_min·n⌋, ⌊ρ_max·n⌋] of the group's n weights (GAPrune's code: 0.05 and 0.95), so no layer is
+    left dense or emptied. The global budget has no clamp, as in the official code.
+    """
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity {sparsity} is outside [0, 1)", field="gaprune.sparsities",
                           fix="give fractions such as 0.3, 0.5, 0.7")
+    if not 0.0 <= rho_min <= rho_max <= 1.0:
+        raise ConfigError(f"per-layer clamps rho_min {rho_min}, rho_max {rho_max} are not 0 <= rho_min <= rho_max <= 1",
+                          field="gaprune.prune.rho_min", fix="use e.g. rho_min: 0.05, rho_max: 0.95")
     names = sorted(scores)
     if budget == "global":
         groups = {"all": names}
@@ -85,7 +94,11 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, budget: 
                           fix="use global, per_layer or per_tensor")
     masks: dict[str, torch.Tensor] = {}
     for members in groups.values():
-        for n, m in zip(members, _prune_lowest([scores[n].cpu() for n in members], sparsity)):
+        size = sum(scores[n].numel() for n in members)
+        k = int(round(sparsity * size))
+        if budget != "global":
+            k = min(max(k, math.floor(rho_min * size)), math.floor(rho_max * size))
+        for n, m in zip(members, _prune_lowest([scores[n].cpu() for n in members], k)):
             masks[n] = m
     return masks
 

@@ -71,7 +71,8 @@ def prune(model: EmbeddingModel, method: str, sparsity: float, stats: GradStats 
     pcfg = cfg.get("prune", {})
     params = candidate_params(model, pcfg.get("candidates", "mlp"))
     scores = score_weights(method, params, stats, cfg.get("dai", {}), seed)
-    masks = masks_from_scores(scores, sparsity, pcfg.get("budget", "global"))
+    masks = masks_from_scores(scores, sparsity, pcfg.get("budget", "global"), float(pcfg.get("rho_min", 0.05)),
+                              float(pcfg.get("rho_max", 0.95)))
     apply_masks(model, masks)
     return masks, scores
 

@@ -1,8 +1,9 @@
 """Gradient statistics of InfoNCE over the candidate tensors: Fisher diagonals, mean gradients, per-batch agreement.
 
 One pass over paired (domain, general) mini-batches computes, per candidate weight j:
-- F^D_j, F^G_j = mean over batches of (∂L/∂θ_j)² (the empirical Fisher diagonal on mini-batch gradients, as in
-  GAPrune's code, which uses micro-batches of 8);
+- F^D_j, F^G_j = Σ over batches of (∂L/∂θ_j)², divided by the number of triplets (``normalize: samples``, GAPrune's
+  code, which sums squared micro-batch gradients over micro-batches of 8 and divides by the sample count) or by the
+  number of batches (``normalize: batches``, the mean squared batch gradient);
 - ḡ^D_j, ḡ^G_j = the mean batch gradient (for the alignment term);
 - per tensor: the mean over paired batches of cos(g^G, g^D) and the conflict rate (share of batches with cos < 0).
 """
@@ -61,9 +62,21 @@ def gradient_statistics(model: EmbeddingModel, domain: Triplets, general: Triple
                         params: dict[str, torch.nn.Parameter], cfg: dict[str, Any], seed: int = 0) -> GradStats:
     """Fisher diagonals, mean gradients and per-tensor agreement over ``cfg['batch_size']`` (8) triplet batches.
 
-    ``cfg``: batch_size, max_batches (cap per set; null = all), scale (20), max_seq_len. Dropout is off (eval mode):
-    the statistics describe the deterministic model that gets pruned.
+    ``cfg``: batch_size, max_batches (cap per set; null = all), scale (20), max_seq_len, normalize (samples |
+    batches: what the summed squared gradients are divided by), mode (train | eval). GAPrune's code gathers the
+    statistics in train mode (dropout on, seeded here so the pass is reproducible); ``eval`` describes the
+    deterministic model that gets pruned instead.
     """
+    normalize = cfg.get("normalize", "samples")
+    mode = cfg.get("mode", "train")
+    from datasel.errors import ConfigError, DataError
+
+    if normalize not in ("samples", "batches"):
+        raise ConfigError(f"unknown Fisher normalization '{normalize}'", field="gaprune.fisher.normalize",
+                          fix="use samples (GAPrune's code) or batches")
+    if mode not in ("train", "eval"):
+        raise ConfigError(f"unknown statistics mode '{mode}'", field="gaprune.fisher.mode",
+                          fix="use train (GAPrune's code: dropout on) or eval")
     seed_everything(seed)
     bs = int(cfg.get("batch_size", 8))
     cap = cfg.get("max_batches")
@@ -72,8 +85,6 @@ def gradient_statistics(model: EmbeddingModel, domain: Triplets, general: Triple
     if cap is not None:
         dom, gen = dom[: int(cap)], gen[: int(cap)]
     if not dom or not gen:
-        from datasel.errors import DataError
-
         raise DataError(f"gradient statistics need ≥ 2 triplets per set (domain {len(domain)}, general "
                         f"{len(general)})", field="gaprune.data.n_train", fix="raise gaprune.data.n_train")
     dev = model.device
@@ -82,7 +93,8 @@ def gradient_statistics(model: EmbeddingModel, domain: Triplets, general: Triple
     cos_sum = dict.fromkeys(params, 0.0)
     conflicts = dict.fromkeys(params, 0)
     losses = {"domain": 0.0, "general": 0.0}
-    model.eval()
+    was_training = model.training
+    model.train(mode == "train")
     was_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(n in params)  # gradients only where they are used: less memory and time
@@ -112,11 +124,16 @@ def gradient_statistics(model: EmbeddingModel, domain: Triplets, general: Triple
         model.zero_grad(set_to_none=True)
         for n, p in model.named_parameters():
             p.requires_grad_(was_grad[n])
+        model.train(was_training)
     nd, ng, paired = len(dom), len(gen), min(len(dom), len(gen))
+    # the Fisher divisor: triplets seen (the official estimator) or batches; the mean gradients stay per batch (only
+    # their direction enters the alignment term)
+    fd_div = sum(len(b) for b in dom) if normalize == "samples" else nd
+    fg_div = sum(len(b) for b in gen) if normalize == "samples" else ng
     cpu = {k: {n: t.cpu() for n, t in v.items()} for k, v in acc.items()}
     stats = GradStats(
-        fisher_domain={n: t / nd for n, t in cpu["fd"].items()},
-        fisher_general={n: t / ng for n, t in cpu["fg"].items()},
+        fisher_domain={n: t / fd_div for n, t in cpu["fd"].items()},
+        fisher_general={n: t / fg_div for n, t in cpu["fg"].items()},
         grad_domain={n: t / nd for n, t in cpu["gd"].items()},
         grad_general={n: t / ng for n, t in cpu["gg"].items()},
         batch_cos_mean={n: v / paired for n, v in cos_sum.items()},

@@ -1,7 +1,9 @@
 """GRPO: group-relative advantages, a clipped importance ratio, and a KL penalty to a frozen reference policy.
 
 For a group of G rollouts of one prompt with rewards r_i, A_i = (r_i − mean r) / (std r + ε) (or r_i − mean r with
-``scale_rewards: false``, Dr. GRPO's choice). Per completion token, with ratio = π_θ / π_old,
+``scale_rewards: false``, Dr. GRPO's choice). ``std: unbiased`` (the default, as verl's GRPO advantage, torch.std with
+Bessel's correction) divides the squared deviations by G − 1, ``std: population`` by G; on the groups of 2 CurES
+allows (min_group) the two differ by √2. Per completion token, with ratio = π_θ / π_old,
 
     ℓ = −min(ratio·A, clip(ratio, 1−ε_low, 1+ε_high)·A) + β·KL,   KL = exp(ref − logp) − (ref − logp) − 1
 
@@ -24,8 +26,15 @@ from datasel.rl.policy import Policy, Rollouts
 log = logging.getLogger(__name__)
 
 
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """Rewards normalized within each group (same ``groups`` id); a group with one reward value gets 0."""
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: bool = True, eps: float = 1e-6,
+                     std: str = "unbiased") -> torch.Tensor:
+    """Rewards normalized within each group (same ``groups`` id); a group with one reward value (or one rollout)
+    gets 0. ``std``: unbiased (verl) or population."""
+    if std not in ("unbiased", "population"):
+        from datasel.errors import ConfigError
+
+        raise ConfigError(f"unknown group std '{std}'", field="cures.grpo.std",
+                          fix="use unbiased (verl's GRPO) or population")
     uniq, inv = torch.unique(groups, return_inverse=True)
     k = len(uniq)
     cnt = torch.zeros(k).index_add_(0, inv, torch.ones_like(rewards))
@@ -33,8 +42,9 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: bool = 
     dev = rewards - mean[inv]
     if not scale:
         return dev
-    # population std (GRPO normalizes by the group's own spread)
-    var = torch.zeros(k).index_add_(0, inv, dev**2) / cnt
+    # a singleton group has dev = 0, so its divisor only has to stay positive
+    denom = (cnt - 1).clamp_min(1) if std == "unbiased" else cnt
+    var = torch.zeros(k).index_add_(0, inv, dev**2) / denom
     return dev / (var[inv].sqrt() + eps)
 
 
@@ -101,7 +111,8 @@ class GRPOTrainer:
         ro = batch.rollouts
         if ro.seqs.shape[0] == 0:
             return {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "rollouts": 0}
-        adv = group_advantages(batch.rewards, batch.prompt_idx, bool(cfg.get("scale_rewards", True))).to(ro.seqs.device)
+        adv = group_advantages(batch.rewards, batch.prompt_idx, bool(cfg.get("scale_rewards", True)),
+                               std=cfg.get("std", "unbiased")).to(ro.seqs.device)
         mask = ro.comp[:, 1:]
         with torch.no_grad():
             self.policy.module.eval()
