@@ -142,3 +142,47 @@ def test_mixture_noise_rate_against_a_slow_em():
     assert mixture_noise_rate(s) == pytest.approx(ref, abs=0.002)
     assert mixture_noise_rate(s) == pytest.approx(0.2, abs=0.01)
     assert mixture_noise_rate(np.ones(5)) == 0.0
+
+
+# ------------------------------------------------------------------------------------------- report tables
+
+
+def test_class_histograms_and_balance_against_counting():
+    from datasel.report.subsets import class_balance, class_histograms
+
+    labels = [0] * 6 + [1] * 4
+    ids = [f"e{i:03d}" for i in range(10)]
+    ex = pl.DataFrame({"example_id": ids + ["v0"], "split": ["train"] * 10 + ["val"], "label": labels + [1]})
+    kept = {"e000", "e001", "e006", "e007", "e008", "e009"}  # 2 of class 0, all 4 of class 1
+    sel = pl.DataFrame({"selection": "s_keep60", "example_id": ids, "selected": [i in kept for i in ids]})
+    h = class_histograms(ex, sel)
+    assert h.select("label", "kept", "total").rows() == [(0, 2, 6), (1, 4, 4)]
+    assert h.get_column("share").to_list() == pytest.approx([2 / 6, 4 / 6])
+    assert h.get_column("full_share").to_list() == pytest.approx([0.6, 0.4])
+    b = class_balance(ex, sel).row(0, named=True)
+    assert b["class_share_max_gap"] == pytest.approx(100 * abs(4 / 6 - 0.4))
+    assert (b["class_kept_min"], b["class_kept_max"]) == pytest.approx((2 / 6, 1.0))
+
+
+def test_noise_detection_against_pair_counting():
+    from datasel.report.subsets import noise_detection
+
+    rng = np.random.default_rng(0)
+    n = 60
+    noisy = rng.random(n) < 0.3
+    score = rng.normal(size=n) + 1.5 * noisy
+    ids = [f"e{i:03d}" for i in range(n)]
+    ex = pl.DataFrame({"example_id": ids, "split": "train", "is_noisy": noisy})
+    flags = score > 1.0
+    tables = {"s": pl.DataFrame({"example_id": ids, "score": score, "label_issue": flags})}
+    row = noise_detection(ex, tables).row(0, named=True)
+    pos, neg = score[noisy], score[~noisy]
+    auroc = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])  # Mann-Whitney by pairs
+    order = np.argsort(-score)
+    hits = np.cumsum(noisy[order])
+    ap = np.sum(hits[noisy[order]] / (np.flatnonzero(noisy[order]) + 1)) / noisy.sum()  # precision at each hit
+    assert row["auroc"] == pytest.approx(auroc) and row["average_precision"] == pytest.approx(ap)
+    assert row["flag_recall"] == pytest.approx((flags & noisy).sum() / noisy.sum())
+    assert row["flag_precision"] == pytest.approx((flags & noisy).sum() / flags.sum())
+    clean = ex.with_columns(pl.lit(False).alias("is_noisy"))
+    assert noise_detection(clean, tables).height == 0  # no injected noise: nothing to detect

@@ -82,3 +82,22 @@ def test_the_recorder_sees_each_presentation_before_its_update():
         part = table.filter(pl.col("epoch") == t).sort("example_id")
         np.testing.assert_allclose(part["margin"].to_numpy(), (assigned - other).numpy(), rtol=1e-5, atol=1e-6)
         assert part["correct"].to_list() == (logits.argmax(1) == y).tolist()
+
+
+def test_cleanlab_flags_the_flipped_labels_of_separable_data(tmp_path):
+    pytest.importorskip("cleanlab")
+    from datasel.data.prepare import build_examples
+
+    df, meta = build_examples({"source": "digits", "splits": {"val": 0.1, "test": 0.1, "seed": 0},
+                               "noise": {"fraction": 0.1, "seed": 0}})
+    write_table(df, tmp_path / "examples.parquet", "examples")
+    proxy = {"model": {"name": "mlp", "hidden": [32]}, "epochs": 15, "batch_size": 64, "lr": 0.01,
+             "optimizer": "adam"}
+    inputs = ScoreInputs(examples=tmp_path / "examples.parquet", meta=meta, proxy_cfg=proxy, seed=0)
+    table = SCORERS.get("cleanlab")({"folds": 3}).score(inputs)
+    truth = table.join(df.select("example_id", "is_noisy"), on="example_id")
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(truth["is_noisy"].to_numpy(), truth["score"].to_numpy()) > 0.9
+    flagged = truth.filter(pl.col("label_issue"))
+    assert flagged.height > 0 and flagged["is_noisy"].mean() > 0.7  # most of what it flags was flipped
