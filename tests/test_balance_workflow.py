@@ -38,4 +38,4 @@ def test_dynamics_scores_ccs_filter_and_noise_detection_in_both_reports(tmp_path
     assert "Regime: tiny." in quality and "Filtered sets" in quality and "Best datasel score" in quality
     assert (res / "quality/report/margin_vs_fraction.png").stat().st_size > 5_000
     con = duckdb.connect(str(res / "catalog.duckdb"), read_only=True)
-    assert con.sql("select count(distinct seed) from proxy_epochs").fetchone()[0] == 2
+    assert con.execute("select count(distinct seed) from proxy_epochs").fetchall() == [(2,)]
