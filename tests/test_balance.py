@@ -186,3 +186,17 @@ def test_noise_detection_against_pair_counting():
     assert row["flag_precision"] == pytest.approx((flags & noisy).sum() / flags.sum())
     clean = ex.with_columns(pl.lit(False).alias("is_noisy"))
     assert noise_detection(clean, tables).height == 0  # no injected noise: nothing to detect
+
+
+def test_filtered_full_set_is_compared_with_the_full_noisy_set():
+    from datasel.report.quality import against_full, render_extras, welch_ci
+
+    rows = [{"noise": 0.2, "fraction": 1.0, "method": "full", "value": v} for v in (0.80, 0.82, 0.81)]
+    rows += [{"noise": 0.2, "fraction": 1.0, "method": "filter_cleanlab", "value": v} for v in (0.84, 0.85, 0.83)]
+    rows += [{"noise": 0.2, "fraction": 0.5, "method": "random", "value": 0.7}]
+    got = against_full(pl.DataFrame(rows)).row(0, named=True)
+    d, lo, hi = welch_ci(np.array([0.84, 0.85, 0.83]), np.array([0.80, 0.82, 0.81]))
+    assert got["method"] == "filter_cleanlab" and (got["margin"], got["ci_low"], got["ci_high"]) == \
+        pytest.approx((d, lo, hi))
+    text = "\n".join(render_extras(0.2, against_full(pl.DataFrame(rows)), None, None))
+    assert "| filter_cleanlab | 84.00 | 81.00 | +3.00 [" in text and "| yes |" in text

@@ -171,7 +171,7 @@ def plot_margins(marg: pl.DataFrame, out: Path, title: str = "") -> None:
             err = np.nan_to_num(np.vstack([m - lo, hi - m]), nan=0.0)
             ax.errorbar(f + 0.004 * (i - 3), m, yerr=err, marker="o", capsize=2, label=method, lw=1)
         ax.axhline(0.0, color="black", lw=1.5, label="random")
-        ax.set_title(f"{title}label noise {noise:.0%}")
+        ax.set_title(f"{title + ', ' if title else ''}label noise {noise:.0%}", fontsize=9)
         ax.set_xlabel("kept fraction")
         ax.set_ylabel("margin over random (accuracy points, 95% CI)")
         ax.grid(alpha=0.3)
