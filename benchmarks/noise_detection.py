@@ -75,7 +75,13 @@ def main() -> None:
                                        "score": 1 - cleanlab.rank.get_label_quality_scores(labels, probs),
                                        "label_issue": issues})
     t_all = time.perf_counter() - t0
-    det = noise_detection(examples, tables)
+    from datasel.selection.filter import mixture_noise_rate
+
+    # the noise rate the filter policy would estimate from each score (rate: auto), against the true rate
+    rates = {k: (float(t.get_column("label_issue").mean()) if "label_issue" in t.columns
+                 else mixture_noise_rate(t.get_column("score").to_numpy())) for k, t in tables.items()}
+    det = noise_detection(examples, tables).with_columns(
+        pl.col("score").replace_strict(rates, default=None, return_dtype=pl.Float64).alias("estimated_rate"))
     print(f"MNIST-1D {args.samples} samples ({len(train)} training), {args.noise:.0%} label noise; "
           f"{args.seeds} proxy runs × {args.epochs} epochs, cleanlab {args.folds} folds; "
           f"proxies {t_proxy:.0f} s, total {t_all:.0f} s")
