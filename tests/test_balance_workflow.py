@@ -1,5 +1,6 @@
-"""Issue 17 end to end on a tiny config (marked slow: ~35 jobs): forgetting/AUM from the proxies' epoch tables, cleanlab from out-of-fold
-proxies, CCS and filter selections, and both reports' new sections (class mix, noise detection, margin plot)."""
+"""Issue 17 end to end on a tiny config (marked slow: ~35 jobs): forgetting/AUM from the proxies' epoch tables,
+cleanlab from out-of-fold proxies, CCS and filter selections, and both reports' new sections (class mix, noise
+detection, margin plot)."""
 
 from __future__ import annotations
 
