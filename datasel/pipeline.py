@@ -51,6 +51,8 @@ def score(smk: Any) -> None:
         features=[Path(p) for p in smk.input.get("features", [])],
         model_cfg=smk.params.model_cfg or {},
         seed=int(cfg.get("seed", 0)),
+        epoch_tables=[Path(p) for p in smk.input.get("epoch_tables", [])],
+        proxy_cfg=dict(smk.params.get("proxy") or {}),
     )
     seed_everything(inputs.seed)
     table = finalize_scores(scorer.score(inputs), name)

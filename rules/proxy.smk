@@ -6,7 +6,9 @@ rule proxy:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
     output:
-        expand("{{root}}/proxy/seed{{seed}}/epoch{epoch}.pt", epoch=sorted(set(config["proxy"]["checkpoints"]))),
+        expand("{{root}}/proxy/seed{{seed}}/epoch{epoch}.pt", epoch=sorted(set(config["proxy"]["checkpoints"])))
+        # per-example, per-epoch correctness and margin (forgetting events, AUM)
+        + ["{root}/proxy/seed{seed}/epochs.parquet"],
     params:
         proxy=config["proxy"],
     wildcard_constraints:

@@ -22,6 +22,11 @@ def quality_run_cfg(noise):
     return cfg
 
 
+def quality_scores(root):
+    """The run's score tables that are not stage-written (those may lack training rows)."""
+    return [f"{root}/scores/{m}.parquet" for m in run_cfg(root)["scoring"]]
+
+
 def quality_roots():
     return [f"results/quality/noise{round(n * 100)}" for n in config["quality"]["noise"]]
 
@@ -36,6 +41,7 @@ if "quality" in config:
         input:
             lambda wc: [p for r in quality_roots() for p in train_metrics(r)],
             lambda wc: [f"{r}/selections/{s}.parquet" for r in quality_roots() for s in selection_names(r)],
+            lambda wc: [p for r in quality_roots() for p in quality_scores(r)],
         output:
             md=report("results/quality/report/quality.md", category="Quality", caption="../workflow/report/quality.rst"),
             csv="results/quality/report/margins.csv",
@@ -45,11 +51,16 @@ if "quality" in config:
                            caption="../workflow/report/quality.rst"),
             noise_plot=report("results/quality/report/noise_dropped.png", category="Quality",
                               caption="../workflow/report/quality.rst"),
+            margin=report("results/quality/report/margin_vs_fraction.png", category="Quality",
+                          caption="../workflow/report/quality.rst"),
         params:
             noise=lambda wc: list(config["quality"]["noise"]),
             metrics=lambda wc: [train_metrics(r) for r in quality_roots()],
             selections=lambda wc: [[f"{r}/selections/{s}.parquet" for s in selection_names(r)] for r in quality_roots()],
             examples=lambda wc: [f"{r}/examples/examples.parquet" for r in quality_roots()],
+            # every score of each run: how well it finds the injected noisy labels (AUROC, average precision)
+            scores=lambda wc: [quality_scores(r) for r in quality_roots()],
+            regime=config["quality"].get("regime"),
             batch_size=config["training"]["batch_size"],
         log:
             "logs/quality_report.log",

@@ -13,7 +13,18 @@ def score_inputs(wc):
         )
     if "features" in entry:
         inputs["features"] = features_for(entry["features"], wc.root)
+    if "proxy_epochs" in scorer_needs(wc.method):  # forgetting, AUM: the proxy runs' per-epoch tables
+        inputs["epoch_tables"] = expand("{root}/proxy/seed{seed}/epochs.parquet", root=wc.root,
+                                        seed=range(config["proxy"]["seeds"]))
     return inputs
+
+
+def scorer_needs(name):
+    """What the scoring entry's method reads (``Scorer.needs``)."""
+    from datasel.scoring import SCORERS
+
+    entry = config["scoring"][name]
+    return SCORERS.get(entry.get("method", name), where=f"scoring.{name}.method").needs
 
 
 rule score:
@@ -24,6 +35,8 @@ rule score:
     params:
         scoring=lambda wc: config["scoring"][wc.method],
         model_cfg=lambda wc: config["proxy"]["model"] if "epoch" in config["scoring"][wc.method] else None,
+        # a scorer that trains its own cross-validated proxies (cleanlab) reads the proxy recipe
+        proxy=lambda wc: config["proxy"] if "proxy_config" in scorer_needs(wc.method) else None,
     wildcard_constraints:
         root=ROOT_RE,
         # only configured entries: stages such as DGA and GAPrune write their own score tables

@@ -4,7 +4,11 @@
 
 def selection_names(root="results"):
     sel = run_cfg(root)["selection"]
-    return [f"{p}_keep{round(f * 100)}" for p in sel["policies"] for f in sel["fractions"]] + ["full_keep100"]
+    names = [f"{p}_keep{round(f * 100)}" for p in sel["policies"] for f in sel["fractions"]]
+    # a filter entry also runs at kept fraction 1 (all it does not flag), to compare with the full noisy set
+    names += [f"{p}_keep100" for p, e in sel["policies"].items()
+              if e.get("policy") == "filter" and f"{p}_keep100" not in names]
+    return names + ["full_keep100"]
 
 
 def policy_entry(name, root="results"):

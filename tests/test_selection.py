@@ -24,14 +24,14 @@ def _kept(table):
 
 
 def test_top_bottom_offset_windows():
-    ex, sc = _data()
-    top = make_selection(ex, sc, "t", {"policy": "top"}, 0.25, 0)
+    ex, sc = _data()  # exact windows over the whole pool: the class quotas (default for score policies) off
+    top = make_selection(ex, sc, "t", {"policy": "top", "stratify": False}, 0.25, 0)
     assert _kept(top) == ["e15", "e16", "e17", "e18", "e19"]
-    bottom = make_selection(ex, sc, "b", {"policy": "bottom"}, 0.25, 0)
+    bottom = make_selection(ex, sc, "b", {"policy": "bottom", "stratify": False}, 0.25, 0)
     assert _kept(bottom) == ["e00", "e01", "e02", "e03", "e04"]
-    off = make_selection(ex, sc, "o", {"policy": "offset", "offset": 0.1}, 0.25, 0)
+    off = make_selection(ex, sc, "o", {"policy": "offset", "offset": 0.1, "stratify": False}, 0.25, 0)
     assert _kept(off) == ["e13", "e14", "e15", "e16", "e17"]  # drop the 2 highest, keep the next 5
-    clamped = make_selection(ex, sc, "o", {"policy": "offset", "offset": 18}, 0.25, 0)
+    clamped = make_selection(ex, sc, "o", {"policy": "offset", "offset": 18, "stratify": False}, 0.25, 0)
     assert _kept(clamped) == ["e00", "e01", "e02", "e03", "e04"]
     assert top.height == 20 and top.get_column("selection").unique().to_list() == ["t_keep25"]
 

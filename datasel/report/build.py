@@ -11,6 +11,7 @@ import polars as pl
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
 from datasel.report.summary import (best_against_random, build_document, noise_dropped, run_warnings, summarize,
                                     write_summary)
+from datasel.report.subsets import class_balance, class_histograms, noise_detection
 from datasel.store import read_table
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,12 @@ def report(smk: Any) -> None:
     scores = {Path(p).stem: read_table(p, "scores") for p in smk.input.get("scores", [])}
     train = examples.filter(pl.col("split") == "train")
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
-    table = summarize(metrics, noise_dropped(examples, selections))
+    table = summarize(metrics, noise_dropped(examples, selections)).join(
+        class_balance(examples, selections).select("selection", "class_share_max_gap"), on="selection", how="left")
     warnings = run_warnings(metrics, scores)
-    doc = build_document(table, best_against_random(metrics), warnings, base)
+    detection = noise_detection(examples, scores) if base > 0 else None
+    doc = build_document(table, best_against_random(metrics), warnings, base,
+                         histograms=class_histograms(examples, selections), detection=detection)
     write_summary(table, doc, Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),
                          full=table.filter(pl.col("method") == "full"))

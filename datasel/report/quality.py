@@ -92,7 +92,95 @@ def best_per_fraction(marg: pl.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame) -> str:
+def against_full(cells: pl.DataFrame) -> pl.DataFrame:
+    """Selections that keep every row they do not filter (``filter`` entries at kept fraction 1) against the full
+    (noisy) set at the same noise level: accuracy difference and its Welch 95% interval."""
+    rows: list[dict[str, Any]] = []
+    whole = cells.filter(pl.col("fraction") >= 1)
+    for (noise,), part in whole.group_by(["noise"], maintain_order=True):
+        full = part.filter(pl.col("method") == "full").get_column("value").to_numpy()
+        for (method,), m in part.filter(pl.col("method") != "full").group_by(["method"], maintain_order=True):
+            if len(full) == 0:
+                continue
+            vals = m.get_column("value").to_numpy()
+            diff, lo, hi = welch_ci(vals, full)
+            rows.append({"noise": noise, "method": method, "accuracy_mean": float(vals.mean()),
+                         "full_mean": float(full.mean()), "margin": diff, "ci_low": lo, "ci_high": hi,
+                         "seeds": len(vals)})
+    schema = {"noise": pl.Float64, "method": pl.String, "accuracy_mean": pl.Float64, "full_mean": pl.Float64,
+              "margin": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "seeds": pl.Int64}
+    return pl.DataFrame(rows, schema=schema).sort("noise", "margin", descending=[False, True])
+
+
+def render_extras(noise: float, vs_full: pl.DataFrame | None, detection: pl.DataFrame | None,
+                  balance: pl.DataFrame | None) -> list[str]:
+    """The per-noise-level sections after the accuracy tables: filtered sets against the full set, noise detection
+    (AUROC / average precision of each score against the injected flags), and the subsets' class-mix gap."""
+    lines: list[str] = []
+    part = vs_full.filter(pl.col("noise") == noise) if vs_full is not None else None
+    if part is not None and part.height:
+        lines += ["Filtered sets (every row the filter does not flag) against the full noisy set:", "",
+                  "| selection | accuracy | full data | difference [95% CI] | at least full? |", "|---|---|---|---|---|"]
+        for r in part.iter_rows(named=True):
+            ok = "yes" if r["margin"] >= 0 else "no"
+            lines.append(f"| {r['method']} | {100 * r['accuracy_mean']:.2f} | {100 * r['full_mean']:.2f} | "
+                         f"{format_margin(r)} | {ok} |")
+        lines.append("")
+    if detection is not None and detection.height:
+        lines += ["Finding the injected noisy labels (score high = flagged; random: AUROC 0.5, average precision = "
+                  f"the noise rate {detection.item(0, 'noise_rate'):.3f}):", "",
+                  "| score | AUROC | average precision | its own flags |", "|---|---|---|---|"]
+        for r in detection.iter_rows(named=True):
+            flags = ("—" if r["flagged"] is None else f"{r['flagged']:.1%} flagged, precision "
+                     f"{r['flag_precision']:.1%}, recall {r['flag_recall']:.1%}")
+            lines.append(f"| {r['score']} | {r['auroc']:.3f} | {r['average_precision']:.3f} | {flags} |")
+        best = detection.filter(pl.col("score") != "cleanlab")
+        ref = detection.filter(pl.col("score") == "cleanlab")
+        if best.height and ref.height:
+            b, c = best.row(0, named=True), ref.row(0, named=True)
+            verdict = "at least" if b["auroc"] >= c["auroc"] else "below"
+            lines += ["", f"Best datasel score `{b['score']}`: AUROC {b['auroc']:.3f}, {verdict} cleanlab's "
+                          f"{c['auroc']:.3f} on the same data."]
+        lines.append("")
+    if balance is not None and balance.height:
+        fracs = sorted(x for x in balance.get_column("fraction").unique().to_list() if x < 1)
+        lines += ["Class mix gap (largest difference, in points, between a class's share of the subset and of the "
+                  "full set):", "", "| method | " + " | ".join(f"keep {x:.0%}" for x in fracs) + " |",
+                  "|---" * (len(fracs) + 1) + "|"]
+        for method in sorted(set(balance.get_column("method").to_list()) - {"full"}):
+            vals = []
+            for x in fracs:
+                v = balance.filter((pl.col("method") == method) & (pl.col("fraction") == x))
+                vals.append(f"{v.item(0, 'class_share_max_gap'):.1f}" if v.height else "—")
+            lines.append(f"| {method} | " + " | ".join(vals) + " |")
+        lines.append("")
+    return lines
+
+
+def plot_margins(marg: pl.DataFrame, out: Path, title: str = "") -> None:
+    """Margin over random (points, Welch 95% interval) against kept fraction, one panel per noise level: where a
+    line sits above zero with its interval, the method beats random at that size."""
+    noises = sorted(marg.get_column("noise").unique().to_list()) or [0.0]
+    fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        part = marg.filter((pl.col("noise") == noise) & (pl.col("method") != "full"))
+        for i, method in enumerate(sorted(part.get_column("method").unique().to_list())):
+            p = part.filter(pl.col("method") == method).sort("fraction")
+            f, m = p.get_column("fraction").to_numpy(), 100 * p.get_column("margin").to_numpy()
+            lo, hi = 100 * p.get_column("ci_low").to_numpy(), 100 * p.get_column("ci_high").to_numpy()
+            err = np.nan_to_num(np.vstack([m - lo, hi - m]), nan=0.0)
+            ax.errorbar(f + 0.004 * (i - 3), m, yerr=err, marker="o", capsize=2, label=method, lw=1)
+        ax.axhline(0.0, color="black", lw=1.5, label="random")
+        ax.set_title(f"{title + ', ' if title else ''}label noise {noise:.0%}", fontsize=9)
+        ax.set_xlabel("kept fraction")
+        ax.set_ylabel("margin over random (accuracy points, 95% CI)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    save_figure(fig, out, dpi=110)
+
+
+def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
+                    extras: dict[float, list[str]] | None = None) -> str:
     lines = ["# Selection quality: test accuracy (%) by method and kept fraction", ""]
     for noise in sorted(cells.get_column("noise").unique().to_list()):
         part = cells.filter(pl.col("noise") == noise)
@@ -120,6 +208,7 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame)
         lines.append(f"No method beats random (95% CI above zero) at kept {', '.join(f'{x:.0%}' for x in losers)}."
                      if losers else "At every kept fraction some method beats random.")
         lines.append("")
+        lines += (extras or {}).get(noise, [])
     return "\n".join(lines)
 
 
@@ -180,13 +269,21 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
 
 def quality_report(smk: Any) -> None:
     """Snakemake step: gather every quality run into the table, margins and plots."""
-    runs, noise_parts = {}, []
-    for noise, metrics_files, sel_files, examples in zip(smk.params.noise, smk.params.metrics, smk.params.selections,
-                                                         smk.params.examples):
+    from datasel.report.subsets import class_balance, noise_detection
+
+    runs, noise_parts, detections, balances = {}, [], {}, {}
+    score_files = smk.params.get("scores") or [[] for _ in smk.params.noise]
+    for noise, metrics_files, sel_files, examples, scores in zip(smk.params.noise, smk.params.metrics,
+                                                                 smk.params.selections, smk.params.examples,
+                                                                 score_files):
         runs[noise] = pl.concat([read_table(p, "metrics") for p in metrics_files], how="diagonal_relaxed")
+        ex = read_table(examples, "examples")
+        sels = pl.concat([read_table(p, "selections") for p in sel_files], how="diagonal_relaxed")
+        balances[noise] = class_balance(ex, sels).with_columns(
+            pl.col("selection").str.replace(r"_keep\d+$", "").alias("method"),
+            (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"))
         if noise > 0:
-            ex = read_table(examples, "examples")
-            sels = pl.concat([read_table(p, "selections") for p in sel_files], how="diagonal_relaxed")
+            detections[noise] = noise_detection(ex, {Path(p).stem: read_table(p, "scores") for p in scores})
             nd = noise_dropped(ex, sels).with_columns(
                 pl.col("selection").str.replace(r"_keep\d+$", "").alias("method"),
                 (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"),
@@ -194,12 +291,18 @@ def quality_report(smk: Any) -> None:
             noise_parts.append(nd.filter(pl.col("method") != "full"))
     cells = cell_table(runs)
     marg = margins(cells.filter(pl.col("method") != "full"))
-    full = cells.filter(pl.col("method") == "full")
+    full = cells.filter((pl.col("method") == "full"))
+    vs_full = against_full(cells)
     with atomic_path(smk.output.csv) as tmp:
         marg.write_csv(tmp)
-    md = render_markdown(cells, marg, full)
+    extras = {noise: render_extras(noise, vs_full, detections.get(noise), balances.get(noise)) for noise in runs}
+    md = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full, extras)
+    if smk.params.get("regime"):
+        md = md.replace("\n", f"\n\nRegime: {smk.params.regime}.\n", 1)
     with atomic_path(smk.output.md) as tmp:
         tmp.write_text(md)
     plot_quality(cells, pl.concat(noise_parts) if noise_parts else None, Path(smk.output.accuracy),
                  Path(smk.output.compute), Path(smk.output.noise_plot), int(smk.params.batch_size))
+    if "margin" in smk.output.keys():
+        plot_margins(marg, Path(smk.output.margin), title=str(smk.params.get("regime") or ""))
     log.info("\n%s", md)

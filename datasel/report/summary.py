@@ -159,8 +159,11 @@ def _pct(mean: float, std: float | None = None) -> str:
 
 
 def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: list[str],
-                   base_rate: float | None = None) -> Doc:
-    """The summary: the answer per kept fraction first, then warnings, then every selection."""
+                   base_rate: float | None = None, histograms: pl.DataFrame | None = None,
+                   detection: pl.DataFrame | None = None) -> Doc:
+    """The summary: the answer per kept fraction first, then warnings, then every selection; with ``histograms``
+    (:func:`datasel.report.subsets.class_histograms`) each subset's class mix against the full set's, with
+    ``detection`` (:func:`datasel.report.subsets.noise_detection`) how well each score finds the noisy labels."""
     from datasel.report.quality import format_margin
 
     doc = Doc()
@@ -190,6 +193,8 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
     noisy = base_rate is not None and base_rate > 0 and "noisy_share_of_dropped" in table.columns
     header = ["method", "kept", "selection", "test accuracy (%)", "seeds"]
     header += ["noisy share of dropped", "noise recall"] if noisy else []
+    gap = "class_share_max_gap" in table.columns
+    header += ["class mix gap (points)"] if gap else []
     rows = []
     for r in table.iter_rows(named=True):
         row = [r["method"], f"{r['fraction']:.0%}", f"`{r['selection']}`", _pct(r["accuracy_mean"], r["accuracy_std"]),
@@ -197,11 +202,44 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
         if noisy:
             row += ["—" if r[c] is None or r["fraction"] >= 1 or math.isnan(r[c]) else f"{r[c]:.1%}"
                     for c in ("noisy_share_of_dropped", "noise_recall")]
+        if gap:
+            row += ["—" if r["class_share_max_gap"] is None else f"{r['class_share_max_gap']:.1f}"]
         rows.append(row)
     doc.table(header, rows)
     if noisy:
         doc.para(f"Injected label noise in the training split: {base_rate:.1%} of rows.")
+    if gap:
+        doc.para("Class mix gap: the largest difference, in points, between a class's share of the subset and its "
+                 "share of the full training set (0 = the subset keeps the class mix).")
+    if histograms is not None and histograms.height:
+        _class_histogram_table(doc, histograms)
+    if detection is not None and detection.height:
+        _detection_table(doc, detection)
     return doc
+
+
+def _class_histogram_table(doc: Doc, h: pl.DataFrame) -> None:
+    labels = sorted(h.get_column("label").unique().to_list())
+    doc.heading("Class balance: share of each class in each subset (%)")
+    first = h.filter(pl.col("selection") == h.item(0, "selection")).sort("label")
+    rows = [["full training set", *(f"{100 * v:.1f}" for v in first.get_column("full_share").to_list())]]
+    for (sel,), part in h.group_by(["selection"], maintain_order=True):
+        shares = dict(zip(part.get_column("label").to_list(), part.get_column("share").to_list()))
+        rows.append([f"`{sel}`", *(f"{100 * shares.get(lab, 0.0):.1f}" for lab in labels)])
+    doc.table(["subset", *(f"class {lab}" for lab in labels)], rows)
+
+
+def _detection_table(doc: Doc, d: pl.DataFrame) -> None:
+    doc.heading("Finding the injected noisy labels")
+    rows = []
+    for r in d.iter_rows(named=True):
+        flags = ("—" if r["flagged"] is None else
+                 f"{r['flagged']:.1%} flagged, precision {r['flag_precision']:.1%}, recall {r['flag_recall']:.1%}")
+        rows.append([f"`{r['score']}`", f"{r['auroc']:.3f}", f"{r['average_precision']:.3f}", flags])
+    doc.table(["score", "AUROC", "average precision", "its own flags"], rows)
+    doc.para(f"Each score ranks the training rows (high = flagged) against the injected noise flag; a random ranking "
+             f"has AUROC 0.5 and average precision {d.item(0, 'noise_rate'):.3f} (the noise rate). A score below 0.5 "
+             "ranks noisy labels *last* (it rates them as good, e.g. a usefulness score).")
 
 
 def to_markdown(table: pl.DataFrame, base_rate: float | None = None) -> str:

@@ -25,6 +25,8 @@ class ScoreInputs:
     checkpoints: list[Path] = field(default_factory=list)
     features: list[Path] = field(default_factory=list)
     extra: dict[str, Path] = field(default_factory=dict)
+    epoch_tables: list[Path] = field(default_factory=list)  # proxy/seed<k>/epochs.parquet (needs "proxy_epochs")
+    proxy_cfg: dict[str, Any] = field(default_factory=dict)  # the proxy section (scorers that train their own)
     model_cfg: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     seed: int = 0

@@ -21,6 +21,10 @@ class Policy(ABC):
     needs_score: ClassVar[bool] = True
     # whether per-class quotas make sense; a policy that ignores the kept count (``full``) opts out
     stratifiable: ClassVar[bool] = True
+    # whether per-class quotas apply when the entry does not say ``stratify``: a score ranking concentrates on the
+    # classes the proxy finds hard (issue 17: a 70% EL2N-offset subset kept 48% of one class and 79% of another),
+    # so score-ranked policies keep the observed class mix unless ``stratify: false``
+    stratify_by_default: ClassVar[bool] = True
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -32,6 +36,11 @@ class Policy(ABC):
         ``pool`` holds the training examples (``example_id, label``) joined with ``score`` and ``rank`` when the
         policy reads a score; it is sorted by ``rank`` (best first), or by ``example_id`` otherwise.
         """
+
+
+def stratify_default(policy: Policy) -> bool:
+    """Whether ``policy`` is class-stratified when its entry has no ``stratify`` key: score-ranked policies are."""
+    return policy.needs_score and policy.stratifiable and policy.stratify_by_default
 
 
 POLICIES: Registry[type[Policy]] = Registry("selection policy", "datasel.selection")

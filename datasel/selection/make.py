@@ -1,6 +1,8 @@
 """Turn a policy config, a kept fraction and (optionally) a score table into a selection table.
 
 Class stratification and curriculum ordering wrap any policy, so each policy only decides *which* rows to keep.
+Score-ranked policies are stratified by the observed label unless their entry says ``stratify: false``
+(:func:`datasel.selection.base.stratify_default`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import numpy as np
 import polars as pl
 
 from datasel.errors import ConfigError, DataError
-from datasel.selection.base import POLICIES, kept_count
+from datasel.selection.base import POLICIES, kept_count, stratify_default
 from datasel.selection.curriculum import order_positions
+
+
+CARRIED_SCORE_COLUMNS = ("label_issue",)
 
 
 def selection_name(policy: str, fraction: float) -> str:
@@ -24,7 +29,9 @@ def build_pool(examples: pl.DataFrame, scores: pl.DataFrame | None, source: str 
     train = examples.filter(pl.col("split") == "train").select("example_id", "label")
     if scores is None:
         return train.sort("example_id")
-    pool = train.join(scores.select("example_id", "score", "rank"), on="example_id", how="left")
+    # a detector's own flag (cleanlab's label_issue) travels with the score for the filter policy
+    carried = [c for c in CARRIED_SCORE_COLUMNS if c in scores.columns]
+    pool = train.join(scores.select("example_id", "score", "rank", *carried), on="example_id", how="left")
     missing = pool.filter(pl.col("score").is_null())
     if missing.height:
         raise DataError(
@@ -68,7 +75,7 @@ def make_selection(
                           fix="name a scoring entry in 'score'")
     pool = build_pool(examples, scores if policy.needs_score else None, score_source)
     n_keep = kept_count(pool.height, fraction)
-    stratify = cfg.get("stratify") and policy.stratifiable
+    stratify = bool(cfg.get("stratify", stratify_default(policy))) and policy.stratifiable
     chosen = _stratified(policy, pool, n_keep, seed) if stratify else policy.choose(pool, n_keep, seed)
     chosen = chosen.select("example_id", "weight")
     curriculum = cfg.get("curriculum")

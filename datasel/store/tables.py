@@ -142,6 +142,14 @@ SCHEMAS: dict[str, TableSchema] = {
             files=("metrics/**/*.parquet",),
         ),
         TableSchema(
+            # per example and epoch of a proxy run: correct at presentation, and the margin (datasel.training.dynamics)
+            "proxy_epochs",
+            {"example_id": pl.String, "seed": pl.Int64, "epoch": pl.Int64, "correct": pl.Boolean,
+             "margin": pl.Float32},
+            unique=("example_id+epoch",),
+            files=("proxy/*/epochs.parquet",),
+        ),
+        TableSchema(
             "domain_weights",
             {"run": pl.String, "step": pl.Int64, "domain": pl.String, "weight": pl.Float64},
             files=("domain_weights/*.parquet",),

@@ -87,12 +87,15 @@ def train_classifier(
     on_checkpoint: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     desc: str = "train",
     loss_fn: PerExampleLoss = per_example_cross_entropy,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place (on the device it is on) and return it.
 
     ``weights`` scales each example's loss (selection weights); ``sampler`` overrides the batch order (curricula);
     ``on_checkpoint(epoch, model, optimizer)`` fires at epoch 0 (initialization) and after each epoch in
-    ``checkpoint_epochs``; ``loss_fn(logits, y)`` is the task's per-example loss.
+    ``checkpoint_epochs``; ``loss_fn(logits, y)`` is the task's per-example loss. ``on_batch(epoch, idx, logits,
+    y)`` sees each batch's training-time logits (detached) before the update: the presentation that forgetting
+    events and AUM are defined on (:mod:`datasel.training.dynamics`).
     """
     n = batch_len(x)
     device = model_device(model)
@@ -119,6 +122,8 @@ def train_classifier(
             with autocast(device):
                 logits = forward(model, xb)
             loss = loss_fn(logits, yb)
+            if on_batch is not None:
+                on_batch(epoch, idx, logits.detach(), yb)
             if weights is not None:
                 wb = weights[idx].to(device)
                 loss = (loss * wb).sum() / wb.sum()

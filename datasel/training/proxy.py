@@ -20,6 +20,7 @@ from datasel.runtime import pick_device, seed_everything
 from datasel.store import read_table, save_checkpoint_file
 from datasel.tasks import Task, make_task
 from datasel.training.classify import evaluate, train_classifier
+from datasel.training.dynamics import EpochRecorder
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,11 @@ def run_proxy(smk: Any) -> None:
                         optimizer=opt.state_dict())
         m.train()
 
+    recorder = EpochRecorder(len(train), int(cfg["epochs"]))  # per-epoch dynamics: forgetting events and AUM
     train_classifier(model, train.inputs, train.labels, train_cfg, seed=1000 + seed, checkpoint_epochs=epochs,
-                     on_checkpoint=on_checkpoint, desc=f"proxy seed {seed}", loss_fn=task.per_example_loss)
+                     on_checkpoint=on_checkpoint, desc=f"proxy seed {seed}", loss_fn=task.per_example_loss,
+                     on_batch=recorder)
+    recorder.write(outdir / "epochs.parquet", list(train.ids), seed)
     missing = [str(p) for p in smk.output if not Path(p).exists()]
     if missing:
         raise DataError(f"checkpoints {missing} were not written", field="proxy.checkpoints",
