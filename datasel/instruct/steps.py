@@ -71,6 +71,7 @@ def build_model(smk: Any) -> None:
     out = Path(smk.output[0])
     if out.exists():
         shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     build_tiny_model(texts, out, tiny)
 
 
@@ -83,7 +84,8 @@ def prepare(smk: Any) -> None:
     folder = check_model_folder(smk.params.model_dir, "instruct.model.path")
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     table, report = prepare_examples(cfg["data"], tok, Path(smk.output.examples).parent)
-    table.write_parquet(smk.output.examples)
+    with atomic_path(smk.output.examples) as tmp:
+        table.write_parquet(tmp)
     _json(smk.output.truncation, report)
     for role, rep in report.items():
         log.info("%s: %d rows, %d cut at max_length, %d left out (completion cut away)", role, rep["rows"],
@@ -105,8 +107,8 @@ def warmup(smk: Any) -> None:
     n = max(1, int(round(wcfg["fraction"] * pool.height)))
     pick = np.sort(rng_for(int(wcfg["seed"]), "instruct:warmup").choice(pool.height, size=n, replace=False))
     sample = pool[pick]
-    write_json_sample = Path(smk.output.sample)
-    sample.select("example_id", "task").write_parquet(write_json_sample)
+    with atomic_path(smk.output.sample) as tmp:
+        sample.select("example_id", "task").write_parquet(tmp)
     policy = _policy(cfg, smk.params.model_dir, int(wcfg["seed"]))
     _, enc = encode_split(sample, "train", policy.tok, int(cfg["data"]["max_length"]))
     outdir = Path(smk.output.sample).parent
@@ -152,6 +154,7 @@ def features_shard(smk: Any) -> None:
               identity=identity, preconditioner=pre, device=policy.device)
     if out.exists():
         shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(work, out)
 
 
