@@ -29,7 +29,7 @@ from datasel.features.compute import featurize, shard_bounds
 from datasel.features.projectors import AdamPreconditioner
 from datasel.features.steps import PRECONDITIONED_SPLITS, _work_dir
 from datasel.features.store import gather
-from datasel.instruct.data import ROLES, encode_split, prepare_examples, read_instructions, render
+from datasel.instruct.data import encode_split, prepare_examples, read_instructions, render
 from datasel.instruct.model import adapter_state, build_tiny_model, load_adapter, load_lm
 from datasel.instruct.train import completion_loss, evaluate, train_lora
 from datasel.runtime import pick_device, rng_for, seed_everything
