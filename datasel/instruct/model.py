@@ -88,7 +88,9 @@ def load_lm(path: str | Path, lora: dict[str, Any], device: torch.device, dtype:
     policy = HFPolicy(str(folder), max_new_tokens, device, dtype, field=where)
     targets = list(lora["target_modules"])
     have = lora_candidates(policy.module)
-    missing = [t for t in targets if t not in have]
+    names = [n for n, _ in policy.module.named_modules()]
+    # peft matches a target by the module's full name or a dotted suffix of it ("c_attn", "attn.c_attn")
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise ConfigError(f"LoRA target module(s) {missing} do not exist in the model", file=folder,
                           field="instruct.model.lora.target_modules", fix=f"use some of: {', '.join(have)}")
