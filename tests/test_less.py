@@ -183,3 +183,16 @@ def test_task_max_without_task_column_is_the_mean(tmp_path: Path) -> None:
     a = SCORERS.get("target_alignment")({"reduce": "task_max"}).score(inputs).get_column("score").to_numpy()
     b = SCORERS.get("target_alignment")({"reduce": "mean"}).score(inputs).get_column("score").to_numpy()
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_task_column_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    from datasel.errors import DataError
+    from datasel.scoring.target_alignment import target_groups
+
+    ex = tmp_path / "examples.parquet"
+    pl.DataFrame({"example_id": ["a", "b"], "split": ["val", "val"], "domain": ["x", "y"]}).write_parquet(ex)
+    groups, tasks = target_groups(ex, ["b", "a"], None, "scoring.less")  # no `task`: falls back to `domain`
+    assert tasks == ["x", "y"] and groups.tolist() == [1, 0]
+    with pytest.raises(DataError) as exc:
+        target_groups(ex, ["a"], "family", "scoring.less")
+    assert "no column 'family'" in str(exc.value) and "scoring.less.task_column" in str(exc.value)
