@@ -161,7 +161,7 @@ def test_encode_puts_the_loss_on_completion_tokens_only(tiny_model: Path) -> Non
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    enc, rep = encode(tok, ["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "], ["3", "7"], 64)
+    enc, rep, _ = encode(tok, ["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "], ["3", "7"], 64)
     for r in range(2):
         n_prompt = len(tok(["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "][r],
                            add_special_tokens=False)["input_ids"])
@@ -170,15 +170,17 @@ def test_encode_puts_the_loss_on_completion_tokens_only(tiny_model: Path) -> Non
         comp = lab[lab != IGNORE].tolist()
         assert comp[-1] == tok.eos_token_id and tok.decode(comp[:-1]) == ["3", "7"][r]
     assert rep["truncated"] == 0
-    enc, rep = encode(tok, ["What is 1 + 2?\nAnswer: "], ["3 and a long tail of words"], 12)
+    enc, rep, _ = encode(tok, ["What is 1 + 2?\nAnswer: "], ["3 and a long tail of words"], 12)
     assert rep["truncated"] == 1 and enc.input_ids.shape[1] == 12
+    enc, rep, dropped = encode(tok, ["What is 1 + 2?\nAnswer: ", "Hi "], ["3", "there"], 4)
+    assert dropped == [0] and rep["completion_removed"] == 1  # its prompt alone fills max_length
 
 
 def test_per_example_loss_does_not_depend_on_the_batch(tiny_model: Path) -> None:
     torch.manual_seed(0)
     pol = load_lm(tiny_model, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["c_attn"]}, torch.device("cpu"))
     prompts = ["What is 1 + 2?\nAnswer: ", "What is 13 + 4?\nAnswer: reply "]
-    enc, _ = encode(pol.tok, prompts, ["3", "17"], 64)
+    enc, _, _ = encode(pol.tok, prompts, ["3", "17"], 64)
     with torch.no_grad():
         both = completion_loss(pol.module(**enc.inputs()), enc.labels)
         alone = [completion_loss(pol.module(**{k: v[i:i + 1] for k, v in enc.inputs().items()}), enc.labels[i:i + 1])

@@ -95,9 +95,9 @@ class Encoded:
 
 
 def encode(tokenizer: Any, prompts: list[str], completions: list[str], max_length: int
-           ) -> tuple[Encoded, dict[str, Any]]:
+           ) -> tuple[Encoded, dict[str, Any], list[int]]:
     """Tokens of prompt + completion + end token, cut at ``max_length`` from the right (as LESS's encoder does);
-    returns the rectangle and a truncation report (rows cut, rows whose completion was cut away entirely).
+    returns the rectangle, a truncation report and the rows whose completion was cut away entirely.
 
     Padding is to the longest kept row, on the right: real tokens never attend to it (causal attention), so an
     example's loss and gradient do not depend on which rows share its batch.
@@ -125,7 +125,7 @@ def encode(tokenizer: Any, prompts: list[str], completions: list[str], max_lengt
         labels[r, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
     report = {"rows": len(rows), "truncated": cut, "completion_removed": len(emptied), "max_length": max_length,
               "width": width}
-    return Encoded(input_ids, attn, labels), report | {"_emptied": emptied}
+    return Encoded(input_ids, attn, labels), report, emptied
 
 
 def example_ids(role: str, prompts: list[str], completions: list[str]) -> list[str]:
@@ -143,8 +143,8 @@ def prepare_examples(cfg: dict[str, Any], tokenizer: Any, out_dir: Path) -> tupl
         path = cfg[role]
         raw = read_instructions(path, role)
         prompts, comps = render(raw, cfg, tokenizer, str(path))
-        enc, rep = encode(tokenizer, prompts, comps, int(cfg["max_length"]))
-        emptied = set(rep.pop("_emptied"))
+        enc, rep, dropped = encode(tokenizer, prompts, comps, int(cfg["max_length"]))
+        emptied = set(dropped)
         if len(emptied) == len(prompts):
             raise DataError(f"every completion was truncated away: all {len(prompts)} prompts are at least "
                             f"max_length={cfg['max_length']} tokens", file=path, field="instruct.data.max_length",
@@ -191,6 +191,6 @@ def encode_split(table: pl.DataFrame, split: str, tokenizer: Any, max_length: in
     if part.height == 0:
         raise ConfigError(f"split '{split}' has no examples", field="instruct.data",
                           fix="give every role (pool, target, test) at least one row that survives max_length")
-    enc, _ = encode(tokenizer, part.get_column("prompt").to_list(), part.get_column("completion").to_list(),
-                    max_length)
+    enc, _, _ = encode(tokenizer, part.get_column("prompt").to_list(), part.get_column("completion").to_list(),
+                       max_length)
     return part.get_column("example_id").to_list(), enc
