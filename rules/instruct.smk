@@ -27,6 +27,11 @@ if "instruct" in config:
     def ins_selections():
         return [ins_selection(n) for n in INS["selection"]["policies"]]
 
+    def ins_params(*sections):
+        """The slices of the instruct section one rule reads (a change elsewhere does not rerun it)."""
+        out = {"device": INS["device"], "model": INS["model"], "data": {"max_length": INS["data"]["max_length"]}}
+        return out | {s: INS[s] for s in sections}
+
     INS_EPOCHS = list(range(1, INS["warmup"]["epochs"] + 1))
     INS_DATA = {role: INS["data"][role] for role in ("pool", "target", "test")}
 
@@ -51,7 +56,7 @@ if "instruct" in config:
             output:
                 directory(f"{IR}/base_model"),
             params:
-                instruct=INS,
+                instruct=ins_params("data"),
             log:
                 "logs/instruct/model.log",
             script:
@@ -66,7 +71,7 @@ if "instruct" in config:
             truncation=f"{IR}/truncation.json",
             sources=expand(f"{IR}/source_{{role}}.parquet", role=INS_DATA),
         params:
-            instruct=INS,
+            instruct=ins_params("data"),
             model_dir=ins_model_dir(),
         log:
             "logs/instruct/prepare.log",
@@ -81,7 +86,7 @@ if "instruct" in config:
             sample=f"{IR}/warmup/sample.parquet",
             checkpoints=expand(f"{IR}/warmup/epoch{{e}}.pt", e=INS_EPOCHS),
         params:
-            instruct=INS,
+            instruct=ins_params("warmup"),
             model_dir=ins_model_dir(),
         resources:
             gpu=1,
@@ -100,7 +105,7 @@ if "instruct" in config:
         output:
             directory(f"{IR}/features/epoch{{epoch}}-{{split}}/shard_{{shard}}"),
         params:
-            instruct=INS,
+            instruct=ins_params("features"),
             model_dir=ins_model_dir(),
         wildcard_constraints:
             epoch=r"\d+",
@@ -136,7 +141,7 @@ if "instruct" in config:
         output:
             f"{IR}/scores/less.parquet",
         params:
-            instruct=INS,
+            instruct={"score": INS["score"]},
         log:
             "logs/instruct/score.log",
         script:
@@ -173,7 +178,7 @@ if "instruct" in config:
         output:
             f"{IR}/metrics/{{selection}}.parquet",
         params:
-            instruct=INS,
+            instruct=ins_params("finetune", "eval"),
             model_dir=ins_model_dir(),
         resources:
             gpu=1,
