@@ -103,7 +103,8 @@ def test_make_projector_and_errors() -> None:
 
 
 def test_adam_preconditioner_matches_torch_adam_step() -> None:
-    """The preconditioned gradient is exactly the direction torch.optim.Adam would step along (bias-free form)."""
+    """The preconditioned gradient is LESS's Adam update m'/sqrt(v'+eps) from torch Adam's moments (bias-free form;
+    eps inside the root as in LESS's obtain_gradients_with_adam, where torch's own step uses sqrt(v')+eps)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.8, 0.9), eps=1e-6)
@@ -116,7 +117,7 @@ def test_adam_preconditioner_matches_torch_adam_step() -> None:
     g = torch.randn(2, 15)
     m = torch.cat([opt.state[p]["exp_avg"].flatten() for p in model.parameters()])
     v = torch.cat([opt.state[p]["exp_avg_sq"].flatten() for p in model.parameters()])
-    want = (0.8 * m + 0.2 * g) / ((0.9 * v + 0.1 * g * g).sqrt() + 1e-6)
+    want = (0.8 * m + 0.2 * g) / (0.9 * v + 0.1 * g * g + 1e-6).sqrt()
     assert torch.allclose(pre(g), want)
     assert AdamPreconditioner.from_optimizer_state({"state": {}, "param_groups": []}, model, ["weight"]) is None
 

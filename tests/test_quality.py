@@ -61,26 +61,26 @@ def test_quality_grid_smoke(tmp_path):
 
 
 def test_quality_grid_with_gradient_feature_methods(tmp_path):
-    """LESS and k-center in the grid: each noise level's run featurizes its own proxies and selects from them."""
+    """Gradient cosine (LESS without Adam) and k-center in the grid: each noise level's run featurizes its own proxies and selects from them."""
     from datasel.features.store import FeatureSet
 
     cfg = copy.deepcopy(TINY)
     cfg["stages"] = ["quality"]
     cfg["features"] = {"shards": 2, "sets": {"grads": {"seeds": [0], "epochs": [1], "dim": 32}}}
-    cfg["scoring"]["less"] = {"method": "target_alignment", "features": "grads", "reduce": "mean", "weights": "uniform"}
+    cfg["scoring"]["gradcos"] = {"method": "target_alignment", "features": "grads", "reduce": "mean", "weights": "uniform"}
     cfg["quality"] = {"noise": [0.0, 0.2], "fractions": [0.3, 1.0], "seeds": [0, 1], "curriculum": None,
-                      "policies": {"less_top": {"policy": "top", "score": "less"},
+                      "policies": {"gradcos_top": {"policy": "top", "score": "gradcos"},
                                    "kcenter": {"policy": "kcenter", "features": "grads"}},
                       "budget": {"unit": "steps", "value": 20}}
     write_config(tmp_path, cfg)
     snakemake(tmp_path)
     marg = pl.read_csv(tmp_path / "results/quality/report/margins.csv")
-    assert set(marg.get_column("method")) >= {"less_top", "kcenter"}  # margins over random, added by the grid
+    assert set(marg.get_column("method")) >= {"gradcos_top", "kcenter"}  # margins over random, added by the grid
     feats, kept = {}, {}
     for noise in (0, 20):
         run = tmp_path / f"results/quality/noise{noise}"
         feats[noise] = FeatureSet.open(run / "features/grads/seed0-epoch1-train/index.json").load()
-        sel = pl.read_parquet(run / "selections/less_top_keep30.parquet")
+        sel = pl.read_parquet(run / "selections/gradcos_top_keep30.parquet")
         kept[noise] = sel.filter(pl.col("selected")).get_column("example_id").sort().to_list()
     # the runs differ only in their labels: features of one run must not be reused for the other
     assert feats[0].shape == feats[20].shape and not np.allclose(feats[0], feats[20])

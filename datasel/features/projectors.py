@@ -7,7 +7,8 @@ stream) and moved to the compute device; they are kept there only while their to
 full matrix is held only when the user's memory budget allows it.
 
 An optional Adam preconditioner (LESS, Xia et al. 2024) rescales a gradient to the update Adam would take,
-``m'/(sqrt(v')+eps)`` with ``m' = b1 m + (1-b1) g`` and ``v' = b2 v + (1-b2) g^2``, before projection.
+``m'/sqrt(v'+eps)`` with ``m' = b1 m + (1-b1) g`` and ``v' = b2 v + (1-b2) g^2``, before projection (eps inside
+the root, no bias correction: LESS's ``obtain_gradients_with_adam``).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def make_projector(cfg: dict[str, Any], dim_in: int, device: str | torch.device 
 
 
 class AdamPreconditioner:
-    """LESS's Adam-update gradient ``m'/(sqrt(v')+eps)`` from the optimizer moments of the chosen parameters."""
+    """LESS's Adam-update gradient ``m'/sqrt(v'+eps)`` from the optimizer moments of the chosen parameters."""
 
     def __init__(self, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
@@ -138,7 +139,7 @@ class AdamPreconditioner:
     def __call__(self, grads: torch.Tensor) -> torch.Tensor:
         m = self.m.to(grads) * self.b1 + (1 - self.b1) * grads
         v = self.v.to(grads) * self.b2 + (1 - self.b2) * grads.pow(2)
-        return m / (v.sqrt() + self.eps)
+        return m / (v + self.eps).sqrt()  # LESS puts eps inside the root (not torch Adam's sqrt(v)+eps)
 
     @classmethod
     def from_optimizer_state(cls, opt_state: dict[str, Any], model: torch.nn.Module,

@@ -42,6 +42,20 @@ def checkpoint_preconditioner(path: str | os.PathLike, model: torch.nn.Module,
     return AdamPreconditioner.from_optimizer_state(state, model, list(select_params(model, params)))
 
 
+# LESS preconditions only the candidate (training-pool) gradients with the Adam moments: they stand for the update
+# a training step on that example would make, while the target (validation) gradients stay plain gradients of the
+# target loss. Preconditioning both sides would compare two updates, not "update vs. direction of descent".
+PRECONDITIONED_SPLITS = ("train",)
+
+
+def split_preconditioner(fset: dict[str, Any], split: str, checkpoint: str | os.PathLike, model: torch.nn.Module
+                         ) -> AdamPreconditioner | None:
+    """The preconditioner a shard of ``split`` applies: Adam moments for the pool split when asked, else None."""
+    if fset.get("precondition") != "adam" or split not in PRECONDITIONED_SPLITS:
+        return None
+    return checkpoint_preconditioner(checkpoint, model, fset["params"])
+
+
 def checkpoint_lr(proxy: dict[str, Any], epoch: int) -> float:
     """Mean learning rate over the epoch that ends at checkpoint ``epoch`` (LESS's checkpoint weight).
 
@@ -109,8 +123,9 @@ def features_shard(smk: Any) -> None:
         inputs = take(data.inputs, slice(lo, hi))
         identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "lr": checkpoint_lr(smk.params.proxy, epoch)}
-        if fset.get("precondition") == "adam":
-            preconditioner = checkpoint_preconditioner(smk.input.checkpoint, model, fset["params"])
+        if split not in PRECONDITIONED_SPLITS:
+            fset = {**fset, "precondition": "none"}  # target gradients stay plain (LESS), recorded so in the shard
+        preconditioner = split_preconditioner(fset, split, smk.input.checkpoint, model)
     model.to(device)
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
     work = _work_dir(out, settings)

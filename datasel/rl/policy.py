@@ -222,7 +222,8 @@ class CharPolicy(Policy):
 class HFPolicy(Policy):
     """Any local Hugging Face causal LM (a folder with config, weights and tokenizer); never downloads."""
 
-    def __init__(self, path: str, max_new_tokens: int, device: torch.device, dtype: str = "auto") -> None:
+    def __init__(self, path: str, max_new_tokens: int, device: torch.device, dtype: str = "auto",
+                 field: str = "cures.policy.hf_path") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -231,7 +232,7 @@ class HFPolicy(Policy):
                            "float16": torch.float16}[dtype]
             self.module = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype).to(device)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load a causal LM from {path!r}: {str(exc)[:200]}", field="cures.policy.hf_path",
+            raise ConfigError(f"cannot load a causal LM from {path!r}: {str(exc)[:200]}", field=field,
                               fix="give a local folder saved with save_pretrained (model and tokenizer)") from None
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:

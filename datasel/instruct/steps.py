@@ -1,0 +1,269 @@
+"""Snakemake steps of the instruction chain (rules/instruct.smk); everything under ``results/instruct/``::
+
+    base_model/                      the tiny GPT-2 (only with instruct.model.tiny)
+    examples.parquet, truncation.json, source_<role>.parquet
+    warmup/epoch<e>.pt               LoRA adapters + AdamW state + the epoch's mean lr;  warmup/sample.parquet
+    features/epoch<e>-<split>/shard_<i>/, index.json     the feature store (train = pool, Adam; val = target, plain)
+    scores/less.parquet              the LESS score (target_alignment, reduce task_max)
+    selections/<policy>_keep<pct>.parquet
+    metrics/<selection>.parquet      one row per fine-tuning seed: test loss per token, exact match
+    report/summary.md, summary.csv   precision of the selection against the target family, and the metrics
+    export/<selection>/              the selected pool rows in their original columns
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from datasel.errors import DataError
+from datasel.features.compute import featurize, shard_bounds
+from datasel.features.projectors import AdamPreconditioner
+from datasel.features.steps import PRECONDITIONED_SPLITS, _work_dir
+from datasel.features.store import gather
+from datasel.instruct.data import encode_split, prepare_examples, read_instructions, render
+from datasel.instruct.model import adapter_state, build_tiny_model, load_adapter, load_lm
+from datasel.instruct.train import completion_loss, evaluate, train_lora
+from datasel.runtime import pick_device, rng_for, seed_everything
+from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
+from datasel.selection.make import make_selection
+from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
+
+log = logging.getLogger(__name__)
+
+
+def _json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _device(cfg: dict[str, Any]) -> torch.device:
+    return pick_device(cfg.get("device", "auto"))
+
+
+def _policy(cfg: dict[str, Any], model_dir: str, seed: int, max_new_tokens: int = 32) -> Any:
+    seed_everything(seed)  # LoRA's A matrices are drawn at wrapping time
+    return load_lm(model_dir, cfg["model"]["lora"], _device(cfg), cfg["model"]["dtype"], max_new_tokens)
+
+
+def generate_data(smk: Any) -> None:
+    from datasel.instruct.families import write
+
+    write(smk.params.generate, {"pool": smk.output.pool, "target": smk.output.target, "test": smk.output.test})
+
+
+def build_model(smk: Any) -> None:
+    cfg = smk.params.instruct
+    texts = []
+    for role in ("pool", "target"):
+        prompts, comps = render(read_instructions(cfg["data"][role], role), cfg["data"], None, cfg["data"][role])
+        texts += [p + c for p, c in zip(prompts, comps)]
+    tiny = {**cfg["model"]["tiny"]}
+    tiny["n_positions"] = max(int(tiny["n_positions"]), int(cfg["data"]["max_length"]))
+    out = Path(smk.output[0])
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_tiny_model(texts, out, tiny)
+
+
+def prepare(smk: Any) -> None:
+    from transformers import AutoTokenizer
+
+    from datasel.instruct.model import check_model_folder
+
+    cfg = smk.params.instruct
+    folder = check_model_folder(smk.params.model_dir, "instruct.model.path")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    table, report = prepare_examples(cfg["data"], tok, Path(smk.output.examples).parent)
+    with atomic_path(smk.output.examples) as tmp:
+        table.write_parquet(tmp)
+    _json(smk.output.truncation, report)
+    for role, rep in report.items():
+        log.info("%s: %d rows, %d cut at max_length, %d left out (completion cut away)", role, rep["rows"],
+                 rep["truncated"], rep["completion_removed"])
+
+
+def _tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def warmup(smk: Any) -> None:
+    """LESS's warm-up: LoRA on a random ``fraction`` of the pool, a checkpoint with optimizer state each epoch."""
+    cfg = smk.params.instruct
+    wcfg = cfg["warmup"]
+    table = pl.read_parquet(smk.input.examples)
+    pool = table.filter(pl.col("split") == "train").sort("example_id")
+    n = max(1, int(round(wcfg["fraction"] * pool.height)))
+    pick = np.sort(rng_for(int(wcfg["seed"]), "instruct:warmup").choice(pool.height, size=n, replace=False))
+    sample = pool[pick]
+    with atomic_path(smk.output.sample) as tmp:
+        sample.select("example_id", "task").write_parquet(tmp)
+    policy = _policy(cfg, smk.params.model_dir, int(wcfg["seed"]))
+    _, enc = encode_split(sample, "train", policy.tok, int(cfg["data"]["max_length"]))
+    outdir = Path(smk.output.sample).parent
+
+    def save(epoch: int, mean_lr: float, opt: torch.optim.Optimizer) -> None:
+        save_checkpoint_file({"adapter": adapter_state(policy.module), "optimizer": opt.state_dict(), "epoch": epoch,
+                              "lr": mean_lr, "model_dir": str(smk.params.model_dir)}, outdir / f"epoch{epoch}.pt")
+
+    train_lora(policy.module, enc, wcfg, int(wcfg["seed"]), on_epoch=save, desc="warm-up")
+
+
+def features_shard(smk: Any) -> None:
+    """LoRA gradient features of one shard of the pool (Adam-preconditioned) or of the target set (plain)."""
+    cfg = smk.params.instruct
+    fcfg = {**cfg["features"], "params": "lora", "projector": "rademacher"}
+    split, shard, shards = smk.wildcards.split, int(smk.wildcards.shard), int(cfg["features"]["shards"])
+    ckpt = torch.load(smk.input.checkpoint, map_location="cpu", weights_only=False)
+    policy = _policy(cfg, smk.params.model_dir, 0)
+    load_adapter(policy.module, ckpt["adapter"], smk.input.checkpoint)
+    table = pl.read_parquet(smk.input.examples)
+    ids, enc = encode_split(table, split, policy.tok, int(cfg["data"]["max_length"]))
+    lo, hi = shard_bounds(len(ids), shards, shard)
+    pre = None
+    if split in PRECONDITIONED_SPLITS:  # the pool; the target set stays plain gradients (LESS)
+        chosen = [n for n, p in policy.module.named_parameters() if p.requires_grad]
+        pre = AdamPreconditioner.from_optimizer_state(ckpt["optimizer"], policy.module, chosen)
+        if pre is None:
+            raise DataError("the warm-up checkpoint has no Adam moments for the LoRA parameters",
+                            file=smk.input.checkpoint, fix="rerun the instruct warm-up step")
+    fcfg["precondition"] = "adam" if pre is not None else "none"
+    out = Path(smk.output[0])
+    identity = {"model": str(smk.params.model_dir), "checkpoint": f"epoch{ckpt['epoch']}", "split": split,
+                "lr": float(ckpt["lr"])}
+    # a work folder named by the settings: a killed job resumes there, a changed config starts afresh
+    work = _work_dir(out, {"fset": fcfg, "identity": identity, "shards": shards, "rows": [lo, hi],
+                           "data": str(Path(smk.input.examples).stat().st_mtime_ns)})
+    if work.parent.exists():
+        for stale in work.parent.glob(f"{out.name}-*"):
+            if stale != work:
+                shutil.rmtree(stale, ignore_errors=True)
+    inputs = {k: v[lo:hi] for k, v in enc.inputs().items()}
+    featurize(policy.module, inputs, enc.labels[lo:hi], work, fcfg, ids=ids[lo:hi], loss_fn=completion_loss,
+              identity=identity, preconditioner=pre, device=policy.device)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, out)
+
+
+def features_gather(smk: Any) -> None:
+    gather([Path(p) for p in smk.input.shards], smk.output[0], verify=True,
+           extra={"checkpoint": f"epoch{smk.wildcards.epoch}", "split": smk.wildcards.split})
+
+
+def score(smk: Any) -> None:
+    cfg = smk.params.instruct["score"]
+    scorer = SCORERS.get("target_alignment")({"reduce": cfg["reduce"], "weights": cfg["weights"],
+                                              "task_column": "task"})
+    inputs = ScoreInputs(examples=Path(smk.input.examples), meta={}, features=[Path(p) for p in smk.input.features])
+    table = finalize_scores(scorer.score(inputs), "less")
+    write_table(table, smk.output[0], "scores")
+
+
+def select(smk: Any) -> None:
+    entry, name = smk.params.policy, smk.wildcards.policy
+    table = pl.read_parquet(smk.input.examples)
+    scores = read_table(smk.input.scores, "scores") if smk.input.get("scores") else None
+    sel = make_selection(table, scores, name, entry, float(smk.params.fraction), int(smk.params.seed),
+                         score_source=smk.input.get("scores") or "scores")
+    write_table(sel, smk.output[0], "selections")
+
+
+def finetune(smk: Any) -> None:
+    """LoRA fine-tuning from the base model on one selection, one run per seed, evaluated on the test split."""
+    cfg = smk.params.instruct
+    table = pl.read_parquet(smk.input.examples)
+    chosen = read_table(smk.input.selection, "selections").filter(pl.col("selected")).get_column("example_id")
+    train = table.filter(pl.col("example_id").is_in(chosen.implode()))
+    test = table.filter(pl.col("split") == "test").sort("example_id")
+    rows = []
+    for seed in cfg["finetune"]["seeds"]:
+        policy = _policy(cfg, smk.params.model_dir, int(seed))
+        _, enc = encode_split(train, "train", policy.tok, int(cfg["data"]["max_length"]))
+        hist = train_lora(policy.module, enc, cfg["finetune"], int(seed), desc=f"fine-tune seed {seed}")
+        _, test_enc = encode_split(test, "test", policy.tok, int(cfg["data"]["max_length"]))
+        comps = test.get_column("completion").to_list()
+        longest = max(len(policy.tok(c, add_special_tokens=False)["input_ids"]) for c in comps) + 1
+        policy.max_new_tokens = int(cfg["eval"].get("max_new_tokens") or longest)
+        m = evaluate(policy, test_enc, test.get_column("prompt").to_list(), comps, cfg["eval"])
+        rows.append({"selection": smk.wildcards.selection, "seed": int(seed), "train_examples": train.height,
+                     "train_loss": hist[-1]["loss"], "loss_per_token": m["loss_per_token"],
+                     "exact_match": m["exact_match"], "test_examples": m["examples"]})
+        log.info("%s seed %s: test loss/token %.4f, exact match %.3f", smk.wildcards.selection, seed,
+                 m["loss_per_token"], m["exact_match"])
+    with atomic_path(smk.output[0]) as tmp:
+        pl.DataFrame(rows).write_parquet(tmp)
+
+
+def report(smk: Any) -> None:
+    """Precision of each selection against the target family(ies) and the fine-tuned models' test metrics."""
+    table = pl.read_parquet(smk.input.examples)
+    target_tasks = set(table.filter(pl.col("split") == "val").get_column("task"))
+    pool = table.filter(pl.col("split") == "train")
+    base = float(pool.get_column("task").is_in(list(target_tasks)).mean())
+    metrics = pl.concat([pl.read_parquet(p) for p in smk.input.metrics])
+    rows = []
+    for path in smk.input.selections:
+        sel = read_table(path, "selections")
+        name = sel.get_column("selection")[0]
+        kept = pool.join(sel.filter(pl.col("selected")).select("example_id"), on="example_id")
+        m = metrics.filter(pl.col("selection") == name)
+        rows.append({"selection": name, "kept": kept.height,
+                     "target_share": float(kept.get_column("task").is_in(list(target_tasks)).mean()),
+                     "base_rate": base,
+                     "loss_mean": float(m.get_column("loss_per_token").mean()),
+                     "loss_std": float(m.get_column("loss_per_token").std() or 0.0),
+                     "em_mean": float(m.get_column("exact_match").mean()),
+                     "em_std": float(m.get_column("exact_match").std() or 0.0), "seeds": m.height})
+    summary = pl.DataFrame(rows).sort("selection")
+    trunc = json.loads(Path(smk.input.truncation).read_text())
+    lines = ["# Instruction-data selection (LESS)", "",
+             f"Target task(s): {', '.join(sorted(target_tasks))}; pool {pool.height} rows, target-family base rate "
+             f"{base:.1%}.", "",
+             "| selection | kept | share from target family | test loss/token (mean ± std) | exact match | seeds |",
+             "|---|---|---|---|---|---|"]
+    for r in summary.iter_rows(named=True):
+        lines.append(f"| {r['selection']} | {r['kept']} | {r['target_share']:.1%} | {r['loss_mean']:.4f} ± "
+                     f"{r['loss_std']:.4f} | {r['em_mean']:.3f} ± {r['em_std']:.3f} | {r['seeds']} |")
+    lines += ["", "Truncation at max_length: " + "; ".join(
+        f"{role} {t['truncated']}/{t['rows']} rows cut, {t['completion_removed']} left out" for role, t in trunc.items())]
+    Path(smk.output.md).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(smk.output.md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    with atomic_path(smk.output.csv) as tmp:
+        summary.write_csv(tmp)
+
+
+def export_selection(examples: str | Path, selection: str | Path, source: str | Path, fmt: str, out: str | Path
+                     ) -> pl.DataFrame:
+    """The selected pool rows as the user gave them (original columns and order), written to folder ``out``."""
+    from datasel.export.formats import check_format, verify, write_rows
+
+    table = pl.read_parquet(examples).filter(pl.col("split") == "train")
+    sel = read_table(selection, "selections").filter(pl.col("selected")).select("example_id")
+    rows = table.join(sel, on="example_id").sort("source_row").get_column("source_row")
+    raw = pl.read_parquet(source)
+    picked = raw[rows.to_list()]
+    check_format(picked, fmt)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(selection).stem
+    write_rows(picked, fmt, out, stem)
+    verify(picked, fmt, out, stem)
+    return picked
+
+
+def export(smk: Any) -> None:
+    export_selection(smk.input.examples, smk.input.selection, smk.input.source, smk.params.format, smk.output[0])

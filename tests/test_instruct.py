@@ -1,0 +1,251 @@
+"""The instruction-data chain (LESS for a causal LM): data handling, the whole chain on a tiny GPT-2, bad input.
+
+The chain test calls the rule steps in one process (each Snakemake job would pay seconds of torch/transformers
+imports); the dry run checks that rules/instruct.smk wires the same steps together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from datasel.config import check_config, load_config
+from datasel.errors import ConfigError, DataError
+from datasel.instruct import steps
+from datasel.instruct.data import IGNORE, encode, prepare_examples, render
+from datasel.instruct.model import build_tiny_model, check_model_folder, load_lm
+from datasel.instruct.train import completion_loss
+
+from conftest import ROOT, snakemake
+
+os.environ.setdefault("DATASEL_PROGRESS", "0")
+
+TINY_CFG: dict[str, Any] = {
+    "stages": ["instruct"],
+    "instruct": {
+        "device": "cpu",
+        "data": {"pool": "data/pool.jsonl", "target": "data/target.jsonl", "test": "data/test.jsonl",
+                 "max_length": 40,
+                 "generate": {"per_family": 12, "target": 8, "test": 6, "target_family": "arith", "seed": 0}},
+        "model": {"tiny": {"vocab_size": 300, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64},
+                  "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]}},
+        "warmup": {"fraction": 0.3, "epochs": 2, "batch_size": 8, "lr": 0.01},
+        "features": {"dim": 64, "shards": 2, "chunk_size": 8},
+        "selection": {"fraction": 0.25},
+        "finetune": {"seeds": [0], "epochs": 1, "batch_size": 8},
+        "eval": {"max_new_tokens": 3},
+    },
+}
+
+
+class IO(list):
+    """What a Snakemake rule hands a step: positional paths that are also named attributes."""
+
+    def __init__(self, *items: Any, **named: Any) -> None:
+        super().__init__([*items, *named.values()])
+        self.__dict__.update(named)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+
+class Smk:
+    def __init__(self, input: IO | None = None, output: IO | None = None, params: dict | None = None,
+                 wildcards: dict | None = None) -> None:
+        self.input, self.output = input or IO(), output or IO()
+        self.params = IO(**(params or {}))
+        self.wildcards = IO(**(wildcards or {}))
+
+
+def _config(tmp: Path) -> dict[str, Any]:
+    (tmp / "config.yaml").write_text(yaml.safe_dump(TINY_CFG))
+    cfg = check_config(load_config([tmp / "config.yaml"]), ROOT / "workflow" / "schemas")["instruct"]
+    cfg["data"] = {**cfg["data"], **{r: str(tmp / cfg["data"][r]) for r in ("pool", "target", "test")}}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    texts = [f"What is {a} + {b}?\nAnswer: {a + b}" for a in range(10) for b in range(5)]
+    return build_tiny_model(texts, tmp_path_factory.mktemp("lm") / "model",
+                            {"vocab_size": 300, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64, "seed": 0})
+
+
+def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    r = tmp_path / "results/instruct"
+    data = {k: cfg["data"][k] for k in ("pool", "target", "test")}
+    steps.generate_data(Smk(output=IO(**data), params={"generate": cfg["data"]["generate"]}))
+    model = r / "base_model"
+    steps.build_model(Smk(output=IO(str(model)), params={"instruct": cfg}))
+    common = {"instruct": cfg, "model_dir": str(model)}
+    ex = r / "examples.parquet"
+    steps.prepare(Smk(output=IO(examples=str(ex), truncation=str(r / "truncation.json")), params=common))
+    table = pl.read_parquet(ex)
+    assert set(table.get_column("split")) == {"train", "val", "test"}
+    assert set(table.filter(pl.col("split") == "val").get_column("task")) == {"arith"}
+    ckpts = [r / f"warmup/epoch{e}.pt" for e in (1, 2)]
+    steps.warmup(Smk(input=IO(examples=str(ex)), output=IO(sample=str(r / "warmup/sample.parquet")), params=common))
+    saved = torch.load(ckpts[1], weights_only=False)
+    assert saved["optimizer"]["state"] and saved["lr"] > 0 and all("lora_" in k for k in saved["adapter"])
+    indexes = []
+    for e, ck in zip((1, 2), ckpts):
+        for split in ("train", "val"):
+            shards = [r / f"features/epoch{e}-{split}/shard_{i}" for i in range(2)]
+            for i, out in enumerate(shards):
+                steps.features_shard(Smk(input=IO(examples=str(ex), checkpoint=str(ck)), output=IO(str(out)),
+                                         params=common, wildcards={"split": split, "shard": str(i)}))
+            index = r / f"features/epoch{e}-{split}/index.json"
+            steps.features_gather(Smk(input=IO(shards=[str(s) for s in shards]), output=IO(str(index)),
+                                      wildcards={"epoch": str(e), "split": split}))
+            meta = json.loads((shards[0] / "meta.json").read_text())
+            assert meta["precondition"] == ("adam" if split == "train" else "none")  # LESS: pool only
+            indexes.append(str(index))
+    scores = r / "scores/less.parquet"
+    steps.score(Smk(input=IO(examples=str(ex), features=indexes), output=IO(str(scores)), params=common))
+    sc = pl.read_parquet(scores)
+    assert sc.height == table.filter(pl.col("split") == "train").height and sc.get_column("score").is_finite().all()
+    sels = {}
+    for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0)):
+        entry = cfg["selection"]["policies"][name]
+        out = r / f"selections/{name}_keep{round(fraction * 100)}.parquet"
+        inputs = IO(examples=str(ex), **({"scores": str(scores)} if entry.get("score") else {}))
+        steps.select(Smk(input=inputs, output=IO(str(out)),
+                         params={"policy": entry, "fraction": fraction, "seed": 0}, wildcards={"policy": name}))
+        sels[out.stem] = out
+    for name, path in sels.items():
+        steps.finetune(Smk(input=IO(examples=str(ex), selection=str(path)), output=IO(str(r / f"metrics/{name}.parquet")),
+                           params=common, wildcards={"selection": name}))
+    md, csv = r / "report/summary.md", r / "report/summary.csv"
+    steps.report(Smk(input=IO(examples=str(ex), truncation=str(r / "truncation.json"),
+                              selections=[str(p) for p in sels.values()],
+                              metrics=[str(r / f"metrics/{n}.parquet") for n in sels]),
+                     output=IO(md=str(md), csv=str(csv))))
+    summary = pl.read_csv(csv)
+    by = {row["selection"]: row for row in summary.iter_rows(named=True)}
+    assert by["full_keep100"]["target_share"] == pytest.approx(by["full_keep100"]["base_rate"])
+    # the target set is all arithmetic: LESS's top quarter holds more of it than the pool does
+    assert by["less_top_keep25"]["target_share"] > by["less_top_keep25"]["base_rate"]
+    assert np.isfinite(summary.get_column("loss_mean").to_numpy()).all()
+    assert "share from target family" in md.read_text()
+    # export: the user's own rows and columns, nothing datasel added
+    out = tmp_path / "export"
+    rows = steps.export_selection(ex, sels["less_top_keep25"], r / "source_pool.parquet", "jsonl", out)
+    back = pl.read_ndjson(out / "less_top_keep25.jsonl")
+    assert back.columns == ["prompt", "completion", "task"] and back.height == rows.height
+    kept = pl.read_parquet(sels["less_top_keep25"]).filter(pl.col("selected")).height
+    assert back.height == kept
+    pool = pl.read_ndjson(data["pool"])
+    assert back.join(pool, on=["prompt", "completion", "task"], how="semi").height == back.height
+
+
+def test_workflow_wires_the_chain(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CFG))
+    proc = snakemake(tmp_path, "-n")
+    text = proc.stdout + proc.stderr
+    for rule in ("instruct_generate", "instruct_model", "instruct_prepare", "instruct_warmup",
+                 "instruct_features_shard", "instruct_features_gather", "instruct_score", "instruct_select",
+                 "instruct_finetune", "instruct_report", "instruct_export"):
+        assert rule in text, rule
+
+
+def test_encode_puts_the_loss_on_completion_tokens_only(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    enc, rep, _ = encode(tok, ["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "], ["3", "7"], 64)
+    for r in range(2):
+        n_prompt = len(tok(["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "][r],
+                           add_special_tokens=False)["input_ids"])
+        lab = enc.labels[r]
+        assert (lab[:n_prompt] == IGNORE).all()
+        comp = lab[lab != IGNORE].tolist()
+        assert comp[-1] == tok.eos_token_id and tok.decode(comp[:-1]) == ["3", "7"][r]
+    assert rep["truncated"] == 0
+    enc, rep, _ = encode(tok, ["What is 1 + 2?\nAnswer: "], ["3 and a long tail of words"], 12)
+    assert rep["truncated"] == 1 and enc.input_ids.shape[1] == 12
+    enc, rep, dropped = encode(tok, ["What is 1 + 2?\nAnswer: ", "Hi "], ["3", "there"], 4)
+    assert dropped == [0] and rep["completion_removed"] == 1  # its prompt alone fills max_length
+
+
+def test_per_example_loss_does_not_depend_on_the_batch(tiny_model: Path) -> None:
+    torch.manual_seed(0)
+    pol = load_lm(tiny_model, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["c_attn"]}, torch.device("cpu"))
+    prompts = ["What is 1 + 2?\nAnswer: ", "What is 13 + 4?\nAnswer: reply "]
+    enc, _, _ = encode(pol.tok, prompts, ["3", "17"], 64)
+    with torch.no_grad():
+        both = completion_loss(pol.module(**enc.inputs()), enc.labels)
+        alone = [completion_loss(pol.module(**{k: v[i:i + 1] for k, v in enc.inputs().items()}), enc.labels[i:i + 1])
+                 for i in range(2)]
+    assert both.item() == pytest.approx((alone[0].item() + alone[1].item()) / 2, rel=1e-5)
+
+
+def test_chat_messages_are_rendered(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    df = pl.DataFrame({"messages": [[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello"}]]})
+    cols = {"prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages"}
+    assert render(df, cols, tok, "f") == (["user: Hi?\nassistant: "], ["Hello"])
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    assert render(df, cols, tok, "f") == (["<user>Hi?<assistant>"], ["Hello"])
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+def test_no_completion_column_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "pool.jsonl"
+    pl.DataFrame({"prompt": ["a"], "answer": ["b"]}).write_ndjson(path)
+    cfg = {"pool": str(path), "target": str(path), "test": str(path), "prompt_column": "prompt",
+           "completion_column": "completion", "messages_column": "messages", "task_column": "task", "max_length": 32}
+    with pytest.raises(DataError) as exc:
+        prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
+    msg = str(exc.value)
+    assert str(path) in msg and "instruct.data.completion_column" in msg and "no 'completion' column" in msg
+    assert "fix" in msg
+
+
+def test_every_completion_truncated_away_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "pool.jsonl"
+    pl.DataFrame({"prompt": ["a long prompt of many words " * 3] * 2, "completion": ["x", "y"]}).write_ndjson(path)
+    cfg = {"pool": str(path), "target": str(path), "test": str(path), "prompt_column": "prompt",
+           "completion_column": "completion", "messages_column": "messages", "task_column": "task", "max_length": 5}
+    with pytest.raises(DataError) as exc:
+        prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
+    msg = str(exc.value)
+    assert "every completion was truncated away" in msg and "instruct.data.max_length" in msg
+    assert str(path) in msg and "raise instruct.data.max_length" in msg
+
+
+def test_model_folder_without_tokenizer_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_model.iterdir():
+        if not f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(DataError) as exc:
+        check_model_folder(bare, "instruct.model.path")
+    msg = str(exc.value)
+    assert "no tokenizer" in msg and str(bare) in msg and "instruct.model.path" in msg
+    assert "tokenizer.save_pretrained" in msg
+
+
+def test_missing_lora_target_module_is_refused(tiny_model: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_lm(tiny_model, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]}, torch.device("cpu"))
+    msg = str(exc.value)
+    assert "['q_proj'] do not exist" in msg and "instruct.model.lora.target_modules" in msg
+    assert str(tiny_model) in msg and "c_attn" in msg  # the fix lists modules that do exist
