@@ -84,7 +84,7 @@ def test_sparse_matrix_is_a_countsketch() -> None:
 
 
 def _kron_reference(proj: FactoredProjector, g: torch.Tensor) -> torch.Tensor:
-    """The factored map written out: (P_out ⊗ P_in) vec(G) entry by entry, P_out b, a dense stage 2, rest."""
+    """The factored map written out: (P_out ⊗ P_in) vec(G) entry by entry, P_out b, stage 2, rest."""
     mids = []
     for lay in proj.layers.values():
         po = lay.p_out.double() if lay.p_out is not None else torch.eye(lay.fan_out, dtype=torch.float64)
@@ -107,10 +107,11 @@ def _kron_reference(proj: FactoredProjector, g: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_factored_map_is_the_kronecker_sketch_of_the_gradient() -> None:
+@pytest.mark.parametrize("stage2", ["dense", "sparse"])
+def test_factored_map_is_the_kronecker_sketch_of_the_gradient(stage2: str) -> None:
     model = _model("wide")
     comp = PerSampleGrads(model, cross_entropy, "all", "auto")
-    proj = FactoredProjector(comp, 32, layer_dim=64, out_share=0.75, rest="dense", seed=2)
+    proj = FactoredProjector(comp, 32, layer_dim=64, out_share=0.75, rest="dense", stage2=stage2, seed=2)
     assert [(lay.k_out, lay.k_in) for lay in proj.layers.values()] == [(23, 2), (23, 2), (10, 6)]
     assert proj.rest_names == ["norm.weight", "norm.bias"]
     x, y = _data(5)

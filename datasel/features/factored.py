@@ -4,14 +4,16 @@ A Linear/Conv layer's per-example weight gradient is ``G = Σ_t g_t a_tᵀ`` (``
 ``a_t`` its input, ``t`` over positions). With seeded random ``P_out`` (k_out × fan_out) and ``P_in`` (k_in × fan_in),
 each scaled by 1/sqrt(rows), ``P_out G P_inᵀ = Σ_t (P_out g_t)(P_in a_t)ᵀ`` is a JL sketch of ``vec(G)`` by the
 Kronecker matrix ``P_out ⊗ P_in`` (LoGra, Choe et al. 2024), computed from the two small sides. A layer's bias
-gradient ``Σ_t g_t`` goes through ``P_out``. Two stages (as in LoGra): the per-layer sketches are concatenated
-(``m`` dims) and a dense seeded projection takes them to ``k``.
+gradient ``Σ_t g_t`` goes through ``P_out``. Two stages: the per-layer sketches are concatenated (``m`` dims) and a
+seeded projection takes them to ``k`` (``factor_stage2``: sparse by default; after the first stage the coordinates
+are already mixed, so CountSketch loses little against a dense m×k matrix and costs O(m) instead of O(m·k)).
 
 The budget split is the knob ``factor_out_share``: per layer, ``k_out = layer_dim ** share`` (capped at fan_out,
-which is then kept exact) and ``k_in = layer_dim / k_out``. Activations of different examples are strongly
-correlated (a shared mean direction, ReLU outputs ≥ 0), so the input side needs few dimensions and the
-output-gradient side most of them; an even split (0.5) loses much of the inner-product accuracy. The default comes
-from ``benchmarks/features.py``'s sweep.
+which is then kept exact) and ``k_in = layer_dim / k_out``. Where activations of different examples are strongly
+correlated (a shared mean direction) the input side needs few dimensions and the output-gradient side most of
+them; where they are not (the MLP of ``benchmarks/features.py`` on whitened inputs) an even split is better. The
+default (0.5, ``factor_dim`` 1024) is the best of that benchmark's sweep; on the default CNN, whose output sides
+(32 channels) are kept exact, the split does not matter.
 
 Parameters that are not a Linear/Conv weight or bias (layer norms, embeddings, ...) are projected from their
 flattened per-example gradients by a dense or sparse projector (``factor_rest``), added to the output, which makes
@@ -28,13 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError
 from datasel.features.grads import Inputs, PerSampleGrads, _call, batch_len, slice_inputs
-from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _owner
-from datasel.features.projectors import (DenseProjector, Projector, block_seed, make_flat_projector,
-                                         random_matrix)
+from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _owner, _unfold
+from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,8 @@ class FactoredProjector(Projector):
     """Per-layer Kronecker sketches, then a dense projection to ``dim_out``; other parameters by ``rest``."""
 
     def __init__(self, comp: PerSampleGrads, dim_out: int, *, kind: str = "rademacher", seed: int = 0,
-                 layer_dim: int = 1024, out_share: float = 0.75, rest: str = "sparse", sparse_nnz: int = 1,
-                 device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0) -> None:
+                 layer_dim: int = 1024, out_share: float = 0.5, rest: str = "sparse", sparse_nnz: int = 1,
+                 stage2: str = "sparse", device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0) -> None:
         if not 0.0 <= out_share <= 1.0:
             raise ConfigError(f"factor_out_share {out_share} is not in [0, 1]", field="features.factor_out_share",
                               fix="use a share between 0 (all to the input side) and 1 (all to the output side)")
@@ -116,13 +118,12 @@ class FactoredProjector(Projector):
             if layer.bias_cols is not None:
                 layer.bias_mid, mid = mid, mid + layer.k_out
         self.dim_mid = mid
-        self.stage2 = (DenseProjector(mid, self.dim_out, kind, self.seed, self.device, block_rows, cache_mb,
-                                      name="factored-stage2/") if mid else None)
+        cfg = {"projector": kind, "dim": self.dim_out, "seed": self.seed, "block_rows": block_rows,
+               "cache_mb": cache_mb, "sparse_nnz": sparse_nnz}
+        self.stage2 = make_flat_projector(cfg, mid, self.device, stage2, name="factored-stage2/") if mid else None
         self.rest_dim = sum(n for _, n in self.rest_cols)
         self.rest: Projector | None = None
         if self.rest_dim:
-            cfg = {"projector": kind, "dim": self.dim_out, "seed": self.seed, "block_rows": block_rows,
-                   "cache_mb": cache_mb, "sparse_nnz": sparse_nnz}
             self.rest = make_flat_projector(cfg, self.rest_dim, self.device, rest, name="factored-rest/")
             log.info("factored projection: %d parameters (%s) are not Linear/Conv and use the %s projection",
                      self.rest_dim, ", ".join(self.rest_names[:4]) + ("..." if len(self.rest_names) > 4 else ""),
@@ -133,13 +134,14 @@ class FactoredProjector(Projector):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], comp: PerSampleGrads, device: str | torch.device) -> FactoredProjector:
-        rest = str(cfg.get("factor_rest", "sparse"))
-        if rest not in ("dense", "sparse"):
-            raise ConfigError(f"factor_rest {rest!r} is not dense or sparse", field="features.factor_rest",
-                              fix="use dense or sparse")
+        rest, stage2 = str(cfg.get("factor_rest", "sparse")), str(cfg.get("factor_stage2", "sparse"))
+        for key, val in (("factor_rest", rest), ("factor_stage2", stage2)):
+            if val not in ("dense", "sparse"):
+                raise ConfigError(f"{key} {val!r} is not dense or sparse", field=f"features.{key}",
+                                  fix="use dense or sparse")
         return cls(comp, int(cfg["dim"]), kind=str(cfg.get("projector", "rademacher")), seed=int(cfg.get("seed", 0)),
-                   layer_dim=int(cfg.get("factor_dim", 1024)), out_share=float(cfg.get("factor_out_share", 0.75)),
-                   rest=rest, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
+                   layer_dim=int(cfg.get("factor_dim", 1024)), out_share=float(cfg.get("factor_out_share", 0.5)),
+                   rest=rest, stage2=stage2, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
                    block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)))
 
     def _new_layer(self, path: str, mod: nn.Module) -> _Layer:
@@ -194,17 +196,15 @@ class FactoredProjector(Projector):
         mid = torch.zeros(b, self.dim_mid, dtype=dtype, device=self.device)
         with torch.no_grad():
             for path, a, g in taps:
-                layer = self.layers[path]
-                a3, g3 = LayerGrads.sides(self._taps.modules[path], a, g)
+                layer, mod = self.layers[path], self._taps.modules[path]
+                g3 = LayerGrads.sides(mod, a, g)[1] if isinstance(mod, nn.Linear) else g.flatten(2).transpose(1, 2)
                 gp = g3 @ layer.p_out.to(dtype).T if layer.p_out is not None else g3  # (B, P, k_out)
                 if layer.weight_cols is not None:
-                    ap = a3 @ layer.p_in.to(dtype).T if layer.p_in is not None else a3  # (B, P, k_in)
-                    view = mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in]
-                    view = view.view(b, layer.k_out, layer.k_in)
-                    if ap.shape[1] == 1:
-                        view.addcmul_(gp.transpose(1, 2), ap)
-                    else:
-                        view.baddbmm_(gp.transpose(1, 2), ap)
+                    ap = _input_side(mod, a, layer.p_in.to(dtype) if layer.p_in is not None else None)  # (B, P, k_in)
+                    # a contiguous product, then one add: batched products into a strided view of `mid` take
+                    # torch's per-example fallback
+                    prod = gp.transpose(1, 2) * ap if ap.shape[1] == 1 else torch.bmm(gp.transpose(1, 2), ap)
+                    mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] += prod.reshape(b, -1)
                 if layer.bias_cols is not None:
                     mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] += gp.sum(1)
         return mid
@@ -263,6 +263,19 @@ class FactoredProjector(Projector):
                 "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
                 "stage2": self.stage2.fingerprint() if self.stage2 is not None else None,
                 "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
+
+
+def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:
+    """``P_in a_t`` at every position, ``(B, P, k_in)``. For a convolution, ``P_in`` applied to every sliding window
+    is itself a convolution with ``P_in`` as its k_in filters: no unfolded copy of the input is made."""
+    if isinstance(mod, nn.Linear):
+        a3 = a.reshape(a.shape[0], -1, a.shape[-1])
+        return a3 @ p_in.T if p_in is not None else a3
+    if p_in is None:
+        return _unfold(mod, a).transpose(1, 2)
+    conv = F.conv1d if isinstance(mod, nn.Conv1d) else F.conv2d
+    out = conv(a, p_in.reshape(p_in.shape[0], *mod.weight.shape[1:]), None, mod.stride, mod.padding, mod.dilation)
+    return out.flatten(2).transpose(1, 2)
 
 
 def _glob_literal(name: str) -> str:
