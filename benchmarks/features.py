@@ -226,6 +226,18 @@ def hf_inputs(n: int, max_length: int = 64) -> tuple[torch.nn.Module, dict[str, 
     return model.eval(), dict(tokenize(tok, texts, max_length)), y, spec
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process's own address space; ru_maxrss does not
+    restart at exec on Linux, so a child forked from a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def large_child(n: int, out_dir: str, chunk: int, params: str) -> None:
     torch.set_num_threads(1)
     model = _vector_model(CNN_CFG)
@@ -234,7 +246,7 @@ def large_child(n: int, out_dir: str, chunk: int, params: str) -> None:
               {"params": params, "dim": 512, "chunk_size": chunk, "seed": 0}, ids=None,
               identity={"model": json.dumps(CNN_CFG), "checkpoint": "init", "split": "synthetic"})
     secs = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     print(json.dumps({"n": n, "seconds": secs, "peak_rss_mb": rss_mb,
                       "bytes": (Path(out_dir) / "features.f16").stat().st_size}))
 
