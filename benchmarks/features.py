@@ -1,16 +1,22 @@
-"""Per-example gradient features: speed against the per-example loop and the batched-backward floor, projection
-throughput, and peak memory of a large featurization run.
+"""Per-example gradient features at the floor: every gradient path and projector, with its quality beside its speed.
 
-Three gradient paths are timed: the per-example loop, vmap, and the per-layer path (one batched backward to the
-layer outputs, then per-example outer products) that ``mode: auto`` picks for this model; the goals apply to the
-path the feature store uses.
+Models: the default config's proxy (1-D CNN, 32 channels, D = 8,010) and an MLP 40-1000-1000-10 (D ≈ 1.05M) on
+MNIST-1D-shaped inputs, and all-MiniLM-L6-v2 with LoRA adapters (query, value) on stdlib docstrings. For each:
 
-    python benchmarks/features.py                      # full: 1,000,000-example run (long on one CPU core)
-    python benchmarks/features.py --large 100000,300000 --n 2048   # reduced
+- the floor: one plain batched forward+backward per chunk (the cost of any gradient method's backward pass);
+- per-example gradients by each path (loop, vmap, layers);
+- features = gradients + projection to k = 512 and 4096 by each projector (dense, sparse, factored), and beside
+  each speed the quality: the Pearson correlation of projected with exact inner products over 200 seeded pairs;
+- GraNd norms: today's path (per-example gradients, then norms) against ghost norms, with ghost's relative error
+  against a float64 per-example loop.
 
-Model: the default config's proxy (1-D CNN, 32 channels) on MNIST-1D-shaped inputs (40 values, 10 classes).
-The large runs use synthetic inputs generated chunk by chunk (seeded), so nothing but the featurizer grows with N;
-each runs in a child process whose peak RSS is read from the kernel (ru_maxrss). Last line: one JSON object.
+Timings are medians of interleaved rounds (every function once per round, in turn), so a stretch of load from other
+processes hits them all; one thread. Slow cells (dense projection of the 1M MLP) time fewer rows. Then peak RSS of a
+streamed featurization of 100k and 1M synthetic examples (children; nothing but the store grows with N).
+Last line: one JSON object with every figure and the ratios the goals name (``goals``).
+
+    python benchmarks/features.py                                  # everything (long on a shared CPU)
+    python benchmarks/features.py --models cnn --large '' --hf 0   # the default CNN only
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +40,19 @@ import torch.nn.functional as F
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasel.features.compute import cross_entropy, featurize  # noqa: E402
-from datasel.features.grads import PerSampleGrads  # noqa: E402
-from datasel.features.projectors import DenseProjector  # noqa: E402
+from datasel.features.compute import DEFAULTS, cross_entropy, featurize  # noqa: E402
+from datasel.features.grads import PerSampleGrads, batch_len, slice_inputs  # noqa: E402
+from datasel.features.norms import GradNorms  # noqa: E402
+from datasel.features.projectors import inner_product_correlation, make_projector  # noqa: E402
 from datasel.models import build_model  # noqa: E402
 
-MODEL_CFG = {"name": "cnn1d", "channels": 32}
+CNN_CFG = {"name": "cnn1d", "channels": 32}
+MLP_CFG = {"name": "mlp", "hidden": [1000, 1000]}
 META = {"input_dim": 40, "num_classes": 10}
+PROJECTIONS = ("dense", "sparse", "factored")
+KS = (512, 4096)
+BAR = {512: 0.95, 4096: 0.97}  # the quality bar: inner-product correlation at each k
+SETTINGS: dict[str, Any] = dict(DEFAULTS)  # projector settings timed (the feature defaults unless overridden)
 
 
 class SyntheticInputs:
@@ -58,84 +72,148 @@ class SyntheticInputs:
         return torch.randn(stop - start, 40, generator=g)
 
 
-def _model() -> torch.nn.Module:
+def _vector_model(cfg: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(MODEL_CFG, META).eval()
+    return build_model(cfg, META).eval()
 
 
-def _rates(fns: dict[str, Callable[[], None]], n: int, repeat: int = 5, interleave: bool = True) -> dict[str, float]:
-    """Examples/s of each function, best of ``repeat`` runs.
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    ``interleave``: rounds that run every function once in turn, so a stretch of load from other processes hits all
-    of them, and each runs on a heap the others have warmed (the steady state of a featurization run, where chunks
-    alternate gradients, projection and writes). Otherwise each function runs its repeats alone, from a heap
-    trimmed by the previous one: on CPU, a path that allocates fresh buffers per call then pays page faults.
-    """
-    best = dict.fromkeys(fns, float("inf"))
-    if interleave:
-        for fn in fns.values():
-            fn()  # warm-up (vmap tracing, allocator, layer buffers)
-        rounds = [list(fns.items())] * repeat
-    else:
-        rounds = [[(name, fn)] * (repeat + 1) for name, fn in fns.items()]
-    for rnd in rounds:
-        for i, (name, fn) in enumerate(rnd):
+
+def medians(fns: dict[str, tuple[Callable[[], None], int]], rounds: int) -> dict[str, float]:
+    """Examples/s of each ``(fn, rows)``: the median over ``rounds`` interleaved rounds, after one warm-up each."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for name, (fn, _) in fns.items():
+        t = time.perf_counter()
+        fn()  # warm-up: vmap tracing, allocator, layer buffers, cached projection blocks
+        _progress(f"warm-up {name}: {time.perf_counter() - t:.2f} s")
+    for r in range(rounds):
+        for name, (fn, _) in fns.items():
             t = time.perf_counter()
             fn()
-            if interleave or i > 0:
-                best[name] = min(best[name], time.perf_counter() - t)
-    return {name: n / secs for name, secs in best.items()}
+            times[name].append(time.perf_counter() - t)
+        _progress(f"round {r + 1}/{rounds} done")
+    return {name: fns[name][1] / statistics.median(ts) for name, ts in times.items()}
 
 
-def speed(n: int, n_loop: int, chunk: int) -> dict:
-    model = _model()
-    x, y = SyntheticInputs(n)[0:n], SyntheticInputs(n, labels=True)[0:n]
-    comp_v = PerSampleGrads(model, cross_entropy, "all", "vmap")
-    comp_l = PerSampleGrads(model, cross_entropy, "all", "loop")
-    comp_a = PerSampleGrads(model, cross_entropy, "all", "auto")
-    comp_a(x[:chunk], y[:chunk])  # auto decides on its first chunk
-    dim = comp_v.dim
+def _chunks(x: Any, y: torch.Tensor, rows: int, chunk: int) -> list[tuple[Any, torch.Tensor]]:
+    return [(slice_inputs(x, s, min(s + chunk, rows)), y[s : min(s + chunk, rows)]) for s in range(0, rows, chunk)]
 
-    def vmap_all() -> None:
-        for s in range(0, n, chunk):
-            comp_v(x[s : s + chunk], y[s : s + chunk])
 
-    def auto_all() -> None:
-        for s in range(0, n, chunk):
-            comp_a(x[s : s + chunk], y[s : s + chunk])
+def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: str | list[str], *, chunk: int,
+          rows: int, loop_rows: int, slow_rows: int, rounds: int, sweep: bool) -> dict[str, Any]:
+    """Every gradient path, projector and norm path on one model; figures keyed ``<label>_...``."""
+    n = batch_len(x)
+    rows = min(rows, n)
+    comps = {m: PerSampleGrads(model, cross_entropy, params, m, reuse=True) for m in ("layers", "vmap", "loop")}
+    auto = PerSampleGrads(model, cross_entropy, params, "auto")
+    exact = torch.cat([auto(xc, yc).clone() for xc, yc in _chunks(x, y, rows, chunk)])  # the quality reference
+    dim = auto.dim
+    _progress(f"{label}: exact gradients of {rows} rows ({auto.mode})")
+    wanted = list(auto.params.values())
+    out: dict[str, Any] = {f"{label}_D": dim, f"{label}_auto_mode": auto.mode}
 
-    def loop_all() -> None:
-        comp_l(x[:n_loop], y[:n_loop])
+    def over(r: int, fn: Callable[[Any, torch.Tensor], Any]) -> Callable[[], None]:
+        batches = _chunks(x, y, r, min(chunk, r))
 
-    params = [p for p in model.parameters()]
+        def go() -> None:
+            for xc, yc in batches:
+                fn(xc, yc)
+        return go
 
-    def floor() -> None:  # one plain batched forward+backward per chunk: the cost floor of any gradient method
-        for s in range(0, n, chunk):
-            loss = F.cross_entropy(model(x[s : s + chunk]), y[s : s + chunk])
-            torch.autograd.grad(loss, params)
+    def floor(xc: Any, yc: torch.Tensor) -> None:  # one plain batched forward+backward: any method's floor
+        torch.autograd.grad(cross_entropy(model(**xc) if isinstance(xc, dict) else model(xc), yc), wanted)
 
-    r_loop = _rates({"loop": loop_all}, n_loop, repeat=1)["loop"]
-    paths = {"vmap": vmap_all, "auto": auto_all, "floor": floor}
-    iso = _rates(paths, n, interleave=False)
-    r = _rates(paths, n)
-    r_vmap, r_auto, r_floor = r["vmap"], r["auto"], r["floor"]
-    out = {"D": dim, "auto_mode": comp_a.mode, "loop_ex_s": r_loop, "vmap_ex_s": r_vmap, "auto_ex_s": r_auto,
-           "floor_ex_s": r_floor, "vmap_over_loop": r_vmap / r_loop, "floor_over_vmap": r_floor / r_vmap,
-           "auto_over_loop": r_auto / r_loop, "floor_over_auto": r_floor / r_auto,
-           **{f"isolated_{k}_ex_s": v for k, v in iso.items()},
-           "isolated_floor_over_vmap": iso["floor"] / iso["vmap"], "isolated_floor_over_auto": iso["floor"] / iso["auto"]}
-    grads = comp_a(x[:chunk], y[:chunk])
-    t_grad = chunk / r_auto
-    for k in (512, 4096):
-        proj = DenseProjector(dim, k, "rademacher", seed=0)
-        r_proj = _rates({"proj": lambda: proj.project(grads)}, chunk)["proj"]
-        out[f"proj{k}_ex_s"] = r_proj
-        out[f"proj{k}_share"] = (chunk / r_proj) / (chunk / r_proj + t_grad)
+    fns: dict[str, tuple[Callable[[], None], int]] = {"floor": (over(rows, floor), rows)}
+    fns["grads_layers"] = (over(rows, comps["layers"]), rows)
+    fns["grads_vmap"] = (over(rows, comps["vmap"]), rows)
+    fns["grads_loop"] = (over(loop_rows, comps["loop"]), loop_rows)
+    projectors: dict[str, Any] = {}
+    for proj in PROJECTIONS:
+        for k in KS:
+            if proj == "dense" and k > 512 and dim > 100_000:
+                # 2·D·k flops per row (2.2 TFLOP per 256 rows of the 1M MLP): minutes per round on a shared core;
+                # its quality is dense's at 512 and better, its cost 8x that of k = 512
+                out[f"{label}_{proj}{k}_corr"] = None
+                continue
+            p = make_projector({**SETTINGS, "projection": proj, "dim": k}, dim, grads=comps["layers"])
+            qrows = slow_rows * 4 if proj == "dense" and dim > 100_000 else rows  # quality on fewer rows there
+            feats = torch.cat([p.features(comps["layers"], xc, yc).clone() for xc, yc in _chunks(x, y, qrows, chunk)])
+            out[f"{label}_{proj}{k}_corr"] = round(inner_product_correlation(feats, exact[:qrows], 200, 0), 4)
+            if proj == "factored":
+                out[f"{label}_factored_path"] = p.path
+            projectors[f"{proj}{k}"] = p
+            # dense projection of a 1M-wide gradient is the slowest cell by far: fewer rows, same per-row cost
+            r = slow_rows if proj == "dense" and dim > 100_000 else rows
+            _progress(f"{label}: {proj}{k} quality {out[f'{label}_{proj}{k}_corr']}")
+            fns[f"{proj}{k}"] = (over(r, lambda xc, yc, p=p: p.features(comps["layers"], xc, yc)), r)
+    today = GradNorms(model, cross_entropy, params, "layers")
+    ghost = GradNorms(model, cross_entropy, params, "auto")
+    fns["grand_today"] = (over(rows, today), rows)
+    fns["grand_ghost"] = (over(rows, ghost), rows)
+    rates = medians(fns, rounds)
+    out[f"{label}_grand_mode"] = ghost.mode
+    out |= {f"{label}_{name}_ex_s": round(v, 1) for name, v in rates.items()}
+    fl = rates["floor"]
+    for name in [*fns]:
+        if name != "floor" and name in rates:
+            out[f"{label}_{name}_over_floor"] = round(fl / rates[name], 3)  # time per example relative to the floor
+    out[f"{label}_ghost_over_today"] = round(rates["grand_ghost"] / rates["grand_today"], 2)
+    # ghost norms' error against the float64 per-example loop on a few rows
+    k = min(16, rows)
+    ref_model = model.double() if not isinstance(x, dict) else model
+    xs, ys = slice_inputs(x, 0, k), y[:k]
+    if not isinstance(x, dict):
+        xs = xs.double()
+    ref = torch.linalg.vector_norm(PerSampleGrads(ref_model, cross_entropy, params, "loop")(xs, ys), dim=1)
+    got = GradNorms(ref_model, cross_entropy, params, "auto")(xs, ys)
+    out[f"{label}_ghost_rel_err"] = float(((got.double() - ref.double()).abs() / ref.double()).max())
+    model.float()
+    if sweep:  # the factored budget split: quality only (untimed), per (factor_dim, out_share) at each k
+        for fd in (256, 1024, 4096):
+            for share in (0.5, 0.75, 0.9):
+                for kk in KS:
+                    p = make_projector({**SETTINGS, "projection": "factored", "dim": kk, "factor_dim": fd,
+                                        "factor_out_share": share}, dim, grads=comps["layers"])
+                    feats = torch.cat([p.features(comps["layers"], xc, yc) for xc, yc in _chunks(x, y, rows, chunk)])
+                    out[f"{label}_sweep_fd{fd}_share{share}_k{kk}_corr"] = round(
+                        inner_product_correlation(feats, exact, 200, 0), 4)
     return out
 
 
-def transformer(n: int, chunk: int = 16, max_length: int = 64) -> dict:
-    """The same paths on all-MiniLM-L6-v2 with LoRA adapters (query, value) on stdlib docstrings."""
+def report(label: str, title: str, f: dict[str, Any]) -> None:
+    fl = f[f"{label}_floor_ex_s"]
+    print(f"{title}: D = {f[f'{label}_D']:,}, auto -> {f[f'{label}_auto_mode']}")
+    print(f"  floor (batched fwd+bwd) {fl:10.1f} ex/s")
+    for m in ("layers", "vmap", "loop"):
+        print(f"  grads {m:<7}           {f[f'{label}_grads_{m}_ex_s']:10.1f} ex/s  "
+              f"{f[f'{label}_grads_{m}_over_floor']:7.2f}x floor")
+    for proj in PROJECTIONS:
+        for k in KS:
+            if f"{label}_{proj}{k}_ex_s" not in f:
+                print(f"  grads+{proj:<8} k={k:<5} not timed (2·D·k flops per row)")
+                continue
+            bar = "ok " if f[f"{label}_{proj}{k}_corr"] >= BAR[k] else "LOW"
+            print(f"  grads+{proj:<8} k={k:<5} {f[f'{label}_{proj}{k}_ex_s']:10.1f} ex/s  "
+                  f"{f[f'{label}_{proj}{k}_over_floor']:7.2f}x floor   corr {f[f'{label}_{proj}{k}_corr']:.3f} {bar}")
+    print(f"  GraNd today {f[f'{label}_grand_today_ex_s']:.1f} ex/s, ghost ({f[f'{label}_grand_mode']}) "
+          f"{f[f'{label}_grand_ghost_ex_s']:.1f} ex/s ({f[f'{label}_ghost_over_today']:.1f}x), ghost rel. error "
+          f"{f[f'{label}_ghost_rel_err']:.1e}")
+    sweep = {k: v for k, v in f.items() if k.startswith(f"{label}_sweep_")}
+    if sweep:
+        print("  factored split sweep (corr): " + ", ".join(f"{k[len(label) + 7:-5]} {v:.3f}" for k, v in sweep.items()))
+
+
+def best_meeting_bar(f: dict[str, Any], label: str, k: int) -> tuple[str, float, float]:
+    """(projector, ratio to the floor, corr) of the fastest projector meeting the bar at k (else the best corr)."""
+    cands = [(p, f[f"{label}_{p}{k}_over_floor"], f[f"{label}_{p}{k}_corr"]) for p in PROJECTIONS
+             if f"{label}_{p}{k}_over_floor" in f]
+    ok = [c for c in cands if c[2] >= BAR[k]]
+    return min(ok, key=lambda c: c[1]) if ok else max(cands, key=lambda c: c[2])
+
+
+def hf_inputs(n: int, max_length: int = 64) -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor, Any]:
     from datasel.features.hf import build_text_classifier, tokenize
     from datasel.features.textdata import stdlib_docstrings
 
@@ -145,90 +223,104 @@ def transformer(n: int, chunk: int = 16, max_length: int = 64) -> dict:
     codes = {m: i for i, m in enumerate(sorted(set(df.get_column("label").to_list())))}
     y = torch.tensor([codes[m] for m in df.get_column("label").to_list()])
     model, tok, spec = build_text_classifier({"trainable": "lora", "max_length": max_length}, texts, y, len(codes))
-    enc = tokenize(tok, texts, max_length)
-    comps = {mode: PerSampleGrads(model, cross_entropy, spec, mode) for mode in ("loop", "vmap", "auto")}
-    comps["auto"]({k: v[:chunk] for k, v in enc.items()}, y[:chunk])
-    params = list(comps["auto"].params.values())
-
-    def run(mode: str) -> Callable[[], None]:
-        def go() -> None:
-            for s in range(0, n, chunk):
-                comps[mode]({k: v[s : s + chunk] for k, v in enc.items()}, y[s : s + chunk])
-        return go
-
-    def floor() -> None:
-        for s in range(0, n, chunk):
-            torch.autograd.grad(cross_entropy(model(**{k: v[s : s + chunk] for k, v in enc.items()}), y[s : s + chunk]),
-                                params)
-
-    r = _rates({"loop": run("loop"), "vmap": run("vmap"), "auto": run("auto"), "floor": floor}, n, repeat=2)
-    return {"hf_auto_mode": comps["auto"].mode, "hf_D": comps["auto"].dim,
-            **{f"hf_{k}_ex_s": v for k, v in r.items()},
-            "hf_floor_over_auto": r["floor"] / r["auto"], "hf_floor_over_vmap": r["floor"] / r["vmap"]}
+    return model.eval(), dict(tokenize(tok, texts, max_length)), y, spec
 
 
-def large_child(n: int, out_dir: str, chunk: int) -> None:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process's own address space; ru_maxrss does not
+    restart at exec on Linux, so a child forked from a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def large_child(n: int, out_dir: str, chunk: int, params: str) -> None:
     torch.set_num_threads(1)
-    model = _model()
+    model = _vector_model(CNN_CFG)
     t = time.perf_counter()
     featurize(model, SyntheticInputs(n), SyntheticInputs(n, labels=True), out_dir,
-              {"params": "all", "dim": 512, "chunk_size": chunk, "seed": 0}, ids=None,
-              identity={"model": json.dumps(MODEL_CFG), "checkpoint": "init", "split": "synthetic"})
+              {"params": params, "dim": 512, "chunk_size": chunk, "seed": 0}, ids=None,
+              identity={"model": json.dumps(CNN_CFG), "checkpoint": "init", "split": "synthetic"})
     secs = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     print(json.dumps({"n": n, "seconds": secs, "peak_rss_mb": rss_mb,
                       "bytes": (Path(out_dir) / "features.f16").stat().st_size}))
 
 
-def large(n: int, chunk: int) -> dict:
+def large(n: int, chunk: int, params: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         res = subprocess.run([sys.executable, __file__, "--child", str(n), "--out", f"{tmp}/shard", "--chunk",
-                              str(chunk)], capture_output=True, text=True, check=True,
+                              str(chunk), "--large-params", params], capture_output=True, text=True, check=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
         return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=4096, help="examples for the vmap / floor timings")
-    ap.add_argument("--n-loop", type=int, default=256, help="examples for the per-example loop timing")
-    ap.add_argument("--chunk", type=int, default=512)
-    ap.add_argument("--large", default="100000,1000000", help="comma-separated N for the memory runs ('' to skip)")
+    ap.add_argument("--models", default="cnn,mlp", help="vector models to run: cnn, mlp")
+    ap.add_argument("--n", type=int, default=1024, help="CNN examples per timing (the MLP takes n/8)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians); the MLP and MiniLM take 3")
+    ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--hf", type=int, default=64, help="texts for the all-MiniLM-L6-v2 LoRA timings (0 to skip)")
+    ap.add_argument("--large", default="100000,1000000", help="comma-separated N for the memory runs ('' to skip)")
+    ap.add_argument("--large-chunk", type=int, default=1024)
+    ap.add_argument("--large-params", default="all", help="parameter set of the memory runs (last_layer: quicker)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the factored budget-split quality sweep")
+    ap.add_argument("--factor-dim", type=int, default=0, help="time factored with this factor_dim (default: DEFAULTS)")
     ap.add_argument("--child", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.factor_dim:
+        SETTINGS["factor_dim"] = args.factor_dim
     if args.child:
-        large_child(args.child, args.out, args.chunk)
+        large_child(args.child, args.out, args.chunk, args.large_params)
         return
-    s = speed(args.n, args.n_loop, args.chunk)
-    print(f"default model {MODEL_CFG}, D = {s['D']} parameters, chunk {args.chunk}, 1 thread")
-    print(f"  per-example loop : {s['loop_ex_s']:10.0f} ex/s")
-    print(f"  vmap             : {s['vmap_ex_s']:10.0f} ex/s   ({s['vmap_over_loop']:.1f}x the loop; floor is "
-          f"{s['floor_over_vmap']:.2f}x vmap)")
-    print(f"  auto ({s['auto_mode']:<6})    : {s['auto_ex_s']:10.0f} ex/s   ({s['auto_over_loop']:.1f}x the loop; goal >= 5x)")
-    print(f"  batched fwd+bwd  : {s['floor_ex_s']:10.0f} ex/s   (floor is {s['floor_over_auto']:.2f}x auto; goal <= 3x)")
-    print(f"  each path alone  : vmap {s['isolated_vmap_ex_s']:.0f}, auto {s['isolated_auto_ex_s']:.0f}, floor "
-          f"{s['isolated_floor_ex_s']:.0f} ex/s (floor is {s['isolated_floor_over_vmap']:.2f}x vmap, "
-          f"{s['isolated_floor_over_auto']:.2f}x auto)")
-    for k in (512, 4096):
-        print(f"  projection D->{k:<5}: {s[f'proj{k}_ex_s']:10.0f} ex/s   ({100 * s[f'proj{k}_share']:.0f}% of "
-              f"gradient+projection time)")
+    figures: dict[str, Any] = {"threads": 1, "settings": {k: SETTINGS[k] for k in ("projection", "sparse_nnz",
+                                                                               "factor_dim", "factor_out_share")}}
+    models = [m for m in args.models.split(",") if m]
+    if "cnn" in models:
+        x, y = SyntheticInputs(args.n)[0 : args.n], SyntheticInputs(args.n, labels=True)[0 : args.n]
+        figures |= bench("cnn", _vector_model(CNN_CFG), x, y, "all", chunk=args.chunk, rows=args.n, loop_rows=128,
+                         slow_rows=args.n, rounds=args.rounds, sweep=not args.no_sweep)
+        report("cnn", f"default CNN {CNN_CFG}, chunk {args.chunk}, 1 thread", figures)
+    if "mlp" in models:
+        n = max(32, args.n // 8)
+        x, y = SyntheticInputs(n)[0:n], SyntheticInputs(n, labels=True)[0:n]
+        figures |= bench("mlp", _vector_model(MLP_CFG), x, y, "all", chunk=min(args.chunk, 64), rows=n, loop_rows=32,
+                         slow_rows=16, rounds=min(args.rounds, 3), sweep=not args.no_sweep)
+        report("mlp", f"MLP {MLP_CFG}, chunk {min(args.chunk, 64)}, 1 thread", figures)
     if args.hf:
-        h = transformer(args.hf)
-        s.update(h)
-        print(f"all-MiniLM-L6-v2 + LoRA (D = {h['hf_D']}), {args.hf} texts of 64 tokens, chunk 16, 1 thread")
-        print(f"  loop {h['hf_loop_ex_s']:.1f}, vmap {h['hf_vmap_ex_s']:.1f}, auto ({h['hf_auto_mode']}) "
-              f"{h['hf_auto_ex_s']:.1f}, batched fwd+bwd {h['hf_floor_ex_s']:.1f} ex/s (floor is "
-              f"{h['hf_floor_over_vmap']:.2f}x vmap, {h['hf_floor_over_auto']:.2f}x auto)")
-    figures = {"model": MODEL_CFG["name"], **{k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}}
+        model, enc, y, spec = hf_inputs(args.hf)
+        figures |= bench("hf", model, enc, y, spec, chunk=16, rows=args.hf, loop_rows=16, slow_rows=args.hf,
+                         rounds=min(args.rounds, 3), sweep=False)
+        report("hf", f"all-MiniLM-L6-v2 + LoRA, {args.hf} texts of 64 tokens, chunk 16, 1 thread", figures)
     for n in [int(v) for v in args.large.split(",") if v]:
-        r = large(n, args.chunk)
-        print(f"  featurize {n:>9,d} examples -> 512: {r['seconds']:8.1f} s, {n / r['seconds']:8.0f} ex/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, store {r['bytes'] / 2**20:.0f} MiB")
+        r = large(n, args.large_chunk, args.large_params)
+        print(f"  featurize {n:>9,d} CNN examples ({args.large_params}) -> 512 ({DEFAULTS['projection']}): "
+              f"{r['seconds']:8.1f} s, "
+              f"{n / r['seconds']:8.0f} ex/s, peak RSS {r['peak_rss_mb']:.0f} MB, store {r['bytes'] / 2**20:.0f} MiB")
         figures[f"rss_mb_{n}"] = round(r["peak_rss_mb"], 1)
-        figures[f"ex_s_{n}"] = round(n / r["seconds"], 1)
+        figures[f"featurize_ex_s_{n}"] = round(n / r["seconds"], 1)
+        figures["large_params"] = args.large_params
+    goals: dict[str, Any] = {}
+    for label, lim in (("cnn", {512: 1.5, 4096: 2.5}), ("mlp", {512: 3.0, 4096: 12.0})):
+        if f"{label}_floor_ex_s" not in figures:
+            continue
+        for k in KS:
+            proj, ratio, corr = best_meeting_bar(figures, label, k)
+            goals[f"{label}_k{k}"] = {"projector": proj, "over_floor": ratio, "goal_over_floor": lim[k],
+                                      "corr": corr, "goal_corr": BAR[k]}
+        goals[f"{label}_ghost_over_today"] = figures[f"{label}_ghost_over_today"]
+        goals[f"{label}_ghost_rel_err"] = figures[f"{label}_ghost_rel_err"]
+    for n in (100000, 1000000):
+        if f"rss_mb_{n}" in figures:
+            goals[f"rss_mb_{n}"] = figures[f"rss_mb_{n}"]
+    figures["goals"] = goals
     print(json.dumps(figures))
 
 

@@ -63,7 +63,7 @@ def test_matrix_is_seeded_and_blockwise() -> None:
     assert ma.shape == (2500, 64)
     # no cache: blocks are regenerated, never stored
     b.project(torch.randn(3, 2500))
-    assert not b._cache
+    assert not b._cache.blocks
     x = torch.randn(5, 2500, dtype=torch.float64)
     assert torch.allclose(a.project(x), x @ ma.double(), rtol=1e-10)
 
@@ -95,9 +95,14 @@ def test_make_projector_and_errors() -> None:
     assert isinstance(make_projector({"projector": "none"}, 10), NoOpProjector)
     assert isinstance(make_projector({"dim": 0}, 10), NoOpProjector)
     p = make_projector({"projector": "gaussian", "dim": 8, "seed": 1}, 10)
-    assert p.fingerprint() == {"kind": "gaussian", "dim_in": 10, "dim_out": 8, "seed": 1, "block_rows": 4096}
+    assert p.fingerprint() == {"projection": "dense", "kind": "gaussian", "dim_in": 10, "dim_out": 8, "seed": 1,
+                               "block_rows": 4096}
     with pytest.raises(ConfigError, match="unknown projector"):
         make_projector({"projector": "sparse"}, 10)
+    with pytest.raises(ConfigError, match="unknown projection"):
+        make_projector({"projection": "lowrank", "dim": 8}, 10)
+    with pytest.raises(ConfigError, match="needs the model"):
+        make_projector({"projection": "factored", "dim": 8}, 10)
     with pytest.raises(ConfigError, match="gradient width"):
         p.project(torch.zeros(2, 11))
 
@@ -149,10 +154,11 @@ def test_proxy_checkpoints_carry_the_adam_moments_for_chosen_parameters(tmp_path
     from datasel.features.grads import per_sample_grads
     from datasel.features.store import FeatureShard
 
-    meta = featurize(model, x, y, tmp_path / "shard", {"params": "last_layer", "dim": 16, "chunk_size": 16},
+    meta = featurize(model, x, y, tmp_path / "shard", {"params": "last_layer", "dim": 16, "chunk_size": 16,
+                                                        "projection": "dense"},
                      preconditioner=pre)
     assert meta["precondition"] == "adam"
-    proj = make_projector({"dim": 16}, pre.m.numel())
+    proj = make_projector({"dim": 16, "projection": "dense"}, pre.m.numel())
     want = proj.project(pre(per_sample_grads(model, x, y, cross_entropy, "last_layer"))).half().float()
     got = torch.from_numpy(FeatureShard.open(tmp_path / "shard").read(0, 40))
     assert torch.allclose(got, want, rtol=2e-3, atol=2e-3)

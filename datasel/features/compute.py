@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "params": "all",
     "mode": "auto",
+    "projection": "factored",
     "projector": "rademacher",
+    "sparse_nnz": 1,
+    "factor_dim": 1024,
+    "factor_out_share": 0.5,
+    "factor_rest": "sparse",
+    "factor_stage2": "sparse",
     "dim": 512,
     "seed": 0,
     "block_rows": 4096,
@@ -72,8 +78,9 @@ def featurize(
     cfg = {**DEFAULTS, **cfg}
     model.eval()  # dropout/batch-norm in train mode would make features depend on the chunk
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    comp = PerSampleGrads(model, loss_fn, cfg["params"], cfg["mode"])
-    projector = make_projector(cfg, comp.dim, device)
+    # reuse: each chunk's gradients are projected before the next chunk is computed
+    comp = PerSampleGrads(model, loss_fn, cfg["params"], cfg["mode"], reuse=True)
+    projector = make_projector(cfg, comp.dim, device, grads=comp)
     if cfg["precondition"] == "adam" and preconditioner is None:
         log.warning("precondition 'adam' asked for but no optimizer moments exist; using plain gradients")
     meta = {
@@ -83,6 +90,9 @@ def featurize(
         "dim_in": comp.dim,
         "dim": projector.dim_out,
         "projector": projector.fingerprint()["kind"],
+        # features of different projections (or settings of one) live in different spaces: never mixed or compared
+        "projection": projector.fingerprint()["projection"],
+        "projection_sha": projector.fingerprint_sha(),
         "seed": int(cfg["seed"]),
         "block_rows": int(cfg["block_rows"]),
         "unit_norm": bool(cfg["unit_norm"]),
@@ -93,10 +103,10 @@ def featurize(
     writer = ShardWriter(out_dir, meta, ids, rows)
     chunks = writer.pending(int(cfg["chunk_size"]))
     for s, e in progress(chunks, desc=f"features {Path(out_dir).name}", unit="chunk"):
-        g = comp(slice_inputs(inputs, s, e), targets[s:e])
-        if preconditioner is not None:
-            g = preconditioner(g)
-        f = projector.project(g)
+        if preconditioner is not None:  # elementwise on the flat gradient, so projected from it
+            f = projector.project(preconditioner(comp(slice_inputs(inputs, s, e), targets[s:e])))
+        else:
+            f = projector.features(comp, slice_inputs(inputs, s, e), targets[s:e])
         if cfg["unit_norm"]:
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
         writer.write(s, f.float().cpu().numpy())

@@ -99,10 +99,12 @@ class PerSampleGrads:
     The column order is ``select_params`` order, each tensor flattened row-major; ``names``/``shapes`` record it.
     ``mode``: ``layers``, ``vmap``, ``loop`` (see the module docstring), or ``auto``: the first of them that works
     for this model, decided on the first chunk, with the reasons for skipping the faster ones logged. ``mode`` holds
-    the choice afterwards.
+    the choice afterwards. ``reuse``: the layer path writes every chunk into one buffer (see ``LayerGrads``), for
+    callers that consume a chunk before asking for the next.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, params: str | list[str] = "all", mode: str = "auto") -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, params: str | list[str] = "all", mode: str = "auto",
+                 reuse: bool = False) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown gradient mode {mode!r}", field="features.mode", fix=f"use one of {MODES}")
         self.model = model
@@ -112,12 +114,13 @@ class PerSampleGrads:
         self.shapes = [tuple(p.shape) for p in self.params.values()]
         self.dim = sum(p.numel() for p in self.params.values())
         self.mode = mode
+        self.reuse = reuse
         self.device = next(iter(self.params.values())).device
         self._vmapped: Callable[..., Any] | None = None
         self._layers: LayerGrads | None = None
         if mode == "layers":
             try:
-                self._layers = LayerGrads(model, self.params, loss_fn)
+                self._layers = LayerGrads(model, self.params, loss_fn, reuse)
             except Unsupported as exc:
                 raise ConfigError(f"gradient mode 'layers' cannot run here: {exc}", field="features.mode",
                                   fix="use mode: auto (picks vmap or the loop when the layer path does not apply)") \
@@ -131,7 +134,7 @@ class PerSampleGrads:
     def _try_layers(self, x: Inputs, y: torch.Tensor) -> torch.Tensor | None:
         """The layer path's result for the first chunk if it applies and agrees with the loop, else None (logged)."""
         try:
-            self._layers = LayerGrads(self.model, self.params, self.loss_fn)
+            self._layers = LayerGrads(self.model, self.params, self.loss_fn, self.reuse)
             out = self._layers_chunk(x, y)
         except Unsupported as exc:
             log.info("per-layer gradients do not apply to %s (%s); trying vmap", type(self.model).__name__, exc)
@@ -279,7 +282,7 @@ def per_sample_grad_norms(
     chunk_size: int = 256,
     mode: str = "auto",
 ) -> torch.Tensor:
-    """‖∇_θ ℓ(x_i, y_i)‖ over the chosen parameters, without materializing the flattened (N, D) matrix."""
-    norms = [g.pow(2).sum(dim=1).sqrt() for g in iter_flat_grads(model, inputs, targets, loss_fn, params, chunk_size,
-                                                                  mode)]
-    return torch.cat(norms)
+    """‖∇_θ ℓ(x_i, y_i)‖ over the chosen parameters, by ghost norms where the layers allow (``datasel.features.norms``)."""
+    from datasel.features.norms import grad_norms  # norms builds on this module
+
+    return grad_norms(model, inputs, targets, loss_fn, params, chunk_size, mode)

@@ -81,15 +81,18 @@ class LayerGrads:
 
     Raises :class:`Unsupported` (with the reason) when a parameter is not a Linear/Conv weight or bias, the loss is not
     declared a per-example mean, or a batch norm in training mode couples the examples of a batch.
+    ``reuse``: return views of one output buffer kept across chunks (valid until the next call), for callers that
+    consume each chunk at once; on CPU a fresh ``(B, D)`` tensor per chunk costs page faults on every call.
     """
 
-    def __init__(self, model: nn.Module, params: Mapping[str, torch.Tensor], loss_fn: LossFn) -> None:
+    def __init__(self, model: nn.Module, params: Mapping[str, torch.Tensor], loss_fn: LossFn,
+                 reuse: bool = False) -> None:
         if not is_per_example_mean(loss_fn):
             raise Unsupported(f"loss {getattr(loss_fn, '__name__', loss_fn)!r} is not declared a per-example mean")
         reason = _couples_examples(model)
         if reason:
             raise Unsupported(reason)
-        self.model, self.loss_fn = model, loss_fn
+        self.model, self.loss_fn, self.reuse = model, loss_fn, reuse
         self.layout: list[tuple[str, str, int]] = []  # (module path, attr, numel) in column order
         self.modules: dict[str, nn.Module] = {}
         for name, p in params.items():
@@ -101,39 +104,28 @@ class LayerGrads:
         self.dim = sum(n for _, _, n in self.layout)
         first = next(iter(params.values()))
         self.dtype, self.device = first.dtype, first.device
-        self._work: dict[str, torch.Tensor] = {}
-
-    def _buffer(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        # Reused across chunks: on CPU a fresh multi-MB tensor per layer and chunk costs more in page faults than
-        # the matrix products themselves. A smaller last chunk takes a leading slice (still contiguous).
-        buf = self._work.get(key)
-        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = self._work[key] = torch.empty(shape, dtype=self.dtype, device=self.device)
-        return buf[: shape[0]]
+        self._out: torch.Tensor | None = None
 
     @staticmethod
-    def _weight(mod: nn.Module, a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
-        """Σ_t g_t a_tᵀ per example into ``out`` (B, fan_out, fan_in); added to it for a module's later calls."""
+    def sides(mod: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer inputs and output gradients per position: ``(B, P, fan_in)`` and ``(B, P, fan_out)``, so that the
+        example's weight gradient is ``Σ_t g_t a_tᵀ`` over its ``P`` positions (windows of a convolution)."""
         b = g.shape[0]
         if isinstance(mod, nn.Linear):
-            a3, g3 = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
-        else:
-            a3, g3 = _unfold(mod, a).transpose(1, 2), g.reshape(b, g.shape[1], -1).transpose(1, 2)
+            return a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
+        return _unfold(mod, a).transpose(1, 2), g.reshape(b, g.shape[1], -1).transpose(1, 2)
+
+    @staticmethod
+    def _weight(a3: torch.Tensor, g3: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+        """Σ_t g_t a_tᵀ per example into ``out`` (B, fan_out, fan_in), a view of the output; added to it for a
+        module's later calls."""
         gt = g3.transpose(1, 2)  # (B, fan_out, P) @ (B, P, fan_in)
         if a3.shape[1] == 1:  # one position: an outer product, cheaper as a broadcast multiply
             out.addcmul_(gt, a3) if accumulate else torch.mul(gt, a3, out=out)
         else:
             out.baddbmm_(gt, a3) if accumulate else torch.bmm(gt, a3, out=out)
 
-    @staticmethod
-    def _bias(mod: nn.Module, g: torch.Tensor) -> torch.Tensor:
-        b = g.shape[0]
-        if isinstance(mod, nn.Linear):
-            return g.reshape(b, -1, g.shape[-1]).sum(1)
-        return g.reshape(b, g.shape[1], -1).sum(2)
-
-    def _backward_to_outputs(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> list[tuple[str, torch.Tensor,
-                                                                                                      torch.Tensor]]:
+    def taps(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """(module path, layer input, gradient of B·loss at that call's output) for every call of a tapped layer."""
         seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
@@ -155,31 +147,76 @@ class LayerGrads:
                 h.remove()
         return [(p, a, g) for (p, a, _), g in zip(seen, grads) if g is not None]  # None: output unused by the loss
 
+    def _output(self, b: int) -> torch.Tensor:
+        if not self.reuse:
+            return torch.empty(b, self.dim, dtype=self.dtype, device=self.device)
+        if self._out is None or self._out.shape[0] < b:
+            self._out = torch.empty(b, self.dim, dtype=self.dtype, device=self.device)
+        return self._out[:b]  # a leading slice of a row-major buffer: still contiguous
+
     def __call__(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> torch.Tensor:
         """Per-example gradients of one chunk, ``(B, D)``; ``call(x)`` runs the model's forward pass."""
         b = int(y.shape[0])
-        taps = self._backward_to_outputs(x, y, call)
+        taps = self.taps(x, y, call)
+        out = self._output(b)
+        cols: dict[tuple[str, str], tuple[int, int]] = {}
+        col = 0
+        for path, attr, numel in self.layout:
+            cols[(path, attr)] = (col, numel)
+            col += numel
+        written: set[tuple[str, str]] = set()
         with torch.no_grad():
-            blocks: dict[tuple[str, str], torch.Tensor] = {}
             for path, a, g in taps:
                 mod = self.modules[path]
+                a3 = g3 = None
                 if (path, "weight") in self.wanted:
-                    buf = blocks.get((path, "weight"))  # set: a later call of the same module adds to it
-                    accumulate = buf is not None
-                    if buf is None:
-                        buf = blocks[(path, "weight")] = self._buffer(path, (b, mod.weight.shape[0],
-                                                                             mod.weight[0].numel()))
-                    self._weight(mod, a, g, buf, accumulate=accumulate)
+                    c, n = cols[(path, "weight")]
+                    view = out[:, c : c + n].view(b, mod.weight.shape[0], mod.weight[0].numel())
+                    a3, g3 = self.sides(mod, a, g)
+                    self._weight(a3, g3, view, accumulate=(path, "weight") in written)
+                    written.add((path, "weight"))
                 if (path, "bias") in self.wanted:
-                    gb = self._bias(mod, g)
-                    blocks[(path, "bias")] = blocks[(path, "bias")] + gb if (path, "bias") in blocks else gb
-            out = torch.empty(b, self.dim, dtype=self.dtype, device=self.device)
-            col = 0
-            for path, attr, numel in self.layout:
-                blk = blocks.get((path, attr))
-                if blk is None:  # the layer never reached the loss: its gradient is zero
-                    out[:, col : col + numel].zero_()
-                else:
-                    out[:, col : col + numel].copy_(blk.reshape(b, numel))
-                col += numel
-            return out
+                    c, n = cols[(path, "bias")]
+                    g3 = g3 if g3 is not None else self.sides(mod, a, g)[1]
+                    if (path, "bias") in written:
+                        out[:, c : c + n].add_(g3.sum(1))
+                    else:
+                        torch.sum(g3, 1, out=out[:, c : c + n])
+                        written.add((path, "bias"))
+            for key, (c, n) in cols.items():
+                if key not in written:  # the layer never reached the loss: its gradient is zero
+                    out[:, c : c + n].zero_()
+        return out
+
+    def sq_norms(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> torch.Tensor:
+        """‖∂ℓ_i/∂θ‖² per example, ``(B,)``, without the ``(B, D)`` gradient ("ghost norms", Goodfellow 2015; Li et
+        al. 2022). Per layer, ``‖Σ_t g_t a_tᵀ‖²_F = Σ_{t,t'} (g_t·g_t')(a_t·a_t')``: the sum of the elementwise product
+        of the two sides' position Gram matrices, or ``‖g‖²‖a‖²`` at one position. Where ``P² (fan_in + fan_out)``
+        exceeds ``P · fan_in · fan_out`` (long sequences, small layers) the layer's gradient is formed instead, one
+        layer at a time. Calls of a shared layer are positions of one sum, so they are joined first."""
+        b = int(y.shape[0])
+        per_mod: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for path, a, g in self.taps(x, y, call):
+            per_mod.setdefault(path, []).append(self.sides(self.modules[path], a, g))
+        total = torch.zeros(b, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            for path, sides in per_mod.items():
+                a3 = torch.cat([s[0] for s in sides], 1) if len(sides) > 1 else sides[0][0]
+                g3 = torch.cat([s[1] for s in sides], 1) if len(sides) > 1 else sides[0][1]
+                if (path, "weight") in self.wanted:
+                    total += _weight_sq_norm(a3, g3)
+                if (path, "bias") in self.wanted:
+                    total += g3.sum(1).square().sum(1)
+        return total
+
+
+def _weight_sq_norm(a3: torch.Tensor, g3: torch.Tensor) -> torch.Tensor:
+    """‖Σ_t g_t a_tᵀ‖²_F per example from the sides ``(B, P, fan_in)``, ``(B, P, fan_out)``, by the cheaper route."""
+    p, fan_in, fan_out = a3.shape[1], a3.shape[2], g3.shape[2]
+    if p == 1:
+        return a3.square().sum((1, 2)) * g3.square().sum((1, 2))
+    if p * (fan_in + fan_out) <= fan_in * fan_out:
+        ga = torch.bmm(a3, a3.transpose(1, 2))
+        gg = torch.bmm(g3, g3.transpose(1, 2))
+        return (ga * gg).sum((1, 2))
+    return torch.bmm(g3.transpose(1, 2), a3).square().sum((1, 2))

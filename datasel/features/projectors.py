@@ -1,10 +1,18 @@
 """Random projections of per-example gradients: ``(n, D) -> (n, k)`` with ``E[<Pg, Ph>] = <g, h>``.
 
-The D×k matrix is defined block by block: rows ``[b*R, (b+1)*R)`` come from a CPU ``torch.Generator`` seeded by
-``(seed, b)``. Any shard, process or machine therefore rebuilds exactly the same matrix, whatever its chunking, and
-only one R×k block needs to exist at a time. Blocks are generated on the CPU (the CUDA generator draws a different
-stream) and moved to the compute device; they are kept there only while their total fits in ``cache_mb``, so the
-full matrix is held only when the user's memory budget allows it.
+Three swappable implementations behind :class:`Projector`, named by a feature set's ``projection``:
+
+- ``dense``: a D×k Rademacher (±1) or Gaussian matrix scaled by 1/sqrt(k) (``projector`` picks the entries);
+- ``sparse``: CountSketch / sparse JL (Charikar et al. 2002; Kane & Nelson 2014): each input coordinate lands in
+  ``sparse_nnz`` output coordinates with a random sign, so projecting costs O(nnz · D) per example, not O(k · D);
+- ``factored`` (:mod:`datasel.features.factored`): per Linear/Conv layer, the two sides of ``Σ_t g_t a_tᵀ`` are
+  projected and the D-dim gradient is never formed.
+
+Every matrix is defined block by block: rows ``[b*R, (b+1)*R)`` come from a CPU ``torch.Generator`` seeded by
+``(seed, kind, b)``. Any shard, process or machine therefore rebuilds exactly the same matrix, whatever its chunking,
+and a row's features depend on that row only. Blocks are generated on the CPU (the CUDA generator draws a different
+stream) and moved to the compute device; generated blocks are kept while their total fits in ``cache_mb`` and the
+rest are regenerated per chunk, so a matrix larger than the budget still keeps most of it.
 
 An optional Adam preconditioner (LESS, Xia et al. 2024) rescales a gradient to the update Adam would take,
 ``m'/sqrt(v'+eps)`` with ``m' = b1 m + (1-b1) g`` and ``v' = b2 v + (1-b2) g^2``, before projection (eps inside
@@ -14,15 +22,20 @@ the root, no bias correction: LESS's ``obtain_gradients_with_adam``).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from datasel.errors import ConfigError
 
+if TYPE_CHECKING:
+    from datasel.features.grads import Inputs, PerSampleGrads
+
 KINDS = ("rademacher", "gaussian", "none")
+PROJECTIONS = ("dense", "sparse", "factored")
 
 
 class Projector(ABC):
@@ -39,6 +52,19 @@ class Projector(ABC):
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the matrix; stored in shard metadata and compared on read."""
 
+    def features(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        """Features of one chunk. Projectors that never need the flattened gradient (factored) override this."""
+        return self.project(comp(x, y))
+
+    def fingerprint_sha(self) -> str:
+        """A short digest of :meth:`fingerprint`: features whose digests differ must never be compared or mixed."""
+        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def _check_width(self, grads: torch.Tensor) -> None:
+        if grads.shape[1] != self.dim_in:
+            raise ConfigError(f"gradient width {grads.shape[1]} != projector input {self.dim_in}",
+                              field="features.params", fix="build the projector for this parameter set")
+
 
 class NoOpProjector(Projector):
     """Keeps the raw gradient (small parameter sets, or tests against exact inner products)."""
@@ -50,58 +76,84 @@ class NoOpProjector(Projector):
         return grads
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "none", "dim_in": self.dim_in, "dim_out": self.dim_out}
+        return {"projection": "none", "kind": "none", "dim_in": self.dim_in, "dim_out": self.dim_out}
 
 
-def _block_seed(seed: int, kind: str, block: int) -> int:
+def block_seed(seed: int, kind: str, block: int) -> int:
+    """Generator seed of one block of one matrix; ``kind`` names the matrix (and the projector that owns it)."""
     # A hash, not seed + block: neighbouring seeds must not share blocks shifted by one.
     digest = hashlib.blake2b(f"datasel-proj/{kind}/{seed}/{block}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _check_dims(dim_in: int, dim_out: int) -> None:
+    if dim_out < 1 or dim_in < 1:
+        raise ConfigError(f"projection {dim_in} -> {dim_out} is empty", field="features.dim",
+                          fix="use a positive projection dimension")
+
+
+def random_matrix(rows: int, cols: int, kind: str, seed: int) -> torch.Tensor:
+    """An unscaled ``rows × cols`` Rademacher or Gaussian matrix from one seeded CPU generator (float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "rademacher":
+        return torch.randint(0, 2, (rows, cols), generator=gen, dtype=torch.int8).float().mul_(2).sub_(1)
+    return torch.randn(rows, cols, generator=gen)
+
+
+class _BlockCache:
+    """Generated blocks kept while their bytes fit the budget; later blocks are regenerated on every use."""
+
+    def __init__(self, cache_mb: float) -> None:
+        self.budget, self.used = float(cache_mb) * 2**20, 0
+        self.blocks: dict[int, Any] = {}
+
+    def get(self, b: int, make: Any) -> Any:
+        hit = self.blocks.get(b)
+        if hit is not None:
+            return hit
+        blk = make(b)
+        size = sum(t.numel() * t.element_size() for t in (blk if isinstance(blk, tuple) else (blk,)))
+        if self.used + size <= self.budget:
+            self.blocks[b] = blk
+            self.used += size
+        return blk
 
 
 class DenseProjector(Projector):
     """Dense Rademacher (±1) or Gaussian projection scaled by 1/sqrt(k), generated in blocks of ``block_rows`` rows.
 
     The matrix depends on ``(kind, seed, dim_in, dim_out, block_rows)`` only, never on the device or the batch.
+    ``name`` keeps the matrices of different owners (a factored projector's second stage) apart for one seed.
     """
 
     def __init__(self, dim_in: int, dim_out: int, kind: str = "rademacher", seed: int = 0,
-                 device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0) -> None:
+                 device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0,
+                 name: str = "") -> None:
         if kind not in ("rademacher", "gaussian"):
             raise ConfigError(f"unknown projector {kind!r}", field="features.projector", fix=f"use one of {KINDS}")
-        if dim_out < 1 or dim_in < 1:
-            raise ConfigError(f"projection {dim_in} -> {dim_out} is empty", field="features.dim",
-                              fix="use a positive projection dimension")
+        _check_dims(dim_in, dim_out)
         self.dim_in, self.dim_out, self.kind, self.seed = int(dim_in), int(dim_out), kind, int(seed)
         self.block_rows = int(block_rows)
         self.device = torch.device(device)
+        self.name = name
         self.n_blocks = math.ceil(self.dim_in / self.block_rows)
-        self._cache_ok = self.dim_in * self.dim_out * 4 <= cache_mb * 2**20
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache = _BlockCache(cache_mb)
+
+    def _make(self, b: int) -> torch.Tensor:
+        rows = min(self.block_rows, self.dim_in - b * self.block_rows)
+        return random_matrix(rows, self.dim_out, self.kind,
+                             block_seed(self.seed, self.name + self.kind, b)).to(self.device)
 
     def block(self, b: int) -> torch.Tensor:
         """Rows ``[b*R, min((b+1)*R, D))`` of the unscaled matrix, float32 on the compute device."""
-        if b in self._cache:
-            return self._cache[b]
-        rows = min(self.block_rows, self.dim_in - b * self.block_rows)
-        gen = torch.Generator().manual_seed(_block_seed(self.seed, self.kind, b))
-        if self.kind == "rademacher":
-            blk = torch.randint(0, 2, (rows, self.dim_out), generator=gen, dtype=torch.int8).float().mul_(2).sub_(1)
-        else:
-            blk = torch.randn(rows, self.dim_out, generator=gen)
-        blk = blk.to(self.device)
-        if self._cache_ok:
-            self._cache[b] = blk
-        return blk
+        return self._cache.get(b, self._make)
 
     def matrix(self) -> torch.Tensor:
         """The whole scaled D×k matrix (tests and small D only)."""
         return torch.cat([self.block(b) for b in range(self.n_blocks)]) / math.sqrt(self.dim_out)
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
-        if grads.shape[1] != self.dim_in:
-            raise ConfigError(f"gradient width {grads.shape[1]} != projector input {self.dim_in}",
-                              field="features.params", fix="build the projector for this parameter set")
+        self._check_width(grads)
         dtype = torch.float64 if grads.dtype == torch.float64 else torch.float32
         grads = grads.to(self.device, dtype)
         out = torch.zeros(grads.shape[0], self.dim_out, dtype=dtype, device=self.device)
@@ -112,19 +164,118 @@ class DenseProjector(Projector):
         return out.mul_(1.0 / math.sqrt(self.dim_out))
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": self.kind, "dim_in": self.dim_in, "dim_out": self.dim_out, "seed": self.seed,
-                "block_rows": self.block_rows}
+        fp = {"projection": "dense", "kind": self.kind, "dim_in": self.dim_in, "dim_out": self.dim_out,
+              "seed": self.seed, "block_rows": self.block_rows}
+        return fp | ({"name": self.name} if self.name else {})
 
 
-def make_projector(cfg: dict[str, Any], dim_in: int, device: str | torch.device = "cpu") -> Projector:
-    """Build the projector a ``features`` config section names (``projector``, ``dim``, ``seed``, ...)."""
+class SparseProjector(Projector):
+    """CountSketch (``nnz=1``) or sparse JL (``nnz=s``): every input coordinate has ``s`` nonzeros ±1/sqrt(s).
+
+    The k outputs are ``s`` segments of k/s; in each segment, every block of ``block_rows`` input coordinates is
+    dealt to the buckets by a seeded random permutation (coordinate ``order[j]`` goes to bucket ``(j + shift) mod
+    k/s``), so buckets are balanced and which coordinates share one is random. Applying it is a gather, a sign flip
+    and a segment sum: memory traffic instead of a k-wide matrix product.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, nnz: int = 1, seed: int = 0, device: str | torch.device = "cpu",
+                 block_rows: int = 4096, cache_mb: float = 256.0, name: str = "") -> None:
+        _check_dims(dim_in, dim_out)
+        if nnz < 1 or dim_out % nnz:
+            raise ConfigError(f"sparse projection needs dim ({dim_out}) divisible by sparse_nnz ({nnz})",
+                              field="features.sparse_nnz", fix="use sparse_nnz 1, or one that divides dim")
+        self.dim_in, self.dim_out, self.nnz, self.seed = int(dim_in), int(dim_out), int(nnz), int(seed)
+        self.block_rows, self.device, self.name = int(block_rows), torch.device(device), name
+        self.seg = self.dim_out // self.nnz
+        self.n_blocks = math.ceil(self.dim_in / self.block_rows)
+        self._cache = _BlockCache(cache_mb)
+
+    def _make(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = min(self.block_rows, self.dim_in - b * self.block_rows)
+        gen = torch.Generator().manual_seed(block_seed(self.seed, self.name + "sparse", b))
+        order = torch.stack([torch.randperm(rows, generator=gen) for _ in range(self.nnz)])  # (s, rows)
+        signs = torch.randint(0, 2, (self.nnz, rows), generator=gen, dtype=torch.int8).float().mul_(2).sub_(1)
+        shift = torch.randint(0, self.seg, (self.nnz,), generator=gen)
+        return order.to(self.device), signs.to(self.device), shift
+
+    def matrix(self) -> torch.Tensor:
+        """The whole scaled D×k matrix (tests and small D only)."""
+        return self.project(torch.eye(self.dim_in, dtype=torch.float64)).float()
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        self._check_width(grads)
+        dtype = torch.float64 if grads.dtype == torch.float64 else torch.float32
+        grads = grads.to(self.device, dtype)
+        n, seg = grads.shape[0], self.seg
+        out = torch.zeros(n, self.dim_out, dtype=dtype, device=self.device)
+        for b in range(self.n_blocks):
+            order, signs, shift = self._cache.get(b, self._make)
+            x = grads[:, b * self.block_rows : b * self.block_rows + order.shape[1]]
+            rows = x.shape[1]
+            padded = math.ceil(rows / seg) * seg
+            for r in range(self.nnz):
+                z = x.index_select(1, order[r]).mul_(signs[r].to(dtype))
+                if padded != rows:  # the block's last partial round of buckets
+                    z = torch.nn.functional.pad(z, (0, padded - rows))
+                part = z.view(n, padded // seg, seg).sum(1)
+                out[:, r * seg : (r + 1) * seg] += part.roll(int(shift[r]), 1)
+        return out.mul_(1.0 / math.sqrt(self.nnz)) if self.nnz > 1 else out
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = {"projection": "sparse", "kind": "countsketch", "nnz": self.nnz, "dim_in": self.dim_in,
+              "dim_out": self.dim_out, "seed": self.seed, "block_rows": self.block_rows}
+        return fp | ({"name": self.name} if self.name else {})
+
+
+def make_flat_projector(cfg: dict[str, Any], dim_in: int, device: str | torch.device = "cpu",
+                        projection: str | None = None, name: str = "") -> Projector:
+    """A dense or sparse projector of flattened gradients from a ``features`` config section."""
+    projection = projection or str(cfg.get("projection", "dense"))
     kind = cfg.get("projector", "rademacher")
     if kind not in KINDS:
         raise ConfigError(f"unknown projector {kind!r}", field="features.projector", fix=f"use one of {KINDS}")
     if kind == "none" or int(cfg.get("dim", 0)) <= 0:
         return NoOpProjector(dim_in)
-    return DenseProjector(dim_in, int(cfg["dim"]), kind, int(cfg.get("seed", 0)), device,
-                          int(cfg.get("block_rows", 4096)), float(cfg.get("cache_mb", 256)))
+    common = dict(seed=int(cfg.get("seed", 0)), device=device, block_rows=int(cfg.get("block_rows", 4096)),
+                  cache_mb=float(cfg.get("cache_mb", 256)), name=name)
+    if projection == "sparse":
+        return SparseProjector(dim_in, int(cfg["dim"]), int(cfg.get("sparse_nnz", 1)), **common)  # type: ignore[arg-type]
+    if projection == "dense":
+        return DenseProjector(dim_in, int(cfg["dim"]), kind, **common)  # type: ignore[arg-type]
+    raise ConfigError(f"projection {projection!r} cannot project flattened gradients", field="features.projection",
+                      fix="use dense or sparse here")
+
+
+def make_projector(cfg: dict[str, Any], dim_in: int, device: str | torch.device = "cpu",
+                   grads: PerSampleGrads | None = None) -> Projector:
+    """Build the projector a ``features`` config section names (``projection``, ``projector``, ``dim``, ...).
+
+    ``factored`` needs ``grads`` (the per-sample gradient computer: its model, loss and parameter set).
+    """
+    projection = str(cfg.get("projection", "dense"))
+    if projection not in PROJECTIONS:
+        raise ConfigError(f"unknown projection {projection!r}", field="features.projection",
+                          fix=f"use one of {PROJECTIONS}")
+    if projection != "factored" or cfg.get("projector") == "none" or int(cfg.get("dim", 0)) <= 0:
+        return make_flat_projector(cfg, dim_in, device, projection if projection != "factored" else "dense")
+    if grads is None:
+        raise ConfigError("projection 'factored' needs the model's layers", field="features.projection",
+                          fix="use dense or sparse for flattened gradients without a model")
+    from datasel.features.factored import FactoredProjector  # factored builds on this module
+
+    return FactoredProjector.from_config(cfg, grads, device)
+
+
+def inner_product_correlation(feats: torch.Tensor, exact: torch.Tensor, pairs: int = 200, seed: int = 0) -> float:
+    """Pearson correlation of ``<f_i, f_j>`` with the exact ``<g_i, g_j>`` over ``pairs`` seeded pairs ``i != j``:
+    the projection quality figure of the benchmark and the tests."""
+    n = feats.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, n, (pairs,), generator=gen)
+    j = (i + torch.randint(1, n, (pairs,), generator=gen)) % n
+    fp = (feats[i].double() * feats[j].double()).sum(1)
+    ex = (exact[i].double() * exact[j].double()).sum(1)
+    return float(torch.corrcoef(torch.stack([fp, ex]))[0, 1])
 
 
 class AdamPreconditioner:

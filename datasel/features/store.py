@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 DTYPE = np.float16
 # Keys that must agree between a shard and what its reader or resumer expects.
-IDENTITY_KEYS = ("format", "model", "checkpoint", "params", "dim_in", "dim", "projector", "seed", "block_rows",
-                 "dtype", "unit_norm", "precondition", "loss", "rows", "ids_sha", "split", "chunk_size")
+IDENTITY_KEYS = ("format", "model", "checkpoint", "params", "dim_in", "dim", "projector", "projection",
+                 "projection_sha", "seed", "block_rows", "dtype", "unit_norm", "precondition", "loss", "rows", "ids_sha", "split", "chunk_size")
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -275,6 +275,20 @@ class FeatureSet:
     def load(self) -> np.ndarray:
         """All rows as one float32 array (only for sets that fit in memory)."""
         return np.concatenate(list(self.iter_chunks()), axis=0) if self.rows else np.zeros((0, self.dim), np.float32)
+
+
+# Keys that place features in one vector space: sets compared with each other (train vs target) must agree on them.
+SPACE_KEYS = ("params", "dim_in", "dim", "projection", "projection_sha", "seed", "projector", "unit_norm",
+              "precondition")
+
+
+def check_same_space(a: dict[str, Any], b: dict[str, Any], file: str | os.PathLike) -> None:
+    """Refuse to compare features that were projected differently (another projection, its settings, dim, seed)."""
+    bad = [k for k in SPACE_KEYS if a.get(k) != b.get(k)]
+    if bad:
+        raise DataError("features were projected differently: " + ", ".join(
+            f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in bad), file=file, field=f"features.{bad[0]}",
+            fix="recompute both feature sets with one features config")
 
 
 def gather(shard_dirs: Sequence[str | os.PathLike], index: str | os.PathLike, verify: bool = True,

@@ -35,7 +35,7 @@ import polars as pl
 
 from datasel.errors import ConfigError, DataError
 from datasel.features.index import build_index, search, unit_rows
-from datasel.features.store import FeatureSet
+from datasel.features.store import FeatureSet, check_same_space
 from datasel.scoring.base import SCORERS, Scorer, ScoreInputs
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,7 @@ class TargetAlignment(Scorer):
                                 f"{target_split}", file=next(iter(pair.values()))[0], field="features.splits",
                                 fix=f"add '{target_split}' to features.splits")
             (tp, train), (_, target) = pair["train"], pair[target_split]
-            if train.dim != target.dim or train.meta["seed"] != target.meta["seed"]:
-                raise DataError("train and target features were projected differently (dim/seed)", file=tp,
-                                fix="recompute both with one features config")
+            check_same_space(train.meta, target.meta, tp)
             w = float(train.meta.get("lr") or 1.0) if weighting == "lr" else 1.0
             these = train.ids()
             if ids is None:

@@ -1,0 +1,283 @@
+"""Factored projection of per-example gradients: never build the D-dim gradient of a Linear/Conv layer.
+
+A Linear/Conv layer's per-example weight gradient is ``G = Σ_t g_t a_tᵀ`` (``g_t`` the gradient at the layer output,
+``a_t`` its input, ``t`` over positions). With seeded random ``P_out`` (k_out × fan_out) and ``P_in`` (k_in × fan_in),
+each scaled by 1/sqrt(rows), ``P_out G P_inᵀ = Σ_t (P_out g_t)(P_in a_t)ᵀ`` is a JL sketch of ``vec(G)`` by the
+Kronecker matrix ``P_out ⊗ P_in`` (LoGra, Choe et al. 2024), computed from the two small sides. A layer's bias
+gradient ``Σ_t g_t`` goes through ``P_out``. Two stages: the per-layer sketches are concatenated (``m`` dims) and a
+seeded projection takes them to ``k`` (``factor_stage2``: sparse by default; after the first stage the coordinates
+are already mixed, so CountSketch loses little against a dense m×k matrix and costs O(m) instead of O(m·k)).
+
+The budget split is the knob ``factor_out_share``: per layer, ``k_out = layer_dim ** share`` (capped at fan_out,
+which is then kept exact) and ``k_in = layer_dim / k_out``. Where activations of different examples are strongly
+correlated (a shared mean direction) the input side needs few dimensions and the output-gradient side most of
+them; where they are not (the MLP of ``benchmarks/features.py`` on whitened inputs) an even split is better. The
+default (0.5, ``factor_dim`` 1024) is the best of that benchmark's sweep; on the default CNN, whose output sides
+(32 channels) are kept exact, the split does not matter.
+
+Parameters that are not a Linear/Conv weight or bias (layer norms, embeddings, ...) are projected from their
+flattened per-example gradients by a dense or sparse projector (``factor_rest``), added to the output, which makes
+the whole map one block matrix ``[P_2 · K ; P_rest]``: a JL map of the full gradient. On the first chunk the tapped
+path is checked against the per-example loop projected by the same matrices; if it disagrees or does not apply,
+every chunk takes the flattened gradient and :meth:`FactoredProjector.project` (the same map, exactly).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasel.errors import ConfigError
+from datasel.features.grads import Inputs, PerSampleGrads, _call, batch_len, slice_inputs
+from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _owner, _unfold
+from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
+
+log = logging.getLogger(__name__)
+
+CHECK_ROWS = 2  # rows of the first chunk checked against the per-example loop (as PerSampleGrads checks its layers)
+
+
+@dataclass
+class _Layer:
+    """One factorable module: its chosen weight/bias columns in the flat gradient and its slots in the sketch."""
+
+    path: str
+    fan_out: int
+    fan_in: int
+    p_out: torch.Tensor | None  # (k_out, fan_out) scaled; None: that side is kept exact
+    p_in: torch.Tensor | None
+    weight_cols: tuple[int, int] | None = None  # (start, numel) in the flat gradient
+    bias_cols: tuple[int, int] | None = None
+    weight_mid: int = -1  # start in the stage-1 sketch
+    bias_mid: int = -1
+
+    @property
+    def k_out(self) -> int:
+        return self.p_out.shape[0] if self.p_out is not None else self.fan_out
+
+    @property
+    def k_in(self) -> int:
+        return self.p_in.shape[0] if self.p_in is not None else self.fan_in
+
+
+def side_dims(fan_out: int, fan_in: int, layer_dim: int, out_share: float) -> tuple[int, int]:
+    """(k_out, k_in) of one layer's sketch: ``layer_dim ** out_share`` rows for the output side, the rest of the
+    budget for the input side, each capped at its fan (a side at its fan is kept exact)."""
+    k_out = min(fan_out, max(1, round(layer_dim ** out_share)))
+    k_in = min(fan_in, max(1, layer_dim // k_out))
+    return k_out, k_in
+
+
+class FactoredProjector(Projector):
+    """Per-layer Kronecker sketches, then a dense projection to ``dim_out``; other parameters by ``rest``."""
+
+    def __init__(self, comp: PerSampleGrads, dim_out: int, *, kind: str = "rademacher", seed: int = 0,
+                 layer_dim: int = 1024, out_share: float = 0.5, rest: str = "sparse", sparse_nnz: int = 1,
+                 stage2: str = "sparse", device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0) -> None:
+        if not 0.0 <= out_share <= 1.0:
+            raise ConfigError(f"factor_out_share {out_share} is not in [0, 1]", field="features.factor_out_share",
+                              fix="use a share between 0 (all to the input side) and 1 (all to the output side)")
+        if layer_dim < 1:
+            raise ConfigError(f"factor_dim {layer_dim} must be positive", field="features.factor_dim",
+                              fix="use the per-layer sketch size, e.g. 1024")
+        self.comp, self.model, self.loss_fn = comp, comp.model, comp.loss_fn
+        self.dim_in, self.dim_out, self.kind, self.seed = comp.dim, int(dim_out), kind, int(seed)
+        self.layer_dim, self.out_share, self.rest_kind = int(layer_dim), float(out_share), rest
+        self.device = torch.device(device)
+        self.layers: dict[str, _Layer] = {}
+        self.rest_names: list[str] = []
+        self.rest_cols: list[tuple[int, int]] = []
+        col = 0
+        for name, p in comp.params.items():
+            mod, path, attr = _owner(self.model, name)
+            try:
+                _check_module(mod, path, attr)
+            except Unsupported:
+                self.rest_names.append(name)
+                self.rest_cols.append((col, p.numel()))
+                col += p.numel()
+                continue
+            layer = self.layers.get(path)
+            if layer is None:
+                layer = self.layers[path] = self._new_layer(path, mod)
+            if attr == "weight":
+                layer.weight_cols = (col, p.numel())
+            else:
+                layer.bias_cols = (col, p.numel())
+            col += p.numel()
+        mid = 0
+        for layer in self.layers.values():
+            if layer.weight_cols is not None:
+                layer.weight_mid, mid = mid, mid + layer.k_out * layer.k_in
+            if layer.bias_cols is not None:
+                layer.bias_mid, mid = mid, mid + layer.k_out
+        self.dim_mid = mid
+        cfg = {"projector": kind, "dim": self.dim_out, "seed": self.seed, "block_rows": block_rows,
+               "cache_mb": cache_mb, "sparse_nnz": sparse_nnz}
+        self.stage2 = make_flat_projector(cfg, mid, self.device, stage2, name="factored-stage2/") if mid else None
+        self.rest_dim = sum(n for _, n in self.rest_cols)
+        self.rest: Projector | None = None
+        if self.rest_dim:
+            self.rest = make_flat_projector(cfg, self.rest_dim, self.device, rest, name="factored-rest/")
+            log.info("factored projection: %d parameters (%s) are not Linear/Conv and use the %s projection",
+                     self.rest_dim, ", ".join(self.rest_names[:4]) + ("..." if len(self.rest_names) > 4 else ""),
+                     rest)
+        self._taps: LayerGrads | None = None
+        self._rest_comp: PerSampleGrads | None = None
+        self._path = "auto"  # "taps" once the tapped path is verified, "flat" when it is not used
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], comp: PerSampleGrads, device: str | torch.device) -> FactoredProjector:
+        rest, stage2 = str(cfg.get("factor_rest", "sparse")), str(cfg.get("factor_stage2", "sparse"))
+        for key, val in (("factor_rest", rest), ("factor_stage2", stage2)):
+            if val not in ("dense", "sparse"):
+                raise ConfigError(f"{key} {val!r} is not dense or sparse", field=f"features.{key}",
+                                  fix="use dense or sparse")
+        return cls(comp, int(cfg["dim"]), kind=str(cfg.get("projector", "rademacher")), seed=int(cfg.get("seed", 0)),
+                   layer_dim=int(cfg.get("factor_dim", 1024)), out_share=float(cfg.get("factor_out_share", 0.5)),
+                   rest=rest, stage2=stage2, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
+                   block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)))
+
+    def _new_layer(self, path: str, mod: nn.Module) -> _Layer:
+        fan_out, fan_in = int(mod.weight.shape[0]), int(mod.weight[0].numel())
+        k_out, k_in = side_dims(fan_out, fan_in, self.layer_dim, self.out_share)
+
+        def side(rows: int, cols: int, which: str) -> torch.Tensor | None:
+            if rows >= cols:
+                return None
+            m = random_matrix(rows, cols, self.kind, block_seed(self.seed, f"factored/{path}/{which}/{rows}", 0))
+            return m.div_(math.sqrt(rows)).to(self.device)
+
+        return _Layer(path, fan_out, fan_in, side(k_out, fan_out, "out"), side(k_in, fan_in, "in"))
+
+    # -- from flattened gradients (reference, preconditioned gradients, fallback) ----------------------------------
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        self._check_width(grads)
+        dtype = torch.float64 if grads.dtype == torch.float64 else torch.float32
+        grads = grads.to(self.device, dtype)
+        n = grads.shape[0]
+        mid = torch.empty(n, self.dim_mid, dtype=dtype, device=self.device)
+        for layer in self.layers.values():
+            if layer.weight_cols is not None:
+                c, k = layer.weight_cols
+                w = grads[:, c : c + k].reshape(n, layer.fan_out, layer.fan_in)
+                if layer.p_out is not None:
+                    w = torch.matmul(layer.p_out.to(dtype), w)
+                if layer.p_in is not None:
+                    w = torch.matmul(w, layer.p_in.to(dtype).T)
+                mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] = w.reshape(n, -1)
+            if layer.bias_cols is not None:
+                c, k = layer.bias_cols
+                bias = grads[:, c : c + k]
+                mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] = (
+                    bias @ layer.p_out.to(dtype).T if layer.p_out is not None else bias)
+        rest = torch.cat([grads[:, c : c + k] for c, k in self.rest_cols], 1) if self.rest_cols else None
+        return self._finish(mid, rest, n, dtype)
+
+    def _finish(self, mid: torch.Tensor, rest: torch.Tensor | None, n: int, dtype: torch.dtype) -> torch.Tensor:
+        out = (self.stage2.project(mid) if self.stage2 is not None
+               else torch.zeros(n, self.dim_out, dtype=dtype, device=self.device))
+        if self.rest is not None and rest is not None:
+            out += self.rest.project(rest)
+        return out
+
+    # -- from the layer taps: the D-dim gradient is never formed ---------------------------------------------------
+    def _mid_from_taps(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        assert self._taps is not None
+        b = int(y.shape[0])
+        taps = self._taps.taps(x, y, lambda inp: _call(self.model, None, inp))
+        dtype = self._taps.dtype
+        mid = torch.zeros(b, self.dim_mid, dtype=dtype, device=self.device)
+        with torch.no_grad():
+            for path, a, g in taps:
+                layer, mod = self.layers[path], self._taps.modules[path]
+                g3 = LayerGrads.sides(mod, a, g)[1] if isinstance(mod, nn.Linear) else g.flatten(2).transpose(1, 2)
+                gp = g3 @ layer.p_out.to(dtype).T if layer.p_out is not None else g3  # (B, P, k_out)
+                if layer.weight_cols is not None:
+                    ap = _input_side(mod, a, layer.p_in.to(dtype) if layer.p_in is not None else None)  # (B, P, k_in)
+                    # a contiguous product, then one add: batched products into a strided view of `mid` take
+                    # torch's per-example fallback
+                    prod = gp.transpose(1, 2) * ap if ap.shape[1] == 1 else torch.bmm(gp.transpose(1, 2), ap)
+                    mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] += prod.reshape(b, -1)
+                if layer.bias_cols is not None:
+                    mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] += gp.sum(1)
+        return mid
+
+    def _rest_grads(self, x: Inputs, y: torch.Tensor) -> torch.Tensor | None:
+        if not self.rest_names:
+            return None
+        if self._rest_comp is None:
+            self._rest_comp = PerSampleGrads(self.model, self.loss_fn, [_glob_literal(n) for n in self.rest_names],
+                                             "auto", reuse=True)
+        return self._rest_comp(x, y)
+
+    def _from_taps(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        mid = self._mid_from_taps(x, y)
+        return self._finish(mid, self._rest_grads(x, y), mid.shape[0], mid.dtype)
+
+    def features(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        if self._path == "taps":
+            return self._from_taps(x, y)
+        if self._path == "flat" or not self.layers:
+            self._path = "flat"
+            return self.project(comp(x, y))
+        try:
+            params = {n: p for n, p in comp.params.items() if n not in self.rest_names}
+            self._taps = LayerGrads(self.model, params, self.loss_fn)
+            out = self._from_taps(x, y)
+        except Unsupported as exc:
+            log.info("factored projection: layer taps do not apply (%s); projecting flattened gradients", exc)
+            return self._step_down(comp, x, y)
+        except Exception as exc:  # a forward pass the hooks cannot follow
+            log.warning("factored projection: layer taps failed (%s: %s); projecting flattened gradients",
+                        type(exc).__name__, str(exc).strip()[:200])
+            return self._step_down(comp, x, y)
+        k = min(CHECK_ROWS, batch_len(x))
+        ref = self.project(comp._loop_chunk(slice_inputs(x, 0, k), y[:k]))
+        err = ((out[:k] - ref).norm() / ref.norm().clamp_min(torch.finfo(ref.dtype).tiny)).item()
+        if err > (1e-3 if ref.dtype in (torch.float32, torch.float64) else 5e-2):
+            log.warning("factored projection: layer taps disagree with the per-example loop (relative error %.2g); "
+                        "projecting flattened gradients", err)
+            return self._step_down(comp, x, y)
+        self._path = "taps"
+        return out
+
+    def _step_down(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        self._path, self._taps = "flat", None
+        return self.project(comp(x, y))
+
+    @property
+    def path(self) -> str:
+        """``taps`` (no D-dim gradient), ``flat`` (projects flattened gradients) or ``auto`` (before the first chunk)."""
+        return self._path
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"projection": "factored", "kind": self.kind, "dim_in": self.dim_in, "dim_out": self.dim_out,
+                "seed": self.seed, "factor_dim": self.layer_dim, "factor_out_share": self.out_share,
+                "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
+                "stage2": self.stage2.fingerprint() if self.stage2 is not None else None,
+                "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
+
+
+def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:
+    """``P_in a_t`` at every position, ``(B, P, k_in)``. For a convolution, ``P_in`` applied to every sliding window
+    is itself a convolution with ``P_in`` as its k_in filters: no unfolded copy of the input is made."""
+    if isinstance(mod, nn.Linear):
+        a3 = a.reshape(a.shape[0], -1, a.shape[-1])
+        return a3 @ p_in.T if p_in is not None else a3
+    if p_in is None:
+        return _unfold(mod, a).transpose(1, 2)
+    conv = F.conv1d if isinstance(mod, nn.Conv1d) else F.conv2d
+    out = conv(a, p_in.reshape(p_in.shape[0], *mod.weight.shape[1:]), None, mod.stride, mod.padding, mod.dilation)
+    return out.flatten(2).transpose(1, 2)
+
+
+def _glob_literal(name: str) -> str:
+    """A parameter name as a glob pattern that matches only itself (``[`` and friends escaped)."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
