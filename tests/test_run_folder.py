@@ -1,5 +1,5 @@
 """Run folders: `datasel init DIR` writes a complete config, the repository's workflow runs there without copying
-config/ into it, and an edited data file reruns prepare."""
+config/ into it, and an edited data file reruns prepare (by content: a touched file does not)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,17 @@ def test_an_edited_data_file_reruns_prepare(run_dir) -> None:
     meta = json.loads((run_dir / "results" / "examples" / "meta.json").read_text())
     assert sum(meta["sizes"].values()) == 150 and meta["noisy"] == 0
     assert "Nothing to be done" in _datasel(run_dir.parent, "run", "run1", "-n", target).stdout
-    _user_csv(run_dir.parent / "my.csv", 120)  # the user's file shrinks
+    csv = run_dir.parent / "my.csv"
+    st = csv.stat()
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # touched, same bytes: content decides
+    assert "Nothing to be done" in _datasel(run_dir.parent, "run", "run1", "-n", target).stdout
+    raw = csv.read_bytes()
+    at = raw.index(b"\n1000,") + 1
+    csv.write_bytes(raw[:at] + b"1999" + raw[at + 4:])  # one id edited: same size, and the mtime put back
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    dry = _datasel(run_dir.parent, "run", "run1", "-n", target)
+    assert dry.returncode == 0 and "rule prepare" in dry.stdout and "Params have changed" in dry.stdout
+    _user_csv(csv, 120)  # the user's file shrinks
     dry = _datasel(run_dir.parent, "run", "run1", "-n", target)
     assert dry.returncode == 0 and "rule prepare" in dry.stdout and "Nothing to be done" not in dry.stdout
 
