@@ -109,3 +109,27 @@ def test_experiment_templates_are_complete(tmp_path, template) -> None:
 def test_unknown_template_is_refused_naming_the_choices(tmp_path) -> None:
     with pytest.raises(DataselError, match="tabular"):
         init_folder(tmp_path, "tabluar")
+
+
+@pytest.mark.parametrize("option, kwargs", [("--label", {"label": "tagret"}), ("--id", {"id_column": "rowid"})])
+def test_init_refuses_a_column_the_file_lacks_naming_the_closest(tmp_path, option, kwargs) -> None:
+    data = _user_csv(tmp_path / "my.csv", 20)
+    with pytest.raises(DataselError, match=f"field '{option}'") as exc:
+        init_folder(tmp_path / "run", "tabular", data=str(data), **{"label": "target", **kwargs})
+    assert ("'target'" if option == "--label" else "'row_id'") in str(exc.value)  # did you mean …
+    assert not (tmp_path / "run").exists()  # a misspelt label never becomes a feature column of a written config
+
+
+def test_run_refuses_a_bad_config_or_a_missing_folder_before_snakemake_starts(tmp_path, monkeypatch) -> None:
+    import datasel.runfolder as rf
+
+    monkeypatch.setattr(rf.subprocess, "call", lambda cmd: pytest.fail(f"Snakemake started: {cmd}"))
+    folder = init_folder(tmp_path / "run1", "default").parent
+    cfg = folder / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("  seeds: 5 ", "  seedz: 5 "))
+    with pytest.raises(DataselError, match="did you mean `seeds`") as exc:
+        rf.run_folder([str(folder), "-n"])
+    assert str(cfg.resolve()) in str(exc.value) or str(cfg) in str(exc.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataselError, match="no run folder 'run2'"):
+        rf.run_folder(["run2", "-n"])
