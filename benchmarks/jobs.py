@@ -141,13 +141,14 @@ def main() -> None:
     ap.add_argument("--run", choices=["tiny", "tabular", "default"], default="tiny")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
+    ap.add_argument("--no-import-costs", action="store_true", help="skip part 1 (minutes on a loaded machine)")
     ap.add_argument("--repo", type=Path, default=ROOT, help="checkout to run (e.g. an older commit, for before/after)")
     args = ap.parse_args()
     global REPO
     REPO = args.repo.resolve()
 
     print("fresh-process costs (best of 3, seconds):")
-    costs = import_costs()
+    costs = {} if args.no_import_costs else import_costs()
     for k, v in costs.items():
         print(f"  {k[:-2]:<60} {v:6.2f}")
 
