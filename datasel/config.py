@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import glob
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -340,26 +341,50 @@ def check_names(cfg: dict[str, Any], loaded: LoadedConfig, policies: set[str]) -
 
 def data_inputs(data: Mapping[str, Any], file: str | None = None) -> list[str]:
     """The local files a ``data`` section reads (a file, a list of files, or every file of a folder, such as a
-    ``save_to_disk`` dataset), as inputs of the prepare rule: editing one reruns prepare and all that follows.
+    ``save_to_disk`` dataset; for ``source: hf``, also the ``data_files`` a builder such as csv reads, globs
+    expanded), as inputs of the prepare rule: editing one reruns prepare and all that follows.
 
     Paths are relative to the working directory (the run folder). A missing local path is refused here, before
-    any job; a ``source: hf`` name that is not a local path is a hub dataset and has no local input.
+    any job; a ``source: hf`` name that is not a local path is a hub dataset and has no local input, and a
+    ``data_files`` entry with a URL scheme (``hf://``, ``https://``) is remote.
     """
     source, paths = data.get("source"), data.get("path")
-    if source not in ("files", "hf") or not paths:
+    if source not in ("files", "hf"):
         return []
     out: list[str] = []
-    for p in [paths] if isinstance(paths, str) else list(paths):
+    for p in [] if not paths else [paths] if isinstance(paths, str) else list(paths):
         path = Path(p).expanduser()
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-            if not found:
-                raise ConfigError(f"the data folder '{p}' holds no files", file=file, field="data.path",
-                                  fix="point data.path at a dataset folder (e.g. one written by save_to_disk)")
-            out += found
+            out += _folder_files(path, str(p), file, "data.path")
         elif path.is_file():
             out.append(str(path))
         elif source == "files" or path.is_absolute() or str(p).startswith((".", "~")) or len(path.parts) > 2:
             raise ConfigError(f"data path '{p}' does not exist (looked in {Path.cwd()})", file=file,
                               field="data.path", fix="fix data.path; relative paths start at the run folder")
-    return out
+    builder_files = data.get("data_files") if source == "hf" else None
+    for p in [] if not builder_files else [builder_files] if isinstance(builder_files, str) else list(builder_files):
+        if "://" in str(p):
+            continue
+        path = Path(p).expanduser()
+        if glob.has_magic(str(path)):  # the datasets library expands globs itself; so do we, to watch each file
+            found = sorted(f for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            if not found:
+                raise ConfigError(f"data_files pattern '{p}' matches no file (looked in {Path.cwd()})", file=file,
+                                  field="data.data_files", fix="fix the pattern; relative paths start at the run folder")
+            out += found
+        elif path.is_dir():
+            out += _folder_files(path, str(p), file, "data.data_files")
+        elif path.is_file():
+            out.append(str(path))
+        else:
+            raise ConfigError(f"data file '{p}' does not exist (looked in {Path.cwd()})", file=file,
+                              field="data.data_files", fix="fix data.data_files; relative paths start at the run folder")
+    return sorted(set(out), key=out.index)  # a file named twice (path and data_files) is one input
+
+
+def _folder_files(path: Path, given: str, file: str | None, field_: str) -> list[str]:
+    found = sorted(str(f) for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if not found:
+        raise ConfigError(f"the data folder '{given}' holds no files", file=file, field=field_,
+                          fix="point data.path at a dataset folder (e.g. one written by save_to_disk)")
+    return found

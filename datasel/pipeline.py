@@ -8,20 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
 
-from datasel.data.prepare import build_examples
-from datasel.data.tensors import standardize_default
+from datasel.data.prepare import build_examples, standardize_default
 from datasel.errors import DataError
 from datasel.runtime import seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
-from datasel.selection.curriculum import paced_batches
 from datasel.selection.make import make_selection
 from datasel.store import atomic_path, read_table, write_table
-from datasel.store.catalog import build_catalog
-from datasel.tasks import make_task
-from datasel.training.classify import evaluate, total_steps, train_classifier
-from datasel.training.proxy import step_device
+
+# torch (about 2 s of CPU per process) and DuckDB are imported inside the steps that use them: prepare and the
+# 16+ select jobs of a run never touch torch, and every job imports this module (tests/test_pipeline_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +68,13 @@ def select(smk: Any) -> None:
 
 def train(smk: Any) -> None:
     """Train the target model on one selection with one seed and write its test/val metrics."""
+    import torch
+
+    from datasel.selection.curriculum import paced_batches
+    from datasel.tasks import make_task
+    from datasel.training.classify import evaluate, total_steps, train_classifier
+    from datasel.training.proxy import step_device
+
     cfg, seed = smk.params.training, int(smk.wildcards.seed)
     meta = json.loads(Path(smk.input.meta).read_text())
     examples = read_table(smk.input.examples, "examples")
@@ -118,5 +121,7 @@ def train(smk: Any) -> None:
 
 
 def catalog(smk: Any) -> None:
+    from datasel.store.catalog import build_catalog
+
     counts = build_catalog(Path(smk.output[0]).parent, smk.output[0])
     log.info("catalog: %s", counts)

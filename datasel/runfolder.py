@@ -6,12 +6,14 @@ schemas and profiles stay in the repository, so nothing of it is copied into the
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,7 +58,8 @@ def template_text(name: str) -> str:
     return head + note + yaml.safe_dump(merged, sort_keys=False)
 
 
-def _numeric_columns(path: Path, exclude: set[str]) -> list[str]:
+def _head(path: Path) -> dict[str, Any]:
+    """The file's columns and their types, from its first 100 rows."""
     import polars as pl
 
     readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson}
@@ -65,7 +68,16 @@ def _numeric_columns(path: Path, exclude: set[str]) -> list[str]:
         raise ConfigError(f"unsupported file type '{path.suffix}'", file=path, field="--data",
                           fix="use .csv, .parquet or .jsonl")
     frame = reader(path, n_rows=100) if path.suffix.lower() == ".csv" else reader(path).head(100)
-    return [c for c, t in frame.schema.items() if t.is_numeric() and c not in exclude]
+    return dict(frame.schema.items())
+
+
+def _check_column(columns: dict[str, Any], name: str, option: str, data: str) -> None:
+    """Refuse a --label/--id the file does not have (a misspelt label would silently become a feature)."""
+    if name in columns:
+        return
+    close = difflib.get_close_matches(name, list(columns), n=1)
+    raise ConfigError(f"the file has no column '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                      file=data, field=option, fix=f"use one of its columns: {', '.join(columns)}")
 
 
 def _set(text: str, key: str, value: object) -> str:
@@ -98,9 +110,13 @@ def init_folder(folder: str | os.PathLike, template: str = "tabular", data: str 
             text = _set(text, "label_column", label)
         if id_column:
             text = re.sub(r"^  # id_column: id .*$", f"  id_column: {json.dumps(id_column)}", text, count=1, flags=re.M)
+        columns = _head(src)
+        for name, option in ((label, "--label"), (id_column, "--id")):
+            if name:
+                _check_column(columns, name, option, data)
         if template == "tabular":
             exclude = {label or "label", *([id_column] if id_column else []), "split", "id"}
-            cols = _numeric_columns(src, exclude)
+            cols = [c for c, t in columns.items() if t.is_numeric() and c not in exclude]
             if not cols:
                 raise ConfigError("the file has no numeric input columns besides the label", file=data,
                                   field="data.feature_columns", fix="check --label, or use --template text")
@@ -129,8 +145,18 @@ def run_folder(argv: list[str]) -> int:
         folder, argv = argv[0], argv[1:]
     cfg = Path(folder) / "config.yaml"
     if not cfg.is_file():
+        if folder == "." and argv and not argv[0].startswith("-") and not Path(argv[0]).exists():
+            # `datasel run myrn`: a misspelt or not yet made folder, not a target of a run in this folder
+            raise DataselError(f"no run folder '{argv[0]}' (and no config.yaml here)", file=argv[0],
+                               fix=f"datasel init {argv[0]}, or name an existing run folder")
         raise DataselError("no config.yaml in the run folder", file=cfg, fix=f"datasel init {folder}")
     root = repo_root()
+    if not any(a.startswith("--configfile") for a in argv):
+        # checked here first (no torch, no Snakemake start-up): a mistake in the config is one `datasel: error`
+        # naming the file and key, not Snakemake's WorkflowError block with a Snakefile traceback line
+        from datasel.config import check_config, load_config
+
+        check_config(load_config([cfg]), root / "workflow" / "schemas")
     # `--configfile=X` is one word: the targets the user lists after it stay targets
     cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", folder,
            f"--configfile={cfg.resolve()}", *repo_profiles(argv, root)]

@@ -12,11 +12,12 @@ the end, without Snakemake's traceback. Snakemake's short "Error in rule …" bl
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,15 @@ def process_age() -> float | None:
         return None
 
 
-def run_step(smk: Any, fn: Callable[[Any], None]) -> None:
-    """Run ``fn(smk)`` with logging to the rule's log, config-fixed threads and clean error reporting."""
-    startup = process_age()
+def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -> None:
+    """Run ``fn(smk)`` with logging to the rule's log, config-fixed threads and clean error reporting.
+
+    ``preload`` names heavy modules the step imports lazily (torch): they are imported before the clock starts, so
+    the logged start-up (wall and CPU seconds) is what the job pays before its work, whichever module imports them.
+    """
+    for module in preload:
+        importlib.import_module(module)
+    startup, startup_cpu = process_age(), time.process_time()
     logfile = smk.log[0] if len(smk.log) else None
     setup_logging(logfile=logfile)
     compute = smk.config.get("compute", {}) if hasattr(smk, "config") else {}
@@ -54,9 +61,10 @@ def run_step(smk: Any, fn: Callable[[Any], None]) -> None:
     where = " ".join(f"{k}={v}" for k, v in items()) if items else ""
     # a step run by a Slurm job names it, so its log ties the step to the cluster's record (squeue, sacct)
     slurm_job = os.environ.get("SLURM_JOB_ID")
-    log.info("step %s%s: started (process start and imports %s)%s", smk.rule, f" {where}" if where else "",
-             "?" if startup is None else f"{startup:.2f}s", f" in Slurm job {slurm_job}" if slurm_job else "")
-    t0 = time.perf_counter()
+    log.info("step %s%s: started (process start and imports %s, CPU %.2fs)%s", smk.rule, f" {where}" if where else "",
+             "?" if startup is None else f"{startup:.2f}s", startup_cpu,
+             f" in Slurm job {slurm_job}" if slurm_job else "")
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         fn(smk)
     except DataselError as exc:
@@ -65,7 +73,7 @@ def run_step(smk: Any, fn: Callable[[Any], None]) -> None:
         if logfile is None:  # no log file to read it back from: the user must still see it
             print(f"{ERROR_MARK}'{smk.rule}': {exc}", file=sys.stderr)
         sys.exit(EXIT_DATASEL)
-    log.info("step %s: done, work %.2fs", smk.rule, time.perf_counter() - t0)
+    log.info("step %s: done, work %.2fs, CPU %.2fs", smk.rule, time.perf_counter() - t0, time.process_time() - c0)
 
 
 class _Wildcards(dict):

@@ -1,8 +1,9 @@
 # Data preparation: source -> validated examples table with stable ids, splits and (when asked) injected label noise.
+from datasel.store.fingerprint import data_fingerprint
 
 
 def data_files(root="results"):
-    """The user's data files (or a dataset folder's files): inputs of prepare, so editing them reruns it."""
+    """The user's data files (or a dataset folder's files): inputs of prepare, so a missing one is refused."""
     try:
         return data_inputs(run_cfg(root)["data"], CONFIG_SOURCE.file_of(("data", "path")))
     except DataselError as exc:
@@ -12,14 +13,18 @@ def data_files(root="results"):
 data_files()  # a missing path is refused now, in `snakemake -n`, not when the prepare job starts
 
 
+# Content, not mtime, decides whether the data changed: the files are `ancient` (a `touch` or a fresh checkout of
+# the same bytes reruns nothing) and their fingerprint is a param, so Snakemake's params trigger reruns prepare,
+# and so everything downstream, when any byte, file name or the set of files differs (datasel/store/fingerprint.py).
 rule prepare:
     input:
-        data=lambda wc: data_files(wc.root),
+        data=lambda wc: ancient(data_files(wc.root)),
     output:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
     params:
         data=lambda wc: run_cfg(wc.root)["data"],
+        data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
     wildcard_constraints:
         root=ROOT_RE,
     threads: THREADS

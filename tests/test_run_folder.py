@@ -1,5 +1,5 @@
 """Run folders: `datasel init DIR` writes a complete config, the repository's workflow runs there without copying
-config/ into it, and an edited data file reruns prepare."""
+config/ into it, and an edited data file reruns prepare (by content: a touched file does not)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,17 @@ def test_an_edited_data_file_reruns_prepare(run_dir) -> None:
     meta = json.loads((run_dir / "results" / "examples" / "meta.json").read_text())
     assert sum(meta["sizes"].values()) == 150 and meta["noisy"] == 0
     assert "Nothing to be done" in _datasel(run_dir.parent, "run", "run1", "-n", target).stdout
-    _user_csv(run_dir.parent / "my.csv", 120)  # the user's file shrinks
+    csv = run_dir.parent / "my.csv"
+    st = csv.stat()
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # touched, same bytes: content decides
+    assert "Nothing to be done" in _datasel(run_dir.parent, "run", "run1", "-n", target).stdout
+    raw = csv.read_bytes()
+    at = raw.index(b"\n1000,") + 1
+    csv.write_bytes(raw[:at] + b"1999" + raw[at + 4:])  # one id edited: same size, and the mtime put back
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    dry = _datasel(run_dir.parent, "run", "run1", "-n", target)
+    assert dry.returncode == 0 and "rule prepare" in dry.stdout and "Params have changed" in dry.stdout
+    _user_csv(csv, 120)  # the user's file shrinks
     dry = _datasel(run_dir.parent, "run", "run1", "-n", target)
     assert dry.returncode == 0 and "rule prepare" in dry.stdout and "Nothing to be done" not in dry.stdout
 
@@ -99,3 +109,27 @@ def test_experiment_templates_are_complete(tmp_path, template) -> None:
 def test_unknown_template_is_refused_naming_the_choices(tmp_path) -> None:
     with pytest.raises(DataselError, match="tabular"):
         init_folder(tmp_path, "tabluar")
+
+
+@pytest.mark.parametrize("option, kwargs", [("--label", {"label": "tagret"}), ("--id", {"id_column": "rowid"})])
+def test_init_refuses_a_column_the_file_lacks_naming_the_closest(tmp_path, option, kwargs) -> None:
+    data = _user_csv(tmp_path / "my.csv", 20)
+    with pytest.raises(DataselError, match=f"field '{option}'") as exc:
+        init_folder(tmp_path / "run", "tabular", data=str(data), **{"label": "target", **kwargs})
+    assert ("'target'" if option == "--label" else "'row_id'") in str(exc.value)  # did you mean …
+    assert not (tmp_path / "run").exists()  # a misspelt label never becomes a feature column of a written config
+
+
+def test_run_refuses_a_bad_config_or_a_missing_folder_before_snakemake_starts(tmp_path, monkeypatch) -> None:
+    import datasel.runfolder as rf
+
+    monkeypatch.setattr(rf.subprocess, "call", lambda cmd: pytest.fail(f"Snakemake started: {cmd}"))
+    folder = init_folder(tmp_path / "run1", "default").parent
+    cfg = folder / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("  seeds: 5 ", "  seedz: 5 "))
+    with pytest.raises(DataselError, match="did you mean `seeds`") as exc:
+        rf.run_folder([str(folder), "-n"])
+    assert str(cfg.resolve()) in str(exc.value) or str(cfg) in str(exc.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataselError, match="no run folder 'run2'"):
+        rf.run_folder(["run2", "-n"])

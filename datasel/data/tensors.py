@@ -13,15 +13,8 @@ import numpy as np
 import polars as pl
 import torch
 
-# Builtin sources are already scaled (MNIST-1D, digits); a user's table usually is not (breast-cancer features span
-# 0.001..4000), so standardization is on by default only for user data.
-BUILTIN_SOURCES = ("mnist1d", "digits")
+from datasel.data.prepare import BUILTIN_SOURCES, standardize_default  # noqa: F401  (decided at prepare time)
 
-
-def standardize_default(data_cfg: dict[str, Any]) -> bool:
-    """``data.standardize`` if set, else on for ``files``/``hf`` sources and off for builtin ones."""
-    value = data_cfg.get("standardize")
-    return bool(value) if value is not None else data_cfg.get("source") not in BUILTIN_SOURCES
 
 
 def _matrix(part: pl.DataFrame) -> np.ndarray:

@@ -29,6 +29,7 @@ import polars as pl
 
 from datasel.errors import DataError
 from datasel.store import atomic_path
+from datasel.store.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def ids_digest(ids: Sequence[str]) -> str:
         h.update(str(i).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
-
-
-def _file_sha(path: Path, block: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _mismatch(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
@@ -150,7 +143,7 @@ class ShardWriter:
         left = int((~self.done_mask()).sum())
         if left:
             raise DataError(f"{left} rows are not done", file=self.path, fix="rerun the features step")
-        meta = {**self.meta, "complete": True, "sha256": _file_sha(self.path / "features.f16")}
+        meta = {**self.meta, "complete": True, "sha256": file_sha256(self.path / "features.f16")}
         self._write_meta(meta)
         return meta
 
@@ -185,7 +178,7 @@ class FeatureShard:
         if size != want:
             raise DataError(f"features.f16 has {size} bytes, expected {want} (truncated or foreign file)",
                             file=path / "features.f16", fix="delete the shard folder and rerun the features step")
-        if verify and _file_sha(path / "features.f16") != meta.get("sha256"):
+        if verify and file_sha256(path / "features.f16") != meta.get("sha256"):
             raise DataError("features.f16 fails its checksum (corrupted on disk or edited)", file=path / "features.f16",
                             fix="delete the shard folder and rerun the features step")
         return cls(path, meta)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from datasel.errors import ConfigError
 from datasel.runtime import rng_for
+
+if TYPE_CHECKING:  # imported in paced_batches only: a select job orders positions without torch (seconds a job)
+    import torch
 
 ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 PACINGS = ("linear", "root", "step", "none")
@@ -64,6 +66,8 @@ def paced_batches(position_order: torch.Tensor, batch_size: int, total_steps: in
 
     ``position_order[i]`` is the row index (into the training tensors) of the example at curriculum position i.
     """
+    import torch
+
     n = position_order.shape[0]
     state = {"step": 0}
 

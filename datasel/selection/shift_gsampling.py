@@ -16,19 +16,23 @@ keep the n_keep largest log p_i + G_i, G_i ~ Gumbel(0, 1). Working in log space 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import torch
 
 from datasel.errors import ConfigError
 from datasel.selection.base import POLICIES, Policy
+
+if TYPE_CHECKING:  # torch is imported where it is used: every select job loads this module through the registry
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def percentiles(n: int) -> torch.Tensor:
     """Percentile of each position 0..n-1 of a best-first ranking: 0 for the best, 1 for the worst."""
+    import torch
+
     if n == 1:
         return torch.zeros(1, dtype=torch.float64)
     return torch.arange(n, dtype=torch.float64) / (n - 1)
@@ -38,6 +42,8 @@ def shift_gsample(n: int, n_keep: int, drop_top: float, mu: float, sigma: float,
                   where: str = "selection.policies.shift_gsampling") -> torch.Tensor:
     """Positions (into a best-first ranking of ``n`` rows) of the ``n_keep`` rows Shift-Gsampling keeps, in the
     order they were drawn."""
+    import torch
+
     if not 0.0 <= drop_top < 1.0:
         raise ConfigError(f"drop_top {drop_top} is outside [0, 1)", field=f"{where}.drop_top", fix="use e.g. 0.1")
     if not 0.0 <= mu <= 1.0:

@@ -1,4 +1,4 @@
 from datasel.pipeline import score
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, score)  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, score, preload=("torch",))  # noqa: F821 (injected by Snakemake)

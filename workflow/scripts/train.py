@@ -1,4 +1,4 @@
 from datasel.pipeline import train
 from datasel.snakemake_entry import over_outputs, run_step
 
-run_step(snakemake, over_outputs(train, "seed", "seeds"))  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, over_outputs(train, "seed", "seeds"), preload=("torch",))  # noqa: F821 (injected by Snakemake)
