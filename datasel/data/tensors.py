@@ -13,15 +13,17 @@ import numpy as np
 import polars as pl
 import torch
 
+from datasel.data.sources import SOURCE_KINDS
+
 # Builtin sources are already scaled (MNIST-1D, digits); a user's table usually is not (breast-cancer features span
-# 0.001..4000), so standardization is on by default only for user data.
-BUILTIN_SOURCES = ("mnist1d", "digits")
+# 0.001..4000), so standardization is on by default only for user data. Builtin sources are those registered with
+# a fixed kind (datasel.data.sources.SOURCE_KINDS).
 
 
 def standardize_default(data_cfg: dict[str, Any]) -> bool:
     """``data.standardize`` if set, else on for ``files``/``hf`` sources and off for builtin ones."""
     value = data_cfg.get("standardize")
-    return bool(value) if value is not None else data_cfg.get("source") not in BUILTIN_SOURCES
+    return bool(value) if value is not None else data_cfg.get("source") not in SOURCE_KINDS
 
 
 def _matrix(part: pl.DataFrame) -> np.ndarray:
