@@ -88,10 +88,26 @@ def docstring_topics(packages: tuple[str, ...] | list[str] = PACKAGES, per_class
 
 
 def main(argv: list[str] | None = None) -> None:
-    out = Path((argv or sys.argv[1:] or ["data/docstring_topics.jsonl"])[0])
-    df = docstring_topics()
+    """Write the rows of ``data.source: docstring_topics`` (same options, same defaults) to a jsonl/parquet file."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m datasel.data.docstring_topics", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", default="data/docstring_topics.jsonl", help=".jsonl or .parquet")
+    ap.add_argument("--packages", nargs="+", default=list(PACKAGES))
+    ap.add_argument("--per-class", type=int, default=900)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-chars", type=int, default=30)
+    ap.add_argument("--max-chars", type=int, default=400)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    df = docstring_topics(args.packages, per_class=args.per_class, seed=args.seed, min_chars=args.min_chars,
+                          max_chars=args.max_chars)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        df.write_ndjson(tmp)
+        if out.suffix == ".parquet":
+            df.write_parquet(tmp)
+        else:
+            df.write_ndjson(tmp)
     print(f"{out}: {df.height} examples, {df.get_column('label').value_counts().sort('label').rows()}")
 
 
