@@ -90,8 +90,8 @@ def _lora_grad(model, task, split: str, i: int) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_text_features_alignment_kcenter_alchemist_and_curriculum_workflow(tmp_path, bert):
+    from datasel.features.index import unit_rows
     from datasel.features.store import FeatureSet
-    from datasel.selection.diversity import kcenter_greedy
     from datasel.training.proxy import load_checkpoint
 
     corpus(20).write_ndjson(tmp_path / "topics.jsonl")
@@ -141,14 +141,19 @@ def test_text_features_alignment_kcenter_alchemist_and_curriculum_workflow(tmp_p
         want = float((val @ (g / g.norm())).max())
         assert got[task.split("train").ids[i]] == pytest.approx(want, abs=3e-3)  # features are stored as float16
 
-    # k-center: a valid subset of the right size, exactly the greedy farthest-first picks on those features
+    # k-center: a valid subset of the right size, the farthest-first picks (from the first pool row) on the unit
+    # gradient features of the text proxy, recomputed here with plain distances
     fs = FeatureSet.open(res / "features" / "g" / "seed0-epoch1-train" / "index.json")
-    feats = fs.load().astype(np.float64)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    assert fs.ids() == train_ids
+    feats = unit_rows(fs.load()).astype(np.float64)
     cover = pl.read_parquet(res / "selections" / "cover_keep50.parquet").filter(pl.col("selected"))
     assert cover.height == n_keep and set(cover.get_column("example_id")) <= set(train_ids)
-    picks = [fs.ids()[r] for r in kcenter_greedy(feats, n_keep, 0)]
-    assert cover.sort("position").get_column("example_id").to_list() == picks
+    picks, dist = [0], np.full(len(feats), np.inf)
+    while len(picks) < n_keep:
+        dist = np.minimum(dist, ((feats - feats[picks[-1]]) ** 2).sum(axis=1))
+        dist[picks] = -1.0
+        picks.append(int(np.argmax(dist)))
+    assert set(cover.get_column("example_id")) == {train_ids[r] for r in picks}
 
     # Alchemist on text: one finite rating per training example; top keeps the highest-rated half
     alch = pl.read_parquet(res / "scores" / "alchemist.parquet")
