@@ -173,3 +173,19 @@ def test_text_features_alignment_kcenter_alchemist_and_curriculum_workflow(tmp_p
     acc = metrics.filter((pl.col("split") == "test") & (pl.col("metric") == "accuracy")).get_column("value")
     assert acc.len() == 1 and 0.0 <= acc[0] <= 1.0
 
+
+
+def test_cpu_forward_is_float32_without_autocast(text_examples, bert):
+    """Mixed precision is for CUDA only: on CPU the text model's logits are plain float32, the same as a direct call."""
+    import contextlib
+
+    from datasel.tasks import forward
+    from datasel.training.classify import autocast, logits_of
+
+    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    task, model = _trained(*text_examples, bert, steps=1)
+    x = task.split("val").inputs
+    got = logits_of(model, x, batch_size=3)
+    with torch.no_grad():
+        want = forward(model, x)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
