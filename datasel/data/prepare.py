@@ -28,15 +28,13 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # Builtin sources are already scaled (MNIST-1D, digits); a user's table usually is not (breast-cancer features span
 # 0.001..4000), so standardization is on by default only for user data.
-BUILTIN_SOURCES = ("mnist1d", "digits")
-
-
 def standardize_default(data_cfg: dict[str, Any]) -> bool:
-    """``data.standardize`` if set, else on for ``files``/``hf`` sources and off for builtin ones.
+    """``data.standardize`` if set, else on for a user's data and off for builtin sources (already scaled: MNIST-1D,
+    digits; a user's table often is not). Builtin = registered with a fixed kind (``sources.SOURCE_KINDS``).
 
     (Here, not with the tensors that apply it, so the prepare step that records it never imports torch.)"""
     value = data_cfg.get("standardize")
-    return bool(value) if value is not None else data_cfg.get("source") not in BUILTIN_SOURCES
+    return bool(value) if value is not None else data_cfg.get("source") not in SOURCE_KINDS
 
 
 def build_examples(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:

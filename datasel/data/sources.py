@@ -108,6 +108,30 @@ def digits_source(cfg: dict[str, Any]) -> pl.DataFrame:
     return _vector_frame(d.data / 16.0, d.target)
 
 
+@register_source("docstring_topics", kind="text")
+def docstring_topics_source(cfg: dict[str, Any]) -> pl.DataFrame:
+    """Docstrings of installed packages labelled by package (:mod:`datasel.data.docstring_topics`), mined on the
+    spot from ``data.docstring_topics`` (``packages``, ``per_class``, ``seed``, ``min_chars``, ``max_chars``).
+
+    The miner's ``id`` (``package/module:name:line``) stays as a plain field, so an export names each docstring's
+    origin; example ids are content hashes like every builtin source's.
+    """
+    from datasel.data.docstring_topics import PACKAGES, docstring_topics, package_root
+
+    opts = dict(cfg.get("docstring_topics") or {})
+    packages = list(opts.get("packages", PACKAGES))
+    # a package that is not installed would silently drop a class and change what the experiment measures
+    missing = [p for p in packages if package_root(p) is None]
+    if missing:
+        raise ConfigError(f"packages {missing} are not installed (or are single modules, not packages)",
+                          field="data.docstring_topics.packages",
+                          fix=f"install them or list only installed packages (the default is {list(PACKAGES)})")
+    log.info("mining docstrings of %s (%s per class)", packages, opts.get("per_class", 900))
+    df = docstring_topics(packages, per_class=int(opts.get("per_class", 900)), seed=int(opts.get("seed", 0)),
+                          min_chars=int(opts.get("min_chars", 30)), max_chars=int(opts.get("max_chars", 400)))
+    return df.rename({"id": "origin"})
+
+
 def _read_file(path: Path) -> pl.DataFrame:
     suffix = path.suffix.lower()
     readers = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".json": pl.read_ndjson, ".csv": pl.read_csv}

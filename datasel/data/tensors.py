@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from datasel.data.prepare import BUILTIN_SOURCES, standardize_default  # noqa: F401  (decided at prepare time)
+from datasel.data.prepare import standardize_default  # noqa: F401  (decided at prepare time)
 
 
 

@@ -19,7 +19,9 @@ wants and the validation set does not; its weight goes down. Because W is a batc
 only samples above the batch's weighted-average penalty lose weight.
 
 All three gradients are taken with ``torch.func.grad`` over ``functional_call`` — none is derived by hand. The proxies
-are plain parameter dicts updated by SGD, so the loop is deterministic given the seed.
+are plain parameter dicts updated by SGD, so the loop is deterministic given the seed. θ and θ̂ are the model's
+*trainable* parameters (a LoRA proxy: its adapters and head); frozen weights are held fixed like buffers. Inputs are
+a task's (a tensor, or a mapping such as token ids and masks, passed as keyword arguments).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,6 +41,7 @@ from torch.func import functional_call, grad
 from datasel.errors import ConfigError
 from datasel.meta.rater import Rater, weights_fn
 from datasel.runtime import pick_device, progress
+from datasel.tasks.base import Inputs, batch_len, take, to_device
 
 log = logging.getLogger("datasel.meta")
 
@@ -134,9 +137,9 @@ def _batches(n: int, size: int, gen: torch.Generator) -> Any:
 def train_rater(
     model: nn.Module,
     feats: torch.Tensor,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
-    x_val: torch.Tensor,
+    x_val: Inputs,
     y_val: torch.Tensor,
     cfg: BilevelConfig,
     rater: Rater,
@@ -154,17 +157,25 @@ def train_rater(
     if cfg.proxy_init == "scratch":
         model = _reinit(model, seed)
     model = copy.deepcopy(model).to(dev).eval()  # eval: the proxies have no dropout/batch-norm randomness
-    buffers = {n: b.to(dev) for n, b in model.named_buffers()}
-    theta = {n: p.detach().clone().to(dev) for n, p in model.named_parameters()}
+    # frozen parameters (a LoRA backbone) are constants of the proxies' objectives, like buffers: differentiating
+    # through millions of fixed weights would only cost time
+    fixed = {n: b.to(dev) for n, b in model.named_buffers()}
+    fixed.update({n: p.detach() for n, p in model.named_parameters() if not p.requires_grad})
+    theta = {n: p.detach().clone().to(dev) for n, p in model.named_parameters() if p.requires_grad}
     theta_hat = {n: t.clone() for n, t in theta.items()}
     rater = rater.to(dev).train()
     opt_cls = torch.optim.Adam if cfg.rater_optimizer == "adam" else torch.optim.SGD
     opt = opt_cls(rater.parameters(), lr=cfg.rater_lr)
-    feats, x, y, x_val, y_val = (t.to(dev) for t in (feats, x, y, x_val, y_val))
+    feats, y, y_val = (t.to(dev) for t in (feats, y, y_val))
+    x, x_val = to_device(x, dev), to_device(x_val, dev)
     lam, wd, beta = float(cfg.val_weight), float(cfg.proxy_weight_decay), float(cfg.proxy_lr)
 
-    def losses(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return loss_fn(functional_call(model, (params, buffers), (xb,)), yb)
+    def losses(params: dict[str, torch.Tensor], xb: Inputs, yb: torch.Tensor) -> torch.Tensor:
+        if isinstance(xb, Mapping):
+            out = functional_call(model, (params, fixed), (), dict(xb))
+        else:
+            out = functional_call(model, (params, fixed), (xb,))
+        return loss_fn((out.logits if hasattr(out, "logits") else out).float(), yb)
 
     def decay(params: dict[str, torch.Tensor]) -> torch.Tensor:
         return 0.5 * wd * sum(p.pow(2).sum() for p in params.values()) if wd else torch.zeros((), device=dev)
@@ -184,12 +195,12 @@ def train_rater(
     g_lower, g_upper, g_rater = grad(lower_obj, has_aux=True), grad(upper_obj, has_aux=True), grad(rater_obj)
 
     history = MetaHistory()
-    train_iter = _batches(x.shape[0], cfg.batch_size, gen)
-    val_iter = _batches(x_val.shape[0], cfg.val_batch_size, gen)
+    train_iter = _batches(batch_len(x), cfg.batch_size, gen)
+    val_iter = _batches(batch_len(x_val), cfg.val_batch_size, gen)
     total = cfg.warmup_steps + cfg.steps
     for step in progress(range(total), desc="alchemist meta-train", total=total, unit="step"):
         idx, vidx = next(train_iter), next(val_iter)
-        fb, xb, yb = feats[idx], x[idx], y[idx]
+        fb, xb, yb = feats[idx], take(x, idx), y[idx]
         mu = {n: p.detach() for n, p in rater.named_parameters()}
         with torch.no_grad():
             w = weights_fn(rater, mu, fb)
@@ -199,7 +210,7 @@ def train_rater(
         else:
             if step == cfg.warmup_steps and cfg.warmup == "paper" and step > 0:
                 theta = {n: t.clone() for n, t in theta_hat.items()}  # the paper's θ := θ̂ after the warm-up
-            gt, (per_t, val_t) = g_upper(theta, xb, yb, w, x_val[vidx], y_val[vidx])
+            gt, (per_t, val_t) = g_upper(theta, xb, yb, w, take(x_val, vidx), y_val[vidx])
         gh, per_h = g_lower(theta_hat, xb, yb, w)
         if not warming:
             # The penalty is read at the same iterate as the proxies' gradients; all three move together.
@@ -215,7 +226,7 @@ def train_rater(
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             if gt is None:  # θ did not move in this warm-up step: its losses are read, not stepped
                 with torch.no_grad():
-                    per_t, val_t = losses(theta, xb, yb), losses(theta, x_val[vidx], y_val[vidx]).mean()
+                    per_t, val_t = losses(theta, xb, yb), losses(theta, take(x_val, vidx), y_val[vidx]).mean()
             row = {
                 "step": float(step + 1),
                 "val_loss_theta": float(val_t),

@@ -31,12 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError, DataError
+from datasel.features.compute import cross_entropy
 from datasel.features.grads import per_sample_grads
 from datasel.features.projectors import make_projector
 from datasel.meta.bilevel import BilevelConfig, MetaHistory, cross_entropy_per_sample, train_rater
 from datasel.meta.rater import Rater, rate
 from datasel.runtime import pick_device, seed_everything
 from datasel.scoring.base import SCORERS, Scorer, ScoreInputs
+from datasel.tasks.base import Inputs, chunks, forward, penultimate, to_device
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +51,9 @@ def _zscore(block: torch.Tensor) -> torch.Tensor:
     return (block - mu) / sd.clamp_min(1e-6)
 
 
-@torch.no_grad()
-def _penultimate(model: nn.Module, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    if not hasattr(model, "features"):
-        raise ConfigError(
-            f"feature 'penultimate' needs a model with a .features() method; {type(model).__name__} has none",
-            field=f"{WHERE}.rater_features",
-            fix="use rater_features: [grad, label] for this model",
-        )
-    return torch.cat([model.features(x[i : i + chunk_size]) for i in range(0, x.shape[0], chunk_size)])
-
-
 def rater_features(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     num_classes: int,
     kinds: list[str],
@@ -72,7 +63,11 @@ def rater_features(
     projector: str = "rademacher",
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """The rater's input for every example of (x, y): the chosen blocks, each z-scored, concatenated."""
+    """The rater's input for every example of (x, y): the chosen blocks, each z-scored, concatenated.
+
+    ``x`` is a task's inputs (a tensor, or token ids and masks); every block reads it through the task helpers, so
+    vector and text data take the same path.
+    """
     unknown = [k for k in kinds if k not in FEATURE_KINDS]
     if not kinds or unknown:
         raise ConfigError(
@@ -84,21 +79,19 @@ def rater_features(
     blocks = []
     for kind in kinds:
         if kind == "penultimate":
-            block = _penultimate(model, x, chunk_size)
+            block = penultimate(model, x, chunk_size)
         elif kind == "grad":
-            g = per_sample_grads(model, x, y, F.cross_entropy, params=grad_params, chunk_size=chunk_size)
+            g = per_sample_grads(model, x, y, cross_entropy, params=grad_params, chunk_size=chunk_size)
             # the shared seeded projector (JL: inner products kept in expectation); widths <= proj_dim pass as is
             dim = int(proj_dim) if g.shape[1] > int(proj_dim) else 0
             proj = make_projector({"projector": projector, "dim": dim, "seed": seed}, g.shape[1], g.device)
             block = proj.project(g)
         elif kind == "label":
-            block = F.one_hot(y, num_classes).to(x.dtype)
+            block = F.one_hot(y, num_classes).float()
         else:
             with torch.no_grad():
-                block = torch.cat(
-                    [cross_entropy_per_sample(model(x[i : i + chunk_size]), y[i : i + chunk_size]).unsqueeze(1)
-                     for i in range(0, x.shape[0], chunk_size)]
-                )
+                block = torch.cat([cross_entropy_per_sample(forward(model, xc).float(), yc).unsqueeze(1)
+                                   for xc, yc in zip(chunks(x, chunk_size), y.split(chunk_size))])
         blocks.append(_zscore(block.detach().float()))
     return torch.cat(blocks, dim=1)
 
@@ -110,9 +103,9 @@ def build_rater(in_dim: int, cfg: dict[str, Any]) -> Rater:
 
 def alchemist_run(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
-    x_val: torch.Tensor,
+    x_val: Inputs,
     y_val: torch.Tensor,
     num_classes: int,
     cfg: dict[str, Any],
@@ -126,7 +119,7 @@ def alchemist_run(
     t0 = time.perf_counter()
     kinds = list(cfg.get("rater_features", ["penultimate", "label", "grad"]))
     feats = rater_features(
-        model.to(dev), x.to(dev), y.to(dev), num_classes, kinds,
+        model.to(dev), to_device(x, dev), y.to(dev), num_classes, kinds,
         proj_dim=int(cfg.get("proj_dim", 64)), grad_params=cfg.get("grad_params", "last_layer"), seed=seed,
         projector=str(cfg.get("projector", "rademacher")),
     )

@@ -57,6 +57,38 @@ def forward(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+def last_linear_name(model: nn.Module) -> str:
+    """The module name of the last registered ``nn.Linear``: the classification head by the model contract (and
+    the ``last_layer`` parameter set). ``""`` when the model has none."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else ""
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, inputs: Inputs, chunk_size: int = 1024) -> torch.Tensor:
+    """Penultimate activations ``(N, H)``: the input of the classification head, for any model and data kind.
+
+    A model's own ``features()`` (the builtin MLP/CNN) is used when it has one; otherwise a forward pre-hook on the
+    last ``nn.Linear`` reads its input (a Hugging Face classifier's pooled ``[CLS]`` vector), so a scorer needs no
+    model-specific code.
+    """
+    if hasattr(model, "features") and callable(model.features) and not isinstance(inputs, Mapping):
+        return torch.cat([model.features(c) for c in chunks(inputs, chunk_size)])
+    name = last_linear_name(model)
+    if not name:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear head whose input could be read",
+                          field="model", fix="define the classification head as the last nn.Linear of the model")
+    seen: list[torch.Tensor] = []
+    hook = model.get_submodule(name).register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        for c in chunks(inputs, chunk_size):
+            forward(model, c)
+    finally:
+        hook.remove()
+    # the head may be applied per token (a (B, L, H) input): the first position is the sequence's summary
+    return torch.cat([t[:, 0] if t.dim() == 3 else t.flatten(1) for t in seen])
+
+
 def per_example_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
