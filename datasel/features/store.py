@@ -271,8 +271,9 @@ class FeatureSet:
 
 
 # Keys that place features in one vector space: sets compared with each other (train vs target) must agree on them.
-SPACE_KEYS = ("params", "dim_in", "dim", "projection", "projection_sha", "seed", "projector", "unit_norm",
-              "precondition")
+# Not ``precondition``: LESS compares Adam-preconditioned pool gradients with plain target gradients on purpose, and
+# the preconditioner rescales gradients before the (shared) projection, so both still live in one space.
+SPACE_KEYS = ("params", "dim_in", "dim", "projection", "projection_sha", "seed", "projector", "unit_norm")
 
 
 def check_same_space(a: dict[str, Any], b: dict[str, Any], file: str | os.PathLike) -> None:
