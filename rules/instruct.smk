@@ -16,7 +16,13 @@ if "instruct" in config:
         if not INS["model"].get("path"):
             fail("no model given", "instruct.model.path",
                  "give a local Hugging Face causal-LM folder, or instruct.model.tiny: {} to build a small GPT-2")
-        return INS["model"]["path"]
+        from datasel.errors import ConfigError
+        from datasel.instruct.hub import resolve_model_dir
+
+        try:  # a hub name becomes its folder in the local cache: the rules below see a folder
+            return resolve_model_dir(str(INS["model"]["path"]))
+        except ConfigError as exc:
+            fail(exc.problem, exc.field, exc.fix)
 
     def ins_fraction(name):
         return 1.0 if INS["selection"]["policies"][name]["policy"] == "full" else INS_SEL_FRACTION

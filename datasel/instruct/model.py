@@ -1,5 +1,5 @@
-"""The causal LM of the instruction chain: a local Hugging Face folder (loaded by :class:`datasel.rl.policy.HFPolicy`,
-never downloaded) with LoRA adapters from peft; or, for tests and the embedded experiment, a small GPT-2 built
+"""The causal LM of the instruction chain: a local Hugging Face folder or a hub name in the local cache (resolved by
+:mod:`datasel.instruct.hub`, loaded by :class:`datasel.rl.policy.HFPolicy`, never downloaded) with LoRA adapters from peft; or, for tests and the embedded experiment, a small GPT-2 built
 from a ``transformers`` config with random weights and a byte-level BPE tokenizer trained on the pool with
 ``tokenizers``.
 
@@ -56,8 +56,8 @@ def check_model_folder(path: str | Path, where: str) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise ConfigError(f"model folder {str(path)!r} does not exist", file=p, field=where,
-                          fix="give a local folder saved with save_pretrained (no hub downloads), or set "
-                              "instruct.model.tiny to build a small GPT-2")
+                          fix="give a local folder saved with save_pretrained or a hub name in the local cache (nothing "
+                              "is downloaded), or set instruct.model.tiny to build a small GPT-2")
     if not (p / "config.json").exists():
         raise DataError("the model folder has no config.json", file=p, field=where,
                         fix="save the model with model.save_pretrained(folder)")
