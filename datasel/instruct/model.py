@@ -1,7 +1,7 @@
 """The causal LM of the instruction chain: a local Hugging Face folder or a hub name in the local cache (resolved by
 :mod:`datasel.instruct.hub`, loaded by :class:`datasel.rl.policy.HFPolicy`, never downloaded) with LoRA adapters
-from peft; or, for tests and the embedded experiment, a small GPT-2 built from a ``transformers`` config with random weights and a byte-level BPE tokenizer trained on the pool with
-``tokenizers``.
+from peft; or, for tests and the embedded experiment, a small GPT-2 built from a ``transformers`` config with random
+weights and a byte-level BPE tokenizer trained on the pool with ``tokenizers``.
 
 Only the adapters train and are differentiated: a checkpoint holds their state (and the optimizer's moments), the
 base weights come back from the folder.
