@@ -111,7 +111,8 @@ def test_text_features_alignment_kcenter_alchemist_and_curriculum_workflow(tmp_p
                                   "val_batch_size": 4, "rater_features": ["penultimate", "label", "loss"]}},
         "selection": {"fractions": [0.5], "policies": {
             "cover": {"policy": "kcenter", "features": "g"},
-            "alch_top": {"policy": "top", "score": "alchemist"},
+            # the global top half (class-stratified selection is the default, tested in test_balance.py)
+            "alch_top": {"policy": "top", "score": "alchemist", "stratify": False},
             "el2n_cl": {"policy": "top", "score": "el2n",
                         "curriculum": {"order": "easy_to_hard", "score": "el2n", "pacing": "root"}}}},
         "training": {"model": {**model, "lora": LORA}, "seeds": [0], "budget": {"unit": "steps", "value": 6},

@@ -123,7 +123,8 @@ def warmup(smk: Any) -> None:
 def features_shard(smk: Any) -> None:
     """LoRA gradient features of one shard of the pool (Adam-preconditioned) or of the target set (plain)."""
     cfg = smk.params.instruct
-    fcfg = {**cfg["features"], "params": "lora", "projector": "rademacher"}
+    # dense unless asked: LESS's own projection (TRAK's Rademacher), which the chain's measured figures used
+    fcfg = {"projection": "dense", **cfg["features"], "params": "lora", "projector": "rademacher"}
     split, shard, shards = smk.wildcards.split, int(smk.wildcards.shard), int(cfg["features"]["shards"])
     ckpt = torch.load(smk.input.checkpoint, map_location="cpu", weights_only=False)
     policy = _policy(cfg, smk.params.model_dir, 0)
@@ -173,7 +174,9 @@ def score(smk: Any) -> None:
 
 
 def select(smk: Any) -> None:
-    entry, name = smk.params.policy, smk.wildcards.policy
+    # not stratified unless asked: the "label" of an instruction row is its task, and LESS's point is to pick
+    # the tasks that match the target, not to keep the pool's task mix
+    entry, name = {"stratify": False, **smk.params.policy}, smk.wildcards.policy
     table = pl.read_parquet(smk.input.examples)
     scores = read_table(smk.input.scores, "scores") if smk.input.get("scores") else None
     sel = make_selection(table, scores, name, entry, float(smk.params.fraction), int(smk.params.seed),
