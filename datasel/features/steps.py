@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 import torch
@@ -76,6 +76,24 @@ def _work_dir(out: Path, settings: dict[str, Any]) -> Path:
     return out.parents[2] / ".work" / rel.parent / f"{rel.name}-{fp}"
 
 
+def write_shard(out: Path, settings: dict[str, Any], compute: Callable[[Path], None]) -> None:
+    """Run ``compute(work)`` in a work folder named by ``settings`` and move it to ``out`` when complete.
+
+    A killed job resumes in the same folder (``featurize`` picks up its finished chunks); changed settings get a
+    new folder, and the work folders of other settings for this shard are removed as stale.
+    """
+    work = _work_dir(out, settings)
+    if work.parent.exists():
+        for stale in work.parent.glob(f"{out.name}-*"):
+            if stale != work:
+                shutil.rmtree(stale, ignore_errors=True)
+    compute(work)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, out)
+
+
 def features_shard(smk: Any) -> None:
     """Compute (or resume) one shard; wildcards ``fset, ckpt, split, shard``."""
     fset = {**DEFAULTS, **smk.params.fset}
@@ -128,17 +146,9 @@ def features_shard(smk: Any) -> None:
         preconditioner = split_preconditioner(fset, split, smk.input.checkpoint, model)
     model.to(device)
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
-    work = _work_dir(out, settings)
-    if work.parent.exists():  # work folders of other settings for this shard are stale
-        for stale in work.parent.glob(f"{out.name}-*"):
-            if stale != work:
-                shutil.rmtree(stale, ignore_errors=True)
-    featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi], identity=identity, device=device,
-              preconditioner=preconditioner)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work, out)
+    write_shard(out, settings, lambda work: featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi],
+                                                       identity=identity, device=device,
+                                                       preconditioner=preconditioner))
     log.info("shard %s: rows %d..%d of %s", out, lo, hi, split)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 from datasel.errors import DataError
 from datasel.features.compute import featurize, shard_bounds
 from datasel.features.projectors import AdamPreconditioner
-from datasel.features.steps import PRECONDITIONED_SPLITS, _work_dir
+from datasel.features.steps import PRECONDITIONED_SPLITS, write_shard
 from datasel.features.store import gather
 from datasel.instruct.data import encode_split, prepare_examples, read_instructions, render
 from datasel.instruct.model import adapter_state, build_tiny_model, load_adapter, load_lm
@@ -143,20 +142,12 @@ def features_shard(smk: Any) -> None:
     out = Path(smk.output[0])
     identity = {"model": str(smk.params.model_dir), "checkpoint": f"epoch{ckpt['epoch']}", "split": split,
                 "lr": float(ckpt["lr"])}
-    # a work folder named by the settings: a killed job resumes there, a changed config starts afresh
-    work = _work_dir(out, {"fset": fcfg, "identity": identity, "shards": shards, "rows": [lo, hi],
-                           "data": str(Path(smk.input.examples).stat().st_mtime_ns)})
-    if work.parent.exists():
-        for stale in work.parent.glob(f"{out.name}-*"):
-            if stale != work:
-                shutil.rmtree(stale, ignore_errors=True)
     inputs = {k: v[lo:hi] for k, v in enc.inputs().items()}
-    featurize(policy.module, inputs, enc.labels[lo:hi], work, fcfg, ids=ids[lo:hi], loss_fn=completion_loss,
-              identity=identity, preconditioner=pre, device=policy.device)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work, out)
+    settings = {"fset": fcfg, "identity": identity, "shards": shards, "rows": [lo, hi],
+                "data": str(Path(smk.input.examples).stat().st_mtime_ns)}
+    write_shard(out, settings, lambda work: featurize(policy.module, inputs, enc.labels[lo:hi], work, fcfg,
+                                                       ids=ids[lo:hi], loss_fn=completion_loss, identity=identity,
+                                                       preconditioner=pre, device=policy.device))
 
 
 def features_gather(smk: Any) -> None:
