@@ -193,7 +193,16 @@ class FactoredProjector(Projector):
         b = int(y.shape[0])
         taps = self._taps.taps(x, y, lambda inp: _call(self.model, None, inp))
         dtype = self._taps.dtype
-        mid = torch.zeros(b, self.dim_mid, dtype=dtype, device=self.device)
+        # not zero-filled: every slot is written by its layer's first call (a shared layer's later calls add), and
+        # only the slots of layers that never reached the loss are zeroed
+        mid = torch.empty(b, self.dim_mid, dtype=dtype, device=self.device)
+        written: set[tuple[str, str]] = set()
+
+        def put(key: tuple[str, str], start: int, value: torch.Tensor) -> None:
+            view = mid[:, start : start + value.shape[1]]
+            view.add_(value) if key in written else view.copy_(value)
+            written.add(key)
+
         with torch.no_grad():
             for path, a, g in taps:
                 layer, mod = self.layers[path], self._taps.modules[path]
@@ -201,12 +210,17 @@ class FactoredProjector(Projector):
                 gp = g3 @ layer.p_out.to(dtype).T if layer.p_out is not None else g3  # (B, P, k_out)
                 if layer.weight_cols is not None:
                     ap = _input_side(mod, a, layer.p_in.to(dtype) if layer.p_in is not None else None)  # (B, P, k_in)
-                    # a contiguous product, then one add: batched products into a strided view of `mid` take
+                    # a contiguous product, then one copy: batched products into a strided view of `mid` take
                     # torch's per-example fallback
-                    prod = gp.transpose(1, 2) * ap if ap.shape[1] == 1 else torch.bmm(gp.transpose(1, 2), ap)
-                    mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] += prod.reshape(b, -1)
+                    prod = gp.transpose(1, 2) * ap if ap.shape[1] == 1 else torch.matmul(gp.transpose(1, 2), ap)
+                    put((path, "weight"), layer.weight_mid, prod.reshape(b, -1))
                 if layer.bias_cols is not None:
-                    mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] += gp.sum(1)
+                    put((path, "bias"), layer.bias_mid, gp.sum(1))
+            for layer in self.layers.values():
+                if layer.weight_cols is not None and (layer.path, "weight") not in written:
+                    mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in].zero_()
+                if layer.bias_cols is not None and (layer.path, "bias") not in written:
+                    mid[:, layer.bias_mid : layer.bias_mid + layer.k_out].zero_()
         return mid
 
     def _rest_grads(self, x: Inputs, y: torch.Tensor) -> torch.Tensor | None:

@@ -212,12 +212,12 @@ class SparseProjector(Projector):
             order, signs, shift = self._cache.get(b, self._make)
             x = grads[:, b * self.block_rows : b * self.block_rows + order.shape[1]]
             rows = x.shape[1]
-            padded = math.ceil(rows / seg) * seg
+            full, rem = divmod(rows, seg)
             for r in range(self.nnz):
                 z = x.index_select(1, order[r]).mul_(signs[r].to(dtype))
-                if padded != rows:  # the block's last partial round of buckets
-                    z = torch.nn.functional.pad(z, (0, padded - rows))
-                part = z.view(n, padded // seg, seg).sum(1)
+                part = z[:, : full * seg].view(n, full, seg).sum(1) if full else z.new_zeros(n, seg)
+                if rem:  # the block's last partial round of buckets (added, not padded: no copy of z)
+                    part[:, :rem] += z[:, full * seg :]
                 out[:, r * seg : (r + 1) * seg] += part.roll(int(shift[r]), 1)
         return out.mul_(1.0 / math.sqrt(self.nnz)) if self.nnz > 1 else out
 
