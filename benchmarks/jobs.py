@@ -23,7 +23,7 @@ Measured, each in fresh processes:
      these per-job figures (``--run default`` measures it instead).
 
 Prints readable figures and ends with one JSON line; its ``goals`` holds issue 15's figures (569-row tabular run
-under 180 s, default experiment under 600 s on 2 cores, job start under 20% of summed job wall) with pass/fail.
+under 180 s, default experiment under 600 s on 2 cores, job start under 20% of its summed job wall) with pass/fail.
 """
 
 from __future__ import annotations
@@ -207,11 +207,13 @@ def main() -> None:
               "startup_cpu_s": round(startup_cpu, 2), "work_cpu_s": round(work_cpu, 2),
               "startup_cpu_share": round(cpu_share, 3), "per_rule": rules,
               **{k: round(v, 3) for k, v in costs.items()}}
-    goals = {"job_start_share_under_0.2": share < 0.2}
+    # issue 15 states the start-cost goal for the default run; a run of seconds of work is start cost by nature
+    goals: dict[str, bool] = {}
     if args.run == "tabular":
         goals["tabular_569_rows_under_180s"] = wall < 180
     if args.run == "default":
         goals[f"default_under_600s_on_{args.cores}_cores"] = wall < 600
+        goals["job_start_share_under_0.2"] = share < 0.2
     result["goals"] = goals
     if args.run != "default":
         # the default experiment: same rules; start cost per job as measured here, its work not run here
