@@ -171,7 +171,7 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
     out[f"{label}_ghost_rel_err"] = float(((got.double() - ref.double()).abs() / ref.double()).max())
     model.float()
     if sweep:  # the factored budget split: quality only (untimed), per (factor_dim, out_share) at each k
-        for fd in (256, 1024, 4096):
+        for fd in ("auto", 256, 1024, 16384):
             for share in (0.5, 0.75, 0.9):
                 for kk in KS:
                     p = make_projector({**SETTINGS, "projection": "factored", "dim": kk, "factor_dim": fd,
@@ -270,13 +270,13 @@ def main() -> None:
     ap.add_argument("--large-chunk", type=int, default=1024)
     ap.add_argument("--large-params", default="all", help="parameter set of the memory runs (last_layer: quicker)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the factored budget-split quality sweep")
-    ap.add_argument("--factor-dim", type=int, default=0, help="time factored with this factor_dim (default: DEFAULTS)")
+    ap.add_argument("--factor-dim", default="", help="time factored with this factor_dim, auto or a size (default: DEFAULTS)")
     ap.add_argument("--child", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.factor_dim:
-        SETTINGS["factor_dim"] = args.factor_dim
+        SETTINGS["factor_dim"] = args.factor_dim if args.factor_dim == "auto" else int(args.factor_dim)
     if args.child:
         large_child(args.child, args.out, args.chunk, args.large_params)
         return

@@ -19,7 +19,7 @@ from torch import nn
 from conftest import per_example_reference
 from datasel.errors import ConfigError, DataError
 from datasel.features.compute import cross_entropy, featurize
-from datasel.features.factored import FactoredProjector, side_dims
+from datasel.features.factored import FactoredProjector, layer_budget, side_dims
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, select_params
 from datasel.features.norms import GradNorms
 from datasel.features.projectors import (DenseProjector, SparseProjector, inner_product_correlation,
@@ -120,6 +120,21 @@ def test_factored_map_is_the_kronecker_sketch_of_the_gradient(stage2: str) -> No
     assert torch.allclose(proj.project(g), _kron_reference(proj, g), rtol=1e-6, atol=1e-9)
 
 
+def test_auto_budget_follows_the_layer_size() -> None:
+    assert layer_budget("auto", 1_000_000) == 16384  # capped: a 1000x1000 Linear gets 128 x 128
+    assert layer_budget("auto", 40_000) == 5000
+    assert layer_budget("auto", 3072) == 384
+    assert layer_budget("auto", 1600) == 256  # floored: small layers keep a usable sketch
+    assert layer_budget(1024, 3072) == 1024  # a fixed size is used as given
+    model = build_model({"name": "mlp", "hidden": [1000]}, META)
+    comp = PerSampleGrads(model, cross_entropy, "all", "auto")
+    proj = make_projector({"projection": "factored", "dim": 64}, comp.dim, grads=comp)
+    assert proj.fingerprint()["layers"] == [["body.0", *side_dims(1000, 40, 5000, 0.5)],
+                                            ["head", *side_dims(10, 1000, 1250, 0.5)]]
+    with pytest.raises(ConfigError, match="factor_dim"):
+        make_projector({"projection": "factored", "dim": 64, "factor_dim": "big"}, comp.dim, grads=comp)
+
+
 def test_side_dims_split_the_budget() -> None:
     assert side_dims(1000, 1000, 4096, 0.5) == (64, 64)
     assert side_dims(1000, 1000, 4096, 0.75) == (512, 8)
@@ -172,14 +187,16 @@ def test_features_do_not_depend_on_chunks_or_shards(projection: str, tmp_path: P
 
 
 # -- quality: inner products of projected vs exact gradients (fixed seeds) -----------------------------------------
-@pytest.mark.parametrize("projection, floor", [("dense", 0.97), ("sparse", 0.97), ("factored", 0.95)])
-def test_projected_inner_products_track_exact_ones(projection: str, floor: float) -> None:
+@pytest.mark.parametrize("projection, floor, factor_dim", [("dense", 0.97, 256), ("sparse", 0.97, 256),
+                                                          ("factored", 0.95, 256), ("factored", 0.95, "auto")])
+def test_projected_inner_products_track_exact_ones(projection: str, floor: float, factor_dim: int | str) -> None:
     torch.manual_seed(0)
     model = build_model({"name": "cnn1d", "channels": 8}, META).double().eval()
     x, y = _data(64)
     exact = _exact(model, x, y)
     comp = PerSampleGrads(model, cross_entropy, "all", "auto")
-    proj = make_projector({"projection": projection, "dim": 256, "factor_dim": 256, "seed": 0}, comp.dim, grads=comp)
+    proj = make_projector({"projection": projection, "dim": 256, "factor_dim": factor_dim, "seed": 0}, comp.dim,
+                          grads=comp)
     feats = proj.features(comp, x, y)
     corr = inner_product_correlation(feats, exact, pairs=200, seed=0)
     assert corr >= floor, corr

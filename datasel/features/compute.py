@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "projection": "factored",
     "projector": "rademacher",
     "sparse_nnz": 1,
-    "factor_dim": 1024,
+    "factor_dim": "auto",
     "factor_out_share": 0.5,
     "factor_rest": "sparse",
     "factor_stage2": "sparse",

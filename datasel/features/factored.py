@@ -8,12 +8,15 @@ gradient ``Σ_t g_t`` goes through ``P_out``. Two stages: the per-layer sketches
 seeded projection takes them to ``k`` (``factor_stage2``: sparse by default; after the first stage the coordinates
 are already mixed, so CountSketch loses little against a dense m×k matrix and costs O(m) instead of O(m·k)).
 
-The budget split is the knob ``factor_out_share``: per layer, ``k_out = layer_dim ** share`` (capped at fan_out,
-which is then kept exact) and ``k_in = layer_dim / k_out``. Where activations of different examples are strongly
-correlated (a shared mean direction) the input side needs few dimensions and the output-gradient side most of
-them; where they are not (the MLP of ``benchmarks/features.py`` on whitened inputs) an even split is better. The
-default (0.5, ``factor_dim`` 1024) is the best of that benchmark's sweep; on the default CNN, whose output sides
-(32 channels) are kept exact, the split does not matter.
+The per-layer sketch size is ``factor_dim``: a fixed ``k_out·k_in`` for every layer, or ``auto`` (the default):
+an eighth of the layer's weight count, between 256 and 16,384. Why by size: a small layer's sketch costs about as
+much as its exact gradient and a wide one's sketch dominates the error of the whole map, so one fixed size is either
+slow on small models (the 8k-parameter CNN of the default config) or coarse on large ones (a 1000×1000 Linear);
+``benchmarks/features.py`` times both. The budget split is the knob ``factor_out_share``: per layer,
+``k_out = layer_dim ** share`` (capped at fan_out, which is then kept exact) and ``k_in = layer_dim / k_out``.
+Where activations of different examples are strongly correlated (a shared mean direction) the input side needs
+few dimensions and the output-gradient side most of them; where they are not (the MLP of
+``benchmarks/features.py`` on whitened inputs) an even split (0.5, the default) is better.
 
 Parameters that are not a Linear/Conv weight or bias (layer norms, embeddings, ...) are projected from their
 flattened per-example gradients by a dense or sparse projector (``factor_rest``), added to the output, which makes
@@ -41,6 +44,14 @@ from datasel.features.projectors import Projector, block_seed, make_flat_project
 log = logging.getLogger(__name__)
 
 CHECK_ROWS = 2  # rows of the first chunk checked against the per-example loop (as PerSampleGrads checks its layers)
+AUTO_DIVISOR, AUTO_MIN, AUTO_MAX = 8, 256, 16384  # factor_dim: auto = clamp(weight count / 8, 256, 16384) per layer
+
+
+def layer_budget(factor_dim: int | str, numel: int) -> int:
+    """The sketch size ``k_out·k_in`` of a layer with ``numel`` weights under ``factor_dim`` (a size or ``auto``)."""
+    if factor_dim == "auto":
+        return min(AUTO_MAX, max(AUTO_MIN, numel // AUTO_DIVISOR))
+    return int(factor_dim)
 
 
 @dataclass
@@ -78,17 +89,17 @@ class FactoredProjector(Projector):
     """Per-layer Kronecker sketches, then a dense projection to ``dim_out``; other parameters by ``rest``."""
 
     def __init__(self, comp: PerSampleGrads, dim_out: int, *, kind: str = "rademacher", seed: int = 0,
-                 layer_dim: int = 1024, out_share: float = 0.5, rest: str = "sparse", sparse_nnz: int = 1,
+                 layer_dim: int | str = "auto", out_share: float = 0.5, rest: str = "sparse", sparse_nnz: int = 1,
                  stage2: str = "sparse", device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0) -> None:
         if not 0.0 <= out_share <= 1.0:
             raise ConfigError(f"factor_out_share {out_share} is not in [0, 1]", field="features.factor_out_share",
                               fix="use a share between 0 (all to the input side) and 1 (all to the output side)")
-        if layer_dim < 1:
-            raise ConfigError(f"factor_dim {layer_dim} must be positive", field="features.factor_dim",
-                              fix="use the per-layer sketch size, e.g. 1024")
+        if layer_dim != "auto" and (isinstance(layer_dim, bool) or not isinstance(layer_dim, int) or layer_dim < 1):
+            raise ConfigError(f"factor_dim {layer_dim!r} is neither auto nor a positive integer",
+                              field="features.factor_dim", fix="use auto, or the per-layer sketch size, e.g. 1024")
         self.comp, self.model, self.loss_fn = comp, comp.model, comp.loss_fn
         self.dim_in, self.dim_out, self.kind, self.seed = comp.dim, int(dim_out), kind, int(seed)
-        self.layer_dim, self.out_share, self.rest_kind = int(layer_dim), float(out_share), rest
+        self.layer_dim, self.out_share, self.rest_kind = layer_dim, float(out_share), rest
         self.device = torch.device(device)
         self.layers: dict[str, _Layer] = {}
         self.rest_names: list[str] = []
@@ -140,13 +151,13 @@ class FactoredProjector(Projector):
                 raise ConfigError(f"{key} {val!r} is not dense or sparse", field=f"features.{key}",
                                   fix="use dense or sparse")
         return cls(comp, int(cfg["dim"]), kind=str(cfg.get("projector", "rademacher")), seed=int(cfg.get("seed", 0)),
-                   layer_dim=int(cfg.get("factor_dim", 1024)), out_share=float(cfg.get("factor_out_share", 0.5)),
+                   layer_dim=_factor_dim(cfg.get("factor_dim", "auto")), out_share=float(cfg.get("factor_out_share", 0.5)),
                    rest=rest, stage2=stage2, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
                    block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)))
 
     def _new_layer(self, path: str, mod: nn.Module) -> _Layer:
         fan_out, fan_in = int(mod.weight.shape[0]), int(mod.weight[0].numel())
-        k_out, k_in = side_dims(fan_out, fan_in, self.layer_dim, self.out_share)
+        k_out, k_in = side_dims(fan_out, fan_in, layer_budget(self.layer_dim, fan_out * fan_in), self.out_share)
 
         def side(rows: int, cols: int, which: str) -> torch.Tensor | None:
             if rows >= cols:
@@ -290,6 +301,16 @@ def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> t
     conv = F.conv1d if isinstance(mod, nn.Conv1d) else F.conv2d
     out = conv(a, p_in.reshape(p_in.shape[0], *mod.weight.shape[1:]), None, mod.stride, mod.padding, mod.dilation)
     return out.flatten(2).transpose(1, 2)
+
+
+def _factor_dim(value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"factor_dim {value!r} is neither auto nor an integer", field="features.factor_dim",
+                          fix="use auto, or the per-layer sketch size, e.g. 1024") from None
 
 
 def _glob_literal(name: str) -> str:
