@@ -53,6 +53,8 @@ if "quality" in config:
                               caption="../workflow/report/quality.rst"),
             margin=report("results/quality/report/margin_vs_fraction.png", category="Quality",
                           caption="../workflow/report/quality.rst"),
+            class_mix=report("results/quality/report/class_mix.png", category="Quality",
+                             caption="../workflow/report/quality.rst"),
         params:
             noise=lambda wc: list(config["quality"]["noise"]),
             metrics=lambda wc: [train_metrics(r) for r in quality_roots()],

@@ -50,7 +50,7 @@ def test_quality_grid_smoke(tmp_path):
     marg = pl.read_csv(rep / "margins.csv")
     assert set(marg.get_column("method")) == {"el2n_offset", "el2n_offset_cl", "random_cl"}
     assert set(marg.get_column("noise")) == {0.0, 0.2} and (marg.get_column("seeds") == 2).all()
-    for png in ("accuracy_vs_fraction.png", "accuracy_vs_compute.png", "noise_dropped.png"):
+    for png in ("accuracy_vs_fraction.png", "accuracy_vs_compute.png", "noise_dropped.png", "class_mix.png"):
         assert (rep / png).stat().st_size > 5_000
     # the curriculum variant really trains in a different order: same subset, different model
     a = pl.read_parquet(tmp_path / "results/quality/noise20/selections/el2n_offset_keep30.parquet")

@@ -179,6 +179,40 @@ def plot_margins(marg: pl.DataFrame, out: Path, title: str = "") -> None:
     save_figure(fig, out, dpi=110)
 
 
+def plot_class_mix(hists: dict[float, pl.DataFrame], out: Path, title: str = "") -> None:
+    """Each subset's class shares against the full training set's, one heat map per noise level: a row per method at
+    each kept fraction, a column per class, the cell the share's difference in points (red: the class is
+    over-represented, blue: it was emptied). A score ranking that starves hard classes shows as a blue column."""
+    noises = sorted(hists) or [0.0]
+    tables = {}
+    for noise in noises:
+        h = hists[noise].filter(~pl.col("method").is_in(["full", "full set"]) & pl.col("fraction").is_not_null()
+                                & (pl.col("fraction") < 1))
+        h = h.with_columns(((pl.col("share") - pl.col("full_share")) * 100).alias("gap"))
+        rows = h.select("method", "fraction").unique().sort("method", "fraction")
+        labels = sorted(h.get_column("label").unique().to_list())
+        grid = np.full((rows.height, len(labels)), np.nan)
+        for i, (method, frac) in enumerate(rows.iter_rows()):
+            part = h.filter((pl.col("method") == method) & (pl.col("fraction") == frac))
+            for lab, gap in part.select("label", "gap").iter_rows():
+                grid[i, labels.index(lab)] = gap
+        tables[noise] = ([f"{m} {f:.0%}" for m, f in rows.iter_rows()], labels, grid)
+    height = max(3.0, 0.22 * max(len(t[0]) for t in tables.values()) + 1.5)
+    fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), height), squeeze=False)
+    vmax = max([float(np.nanmax(np.abs(t[2]))) for t in tables.values() if t[2].size and not np.isnan(t[2]).all()]
+               + [0.5])
+    for ax, noise in zip(axes[0], noises):
+        names, labels, grid = tables[noise]
+        im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(labels)), [str(v) for v in labels], fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("class")
+        ax.set_title(f"{title + ', ' if title else ''}label noise {noise:.0%}: class share − full set's (points)",
+                     fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    save_figure(fig, out, dpi=110)
+
+
 def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                     extras: dict[float, list[str]] | None = None) -> str:
     lines = ["# Selection quality: test accuracy (%) by method and kept fraction", ""]
@@ -267,11 +301,18 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
     save_figure(fig, out_noise, dpi=110)
 
 
+def _by_method(table: pl.DataFrame) -> pl.DataFrame:
+    """``method`` and kept ``fraction`` from a per-selection table's ``<method>_keep<pct>`` names."""
+    return table.with_columns(
+        pl.col("selection").str.replace(r"_keep\d+$", "").alias("method"),
+        (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"))
+
+
 def quality_report(smk: Any) -> None:
     """Snakemake step: gather every quality run into the table, margins and plots."""
-    from datasel.report.subsets import class_balance, noise_detection
+    from datasel.report.subsets import class_balance, class_histograms, noise_detection
 
-    runs, noise_parts, detections, balances = {}, [], {}, {}
+    runs, noise_parts, detections, balances, hists = {}, [], {}, {}, {}
     score_files = smk.params.get("scores") or [[] for _ in smk.params.noise]
     for noise, metrics_files, sel_files, examples, scores in zip(smk.params.noise, smk.params.metrics,
                                                                  smk.params.selections, smk.params.examples,
@@ -279,14 +320,11 @@ def quality_report(smk: Any) -> None:
         runs[noise] = pl.concat([read_table(p, "metrics") for p in metrics_files], how="diagonal_relaxed")
         ex = read_table(examples, "examples")
         sels = pl.concat([read_table(p, "selections") for p in sel_files], how="diagonal_relaxed")
-        balances[noise] = class_balance(ex, sels).with_columns(
-            pl.col("selection").str.replace(r"_keep\d+$", "").alias("method"),
-            (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"))
+        balances[noise] = _by_method(class_balance(ex, sels))
+        hists[noise] = _by_method(class_histograms(ex, sels))
         if noise > 0:
             detections[noise] = noise_detection(ex, {Path(p).stem: read_table(p, "scores") for p in scores})
-            nd = noise_dropped(ex, sels).with_columns(
-                pl.col("selection").str.replace(r"_keep\d+$", "").alias("method"),
-                (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"),
+            nd = _by_method(noise_dropped(ex, sels)).with_columns(
                 pl.lit(float(ex.filter(pl.col("split") == "train").get_column("is_noisy").mean())).alias("base_rate"))
             noise_parts.append(nd.filter(pl.col("method") != "full"))
     cells = cell_table(runs)
@@ -305,4 +343,6 @@ def quality_report(smk: Any) -> None:
                  Path(smk.output.compute), Path(smk.output.noise_plot), int(smk.params.batch_size))
     if "margin" in smk.output.keys():
         plot_margins(marg, Path(smk.output.margin), title=str(smk.params.get("regime") or ""))
+    if "class_mix" in smk.output.keys():
+        plot_class_mix(hists, Path(smk.output.class_mix), title=str(smk.params.get("regime") or "").split(":")[0])
     log.info("\n%s", md)
