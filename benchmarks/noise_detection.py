@@ -79,7 +79,7 @@ def main() -> None:
 
     # the noise rate the filter policy would estimate from each score (rate: auto), against the true rate
     rates = {k: (float(t.get_column("label_issue").mean()) if "label_issue" in t.columns
-                 else mixture_noise_rate(t.get_column("score").to_numpy())) for k, t in tables.items()}
+                 else mixture_noise_rate(t.get_column("score").to_numpy())[0]) for k, t in tables.items()}
     det = noise_detection(examples, tables).with_columns(
         pl.col("score").replace_strict(rates, default=None, return_dtype=pl.Float64).alias("estimated_rate"))
     print(f"MNIST-1D {args.samples} samples ({len(train)} training), {args.noise:.0%} label noise; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import polars as pl
 import pytest
@@ -139,9 +141,28 @@ def test_mixture_noise_rate_against_a_slow_em():
         w, mu = r.mean(0), (r * s[:, None]).sum(0) / r.sum(0)
         var = (r * (s[:, None] - mu) ** 2).sum(0) / r.sum(0)
     ref = float((r[:, int(np.argmax(mu))] > 0.5).mean())
-    assert mixture_noise_rate(s) == pytest.approx(ref, abs=0.002)
-    assert mixture_noise_rate(s) == pytest.approx(0.2, abs=0.01)
-    assert mixture_noise_rate(np.ones(5)) == 0.0
+    rate, why = mixture_noise_rate(s)
+    assert rate == pytest.approx(ref, abs=0.002) and rate == pytest.approx(0.2, abs=0.01) and why == ""
+    assert mixture_noise_rate(np.ones(5)) == (0.0, "the score is constant")
+
+
+def test_mixture_noise_rate_refuses_modes_that_are_not_a_noisy_one():
+    rng = np.random.default_rng(1)
+    # one skewed mode (clean rows of varying difficulty): a 2-Gaussian fit splits it, but the halves overlap
+    rate, why = mixture_noise_rate(rng.gamma(2.0, 1.0, 2000))
+    assert rate == 0.0 and "overlap" in why
+    # two distinct modes where the high one holds 80% of rows: not a noise rate
+    rate, why = mixture_noise_rate(np.concatenate([rng.normal(0.0, 0.05, 200), rng.normal(1.0, 0.05, 800)]))
+    assert rate == 0.0 and "implausible" in why
+
+
+def test_filter_with_no_readable_noise_rate_keeps_every_row(caplog):
+    rng = np.random.default_rng(2)
+    ex, sc = _data([0] * 400, rng.gamma(2.0, 1.0, 400).tolist())
+    with caplog.at_level(logging.WARNING):
+        table = make_selection(ex, sc, "f", {"policy": "filter"}, 1.0, 0)
+    assert len(_kept(table)) == 400
+    assert "no row is flagged" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------- report tables
