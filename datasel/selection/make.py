@@ -69,7 +69,7 @@ def make_selection(
     score_source: str = "scores",
 ) -> pl.DataFrame:
     """The selection table for one policy entry at one kept fraction (rows for every training example)."""
-    policy = POLICIES.get(cfg["policy"], where=f"selection.policies.{name}.policy")(cfg)
+    policy = POLICIES.get(cfg["policy"], where=f"selection.policies.{name}.policy")({"name": name, **cfg})
     if policy.needs_score and scores is None:
         raise ConfigError(f"policy '{cfg['policy']}' needs a score table", field=f"selection.policies.{name}.score",
                           fix="name a scoring entry in 'score'")
