@@ -131,8 +131,13 @@ def test_auto_budget_follows_the_layer_size() -> None:
     proj = make_projector({"projection": "factored", "dim": 64}, comp.dim, grads=comp)
     assert proj.fingerprint()["layers"] == [["body.0", *side_dims(1000, 40, 5000, 0.5)],
                                             ["head", *side_dims(10, 1000, 1250, 0.5)]]
-    with pytest.raises(ConfigError, match="factor_dim"):
-        make_projector({"projection": "factored", "dim": 64, "factor_dim": "big"}, comp.dim, grads=comp)
+    for bad in ("big", 0, -4, True, 2.5):  # every spelling gets the one message, through the config or directly
+        with pytest.raises(ConfigError, match="neither auto nor a positive integer"):
+            make_projector({"projection": "factored", "dim": 64, "factor_dim": bad}, comp.dim, grads=comp)
+        with pytest.raises(ConfigError, match="neither auto nor a positive integer"):
+            FactoredProjector(comp, 64, layer_dim=bad)
+    as_text = make_projector({"projection": "factored", "dim": 64, "factor_dim": "512"}, comp.dim, grads=comp)
+    assert as_text.fingerprint()["factor_dim"] == 512
 
 
 def test_side_dims_split_the_budget() -> None:

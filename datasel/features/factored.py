@@ -94,9 +94,7 @@ class FactoredProjector(Projector):
         if not 0.0 <= out_share <= 1.0:
             raise ConfigError(f"factor_out_share {out_share} is not in [0, 1]", field="features.factor_out_share",
                               fix="use a share between 0 (all to the input side) and 1 (all to the output side)")
-        if layer_dim != "auto" and (isinstance(layer_dim, bool) or not isinstance(layer_dim, int) or layer_dim < 1):
-            raise ConfigError(f"factor_dim {layer_dim!r} is neither auto nor a positive integer",
-                              field="features.factor_dim", fix="use auto, or the per-layer sketch size, e.g. 1024")
+        layer_dim = _factor_dim(layer_dim)
         self.comp, self.model, self.loss_fn = comp, comp.model, comp.loss_fn
         self.dim_in, self.dim_out, self.kind, self.seed = comp.dim, int(dim_out), kind, int(seed)
         self.layer_dim, self.out_share, self.rest_kind = layer_dim, float(out_share), rest
@@ -151,7 +149,7 @@ class FactoredProjector(Projector):
                 raise ConfigError(f"{key} {val!r} is not dense or sparse", field=f"features.{key}",
                                   fix="use dense or sparse")
         return cls(comp, int(cfg["dim"]), kind=str(cfg.get("projector", "rademacher")), seed=int(cfg.get("seed", 0)),
-                   layer_dim=_factor_dim(cfg.get("factor_dim", "auto")), out_share=float(cfg.get("factor_out_share", 0.5)),
+                   layer_dim=cfg.get("factor_dim", "auto"), out_share=float(cfg.get("factor_out_share", 0.5)),
                    rest=rest, stage2=stage2, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
                    block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)))
 
@@ -304,13 +302,18 @@ def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> t
 
 
 def _factor_dim(value: Any) -> int | str:
+    """``auto`` or a positive integer (``"1024"`` from a command line included); anything else is a ConfigError."""
     if value == "auto":
         return "auto"
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"factor_dim {value!r} is neither auto nor an integer", field="features.factor_dim",
-                          fix="use auto, or the per-layer sketch size, e.g. 1024") from None
+    dim = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        dim = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        dim = int(value)
+    if dim is None or dim < 1:
+        raise ConfigError(f"factor_dim {value!r} is neither auto nor a positive integer", field="features.factor_dim",
+                          fix="use auto, or the per-layer sketch size, e.g. 1024")
+    return dim
 
 
 def _glob_literal(name: str) -> str:
