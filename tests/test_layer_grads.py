@@ -7,13 +7,14 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import per_example_reference
 from datasel.errors import ConfigError
 from datasel.features.compute import cross_entropy
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, per_sample_grads, select_params
-from datasel.features.layer_grads import LayerGrads, Unsupported
+from datasel.features.layer_grads import LayerGrads, Unsupported, _unfold
 from datasel.models import build_model
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
@@ -76,6 +77,8 @@ def test_layer_path_matches_reference_float64(case: str) -> None:
     got = torch.cat([comp(x[s : s + 5], y[s : s + 5]) for s in range(0, 13, 5)])
     assert ((got - ref).norm() / ref.norm()).item() < 1e-10
     assert ref.norm(dim=1).min() > 0
+    # layer outputs are copied only where a forward pass rewrites one in place (conv2d's ReLU(inplace=True))
+    assert comp._layers._clone_outputs == (case == "conv2d")
     if case == "sequence":  # the unused layer's columns are exactly zero, the shared layer's are not
         bounds, col = {}, 0
         for n, p in select_params(model, "all").items():
@@ -83,6 +86,41 @@ def test_layer_path_matches_reference_float64(case: str) -> None:
         start, stop = bounds["unused.weight"][0], bounds["unused.bias"][1]
         assert got[:, start:stop].abs().max() == 0
         assert got[:, bounds["shared.weight"][0] : bounds["shared.weight"][1]].abs().max() > 0
+
+
+@pytest.mark.parametrize("case", ["cnn1d", "conv2d", "sequence"])
+def test_large_layer_products_into_the_output(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers past SMALL_ITEM take the batched product straight into the output view: the same gradients."""
+    import datasel.features.layer_grads as lg
+
+    torch.manual_seed(0)
+    build, shape = CASES[case]
+    model = build().double().eval()
+    x, y = _data(7, shape)
+    ref = per_example_reference(model, x, y, list(select_params(model, "all")))
+    monkeypatch.setattr(lg, "SMALL_ITEM", 0)
+    got = PerSampleGrads(model, cross_entropy, "all", mode="layers")(x, y)
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-10
+
+
+@pytest.mark.parametrize("mod, shape", [
+    (nn.Conv1d(3, 4, 5, stride=2, padding=1), (2, 3, 17)),
+    (nn.Conv1d(1, 4, 5, stride=2, padding=1), (2, 1, 40)),  # one channel: the default CNN's first layer
+    (nn.Conv1d(3, 4, 3, padding=2, dilation=3), (2, 3, 20)),
+    (nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), (2, 3, 9, 8)),
+    (nn.Conv2d(2, 4, 3), (1, 2, 5, 6)),
+])
+def test_windows_match_torch_unfold(mod: nn.Module, shape: tuple[int, ...]) -> None:
+    """The strided-view windows equal F.unfold's im2col (stride, padding, dilation, non-square kernels)."""
+    a = torch.randn(shape)
+    if isinstance(mod, nn.Conv1d):
+        ref = F.unfold(a.unsqueeze(2), (1, mod.kernel_size[0]), dilation=(1, mod.dilation[0]),
+                       padding=(0, mod.padding[0]), stride=(1, mod.stride[0]))
+    else:
+        ref = F.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+    got = _unfold(mod, a)
+    assert got.is_contiguous()
+    assert torch.equal(got, ref.transpose(1, 2))
 
 
 def test_parameter_subsets_and_norms() -> None:

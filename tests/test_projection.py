@@ -145,6 +145,9 @@ def test_side_dims_split_the_budget() -> None:
     assert side_dims(1000, 1000, 4096, 0.75) == (512, 8)
     assert side_dims(32, 96, 1024, 0.75) == (32, 32)  # a small output side is kept exact, the input side gets more
     assert side_dims(10, 5, 4096, 0.5) == (10, 5)  # a layer under budget stays exact
+    assert side_dims(32, 5, 256, 0.5) == (32, 5)  # the default CNN's first conv: 160 weights under a 256 budget
+    assert side_dims(64, 5, 256, 0.5) == (51, 5)  # a capped input side hands its unused budget to the output side
+    assert side_dims(10, 160, 256, 0.5) == (10, 25)
 
 
 # -- the tapped path equals the map applied to exact gradients; chunking and sharding change nothing -----------------

@@ -38,7 +38,7 @@ from torch import nn
 
 from datasel.errors import ConfigError
 from datasel.features.grads import Inputs, PerSampleGrads, _call, batch_len, slice_inputs
-from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _owner, _unfold
+from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _outer_sum, _owner, _unfold
 from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,14 @@ class _Layer:
 
 def side_dims(fan_out: int, fan_in: int, layer_dim: int, out_share: float) -> tuple[int, int]:
     """(k_out, k_in) of one layer's sketch: ``layer_dim ** out_share`` rows for the output side, the rest of the
-    budget for the input side, each capped at its fan (a side at its fan is kept exact)."""
+    budget for the input side, each capped at its fan (a side at its fan is kept exact, and what a capped input side
+    leaves goes back to the output side); a layer with at most ``layer_dim`` weights is kept whole."""
+    if fan_out * fan_in <= layer_dim:  # the whole layer fits: its exact gradient is the cheapest "sketch"
+        return fan_out, fan_in
     k_out = min(fan_out, max(1, round(layer_dim ** out_share)))
     k_in = min(fan_in, max(1, layer_dim // k_out))
+    if k_in == fan_in:  # a narrow input side is kept exact; what it leaves of the budget goes to the output side
+        k_out = min(fan_out, max(k_out, layer_dim // k_in))
     return k_out, k_in
 
 
@@ -208,7 +213,7 @@ class FactoredProjector(Projector):
         written: set[tuple[str, str]] = set()
 
         def put(key: tuple[str, str], start: int, value: torch.Tensor) -> None:
-            view = mid[:, start : start + value.shape[1]]
+            view = mid[:, start : start + value[0].numel()].view(value.shape)
             view.add_(value) if key in written else view.copy_(value)
             written.add(key)
 
@@ -219,10 +224,9 @@ class FactoredProjector(Projector):
                 gp = g3 @ layer.p_out.to(dtype).T if layer.p_out is not None else g3  # (B, P, k_out)
                 if layer.weight_cols is not None:
                     ap = _input_side(mod, a, layer.p_in.to(dtype) if layer.p_in is not None else None)  # (B, P, k_in)
-                    # a contiguous product, then one copy: batched products into a strided view of `mid` take
+                    # a contiguous product, then one copy: a batched product into a strided view of `mid` takes
                     # torch's per-example fallback
-                    prod = gp.transpose(1, 2) * ap if ap.shape[1] == 1 else torch.matmul(gp.transpose(1, 2), ap)
-                    put((path, "weight"), layer.weight_mid, prod.reshape(b, -1))
+                    put((path, "weight"), layer.weight_mid, _outer_sum(gp, ap))
                 if layer.bias_cols is not None:
                     put((path, "bias"), layer.bias_mid, gp.sum(1))
             for layer in self.layers.values():
@@ -295,7 +299,7 @@ def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> t
         a3 = a.reshape(a.shape[0], -1, a.shape[-1])
         return a3 @ p_in.T if p_in is not None else a3
     if p_in is None:
-        return _unfold(mod, a).transpose(1, 2)
+        return _unfold(mod, a)
     conv = F.conv1d if isinstance(mod, nn.Conv1d) else F.conv2d
     out = conv(a, p_in.reshape(p_in.shape[0], *mod.weight.shape[1:]), None, mod.stride, mod.padding, mod.dilation)
     return out.flatten(2).transpose(1, 2)

@@ -15,6 +15,7 @@ this path against the per-example loop on its first chunk before trusting it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+SMALL_ITEM = 1 << 16  # weights per layer up to which a per-example product is formed contiguously, then copied
 
 # Losses known to be the mean of independent per-example losses: ``B · loss`` is then the sum of them.
 _MEAN_LOSSES: set[Callable[..., Any]] = {F.cross_entropy}
@@ -69,11 +72,22 @@ def _couples_examples(model: nn.Module) -> str | None:
 
 
 def _unfold(mod: nn.Conv1d | nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
-    """Sliding windows of the layer input, shape (B, C_in · prod(kernel), positions)."""
-    if isinstance(mod, nn.Conv1d):
-        return F.unfold(a.unsqueeze(2), (1, mod.kernel_size[0]), dilation=(1, mod.dilation[0]),
-                        padding=(0, mod.padding[0]), stride=(1, mod.stride[0]))
-    return F.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+    """Sliding windows of the layer input, ``(B, positions, C_in · prod(kernel))`` in the weight's column order.
+
+    Built from strided views of the (zero-padded) input and one copy, not ``F.unfold``: on CPU im2col costs 6-20x
+    more for the small layers of a proxy model (measured: 2.1 ms against 0.36 ms for 256 × 32 × 19, kernel 3)."""
+    spatial = a.dim() - 2
+    ks, st, pad, dil = (tuple(getattr(mod, n)) for n in ("kernel_size", "stride", "padding", "dilation"))
+    if any(pad):
+        a = F.pad(a, [p for p in reversed(pad) for _ in (0, 1)])
+    for i in range(spatial):  # each spatial dim d becomes (positions_d, span_d), appended after the others
+        a = a.unfold(2 + i, (ks[i] - 1) * dil[i] + 1, st[i])
+    if any(d > 1 for d in dil):
+        a = a[(..., *(slice(None, None, d) for d in dil))]
+    # (B, C, P_1..P_s, k_1..k_s) -> (B, P_1..P_s, C, k_1..k_s) -> (B, P, C·k)
+    perm = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
+    # contiguous: with one input channel the reshape is a view of overlapping windows, which bmm copies per example
+    return a.permute(perm).reshape(a.shape[0], -1, a.shape[1] * math.prod(ks)).contiguous()
 
 
 class LayerGrads:
@@ -105,6 +119,7 @@ class LayerGrads:
         first = next(iter(params.values()))
         self.dtype, self.device = first.dtype, first.device
         self._out: torch.Tensor | None = None
+        self._clone_outputs = False  # set once a forward pass is seen to modify a tapped output in place
 
     @staticmethod
     def sides(mod: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +128,7 @@ class LayerGrads:
         b = g.shape[0]
         if isinstance(mod, nn.Linear):
             return a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
-        return _unfold(mod, a).transpose(1, 2), g.reshape(b, g.shape[1], -1).transpose(1, 2)
+        return _unfold(mod, a), g.reshape(b, g.shape[1], -1).transpose(1, 2)
 
     @staticmethod
     def _weight(a3: torch.Tensor, g3: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
@@ -122,30 +137,40 @@ class LayerGrads:
         gt = g3.transpose(1, 2)  # (B, fan_out, P) @ (B, P, fan_in)
         if a3.shape[1] == 1:  # one position: an outer product, cheaper as a broadcast multiply
             out.addcmul_(gt, a3) if accumulate else torch.mul(gt, a3, out=out)
+        elif out[0].numel() <= SMALL_ITEM:
+            # `out` is strided across examples, so a product into it runs as one small GEMM per example; for small
+            # layers a contiguous product and one copy is several times faster (the copy is 1/P of the flops)
+            prod = _outer_sum(g3, a3)
+            out.add_(prod) if accumulate else out.copy_(prod)
         else:
             out.baddbmm_(gt, a3) if accumulate else torch.bmm(gt, a3, out=out)
 
     def taps(self, x: Any, y: torch.Tensor, call: Callable[[Any], Any]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """(module path, layer input, gradient of B·loss at that call's output) for every call of a tapped layer."""
-        seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        seen: list[tuple[str, torch.Tensor, torch.Tensor, int]] = []
+        clone = self._clone_outputs
 
-        def tap(path: str) -> Callable[..., torch.Tensor]:
-            def hook(_mod: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-                seen.append((path, inputs[0].detach(), output))
-                # Downstream in-place ops (ReLU(inplace=True)) must not rewrite the tensor whose gradient we ask for.
-                return output.clone()
+        def tap(path: str) -> Callable[..., torch.Tensor | None]:
+            def hook(_mod: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+                # an in-place op downstream (ReLU(inplace=True)) would rewrite the tensor whose gradient we ask for;
+                # the version counter shows it, and only then are outputs cloned (a copy per layer per chunk)
+                seen.append((path, inputs[0].detach(), output, output._version))
+                return output.clone() if clone else None  # the clone goes downstream; ours is left untouched
             return hook
 
         handles = [m.register_forward_hook(tap(p)) for p, m in self.modules.items()]
         try:
             with torch.enable_grad():
                 loss = self.loss_fn(call(x), y) * y.shape[0]
-                outs = [o for _, _, o in seen]
-                grads = torch.autograd.grad(loss, outs, allow_unused=True) if outs else ()
         finally:
             for h in handles:
                 h.remove()
-        return [(p, a, g) for (p, a, _), g in zip(seen, grads) if g is not None]  # None: output unused by the loss
+        if not clone and any(o._version != v for _, _, o, v in seen):
+            self._clone_outputs = True
+            return self.taps(x, y, call)
+        outs = [o for _, _, o, _ in seen]
+        grads = torch.autograd.grad(loss, outs, allow_unused=True) if outs else ()
+        return [(p, a, g) for (p, a, _, _), g in zip(seen, grads) if g is not None]  # None: output unused by the loss
 
     def _output(self, b: int) -> torch.Tensor:
         if not self.reuse:
@@ -220,3 +245,14 @@ def _weight_sq_norm(a3: torch.Tensor, g3: torch.Tensor) -> torch.Tensor:
         gg = torch.bmm(g3, g3.transpose(1, 2))
         return (ga * gg).sum((1, 2))
     return torch.bmm(g3.transpose(1, 2), a3).square().sum((1, 2))
+
+
+def _outer_sum(g3: torch.Tensor, a3: torch.Tensor) -> torch.Tensor:
+    """``Σ_t g_t a_tᵀ`` per example, ``(B, n_g, n_a)`` (possibly a transposed view), from ``(B, P, n_g)`` and
+    ``(B, P, n_a)``: a contiguous batched product with the wider side as its columns, because MKL's batched GEMM is
+    several times slower on tall, narrow items (measured: 0.6 ms against 0.08 ms for 256 × (32 × 5), P = 19)."""
+    if g3.shape[1] == 1:  # one position: an outer product, cheaper as a broadcast multiply
+        return g3.transpose(1, 2) * a3
+    if a3.shape[2] < g3.shape[2]:
+        return torch.matmul(a3.transpose(1, 2), g3).transpose(1, 2)
+    return torch.matmul(g3.transpose(1, 2), a3)
