@@ -154,9 +154,18 @@ def run_folder(argv: list[str]) -> int:
     if not any(a.startswith("--configfile") for a in argv):
         # checked here first (no torch, no Snakemake start-up): a mistake in the config is one `datasel: error`
         # naming the file and key, not Snakemake's WorkflowError block with a Snakefile traceback line
-        from datasel.config import check_config, load_config
+        from datasel.config import check_config, data_inputs, load_config
 
-        check_config(load_config([cfg]), root / "workflow" / "schemas")
+        loaded = load_config([cfg])
+        checked = check_config(loaded, root / "workflow" / "schemas")
+        if "data" in checked:
+            # a data path that is not there, too: paths are relative to the run folder, as in the workflow
+            here = os.getcwd()
+            os.chdir(folder)
+            try:
+                data_inputs(checked["data"], loaded.file_of(("data", "path")))
+            finally:
+                os.chdir(here)
     # `--configfile=X` is one word: the targets the user lists after it stay targets
     cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", folder,
            f"--configfile={cfg.resolve()}", *repo_profiles(argv, root)]

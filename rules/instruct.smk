@@ -42,6 +42,13 @@ if "instruct" in config:
     INS_DATA = {role: INS["data"][role] for role in ("pool", "target", "test")}
 
     if INS["data"].get("generate") is not None:
+        from datasel.errors import ConfigError
+        from datasel.instruct.families import check_replaceable
+
+        try:  # the rule would delete and regenerate the user's own files when one is missing: refuse now
+            check_replaceable(INS_DATA)
+        except ConfigError as exc:
+            fail(exc.problem, exc.field, exc.fix)
 
         rule instruct_generate:
             output:

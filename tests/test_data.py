@@ -84,6 +84,19 @@ BAD = {
 }
 
 
+@pytest.mark.parametrize("key,value,closest", [("label_column", "clss", "cls"), ("id_column", "nte", "note"),
+                                               ("feature_columns", ["f1", "f22"], "f2")])
+def test_a_column_the_file_lacks_names_the_config_key_and_the_closest_column(tmp_path, key, value, closest):
+    # the field is the config key to edit (not the misspelt column), and the fix names the likely column
+    path = tmp_path / "d.parquet"
+    _file_frame().write_parquet(path)
+    cfg = {"source": "files", "path": str(path), "label_column": "cls", "feature_columns": ["f1", "f2"], key: value}
+    with pytest.raises(DataselError) as err:
+        build_examples(cfg)
+    assert err.value.field == f"data.{key}"
+    assert f"did you mean '{closest}'?" in str(err.value) and str(path) in str(err.value)
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_refused_with_a_named_field(tmp_path, case):
     extra, mutate, needle = BAD[case]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ import yaml
 
 from datasel.config import check_config, load_config
 from datasel.errors import ConfigError, DataError
-from datasel.instruct import steps
+from datasel.instruct import families, steps
 from datasel.instruct.data import IGNORE, encode, prepare_examples, render
 from datasel.instruct.model import build_tiny_model, check_model_folder, load_lm
 from datasel.instruct.train import completion_loss
 
-from conftest import ROOT, snakemake
+from conftest import ROOT, snakemake, snakemake_cmd
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 
@@ -155,6 +156,32 @@ def test_workflow_wires_the_chain(tmp_path: Path) -> None:
                  "instruct_features_shard", "instruct_features_gather", "instruct_score", "instruct_select",
                  "instruct_finetune", "instruct_report", "instruct_export"):
         assert rule in text, rule
+
+
+def test_generate_never_replaces_the_users_own_data_files(tmp_path: Path) -> None:
+    # a user's run folder from the instruct template: their pool and target in place, `generate` left in, the
+    # test file not yet there; Snakemake would rerun the generate rule and replace all three files
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CFG))
+    (tmp_path / "data").mkdir()
+    mine = {"pool": '{"prompt": "What is 1 + 1?", "completion": "2"}\n',
+            "target": '{"prompt": "What is 2 + 2?", "completion": "4"}\n'}
+    for role, text in mine.items():
+        (tmp_path / "data" / f"{role}.jsonl").write_text(text)
+    proc = subprocess.run(snakemake_cmd(tmp_path, "-n", cores="1"), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DATASEL_PROGRESS": "0"})
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "instruct.data.generate" in text and "data/pool.jsonl" in text and "remove instruct.data.generate" in text
+    assert "rule instruct_generate" not in text  # refused before any job is planned
+    for role, text in mine.items():
+        assert (tmp_path / "data" / f"{role}.jsonl").read_text() == text
+    # files the generator wrote itself are its own: regenerating them (a missing one, --forceall) is allowed
+    paths = {r: tmp_path / "gen" / f"{r}.jsonl" for r in ("pool", "target", "test")}
+    families.write(TINY_CFG["instruct"]["data"]["generate"], paths)
+    families.check_replaceable(paths)
+    paths["pool"].write_text(paths["pool"].read_text() + '{"prompt": "mine", "completion": "too"}\n')
+    with pytest.raises(ConfigError, match="was not written by instruct.data.generate"):
+        families.check_replaceable(paths)  # an edited pool is the user's now
 
 
 def test_encode_puts_the_loss_on_completion_tokens_only(tiny_model: Path) -> None:

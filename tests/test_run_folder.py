@@ -133,3 +133,12 @@ def test_run_refuses_a_bad_config_or_a_missing_folder_before_snakemake_starts(tm
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataselError, match="no run folder 'run2'"):
         rf.run_folder(["run2", "-n"])
+    # a data file that is not there: one error naming the config file and data.path, not Snakemake's block
+    data = tmp_path / "my.csv"
+    data.write_text("a,b,target\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    folder3 = init_folder(tmp_path / "run3", "tabular", data=str(data), label="target").parent
+    data.rename(tmp_path / "moved.csv")
+    with pytest.raises(DataselError, match="does not exist") as exc:
+        rf.run_folder([str(folder3), "-n"])
+    assert exc.value.field == "data.path" and "config.yaml" in str(exc.value.file)
+    assert Path.cwd() == tmp_path  # the check looked in the run folder and came back

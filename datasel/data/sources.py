@@ -7,6 +7,7 @@ Builtin sources generate data locally (MNIST-1D from a seed, scikit-learn digits
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,15 @@ def _read_file(path: Path) -> pl.DataFrame:
         ) from None
 
 
+def _no_column(col: str, columns: list[str], key: str, where: str, what: str = "column") -> DataError:
+    """A config key naming a column the file lacks: the field is the key to edit, the closest column the likely fix."""
+    close = difflib.get_close_matches(col, columns, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    fix = f"replace '{col}' in {key}" if key == "data.feature_columns" else f"set {key}"
+    return DataError(f"no {what} '{col}'{hint}; the file's columns: {', '.join(columns)}", file=where, field=key,
+                     fix=f"{fix} by one of the file's columns" + (f", e.g. '{close[0]}'" if close else ""))
+
+
 def _check_roles(cfg: dict[str, Any]) -> None:
     """One user column per role: the same column cannot be both, say, the label and the split."""
     roles = [("data.label_column", cfg.get("label_column", "label"))]
@@ -193,17 +203,16 @@ def _standardize(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFr
     """
     _check_roles(cfg)
     kind = data_kind(cfg)
+    columns = df.columns  # the user's names, for messages after the renames below
     label_col = cfg.get("label_column", "label")
     if label_col not in df.columns:
-        raise DataError(f"no label column '{label_col}' (columns: {df.columns})", file=where, field=label_col,
-                        fix="set data.label_column to the column holding the class")
+        raise _no_column(label_col, df.columns, "data.label_column", where, "label column")
     renames = {label_col: "label"}
     for key, target in (("split_column", "split"), ("domain_column", "domain"), ("id_column", None)):
         col = cfg.get(key)
         if col:
             if col not in df.columns:
-                raise DataError(f"no column '{col}' (columns: {df.columns})", file=where, field=col,
-                                fix=f"fix data.{key} or remove it")
+                raise _no_column(col, df.columns, f"data.{key}", where)
             if target:
                 renames[col] = target
     _check_reserved(df, cfg, kind, where)
@@ -211,8 +220,7 @@ def _standardize(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFr
     feature_cols = cfg.get("feature_columns")
     if text_col:
         if text_col not in df.columns:
-            raise DataError(f"no text column '{text_col}' (columns: {df.columns})", file=where, field=text_col,
-                            fix="fix data.text_column")
+            raise _no_column(text_col, df.columns, "data.text_column", where, "text column")
         if df.schema[text_col] != pl.String:
             raise DataError(f"text column '{text_col}' has dtype {df.schema[text_col]}, expected strings",
                             file=where, field=text_col, fix="point data.text_column at a column of strings")
@@ -231,8 +239,10 @@ def _standardize(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFr
         if feature_cols:
             missing = [c for c in feature_cols if c not in df.columns]
             if missing:
-                raise DataError(f"feature columns {missing} are missing", file=where, field=missing[0],
-                                fix="fix data.feature_columns")
+                err = _no_column(missing[0], columns, "data.feature_columns", where, "feature column")
+                if len(missing) > 1:
+                    err.problem += f"; also missing: {', '.join(missing[1:])}"
+                raise err
             bad = [c for c in feature_cols if not df.schema[c].is_numeric()]
             if bad:
                 raise DataError(f"feature column '{bad[0]}' has dtype {df.schema[bad[0]]}, expected a number",

@@ -15,6 +15,7 @@ method that finds the relevant data should pick that family far above its base r
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -107,11 +108,54 @@ def generate(cfg: dict[str, Any]) -> dict[str, pl.DataFrame]:
             "test": pl.DataFrame(held[n_target:])}
 
 
+def _stamp(path: Path) -> Path:
+    """The hidden file beside a generated file that records its size and digest: the proof that we wrote it."""
+    return path.with_name(f".{path.name}.datasel-generated")
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    from datasel.store.fingerprint import file_sha256
+
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def written_by_generate(path: str | Path) -> bool:
+    """Whether ``path`` is, byte for byte, a file :func:`write` wrote (its stamp matches)."""
+    path, stamp = Path(path), _stamp(Path(path))
+    try:
+        recorded = json.loads(stamp.read_text())
+        # size first: a user's large pool is not hashed when it plainly is not ours
+        return recorded.get("size") == path.stat().st_size and recorded == _digest(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_replaceable(paths: dict[str, str | Path]) -> None:
+    """Refuse to generate over a file :func:`write` did not write.
+
+    With ``instruct.data.generate`` in the config the three files are outputs of a rule, so Snakemake reruns it
+    (deleting all three first) as soon as one is missing or ``--forceall`` is given: a user's own pool and target
+    would be replaced by generated data without a word. This runs when the rule file is read, before any job.
+    """
+    for role, path in paths.items():
+        path = Path(path)
+        if path.exists() and not written_by_generate(path):
+            raise ConfigError(f"instruct.data.{role} '{path}' exists and was not written by instruct.data.generate, "
+                              "which would replace it (and the other data files) with generated data",
+                              file=path, field="instruct.data.generate",
+                              fix="to use your own files, remove instruct.data.generate from the config; to "
+                                  f"generate new data, move '{path}' away first")
+
+
 def write(cfg: dict[str, Any], paths: dict[str, str | Path]) -> None:
+    check_replaceable(paths)
     for role, df in generate(cfg).items():
         Path(paths[role]).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths[role]) as tmp:
             df.write_ndjson(tmp)
+        stamp = _stamp(Path(paths[role]))
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps(_digest(Path(paths[role]))))
 
 
 def main(argv: list[str] | None = None) -> None:
