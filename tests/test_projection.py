@@ -214,6 +214,14 @@ def test_projected_inner_products_track_exact_ones(projection: str, floor: float
     assert 0.01 < ratio.std().item() < 0.5
     # a projection that loses the structure (another seed's features against these exact gradients) scores low
     assert inner_product_correlation(feats[torch.randperm(64, generator=torch.Generator().manual_seed(1))], exact) < 0.5
+    # every pair: the same figure as an explicit loop over i < j
+    fi, ei = [], []
+    for i in range(16):
+        for j in range(i + 1, 16):
+            fi.append(float(feats[i].double() @ feats[j].double()))
+            ei.append(float(exact[i].double() @ exact[j].double()))
+    ref = float(torch.corrcoef(torch.tensor([fi, ei], dtype=torch.float64))[0, 1])
+    assert math.isclose(inner_product_correlation(feats[:16], exact[:16], pairs=None), ref, rel_tol=1e-9)
 
 
 def test_factored_falls_back_when_examples_interact(caplog: pytest.LogCaptureFixture) -> None:
