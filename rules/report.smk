@@ -31,6 +31,7 @@ localrules: report, catalog
 rule report:
     input:
         examples="results/examples/examples.parquet",
+        meta="results/examples/meta.json",  # the user's class names for the class-balance table
         metrics=lambda wc: train_metrics(),
         selections=lambda wc: expand("results/selections/{s}.parquet", s=selection_names()),
         # read for the saturation warning (a score whose values pile up at one end)
