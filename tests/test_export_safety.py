@@ -121,6 +121,42 @@ def test_overwrite_replaces_an_earlier_export_and_only_it(project, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder or lock left
 
 
+def test_overwrite_refuses_an_export_the_user_edited_and_leaves_it_untouched(project, tmp_path):
+    _, res, n = project
+    out = tmp_path / "subset"
+    export_selection(res, SEL, "jsonl", out)
+    marker = json.loads((out / MARKER).read_text())
+    data = out / f"{SEL}.jsonl"
+    assert marker["digests"][data.name]["size"] == data.stat().st_size
+    assert len(marker["digests"][data.name]["sha256"]) == 64
+    export_selection(res, SEL, "jsonl", out, overwrite=True)  # unedited: replaced
+    text = data.read_text()
+    data.write_text(text.replace("\n", "\r\n", 1))  # an editor saving with Windows line ends
+    before = snapshot(tmp_path)
+    with pytest.raises(DataselError, match="edited after") as err:
+        export_selection(res, SEL, "jsonl", out, overwrite=True)
+    assert data.name in str(err.value) and "move" in str(err.value)
+    assert snapshot(tmp_path) == before
+    # a same-size edit is caught by the digest, not only the size
+    data.write_text(text[:-2] + ("0" if text[-2] != "0" else "1") + text[-1])
+    with pytest.raises(DataselError, match="edited after"):
+        export_selection(res, SEL, "jsonl", out, overwrite=True)
+
+
+def test_a_marker_without_digests_is_replaced_as_before(project, tmp_path):
+    # exports written before digests were recorded: there is nothing to compare, so --overwrite behaves as it did
+    _, res, n = project
+    out = tmp_path / "subset"
+    export_selection(res, SEL, "jsonl", out)
+    marker = json.loads((out / MARKER).read_text())
+    del marker["digests"]
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / f"{SEL}.jsonl").write_text("edited\n")
+    export_selection(res, SEL, "jsonl", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, f"{SEL}.jsonl"]
+    assert pl.read_ndjson(out / f"{SEL}.jsonl").height == n
+
+
 def test_a_file_in_the_way_is_never_replaced(project, tmp_path):
     _, res, _ = project
     out = tmp_path / "taken"
