@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -281,6 +282,22 @@ def test_missing_meta_json_is_a_clear_error(project, tmp_path, capsys):
     assert main(["export", SEL, "--out", str(tmp_path / "subset"), "--results", str(res)]) == 1
     err = capsys.readouterr().err
     assert "meta.json is missing" in err and "prepare" in err and "Traceback" not in err
+    assert not (tmp_path / "subset").exists()
+
+
+def test_an_instruct_results_folder_points_at_the_pipelines_own_export(project, tmp_path, capsys):
+    # rules/instruct.smk: examples.parquet and source_pool.parquet at the top, no examples/meta.json; it writes
+    # results/instruct/export/<selection>/ itself, so "rerun the prepare step" would be the wrong advice
+    proj, res, _ = project
+    ins = res / "instruct"
+    (ins / "selections").mkdir(parents=True)
+    shutil.copy(res / "selections" / f"{SEL}.parquet", ins / "selections" / f"{SEL}.parquet")
+    shutil.copy(res / "examples" / "examples.parquet", ins / "examples.parquet")
+    pl.DataFrame({"prompt": ["p"], "completion": ["c"]}).write_parquet(ins / "source_pool.parquet")
+    assert main(["export", SEL, "--out", str(tmp_path / "subset"), "--results", str(ins)]) == 1
+    err = capsys.readouterr().err
+    assert "instruct run" in err and str(ins / "export" / SEL) in err and "Traceback" not in err
+    assert "prepare" not in err
     assert not (tmp_path / "subset").exists()
 
 
