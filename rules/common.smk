@@ -62,7 +62,8 @@ def check_selection_config():
         if name in STAGE_SCORES:
             fail(f"'{name}' is the score table a stage writes itself", f"scoring.{name}",
                  "give this scoring entry another name")
-    ckpts = set(config["proxy"]["checkpoints"])
+    # a features-only run has no proxy: any scoring entry that names an epoch is then refused here
+    ckpts = set(config.get("proxy", {}).get("checkpoints", []))
     for name, entry in config["scoring"].items():
         epoch = entry.get("epoch")
         if epoch is not None and epoch not in ckpts:

@@ -31,6 +31,7 @@ localrules: report, catalog
 rule report:
     input:
         examples="results/examples/examples.parquet",
+        meta="results/examples/meta.json",  # the user's class names for the class-balance table
         metrics=lambda wc: train_metrics(),
         selections=lambda wc: expand("results/selections/{s}.parquet", s=selection_names()),
         # read for the saturation warning (a score whose values pile up at one end)
@@ -60,4 +61,15 @@ if stage_on("selection"):
     register_targets(
         "selection",
         lambda: [*rules.report.output, *expand("results/scores/{m}.parquet", m=config["scoring"])],
+    )
+elif stage_on("features") and "selection" in config:
+    # A features run that scores and selects on its features (the text template) has no proxy or training section,
+    # so there is no summary to build: its score tables and selections are the run's targets, or `datasel run`
+    # would skip the sections the config asks for. full_keep100 is only the training baseline.
+    if not CHECKS_DONE:
+        check_selection_config()
+    register_targets(
+        "selection",
+        lambda: [*expand("results/selections/{s}.parquet", s=[s for s in selection_names() if s != "full_keep100"]),
+                 *expand("results/scores/{m}.parquet", m=config["scoring"])],
     )

@@ -97,6 +97,22 @@ def test_a_column_the_file_lacks_names_the_config_key_and_the_closest_column(tmp
     assert f"did you mean '{closest}'?" in str(err.value) and str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_missing_feature_value_names_its_column_and_the_config_key(tmp_path, fmt):
+    # an empty CSV cell (null) or a NaN: the message names the user's column, not the internal `x`
+    frame = pl.DataFrame({"alcohol": [13.0, 12.5, 14.1, 13.3, 12.9, 13.8], "ash": [2.4, 2.1, 2.6, 2.2, None, 2.5],
+                          "cls": ["class_0", "class_1"] * 3})
+    if fmt == "parquet":
+        frame = frame.with_columns(pl.col("ash").fill_null(float("nan")))
+    path = tmp_path / f"wine.{fmt}"
+    getattr(frame, f"write_{fmt}")(path)
+    with pytest.raises(DataselError) as err:
+        build_examples({"source": "files", "path": str(path), "label_column": "cls",
+                        "feature_columns": ["alcohol", "ash"]})
+    assert err.value.field == "data.feature_columns"
+    assert "'ash' (1 rows)" in str(err.value) and "alcohol" not in str(err.value) and "rows [4]" in str(err.value)
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_refused_with_a_named_field(tmp_path, case):
     extra, mutate, needle = BAD[case]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,42 @@ def test_overwrite_replaces_an_earlier_export_and_only_it(project, tmp_path):
     marker = json.loads((out / MARKER).read_text())
     assert marker["files"] == [f"{SEL}.jsonl"] and marker["rows"] == n and marker["format"] == "jsonl"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder or lock left
+
+
+def test_overwrite_refuses_an_export_the_user_edited_and_leaves_it_untouched(project, tmp_path):
+    _, res, n = project
+    out = tmp_path / "subset"
+    export_selection(res, SEL, "jsonl", out)
+    marker = json.loads((out / MARKER).read_text())
+    data = out / f"{SEL}.jsonl"
+    assert marker["digests"][data.name]["size"] == data.stat().st_size
+    assert len(marker["digests"][data.name]["sha256"]) == 64
+    export_selection(res, SEL, "jsonl", out, overwrite=True)  # unedited: replaced
+    text = data.read_text()
+    data.write_text(text.replace("\n", "\r\n", 1))  # an editor saving with Windows line ends
+    before = snapshot(tmp_path)
+    with pytest.raises(DataselError, match="edited after") as err:
+        export_selection(res, SEL, "jsonl", out, overwrite=True)
+    assert data.name in str(err.value) and "move" in str(err.value)
+    assert snapshot(tmp_path) == before
+    # a same-size edit is caught by the digest, not only the size
+    data.write_text(text[:-2] + ("0" if text[-2] != "0" else "1") + text[-1])
+    with pytest.raises(DataselError, match="edited after"):
+        export_selection(res, SEL, "jsonl", out, overwrite=True)
+
+
+def test_a_marker_without_digests_is_replaced_as_before(project, tmp_path):
+    # exports written before digests were recorded: there is nothing to compare, so --overwrite behaves as it did
+    _, res, n = project
+    out = tmp_path / "subset"
+    export_selection(res, SEL, "jsonl", out)
+    marker = json.loads((out / MARKER).read_text())
+    del marker["digests"]
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / f"{SEL}.jsonl").write_text("edited\n")
+    export_selection(res, SEL, "jsonl", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, f"{SEL}.jsonl"]
+    assert pl.read_ndjson(out / f"{SEL}.jsonl").height == n
 
 
 def test_a_file_in_the_way_is_never_replaced(project, tmp_path):
@@ -245,6 +282,22 @@ def test_missing_meta_json_is_a_clear_error(project, tmp_path, capsys):
     assert main(["export", SEL, "--out", str(tmp_path / "subset"), "--results", str(res)]) == 1
     err = capsys.readouterr().err
     assert "meta.json is missing" in err and "prepare" in err and "Traceback" not in err
+    assert not (tmp_path / "subset").exists()
+
+
+def test_an_instruct_results_folder_points_at_the_pipelines_own_export(project, tmp_path, capsys):
+    # rules/instruct.smk: examples.parquet and source_pool.parquet at the top, no examples/meta.json; it writes
+    # results/instruct/export/<selection>/ itself, so "rerun the prepare step" would be the wrong advice
+    proj, res, _ = project
+    ins = res / "instruct"
+    (ins / "selections").mkdir(parents=True)
+    shutil.copy(res / "selections" / f"{SEL}.parquet", ins / "selections" / f"{SEL}.parquet")
+    shutil.copy(res / "examples" / "examples.parquet", ins / "examples.parquet")
+    pl.DataFrame({"prompt": ["p"], "completion": ["c"]}).write_parquet(ins / "source_pool.parquet")
+    assert main(["export", SEL, "--out", str(tmp_path / "subset"), "--results", str(ins)]) == 1
+    err = capsys.readouterr().err
+    assert "instruct run" in err and str(ins / "export" / SEL) in err and "Traceback" not in err
+    assert "prepare" not in err
     assert not (tmp_path / "subset").exists()
 
 

@@ -5,6 +5,7 @@ and plots only where they mean something. Hand-made metrics tables, so each expe
 from __future__ import annotations
 
 import copy
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -126,6 +127,29 @@ def test_report_step_without_noise_draws_no_noise_plot(tmp_path, tiny_examples):
     assert "el2n_top_keep30" in md.split("## All selections")[0]
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["acc.png", "summary.csv", "summary.md",
                                                                       "summary.rst"]
+
+
+def test_report_class_balance_table_names_the_users_classes(tmp_path, tiny_examples):
+    # string labels are stored as indices; the report reads their names back from the examples' meta.json
+    df, meta = tiny_examples
+    df = df.with_columns(pl.lit(False).alias("is_noisy"))
+    names = [f"class_{i}" for i in range(meta["num_classes"])]
+    ex, meta_path, metrics = tmp_path / "examples.parquet", tmp_path / "meta.json", tmp_path / "metrics.parquet"
+    write_table(df, ex, "examples")
+    meta_path.write_text(json.dumps({**meta, "classes": names, "label_dtype": "str"}))
+    write_table(metrics_table().with_columns(pl.col("seed").cast(pl.Int64)), metrics, "metrics")
+    train = df.filter(pl.col("split") == "train").get_column("example_id")
+    sel = tmp_path / "random_keep50.parquet"
+    write_table(pl.DataFrame({"selection": "random_keep50", "example_id": train, "selected": True, "weight": 1.0,
+                              "position": None}).with_columns(pl.col("position").cast(pl.Int64)), sel, "selections")
+    out = {k: str(tmp_path / "report" / name) for k, name in
+           (("csv", "summary.csv"), ("md", "summary.md"), ("rst", "summary.rst"), ("plot", "acc.png"))}
+    report(SimpleNamespace(input=_names(examples=str(ex), meta=str(meta_path), metrics=[str(metrics)],
+                                        selections=[str(sel)]), output=_names(**out)))
+    balance = (tmp_path / "report" / "summary.md").read_text().split("Class balance")[1]
+    header = balance.split("| subset |")[1].splitlines()[0]
+    assert [c.strip() for c in header.strip(" |").split("|")] == names
+    assert "class 0" not in balance
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.2])

@@ -64,6 +64,19 @@ def test_the_workflow_runs_in_the_folder_with_the_repositorys_rules(run_dir) -> 
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_a_text_folders_plain_run_builds_its_scores_and_selections(tmp_path) -> None:
+    # the text template has no proxy or training section: its selections are the run's targets, ready to export
+    pl.DataFrame({"text": [f"text {i} about {'cats' if i % 2 else 'dogs'}" for i in range(30)],
+                  "label": ["pos" if i % 2 else "neg" for i in range(30)]}).write_csv(tmp_path / "t.csv")
+    proc = _datasel(tmp_path, "init", "run1", "--template", "text", "--data", "t.csv", "--label", "label")
+    assert proc.returncode == 0, proc.stderr
+    proc = _datasel(tmp_path, "run", "run1", "-n", "--cores", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for target in ("selections/text_coverage_keep50.parquet", "selections/gradcos_top_keep50.parquet",
+                   "scores/gradcos_text.parquet"):
+        assert f"output: results/{target}" in proc.stdout, target
+
+
 def test_an_edited_data_file_reruns_prepare(run_dir) -> None:
     target = "results/examples/examples.parquet"
     proc = _datasel(run_dir.parent, "run", "run1", "--cores", "1", target)

@@ -49,7 +49,7 @@ def build_examples(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     fields = [c for c in raw.columns if c not in INTERNAL_COLUMNS]  # user columns kept as they are
     raw, classes, label_dtype = _labels(raw, cfg, where)
     if kind == "vector":
-        _check_vectors(raw, where)
+        _check_vectors(raw, where, cfg.get("feature_columns"))
     source = str(cfg.get("name") or cfg["source"])
     values = pl.Series(classes, dtype=pl.String).gather(raw.get_column("label")).to_list()
     hashes = row_hashes(raw, kind, values, label_dtype == "int")
@@ -145,7 +145,7 @@ def _labels(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> tuple[pl.DataF
     return df, classes, dtype
 
 
-def _check_vectors(df: pl.DataFrame, where: str) -> None:
+def _check_vectors(df: pl.DataFrame, where: str, feature_columns: list[str] | None = None) -> None:
     lengths = df.get_column("x").list.len()
     if lengths.n_unique() != 1:
         raise DataError(f"input vectors have different lengths ({lengths.unique().sort().head(4).to_list()})",
@@ -154,8 +154,24 @@ def _check_vectors(df: pl.DataFrame, where: str) -> None:
                     .list.any().alias("bad")).get_column("bad")
     if bad.any():
         rows = bad.arg_true().head(3).to_list()
-        raise DataError(f"{int(bad.sum())} rows have NaN, inf or missing inputs (rows {rows})", file=where, field="x",
-                        fix="drop or impute those rows before selection")
+        problem = f"{int(bad.sum())} rows have NaN, inf or missing inputs (rows {rows})"
+        columns = _nonfinite_columns(df, feature_columns or [])
+        if not columns:  # the user's own `x` lists: there is no column name to give
+            raise DataError(problem, file=where, field="x", fix="drop or impute those rows before selection")
+        shown = ", ".join(f"'{c}' ({n} rows)" for c, n in columns.items())
+        raise DataError(f"{problem}, in feature columns {shown}", file=where, field="data.feature_columns",
+                        fix="drop or impute those rows, or take those columns out of data.feature_columns")
+
+
+def _nonfinite_columns(df: pl.DataFrame, feature_columns: list[str]) -> dict[str, int]:
+    """Per feature column, the rows whose value is null, NaN or infinite (the user's names, not `x`'s positions)."""
+    counts = {}
+    for c in feature_columns:
+        values = df.get_column(c).cast(pl.Float64)
+        n = int((values.is_null() | values.is_nan() | values.is_infinite()).fill_null(True).sum())
+        if n:
+            counts[c] = n
+    return counts
 
 
 def _ids(df: pl.DataFrame, cfg: dict[str, Any], source: str, hashes: list[str], where: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Where an export may be written, and what ``--overwrite`` may replace.
 
-An export folder carries a marker (``.datasel-export.json``) listing every file the export wrote. ``--overwrite``
-replaces a folder only when it holds exactly those files: a folder with anything else in it, a file in the way, a
+An export folder carries a marker (``.datasel-export.json``) listing every file the export wrote, with its size and
+SHA-256. ``--overwrite`` replaces a folder only when it holds exactly those files, unedited: a file changed since,
+a folder with anything else in it, a file in the way, a
 symlink, the results folder (or any folder above or inside it), the current project and any folder that looks like
 a project (``.git``, ``Snakefile``, ``results/``) are refused. One export at a time per folder: a lock file next
 to the folder, held with ``fcntl.flock`` (released by the kernel if the process dies, so a crash leaves no stale
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -118,13 +120,46 @@ def check_replaceable(out: Path, overwrite: bool) -> bool:
         raise DataselError(f"refusing to overwrite: the folder holds files the export did not write "
                            f"({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''})", file=out,
                            field="--overwrite", fix="move those files out, or choose a new folder")
+    _refuse_edited(out, marker)
     return True
 
 
+def _refuse_edited(out: Path, marker: dict[str, Any]) -> None:
+    """Refuse when a file the export wrote was changed since: the edit is the user's work, not datasel's.
+
+    A marker from before digests were recorded has none to compare: such an export is replaced as before. A listed
+    file that is gone holds nothing to lose.
+    """
+    digests = marker.get("digests")
+    if not isinstance(digests, dict):
+        return
+    for rel in marker["files"]:
+        path, want = out / rel, digests.get(rel)
+        if not isinstance(want, dict) or not path.is_file() or path.is_symlink():
+            continue
+        if path.stat().st_size != want.get("size") or _sha256(path) != want.get("sha256"):
+            raise DataselError("refusing to overwrite: this file of the earlier export was edited after "
+                               "`datasel export` wrote it", file=path, field="--overwrite",
+                               fix="move the file (or the folder) away to keep your edit, or delete it yourself, "
+                                   "then rerun the export")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_marker(folder: Path, info: dict[str, Any]) -> None:
+    """The marker: every entry the export wrote, and each file's size and SHA-256 (so ``--overwrite`` can tell an
+    untouched export from one the user edited)."""
     files = sorted(_entries(folder))
+    digests = {rel: {"size": (folder / rel).stat().st_size, "sha256": _sha256(folder / rel)}
+               for rel in files if (folder / rel).is_file() and not (folder / rel).is_symlink()}
     with open(folder / MARKER, "w") as f:
-        json.dump({"written_by": "datasel export", **info, "files": files}, f, indent=1)
+        json.dump({"written_by": "datasel export", **info, "files": files, "digests": digests}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
 

@@ -57,6 +57,18 @@ def selection_path(results: str | Path, name: str) -> Path:
     return results / "selections" / f"{name}.parquet"
 
 
+def _refuse_instruct_run(results: Path, name: str) -> None:
+    """An instruct run (rules/instruct.smk) keeps no examples/meta.json: the pipeline exports its selections
+    itself, so "rerun the prepare step" would send the user the wrong way."""
+    if (results / "examples" / "meta.json").exists() or not (results / "source_pool.parquet").is_file():
+        return
+    raise DataselError("this is an instruct run's results folder: `datasel export` reads the selection chain's "
+                       "results, and an instruct run writes its exports itself", file=results, field="--results",
+                       fix=f"use {results / 'export' / name}/ (the pool rows as you gave them, in "
+                           "instruct.export.format), which `datasel run` builds for the selections named in "
+                           "instruct.export.selections (default: every score-based policy)")
+
+
 def read_meta(results: Path) -> dict[str, Any]:
     path = results / "examples" / "meta.json"
     if not path.is_file():
@@ -75,6 +87,7 @@ def load_inputs(results: str | Path, name: str) -> Inputs:
     """Read one selection, the examples table and meta.json, each refused with a clear error when missing."""
     results = Path(results)
     path = selection_path(results, name)
+    _refuse_instruct_run(results, name)
     selection = read_table(path, "selections")
     meta = read_meta(results)
     examples = read_table(results / "examples" / "examples.parquet", "examples")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ from datasel.store import read_table
 log = logging.getLogger(__name__)
 
 
+def _classes(meta_path: str | None) -> list[str] | None:
+    """The user's class names, index order (the examples' meta.json), so the report says `spam`, not `class 1`."""
+    if not meta_path:
+        return None
+    return json.loads(Path(meta_path).read_text()).get("classes")
+
+
 def report(smk: Any) -> None:
     examples = read_table(smk.input.examples, "examples")
     metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="diagonal_relaxed")
@@ -29,7 +37,8 @@ def report(smk: Any) -> None:
     warnings = run_warnings(metrics, scores)
     detection = noise_detection(examples, scores) if base > 0 else None
     doc = build_document(table, best_against_random(metrics), warnings, base,
-                         histograms=class_histograms(examples, selections), detection=detection)
+                         histograms=class_histograms(examples, selections, _classes(smk.input.get("meta"))),
+                         detection=detection)
     write_summary(table, doc, Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),
                          full=table.filter(pl.col("method") == "full"))

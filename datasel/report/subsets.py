@@ -7,15 +7,17 @@ kept 48% of one class and 79% of another), and the accuracy table alone does not
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
 
-def class_histograms(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.DataFrame:
+def class_histograms(examples: pl.DataFrame, selections: pl.DataFrame,
+                     classes: Sequence[str] | None = None) -> pl.DataFrame:
     """One row per (selection, label): kept rows, the class's share of the subset and of the full training set, and
-    the share of the class that was kept. The full set itself is the selection ``full set``."""
+    the share of the class that was kept. The full set itself is the selection ``full set``. ``class`` is the
+    label's name in the user's data (``classes``, the examples' meta.json), else the label index."""
     train = examples.filter(pl.col("split") == "train").select("example_id", "label")
     full = train.group_by("label").len("total").with_columns((pl.col("total") / train.height).alias("full_share"))
     kept = (selections.filter(pl.col("selected")).join(train, on="example_id", how="inner")
@@ -24,7 +26,14 @@ def class_histograms(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.Dat
     out = grid.join(kept, on=["selection", "label"], how="left").with_columns(pl.col("kept").fill_null(0))
     out = out.with_columns((pl.col("kept") / pl.col("kept").sum().over("selection").clip(lower_bound=1))
                            .alias("share"), (pl.col("kept") / pl.col("total")).alias("kept_of_class"))
-    return out.sort("selection", "label")
+    return out.with_columns(class_names(out.get_column("label"), classes)).sort("selection", "label")
+
+
+def class_names(labels: pl.Series, classes: Sequence[str] | None) -> pl.Series:
+    """The user's class name of each label index (the index itself when the names are unknown or are the indices)."""
+    if not classes:
+        return labels.cast(pl.String).alias("class")
+    return labels.map_elements(lambda i: str(classes[i]), return_dtype=pl.String).alias("class")
 
 
 def class_balance(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.DataFrame:

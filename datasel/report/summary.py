@@ -220,13 +220,19 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
 
 def _class_histogram_table(doc: Doc, h: pl.DataFrame) -> None:
     labels = sorted(h.get_column("label").unique().to_list())
+    names = dict(h.select("label", "class").unique().iter_rows()) if "class" in h.columns else {}
     doc.heading("Class balance: share of each class in each subset (%)")
     first = h.filter(pl.col("selection") == h.item(0, "selection")).sort("label")
     rows = [["full training set", *(f"{100 * v:.1f}" for v in first.get_column("full_share").to_list())]]
     for (sel,), part in h.group_by(["selection"], maintain_order=True):
         shares = dict(zip(part.get_column("label").to_list(), part.get_column("share").to_list()))
         rows.append([f"`{sel}`", *(f"{100 * shares.get(lab, 0.0):.1f}" for lab in labels)])
-    doc.table(["subset", *(f"class {lab}" for lab in labels)], rows)
+    doc.table(["subset", *(_class_header(names.get(lab, str(lab))) for lab in labels)], rows)
+
+
+def _class_header(name: str) -> str:
+    # integer labels read as "class 3"; the user's own names (`class_0`, `spam`) stand as they are
+    return f"class {name}" if name.lstrip("-").isdigit() else name
 
 
 def _detection_table(doc: Doc, d: pl.DataFrame) -> None:
