@@ -102,3 +102,17 @@ def test_report_names_a_significant_winner_that_is_not_the_best_mean():
     text = render_markdown(cells, margins(cells), full)
     assert "| 50% | noisy |" in text and "no; steady does |" in text
     assert "At every kept fraction some method beats random." in text
+
+
+def test_class_mix_plot_names_the_users_classes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heat map's columns read the dataset's class names (meta.json `classes`), in label order."""
+    import datasel.report.quality as quality
+
+    hists = pl.DataFrame({"method": ["el2n"] * 3, "fraction": [0.5] * 3, "label": [0, 1, 2],
+                          "share": [0.5, 0.3, 0.2], "full_share": [0.4, 0.3, 0.3],
+                          "class": ["spam", "ham", "eggs"]})
+    seen = {}
+    monkeypatch.setattr(quality, "save_figure", lambda fig, out, dpi=110: seen.update(
+        x=[t.get_text() for t in fig.axes[0].get_xticklabels()], y=[t.get_text() for t in fig.axes[0].get_yticklabels()]))
+    quality.plot_class_mix({0.0: hists}, tmp_path / "mix.png")
+    assert seen == {"x": ["spam", "ham", "eggs"], "y": ["el2n 50%"]}
