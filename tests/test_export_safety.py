@@ -299,6 +299,12 @@ def test_an_instruct_results_folder_points_at_the_pipelines_own_export(project, 
     assert "instruct run" in err and str(ins / "export" / SEL) in err and "Traceback" not in err
     assert "prepare" not in err
     assert not (tmp_path / "subset").exists()
+    # an instruct-only run's top results/ (no selections of its own) gets the same pointer
+    top = tmp_path / "instruct_only" / "results"
+    shutil.copytree(ins, top / "instruct")
+    assert main(["export", SEL, "--out", str(tmp_path / "subset"), "--results", str(top)]) == 1
+    err = capsys.readouterr().err
+    assert "instruct run" in err and str(top / "instruct" / "export" / SEL) in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("mask", [0o002, 0o022, 0o077])

@@ -43,6 +43,8 @@ def selection_path(results: str | Path, name: str) -> Path:
     """The table of the selection called ``name``, refusing anything that is not one of the listed names."""
     results = Path(results)
     if not (results / "selections").is_dir():
+        if (results / "instruct" / "selections").is_dir():  # an instruct-only run: its selections live one down
+            _refuse_instruct_run(results / "instruct", name)
         raise DataselError("no selections folder (has the workflow run here?)", file=results / "selections",
                            field="--results", fix="run the workflow first (snakemake --cores all), or point "
                                                   "--results at the run's results folder")
