@@ -19,6 +19,7 @@ Last line: one JSON object with every figure and the ratios the goals name (``go
 
     python benchmarks/features.py                                  # everything (long on a shared CPU)
     python benchmarks/features.py --models cnn --large '' --hf 0   # the default CNN only
+    python benchmarks/features.py --device cuda --large ''         # the CUDA path (a GPU machine)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ PROJECTIONS = ("dense", "sparse", "factored")
 KS = (512, 4096)
 BAR = {512: 0.95, 4096: 0.97}  # the quality bar: inner-product correlation at each k
 SETTINGS: dict[str, Any] = dict(DEFAULTS)  # projector settings timed (the feature defaults unless overridden)
+DEVICE = torch.device("cpu")  # --device: where models, inputs and projections live
 
 
 class SyntheticInputs:
@@ -97,17 +99,26 @@ def _progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so a timer reads the work done, not the launches."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def medians(fns: dict[str, tuple[Callable[[], None], int]], rounds: int) -> dict[str, float]:
     """Examples/s of each ``(fn, rows)``: the median over ``rounds`` interleaved rounds, after one warm-up each."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for name, (fn, _) in fns.items():
         t = time.perf_counter()
         fn()  # warm-up: vmap tracing, allocator, layer buffers, cached projection blocks
+        _sync()
         _progress(f"warm-up {name}: {time.perf_counter() - t:.2f} s")
     for r in range(rounds):
         for name, (fn, _) in fns.items():
+            _sync()
             t = time.perf_counter()
             fn()
+            _sync()
             times[name].append(time.perf_counter() - t)
         _progress(f"round {r + 1}/{rounds} done")
     return {name: fns[name][1] / statistics.median(ts) for name, ts in times.items()}
@@ -118,8 +129,12 @@ def _chunks(x: Any, y: torch.Tensor, rows: int, chunk: int) -> list[tuple[Any, t
 
 
 def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: str | list[str], *, chunk: int,
-          rows: int, loop_rows: int, slow_rows: int, rounds: int, sweep: bool, quality_seeds: int = 0) -> dict[str, Any]:
+          rows: int, loop_rows: int, slow_rows: int, rounds: int, sweep: bool,
+          quality_seeds: int = 0) -> dict[str, Any]:
     """Every gradient path, projector and norm path on one model; figures keyed ``<label>_...``."""
+    model = model.to(DEVICE)
+    x = {k: v.to(DEVICE) for k, v in x.items()} if isinstance(x, dict) else x.to(DEVICE)
+    y = y.to(DEVICE)
     n = batch_len(x)
     rows = min(rows, n)
     comps = {m: PerSampleGrads(model, cross_entropy, params, m, reuse=True) for m in ("layers", "vmap", "loop")}
@@ -153,15 +168,17 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
                 # its quality is dense's at 512 and better, its cost 8x that of k = 512
                 out[f"{label}_{proj}{k}_corr"] = None
                 continue
-            p = make_projector({**SETTINGS, "projection": proj, "dim": k}, dim, grads=comps["layers"])
+            p = make_projector({**SETTINGS, "projection": proj, "dim": k}, dim, DEVICE, grads=comps["layers"])
             qrows = slow_rows * 4 if proj == "dense" and dim > 100_000 else rows  # quality on fewer rows there
             feats = torch.cat([p.features(comps["layers"], xc, yc).clone() for xc, yc in _chunks(x, y, qrows, chunk)])
             out[f"{label}_{proj}{k}_corr"] = round(inner_product_correlation(feats, exact[:qrows], 200, 0), 4)
             if quality_seeds:  # the expected quality: every pair, averaged over projection seeds (untimed)
                 alls = [inner_product_correlation(feats, exact[:qrows], None)]
                 for s in range(1, quality_seeds):
-                    q = make_projector({**SETTINGS, "projection": proj, "dim": k, "seed": s}, dim, grads=comps["layers"])
-                    fq = torch.cat([q.features(comps["layers"], xc, yc).clone() for xc, yc in _chunks(x, y, qrows, chunk)])
+                    q = make_projector({**SETTINGS, "projection": proj, "dim": k, "seed": s}, dim, DEVICE,
+                                       grads=comps["layers"])
+                    fq = torch.cat([q.features(comps["layers"], xc, yc).clone()
+                                    for xc, yc in _chunks(x, y, qrows, chunk)])
                     alls.append(inner_product_correlation(fq, exact[:qrows], None))
                 out[f"{label}_{proj}{k}_corr_all"] = round(statistics.mean(alls), 4)
             if proj == "factored":
@@ -200,7 +217,7 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
             for share in (0.5, 0.75, 0.9):
                 for kk in KS:
                     p = make_projector({**SETTINGS, "projection": "factored", "dim": kk, "factor_dim": fd,
-                                        "factor_out_share": share}, dim, grads=comps["layers"])
+                                        "factor_out_share": share}, dim, DEVICE, grads=comps["layers"])
                     feats = torch.cat([p.features(comps["layers"], xc, yc) for xc, yc in _chunks(x, y, rows, chunk)])
                     out[f"{label}_sweep_fd{fd}_share{share}_k{kk}_corr"] = round(
                         inner_product_correlation(feats, exact, 200, 0), 4)
@@ -301,22 +318,30 @@ def main() -> None:
     ap.add_argument("--quality-seeds", type=int, default=3,
                     help="projection seeds of the every-pair quality figure (`_corr_all`; 0 to skip)")
     ap.add_argument("--factor-dim", default="", help="time factored with this factor_dim, auto or a size (default: DEFAULTS)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the device of every timing (the memory "
+                    "runs stay on the CPU)")
     ap.add_argument("--child", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: torch sees no CUDA device here")
     if args.factor_dim:
         SETTINGS["factor_dim"] = args.factor_dim if args.factor_dim == "auto" else int(args.factor_dim)
     if args.child:
         large_child(args.child, args.out, args.chunk, args.large_params)
         return
-    figures: dict[str, Any] = {"threads": 1, "settings": {k: SETTINGS[k] for k in ("projection", "sparse_nnz",
-                                                                               "factor_dim", "factor_out_share")}}
+    figures: dict[str, Any] = {"threads": 1, "device": str(DEVICE),
+                               "settings": {k: SETTINGS[k] for k in ("projection", "sparse_nnz", "factor_dim",
+                                                                     "factor_out_share")}}
     models = [m for m in args.models.split(",") if m]
     if "cnn" in models:
         x, y = SyntheticInputs(args.n)[0 : args.n], SyntheticInputs(args.n, labels=True)[0 : args.n]
         figures |= bench("cnn", _vector_model(CNN_CFG), x, y, "all", chunk=args.chunk, rows=args.n, loop_rows=128,
-                         slow_rows=args.n, rounds=args.rounds, sweep=not args.no_sweep, quality_seeds=args.quality_seeds)
+                         slow_rows=args.n, rounds=args.rounds, sweep=not args.no_sweep,
+                         quality_seeds=args.quality_seeds)
         report("cnn", f"default CNN {CNN_CFG}, chunk {args.chunk}, 1 thread", figures)
     if "mlp" in models:
         n = max(32, args.n // 8)
