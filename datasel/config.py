@@ -200,10 +200,16 @@ def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedC
         raise _unknown_key_error(err, schema, prefix, loaded)
     path = (*prefix, *map(str, err.absolute_path))
     msg = err.message
+    fix = f"see workflow/schemas/ for what {_dotted(path) or 'the config'} takes"
     if err.validator == "oneOf":
         msg = f"{err.instance!r} is not valid here ({err.schema.get('description') or 'see the schema'})"
-    raise ConfigError(msg, file=loaded.file_of(path), field=_dotted(path) or None,
-                      fix=f"see workflow/schemas/ for what {_dotted(path) or 'the config'} takes")
+    elif err.validator == "required" and isinstance(err.instance, dict):
+        # name the missing key as the field, with what it takes: the user adds exactly that line
+        missing = next(k for k in err.validator_value if k not in err.instance)
+        path, msg = (*path, missing), f"'{missing}' is required here"
+        about = err.schema.get("properties", {}).get(missing, {}).get("description")
+        fix = f"add {_dotted(path)}" + (f" ({about})" if about else "")
+    raise ConfigError(msg, file=loaded.file_of(path), field=_dotted(path) or None, fix=fix)
 
 
 def _entry_schema(root: dict[str, Any], common: str, kinds: str, kind: str | None) -> dict[str, Any]:
@@ -211,6 +217,7 @@ def _entry_schema(root: dict[str, Any], common: str, kinds: str, kind: str | Non
     base = root["definitions"][common]
     own = root["definitions"][kinds].get(kind, {}) if kind else {}
     return {**base, "properties": {**base.get("properties", {}), **own.get("properties", {})},
+            "required": [*base.get("required", []), *own.get("required", [])],
             "additionalProperties": False, "definitions": root["definitions"]}
 
 

@@ -63,6 +63,14 @@ def test_a_key_of_another_policy_is_refused_naming_the_valid_ones(tmp_path) -> N
     assert err.field == "selection.policies.el2n_offset.mu" and "offset" in str(err)
 
 
+def test_an_offset_policy_without_its_offset_is_refused_before_any_job(tmp_path) -> None:
+    # it used to pass the checks and fail in the select job, after proxy training, naming the field `offset`
+    err = _refusal(tmp_path, lambda c: c["selection"]["policies"]["el2n_offset"].pop("offset"))
+    assert err.field == "selection.policies.el2n_offset.offset"
+    assert err.file == str((tmp_path / "user.yaml").resolve())
+    assert "a share of the pool" in str(err)
+
+
 def test_stage_sections_refuse_unknown_keys_too(tmp_path) -> None:
     cfg = {"stages": ["dga"], "dga": {"train": {"stpes": 5}}}
     with pytest.raises(ConfigError, match=r"did you mean `steps`") as info:
