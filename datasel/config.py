@@ -181,8 +181,12 @@ def _unknown_key_error(err: Any, root: dict[str, Any], prefix: Path_, loaded: Lo
                        field=_dotted((*path, key)), fix=fix)
 
 
-def _first_error(validator: Any, instance: Any) -> Any:
-    errors = list(validator.iter_errors(instance))
+def _first_error(validator: Any, instance: Any, root: dict[str, Any]) -> Any:
+    # A bad value of a key that comes in through `allOf` (training.optimizer: adamm) also fails
+    # unevaluatedProperties, which then names no unknown key: that report is dropped for the real one.
+    errors = [e for e in validator.iter_errors(instance)
+              if not (e.validator == "unevaluatedProperties" and isinstance(e.instance, dict)
+                      and all(k in _known_keys(e.schema, root) for k in e.instance))]
     if not errors:
         return None
     # unknown keys first (a misspelt key explains the other errors it causes), then the shallowest
@@ -193,7 +197,7 @@ def _first_error(validator: Any, instance: Any) -> Any:
 def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedConfig) -> None:
     from jsonschema import Draft202012Validator
 
-    err = _first_error(Draft202012Validator(schema), instance)
+    err = _first_error(Draft202012Validator(schema), instance, schema)
     if err is None:
         return
     if err.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(err.instance, dict):
@@ -203,6 +207,10 @@ def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedC
     fix = f"see workflow/schemas/ for what {_dotted(path) or 'the config'} takes"
     if err.validator == "oneOf":
         msg = f"{err.instance!r} is not valid here ({err.schema.get('description') or 'see the schema'})"
+    elif err.validator == "enum":
+        close = difflib.get_close_matches(str(err.instance), [str(v) for v in err.validator_value], n=1)
+        fix = (f"did you mean `{close[0]}`? " if close else "") + \
+            f"use one of: {', '.join(str(v) for v in err.validator_value)}"
     elif err.validator == "required" and isinstance(err.instance, dict):
         # name the missing key as the field, with what it takes: the user adds exactly that line
         missing = next(k for k in err.validator_value if k not in err.instance)

@@ -71,6 +71,15 @@ def test_an_offset_policy_without_its_offset_is_refused_before_any_job(tmp_path)
     assert "a share of the pool" in str(err)
 
 
+def test_a_misspelt_choice_gets_the_closest_valid_one(tmp_path) -> None:
+    err = _refusal(tmp_path, lambda c: c["training"].update(optimizer="adamm"))
+    assert err.field == "training.optimizer"
+    assert "did you mean `adam`?" in str(err) and "adam, adamw, sgd" in str(err)
+    # a bad value of an optimizer key is that value's error, not an "unknown key `?`" (they come in through allOf)
+    err = _refusal(tmp_path, lambda c: c["training"].update(lr=-1))
+    assert err.field == "training.lr" and "minimum" in str(err)
+
+
 def test_stage_sections_refuse_unknown_keys_too(tmp_path) -> None:
     cfg = {"stages": ["dga"], "dga": {"train": {"stpes": 5}}}
     with pytest.raises(ConfigError, match=r"did you mean `steps`") as info:
