@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -108,21 +109,23 @@ def _names(**kw):
     return ns
 
 
-def test_report_step_without_noise_draws_no_noise_plot(tmp_path, tiny_examples):
-    df, _ = tiny_examples
+def _report_files(tmp_path, df: pl.DataFrame) -> tuple[dict[str, Any], dict[str, str]]:
+    """The report step's inputs for ``df`` (no noise, one random selection of the training split) and outputs."""
     df = df.with_columns(pl.lit(False).alias("is_noisy"))
-    ex = tmp_path / "examples.parquet"
+    ex, metrics, sel = tmp_path / "examples.parquet", tmp_path / "metrics.parquet", tmp_path / "random_keep50.parquet"
     write_table(df, ex, "examples")
-    metrics = tmp_path / "metrics.parquet"
     write_table(metrics_table().with_columns(pl.col("seed").cast(pl.Int64)), metrics, "metrics")
     train = df.filter(pl.col("split") == "train").get_column("example_id")
-    sel = tmp_path / "random_keep50.parquet"
     write_table(pl.DataFrame({"selection": "random_keep50", "example_id": train, "selected": True, "weight": 1.0,
                               "position": None}).with_columns(pl.col("position").cast(pl.Int64)), sel, "selections")
     out = {k: str(tmp_path / "report" / name) for k, name in
            (("csv", "summary.csv"), ("md", "summary.md"), ("rst", "summary.rst"), ("plot", "acc.png"))}
-    report(SimpleNamespace(input=_names(examples=str(ex), metrics=[str(metrics)], selections=[str(sel)]),
-                           output=_names(**out)))
+    return {"examples": str(ex), "metrics": [str(metrics)], "selections": [str(sel)]}, out
+
+
+def test_report_step_without_noise_draws_no_noise_plot(tmp_path, tiny_examples):
+    inputs, out = _report_files(tmp_path, tiny_examples[0])
+    report(SimpleNamespace(input=_names(**inputs), output=_names(**out)))
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "el2n_top_keep30" in md.split("## All selections")[0]
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["acc.png", "summary.csv", "summary.md",
@@ -132,20 +135,11 @@ def test_report_step_without_noise_draws_no_noise_plot(tmp_path, tiny_examples):
 def test_report_class_balance_table_names_the_users_classes(tmp_path, tiny_examples):
     # string labels are stored as indices; the report reads their names back from the examples' meta.json
     df, meta = tiny_examples
-    df = df.with_columns(pl.lit(False).alias("is_noisy"))
     names = [f"class_{i}" for i in range(meta["num_classes"])]
-    ex, meta_path, metrics = tmp_path / "examples.parquet", tmp_path / "meta.json", tmp_path / "metrics.parquet"
-    write_table(df, ex, "examples")
+    inputs, out = _report_files(tmp_path, df)
+    meta_path = tmp_path / "meta.json"
     meta_path.write_text(json.dumps({**meta, "classes": names, "label_dtype": "str"}))
-    write_table(metrics_table().with_columns(pl.col("seed").cast(pl.Int64)), metrics, "metrics")
-    train = df.filter(pl.col("split") == "train").get_column("example_id")
-    sel = tmp_path / "random_keep50.parquet"
-    write_table(pl.DataFrame({"selection": "random_keep50", "example_id": train, "selected": True, "weight": 1.0,
-                              "position": None}).with_columns(pl.col("position").cast(pl.Int64)), sel, "selections")
-    out = {k: str(tmp_path / "report" / name) for k, name in
-           (("csv", "summary.csv"), ("md", "summary.md"), ("rst", "summary.rst"), ("plot", "acc.png"))}
-    report(SimpleNamespace(input=_names(examples=str(ex), meta=str(meta_path), metrics=[str(metrics)],
-                                        selections=[str(sel)]), output=_names(**out)))
+    report(SimpleNamespace(input=_names(**inputs, meta=str(meta_path)), output=_names(**out)))
     balance = (tmp_path / "report" / "summary.md").read_text().split("Class balance")[1]
     header = balance.split("| subset |")[1].splitlines()[0]
     assert [c.strip() for c in header.strip(" |").split("|")] == names

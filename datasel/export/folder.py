@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from datasel.errors import DataselError
+from datasel.store.fingerprint import file_record, matches_record
 
 log = logging.getLogger(__name__)
 
@@ -137,27 +137,19 @@ def _refuse_edited(out: Path, marker: dict[str, Any]) -> None:
         path, want = out / rel, digests.get(rel)
         if not isinstance(want, dict) or not path.is_file() or path.is_symlink():
             continue
-        if path.stat().st_size != want.get("size") or _sha256(path) != want.get("sha256"):
+        if not matches_record(path, want):
             raise DataselError("refusing to overwrite: this file of the earlier export was edited after "
                                "`datasel export` wrote it", file=path, field="--overwrite",
                                fix="move the file (or the folder) away to keep your edit, or delete it yourself, "
                                    "then rerun the export")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_marker(folder: Path, info: dict[str, Any]) -> None:
     """The marker: every entry the export wrote, and each file's size and SHA-256 (so ``--overwrite`` can tell an
     untouched export from one the user edited)."""
     files = sorted(_entries(folder))
-    digests = {rel: {"size": (folder / rel).stat().st_size, "sha256": _sha256(folder / rel)}
-               for rel in files if (folder / rel).is_file() and not (folder / rel).is_symlink()}
+    digests = {rel: file_record(folder / rel) for rel in files
+               if (folder / rel).is_file() and not (folder / rel).is_symlink()}
     with open(folder / MARKER, "w") as f:
         json.dump({"written_by": "datasel export", **info, "files": files, "digests": digests}, f, indent=1)
         f.flush()

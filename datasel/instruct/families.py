@@ -27,6 +27,7 @@ import polars as pl
 from datasel.errors import ConfigError
 from datasel.features.textdata import stdlib_docstrings
 from datasel.store import atomic_path
+from datasel.store.fingerprint import file_record, matches_record
 
 FAMILIES = ("arith", "docname", "reverse", "sort", "module")
 MODULES = ("json", "re", "string", "os", "pathlib", "collections", "itertools", "functools", "math", "random",
@@ -113,20 +114,11 @@ def _stamp(path: Path) -> Path:
     return path.with_name(f".{path.name}.datasel-generated")
 
 
-def _digest(path: Path) -> dict[str, Any]:
-    from datasel.store.fingerprint import file_sha256
-
-    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
-
-
 def written_by_generate(path: str | Path) -> bool:
     """Whether ``path`` is, byte for byte, a file :func:`write` wrote (its stamp matches)."""
-    path, stamp = Path(path), _stamp(Path(path))
     try:
-        recorded = json.loads(stamp.read_text())
-        # size first: a user's large pool is not hashed when it plainly is not ours
-        return recorded.get("size") == path.stat().st_size and recorded == _digest(path)
-    except (OSError, ValueError, AttributeError):
+        return matches_record(path, json.loads(_stamp(Path(path)).read_text()))
+    except (OSError, ValueError):
         return False
 
 
@@ -155,7 +147,7 @@ def write(cfg: dict[str, Any], paths: dict[str, str | Path]) -> None:
             df.write_ndjson(tmp)
         stamp = _stamp(Path(paths[role]))
         with atomic_path(stamp) as tmp:
-            tmp.write_text(json.dumps(_digest(Path(paths[role]))))
+            tmp.write_text(json.dumps(file_record(paths[role])))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,17 +11,10 @@ import polars as pl
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
 from datasel.report.summary import (best_against_random, build_document, noise_dropped, run_warnings, summarize,
                                     write_summary)
-from datasel.report.subsets import class_balance, class_histograms, noise_detection
+from datasel.report.subsets import class_balance, class_histograms, meta_classes, noise_detection
 from datasel.store import read_table
 
 log = logging.getLogger(__name__)
-
-
-def _classes(meta_path: str | None) -> list[str] | None:
-    """The user's class names, index order (the examples' meta.json), so the report says `spam`, not `class 1`."""
-    if not meta_path:
-        return None
-    return json.loads(Path(meta_path).read_text()).get("classes")
 
 
 def report(smk: Any) -> None:
@@ -37,7 +29,7 @@ def report(smk: Any) -> None:
     warnings = run_warnings(metrics, scores)
     detection = noise_detection(examples, scores) if base > 0 else None
     doc = build_document(table, best_against_random(metrics), warnings, base,
-                         histograms=class_histograms(examples, selections, _classes(smk.input.get("meta"))),
+                         histograms=class_histograms(examples, selections, meta_classes(smk.input.get("meta"))),
                          detection=detection)
     write_summary(table, doc, Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),

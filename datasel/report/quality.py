@@ -7,7 +7,6 @@ does are listed plainly.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import polars as pl  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from datasel.report.plots import save_figure  # noqa: E402
+from datasel.report.subsets import label_names, meta_classes  # noqa: E402
 from datasel.report.summary import noise_dropped  # noqa: E402
 from datasel.store import atomic_path, read_table  # noqa: E402
 
@@ -197,7 +197,7 @@ def plot_class_mix(hists: dict[float, pl.DataFrame], out: Path, title: str = "")
             part = h.filter((pl.col("method") == method) & (pl.col("fraction") == frac))
             for lab, gap in part.select("label", "gap").iter_rows():
                 grid[i, labels.index(lab)] = gap
-        names = dict(h.select("label", "class").unique().iter_rows()) if "class" in h.columns else {}
+        names = label_names(h)
         tables[noise] = ([f"{m} {f:.0%}" for m, f in rows.iter_rows()], [names.get(v, v) for v in labels], grid)
     height = max(3.0, 0.22 * max(len(t[0]) for t in tables.values()) + 1.5)
     fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), height), squeeze=False)
@@ -324,9 +324,7 @@ def quality_report(smk: Any) -> None:
         sels = pl.concat([read_table(p, "selections") for p in sel_files], how="diagonal_relaxed")
         balances[noise] = _by_method(class_balance(ex, sels))
         # meta.json is written by the same prepare job as examples.parquet: the user's class names for the plot
-        meta = Path(examples).with_name("meta.json")
-        classes = json.loads(meta.read_text()).get("classes") if meta.exists() else None
-        hists[noise] = _by_method(class_histograms(ex, sels, classes))
+        hists[noise] = _by_method(class_histograms(ex, sels, meta_classes(Path(examples).with_name("meta.json"))))
         if noise > 0:
             detections[noise] = noise_detection(ex, {Path(p).stem: read_table(p, "scores") for p in scores})
             nd = _by_method(noise_dropped(ex, sels)).with_columns(

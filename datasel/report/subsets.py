@@ -7,7 +7,9 @@ kept 48% of one class and 79% of another), and the accuracy table alone does not
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -33,7 +35,19 @@ def class_names(labels: pl.Series, classes: Sequence[str] | None) -> pl.Series:
     """The user's class name of each label index (the index itself when the names are unknown or are the indices)."""
     if not classes:
         return labels.cast(pl.String).alias("class")
-    return labels.map_elements(lambda i: str(classes[i]), return_dtype=pl.String).alias("class")
+    return pl.Series("class", [str(c) for c in classes], dtype=pl.String).gather(labels)
+
+
+def meta_classes(meta_path: str | Path | None) -> list[str] | None:
+    """The user's class names in label order, from the examples' meta.json (None where there is none)."""
+    if not meta_path or not Path(meta_path).is_file():
+        return None
+    return json.loads(Path(meta_path).read_text()).get("classes")
+
+
+def label_names(h: pl.DataFrame) -> dict[int, str]:
+    """label index -> class name of a :func:`class_histograms` table (empty for a table without names)."""
+    return dict(h.select("label", "class").unique().iter_rows()) if "class" in h.columns else {}
 
 
 def class_balance(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.DataFrame:

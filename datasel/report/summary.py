@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from datasel.report.subsets import label_names
+
 # a score "saturates" when more than this share of its values sit at its maximum (or minimum): its ranking among
 # them is a tie broken by id, so a top/bottom/offset policy over it selects arbitrarily
 SATURATION_SHARE = 0.5
@@ -220,7 +222,7 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
 
 def _class_histogram_table(doc: Doc, h: pl.DataFrame) -> None:
     labels = sorted(h.get_column("label").unique().to_list())
-    names = dict(h.select("label", "class").unique().iter_rows()) if "class" in h.columns else {}
+    names = label_names(h)
     doc.heading("Class balance: share of each class in each subset (%)")
     first = h.filter(pl.col("selection") == h.item(0, "selection")).sort("label")
     rows = [["full training set", *(f"{100 * v:.1f}" for v in first.get_column("full_share").to_list())]]

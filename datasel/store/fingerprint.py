@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from datasel.store.atomic import atomic_path
 
@@ -30,6 +31,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 hex digest of a file's bytes (read in blocks: any size)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"size", "sha256"}`` of a file: what a marker keeps to tell later whether the file is still the one written."""
+    return {"size": os.stat(path).st_size, "sha256": file_sha256(path)}
+
+
+def matches_record(path: str | os.PathLike, record: Any) -> bool:
+    """Whether ``path`` is, byte for byte, the file ``record`` (from :func:`file_record`) describes; the size is
+    compared first, so a file that plainly differs is not hashed."""
+    try:
+        return (isinstance(record, dict) and record.get("size") == os.stat(path).st_size
+                and record.get("sha256") == file_sha256(path))
+    except OSError:
+        return False
 
 
 def _stat_key(path: Path) -> list[int]:
