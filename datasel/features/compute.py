@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "factor_out_share": 0.5,
     "factor_rest": "sparse",
     "factor_stage2": "sparse",
+    "factor_basis": "random",
+    "factor_fit_rows": 2048,
+    "factor_rank": 64,
     "dim": 512,
     "seed": 0,
     "block_rows": 4096,
@@ -69,11 +72,15 @@ def featurize(
     preconditioner: AdamPreconditioner | None = None,
     device: str | torch.device | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    fit: tuple[Inputs, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Write (or resume) one feature shard for ``inputs`` and return its final metadata.
 
     ``inputs``/``targets`` only need slicing (``x[s:e]``), so a lazy source keeps memory independent of N.
     ``identity`` adds fields that name where the features come from (model, checkpoint, split) to the metadata.
+    ``fit`` gives the rows a fitted projection (``factor_basis: pca``) learns its basis from (the first
+    ``factor_fit_rows`` of them, in chunks of ``chunk_size``: the float sums, so the basis bits, follow the chunking);
+    every shard and split of one feature space must pass the same rows. Without it the shard's own rows are used.
     """
     cfg = {**DEFAULTS, **cfg}
     model.eval()  # dropout/batch-norm in train mode would make features depend on the chunk
@@ -81,6 +88,12 @@ def featurize(
     # reuse: each chunk's gradients are projected before the next chunk is computed
     comp = PerSampleGrads(model, loss_fn, cfg["params"], cfg["mode"], reuse=True)
     projector = make_projector(cfg, comp.dim, device, grads=comp)
+    if getattr(projector, "needs_fit", False):
+        fx, fy = fit if fit is not None else (inputs, targets)
+        n_fit = min(int(cfg["factor_fit_rows"]), _rows(fx))
+        size = int(cfg["chunk_size"])
+        projector.fit(comp, [(slice_inputs(fx, s, min(s + size, n_fit)), fy[s : min(s + size, n_fit)])
+                             for s in range(0, n_fit, size)])
     if cfg["precondition"] == "adam" and preconditioner is None:
         log.warning("precondition 'adam' asked for but no optimizer moments exist; using plain gradients")
     meta = {
@@ -99,7 +112,7 @@ def featurize(
         "precondition": "adam" if preconditioner is not None else "none",
         "chunk_size": int(cfg["chunk_size"]),
     }
-    rows = batch_len(inputs) if isinstance(inputs, Mapping) else len(inputs)
+    rows = _rows(inputs)
     writer = ShardWriter(out_dir, meta, ids, rows)
     chunks = writer.pending(int(cfg["chunk_size"]))
     for s, e in progress(chunks, desc=f"features {Path(out_dir).name}", unit="chunk"):
@@ -115,3 +128,7 @@ def featurize(
     if comp.mode == "loop" and cfg["mode"] == "auto":
         log.info("shard %s used the per-example loop (see the warning above for why)", out_dir)
     return writer.finalize()
+
+
+def _rows(inputs: Inputs) -> int:
+    return batch_len(inputs) if isinstance(inputs, Mapping) else len(inputs)

