@@ -5,7 +5,8 @@ MNIST-1D-shaped inputs, and all-MiniLM-L6-v2 with LoRA adapters (query, value) o
 
 - the floor: one plain batched forward+backward per chunk (the cost of any gradient method's backward pass);
 - per-example gradients by each path (loop, vmap, layers);
-- features = gradients + projection to k = 512 and 4096 by each projector (dense, sparse, factored), and beside
+- features = gradients + projection to k = 512 and 4096 by each projector (dense, sparse, factored, and factored
+  with the fitted pca basis, fitted on 2,048 other rows and its fit timed apart), and beside
   each speed the quality: the Pearson correlation of projected with exact inner products over 200 seeded pairs;
 - GraNd norms: ghost norms against today's fallback (per-example gradients into a reused buffer, then norms) and
   against the path as the issue measured it (a fresh ``(B, D)`` gradient per chunk and a second ``(B, D)`` tensor
@@ -53,7 +54,8 @@ from datasel.models import build_model  # noqa: E402
 CNN_CFG = {"name": "cnn1d", "channels": 32}
 MLP_CFG = {"name": "mlp", "hidden": [1000, 1000]}
 META = {"input_dim": 40, "num_classes": 10}
-PROJECTIONS = ("dense", "sparse", "factored")
+PROJECTIONS = ("dense", "sparse", "factored", "pca")  # pca: factored with factor_basis pca (fitted on other rows)
+FIT_ROWS = 2048  # rows the pca basis is fitted on (factor_fit_rows), disjoint from the timed and judged rows
 KS = (512, 4096)
 BAR = {512: 0.95, 4096: 0.97}  # the quality bar: inner-product correlation at each k
 SETTINGS: dict[str, Any] = dict(DEFAULTS)  # projector settings timed (the feature defaults unless overridden)
@@ -88,6 +90,12 @@ class AsFiledNorms:
 
     def __call__(self, x: Any, y: torch.Tensor) -> torch.Tensor:
         return self.grads(x, y, lambda inp: _call(self.model, None, inp)).pow(2).sum(1).sqrt()
+
+
+def _fit_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """FIT_ROWS synthetic rows far from the judged ones (which start at row 0)."""
+    start = 10**7
+    return SyntheticInputs(start + FIT_ROWS)[start:], SyntheticInputs(start + FIT_ROWS, labels=True)[start:]
 
 
 def _vector_model(cfg: dict[str, Any]) -> torch.nn.Module:
@@ -128,13 +136,27 @@ def _chunks(x: Any, y: torch.Tensor, rows: int, chunk: int) -> list[tuple[Any, t
     return [(slice_inputs(x, s, min(s + chunk, rows)), y[s : min(s + chunk, rows)]) for s in range(0, rows, chunk)]
 
 
+def make(proj: str, k: int, dim: int, comp: PerSampleGrads, fit: tuple[Any, torch.Tensor], chunk: int,
+         seed: int = 0) -> tuple[Any, float]:
+    """A projector of the table (``pca`` fitted on ``fit``) and the seconds its fit took."""
+    cfg = {**SETTINGS, "projection": "factored" if proj == "pca" else proj, "dim": k, "seed": seed}
+    if proj == "pca":
+        cfg["factor_basis"] = "pca"
+    p = make_projector(cfg, dim, DEVICE, grads=comp)
+    t = time.perf_counter()
+    if getattr(p, "needs_fit", False):
+        p.fit(comp, _chunks(*fit, batch_len(fit[0]), chunk))
+        _sync()
+    return p, time.perf_counter() - t
+
+
 def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: str | list[str], *, chunk: int,
-          rows: int, loop_rows: int, slow_rows: int, rounds: int, sweep: bool,
+          rows: int, loop_rows: int, slow_rows: int, rounds: int, sweep: bool, fit: tuple[Any, torch.Tensor],
           quality_seeds: int = 0) -> dict[str, Any]:
     """Every gradient path, projector and norm path on one model; figures keyed ``<label>_...``."""
     model = model.to(DEVICE)
-    x = {k: v.to(DEVICE) for k, v in x.items()} if isinstance(x, dict) else x.to(DEVICE)
-    y = y.to(DEVICE)
+    x, y = _to_device(x), y.to(DEVICE)
+    fit = (_to_device(fit[0]), fit[1].to(DEVICE))
     n = batch_len(x)
     rows = min(rows, n)
     comps = {m: PerSampleGrads(model, cross_entropy, params, m, reuse=True) for m in ("layers", "vmap", "loop")}
@@ -168,21 +190,25 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
                 # its quality is dense's at 512 and better, its cost 8x that of k = 512
                 out[f"{label}_{proj}{k}_corr"] = None
                 continue
-            p = make_projector({**SETTINGS, "projection": proj, "dim": k}, dim, DEVICE, grads=comps["layers"])
+            p, fit_s = make(proj, k, dim, comps["layers"], fit, chunk)
+            if proj == "pca":
+                out[f"{label}_{proj}{k}_fit_s"] = round(fit_s, 2)
             qrows = slow_rows * 4 if proj == "dense" and dim > 100_000 else rows  # quality on fewer rows there
             feats = torch.cat([p.features(comps["layers"], xc, yc).clone() for xc, yc in _chunks(x, y, qrows, chunk)])
             out[f"{label}_{proj}{k}_corr"] = round(inner_product_correlation(feats, exact[:qrows], 200, 0), 4)
+            # the share of the gradients' squared norm the features keep: ~1 for a random sketch, less for pca
+            out[f"{label}_{proj}{k}_energy"] = round(float(feats.double().pow(2).sum() /
+                                                           exact[:qrows].double().pow(2).sum()), 3)
             if quality_seeds:  # the expected quality: every pair, averaged over projection seeds (untimed)
                 alls = [inner_product_correlation(feats, exact[:qrows], None)]
-                for s in range(1, quality_seeds):
-                    q = make_projector({**SETTINGS, "projection": proj, "dim": k, "seed": s}, dim, DEVICE,
-                                       grads=comps["layers"])
+                for s in range(1, quality_seeds if proj != "pca" else 1):  # no seed in a fitted basis
+                    q = make(proj, k, dim, comps["layers"], fit, chunk, seed=s)[0]
                     fq = torch.cat([q.features(comps["layers"], xc, yc).clone()
                                     for xc, yc in _chunks(x, y, qrows, chunk)])
                     alls.append(inner_product_correlation(fq, exact[:qrows], None))
                 out[f"{label}_{proj}{k}_corr_all"] = round(statistics.mean(alls), 4)
-            if proj == "factored":
-                out[f"{label}_factored_path"] = p.path
+            if proj in ("factored", "pca"):
+                out[f"{label}_{proj}_path"] = p.path
             projectors[f"{proj}{k}"] = p
             # dense projection of a 1M-wide gradient is the slowest cell by far: fewer rows, same per-row cost
             r = slow_rows if proj == "dense" and dim > 100_000 else rows
@@ -224,6 +250,10 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
     return out
 
 
+def _to_device(x: Any) -> Any:
+    return {k: v.to(DEVICE) for k, v in x.items()} if isinstance(x, dict) else x.to(DEVICE)
+
+
 def report(label: str, title: str, f: dict[str, Any]) -> None:
     fl = f[f"{label}_floor_ex_s"]
     print(f"{title}: D = {f[f'{label}_D']:,}, auto -> {f[f'{label}_auto_mode']}")
@@ -240,7 +270,9 @@ def report(label: str, title: str, f: dict[str, Any]) -> None:
             every = f.get(f"{label}_{proj}{k}_corr_all")
             print(f"  grads+{proj:<8} k={k:<5} {f[f'{label}_{proj}{k}_ex_s']:10.1f} ex/s  "
                   f"{f[f'{label}_{proj}{k}_over_floor']:7.2f}x floor   corr {f[f'{label}_{proj}{k}_corr']:.3f} {bar}"
-                  + (f"  (every pair, mean of seeds: {every:.3f})" if every is not None else ""))
+                  + (f"  (every pair, mean of seeds: {every:.3f})" if every is not None else "")
+                  + f"  energy {f[f'{label}_{proj}{k}_energy']:.2f}"
+                  + (f"  fit {f[f'{label}_{proj}{k}_fit_s']:.1f} s" if f"{label}_{proj}{k}_fit_s" in f else ""))
     print(f"  GraNd as filed {f[f'{label}_grand_as_filed_ex_s']:.1f} ex/s, today {f[f'{label}_grand_today_ex_s']:.1f} "
           f"ex/s, ghost ({f[f'{label}_grand_mode']}) {f[f'{label}_grand_ghost_ex_s']:.1f} ex/s "
           f"({f[f'{label}_ghost_over_as_filed']:.1f}x as filed, {f[f'{label}_ghost_over_today']:.1f}x today), "
@@ -258,17 +290,24 @@ def best_meeting_bar(f: dict[str, Any], label: str, k: int) -> tuple[str, float,
     return min(ok, key=lambda c: c[1]) if ok else max(cands, key=lambda c: c[2])
 
 
-def hf_inputs(n: int, max_length: int = 64) -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor, Any]:
+def hf_inputs(n: int, n_fit: int, max_length: int = 64) -> tuple[torch.nn.Module, dict[str, torch.Tensor],
+                                                                   torch.Tensor, Any, tuple[Any, torch.Tensor]]:
+    """Model, inputs, labels and parameter spec, and ``n_fit`` other texts for fitting the pca basis."""
     from datasel.features.hf import build_text_classifier, tokenize
     from datasel.features.textdata import stdlib_docstrings
 
     df = stdlib_docstrings()
-    df = df.gather_every(max(1, df.height // n)).head(n)  # every module, not the first one only
+    df = df.gather_every(max(1, df.height // (n + n_fit))).head(n + n_fit)  # every module, not the first one only
     texts = df.get_column("text").to_list()
     codes = {m: i for i, m in enumerate(sorted(set(df.get_column("label").to_list())))}
     y = torch.tensor([codes[m] for m in df.get_column("label").to_list()])
     model, tok, spec = build_text_classifier({"trainable": "lora", "max_length": max_length}, texts, y, len(codes))
-    return model.eval(), dict(tokenize(tok, texts, max_length)), y, spec
+    enc = dict(tokenize(tok, texts, max_length))
+    judged = torch.arange(len(texts)) % 2 == 0 if n_fit else torch.ones(len(texts), dtype=torch.bool)
+    judged[judged.cumsum(0) > n] = False  # n judged texts, interleaved with the fitted ones
+    pick = {k: v[judged] for k, v in enc.items()}
+    fit = ({k: v[~judged] for k, v in enc.items()}, y[~judged]) if n_fit else (pick, y[judged])
+    return model.eval(), pick, y[judged], spec, fit
 
 
 def peak_rss_mb() -> float:
@@ -318,6 +357,7 @@ def main() -> None:
     ap.add_argument("--quality-seeds", type=int, default=3,
                     help="projection seeds of the every-pair quality figure (`_corr_all`; 0 to skip)")
     ap.add_argument("--factor-dim", default="", help="time factored with this factor_dim, auto or a size (default: DEFAULTS)")
+    ap.add_argument("--factor-rank", type=int, default=0, help="pca: directions per layer side (default: DEFAULTS)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the device of every timing (the memory "
                     "runs stay on the CPU)")
     ap.add_argument("--child", type=int, default=0)
@@ -330,30 +370,32 @@ def main() -> None:
         sys.exit(f"--device {args.device}: torch sees no CUDA device here")
     if args.factor_dim:
         SETTINGS["factor_dim"] = args.factor_dim if args.factor_dim == "auto" else int(args.factor_dim)
+    if args.factor_rank:
+        SETTINGS["factor_rank"] = args.factor_rank
     if args.child:
         large_child(args.child, args.out, args.chunk, args.large_params)
         return
     figures: dict[str, Any] = {"threads": 1, "device": str(DEVICE),
                                "settings": {k: SETTINGS[k] for k in ("projection", "sparse_nnz", "factor_dim",
-                                                                     "factor_out_share")}}
+                                                                     "factor_out_share", "factor_rank")}}
     models = [m for m in args.models.split(",") if m]
     if "cnn" in models:
         x, y = SyntheticInputs(args.n)[0 : args.n], SyntheticInputs(args.n, labels=True)[0 : args.n]
         figures |= bench("cnn", _vector_model(CNN_CFG), x, y, "all", chunk=args.chunk, rows=args.n, loop_rows=128,
-                         slow_rows=args.n, rounds=args.rounds, sweep=not args.no_sweep,
+                         slow_rows=args.n, rounds=args.rounds, sweep=not args.no_sweep, fit=_fit_rows(),
                          quality_seeds=args.quality_seeds)
         report("cnn", f"default CNN {CNN_CFG}, chunk {args.chunk}, 1 thread", figures)
     if "mlp" in models:
         n = max(32, args.n // 8)
         x, y = SyntheticInputs(n)[0:n], SyntheticInputs(n, labels=True)[0:n]
         figures |= bench("mlp", _vector_model(MLP_CFG), x, y, "all", chunk=min(args.chunk, 64), rows=n, loop_rows=32,
-                         slow_rows=16, rounds=min(args.rounds, 3), sweep=not args.no_sweep,
+                         slow_rows=16, rounds=min(args.rounds, 3), sweep=not args.no_sweep, fit=_fit_rows(),
                          quality_seeds=args.quality_seeds)
         report("mlp", f"MLP {MLP_CFG}, chunk {min(args.chunk, 64)}, 1 thread", figures)
     if args.hf:
-        model, enc, y, spec = hf_inputs(args.hf)
+        model, enc, y, spec, fit = hf_inputs(args.hf, args.hf)
         figures |= bench("hf", model, enc, y, spec, chunk=16, rows=args.hf, loop_rows=16, slow_rows=args.hf,
-                         rounds=min(args.rounds, 3), sweep=False, quality_seeds=args.quality_seeds)
+                         rounds=min(args.rounds, 3), sweep=False, fit=fit, quality_seeds=args.quality_seeds)
         report("hf", f"all-MiniLM-L6-v2 + LoRA, {args.hf} texts of 64 tokens, chunk 16, 1 thread", figures)
     for n in [int(v) for v in args.large.split(",") if v]:
         r = large(n, args.large_chunk, args.large_params)

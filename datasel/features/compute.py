@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "factor_stage2": "sparse",
     "factor_basis": "random",
     "factor_fit_rows": 2048,
-    "factor_rank": 64,
+    "factor_rank": 16,
     "dim": 512,
     "seed": 0,
     "block_rows": 4096,

@@ -23,6 +23,12 @@ flattened per-example gradients by a dense or sparse projector (``factor_rest``)
 the whole map one block matrix ``[P_2 · K ; P_rest]``: a JL map of the full gradient. On the first chunk the tapped
 path is checked against the per-example loop projected by the same matrices; if it disagrees or does not apply,
 every chunk takes the flattened gradient and :meth:`FactoredProjector.project` (the same map, exactly).
+
+``factor_basis: pca`` replaces the random sides by the gradients' own principal directions, ``factor_rank`` per
+side, fitted on given rows (:mod:`datasel.features.pca_basis`), and the second stage by keeping the ``k`` stage-1
+coordinates of most energy: no random map of the result, so no JL noise. It is the more accurate and, at k = 512,
+the faster map in ``benchmarks/features.py``, but its inner products are biased low by the energy it leaves out,
+which moves cosine thresholds (``dedup``) and magnitudes, so it is opt-in.
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ class FactoredProjector(Projector):
     def __init__(self, comp: PerSampleGrads, dim_out: int, *, kind: str = "rademacher", seed: int = 0,
                  layer_dim: int | str = "auto", out_share: float = 0.5, rest: str = "sparse", sparse_nnz: int = 1,
                  stage2: str = "sparse", device: str | torch.device = "cpu", block_rows: int = 4096, cache_mb: float = 256.0,
-                 basis: str = "random", fit_rows: int = 2048, rank: int = 64) -> None:
+                 basis: str = "random", rank: int = 16) -> None:
         if basis not in BASES:
             raise ConfigError(f"factor_basis {basis!r} is not one of {BASES}", field="features.factor_basis",
                               fix="use random (seeded sketches) or pca (fitted to the gradients of the first rows)")
@@ -105,7 +111,7 @@ class FactoredProjector(Projector):
         self.comp, self.model, self.loss_fn = comp, comp.model, comp.loss_fn
         self.dim_in, self.dim_out, self.kind, self.seed = comp.dim, int(dim_out), kind, int(seed)
         self.layer_dim, self.out_share, self.rest_kind = layer_dim, float(out_share), rest
-        self.basis, self.fit_rows, self.rank = basis, int(fit_rows), int(rank)
+        self.basis, self.rank = basis, int(rank)
         self.fitted_rows = 0
         self._keep: torch.Tensor | None = None
         self.device = torch.device(device)
@@ -176,8 +182,7 @@ class FactoredProjector(Projector):
                    layer_dim=cfg.get("factor_dim", "auto"), out_share=float(cfg.get("factor_out_share", 0.5)),
                    rest=rest, stage2=stage2, sparse_nnz=int(cfg.get("sparse_nnz", 1)), device=device,
                    block_rows=int(cfg.get("block_rows", 4096)), cache_mb=float(cfg.get("cache_mb", 256)),
-                   basis=str(cfg.get("factor_basis", "random")), fit_rows=int(cfg.get("factor_fit_rows", 2048)),
-                   rank=int(cfg.get("factor_rank", 64)))
+                   basis=str(cfg.get("factor_basis", "random")), rank=int(cfg.get("factor_rank", 16)))
 
     def _new_layer(self, path: str, mod: nn.Module) -> _Layer:
         fan_out, fan_in = int(mod.weight.shape[0]), int(mod.weight[0].numel())
