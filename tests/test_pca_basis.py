@@ -95,6 +95,9 @@ def test_pca_features_are_the_kept_coordinates_of_the_rotated_gradient(case: str
     keep = cands.pow(2).sum(0).argsort(descending=True)[:12].sort().values  # fitted on these same rows
     assert proj._keep.tolist() == keep.tolist()
     want = cands[:, keep]
+    share = want.pow(2).sum() / sum(exact[:, c : c + n].pow(2).sum() for lay in proj.layers.values()
+                                    for c, n in (lay.weight_cols, lay.bias_cols) if c is not None)
+    assert abs(proj.energy_share - share.item()) < 1e-9
     got = proj.features(comp, x, y)
     assert proj.path == "taps"
     assert torch.allclose(got, want, rtol=1e-8, atol=1e-10)

@@ -113,6 +113,7 @@ class FactoredProjector(Projector):
         self.layer_dim, self.out_share, self.rest_kind = layer_dim, float(out_share), rest
         self.basis, self.rank = basis, int(rank)
         self.fitted_rows = 0
+        self.energy_share = 1.0  # pca: the share of the fitted rows' squared gradient norm the features keep
         self._keep: torch.Tensor | None = None
         self.device = torch.device(device)
         self.layers: dict[str, _Layer] = {}
@@ -357,10 +358,14 @@ class FactoredProjector(Projector):
         self._taps = None
         self._keep = keep_columns(energy, self.dim_out).to(self.device)
         self.fitted_rows = sum(batch_len(x) for x, _ in batches)
-        share = float(energy[self._keep].sum() / energy.sum().clamp_min(1e-300))
-        log.info("factored pca basis: fitted on %d rows (%s), %d of %d candidate coordinates keep %.1f%% of their "
-                 "energy", self.fitted_rows, "layer taps" if taps is not None else "flattened gradients",
-                 self._keep.numel(), self.dim_mid, 100 * share)
+        # trace(Σ G Gᵀ) = Σ ‖G‖²: the weight gradients' whole energy, next to what the kept coordinates hold
+        total = sum(float(moments[p].out.trace()) * (lay.weight_cols is not None)
+                    + float(moments[p].bias) * (lay.bias_cols is not None) for p, lay in self.layers.items())
+        self.energy_share = float(energy[self._keep].sum()) / max(total, 1e-300)
+        log.info("factored pca basis: fitted on %d rows (%s); %d of %d candidate coordinates kept, holding %.1f%% of "
+                 "the gradients' squared norm (inner products of features run low by the rest)", self.fitted_rows,
+                 "layer taps" if taps is not None else "flattened gradients", self._keep.numel(), self.dim_mid,
+                 100 * self.energy_share)
 
     def _moments(self, comp: PerSampleGrads, batches: list[tuple[Inputs, torch.Tensor]],
                  taps: LayerGrads | None) -> dict[str, SideMoments]:
@@ -379,7 +384,8 @@ class FactoredProjector(Projector):
             for path, layer in self.layers.items():
                 if layer.weight_cols is not None:
                     c, k = layer.weight_cols
-                    moments[path].add_weights(grads[:, c : c + k].reshape(-1, layer.fan_out, layer.fan_in))
+                    bias = grads[:, slice(*_span(layer.bias_cols))] if layer.bias_cols is not None else None
+                    moments[path].add_weights(grads[:, c : c + k].reshape(-1, layer.fan_out, layer.fan_in), bias)
         return moments
 
     def _fit_taps(self) -> LayerGrads | None:
@@ -416,6 +422,10 @@ class FactoredProjector(Projector):
                 "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
                 "stage2": self.stage2.fingerprint() if self.stage2 is not None else None,
                 "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
+
+
+def _span(cols: tuple[int, int]) -> tuple[int, int]:
+    return cols[0], cols[0] + cols[1]
 
 
 def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:

@@ -32,11 +32,13 @@ class SideMoments:
     def __init__(self, fan_out: int, fan_in: int, device: torch.device) -> None:
         self.out = torch.zeros(fan_out, fan_out, dtype=torch.float64, device=device)
         self.inp = torch.zeros(fan_in, fan_in, dtype=torch.float64, device=device)
+        self.bias = torch.zeros((), dtype=torch.float64, device=device)  # Σ_i ‖Σ_t g_t‖²: the bias gradients' energy
 
     def add_sides(self, g3: torch.Tensor, a3: torch.Tensor) -> None:
         """Add examples given by their sides ``g3 (B, P, fan_out)`` and ``a3 (B, P, fan_in)``."""
         g3, a3 = g3.double(), a3.double()
         b, p = g3.shape[0], g3.shape[1]
+        self.bias += g3.sum(1).pow(2).sum()
         if p == 1:  # G = g aᵀ: G Gᵀ = ‖a‖² g gᵀ
             ga = g3[:, 0] * a3[:, 0].norm(dim=1, keepdim=True)
             ag = a3[:, 0] * g3[:, 0].norm(dim=1, keepdim=True)
@@ -47,8 +49,11 @@ class SideMoments:
             self.out.addmm_(g3.reshape(b * p, -1).T, (ka @ g3).reshape(b * p, -1))
             self.inp.addmm_(a3.reshape(b * p, -1).T, (kg @ a3).reshape(b * p, -1))
 
-    def add_weights(self, w: torch.Tensor) -> None:
-        """Add examples given by their weight gradients ``w (B, fan_out, fan_in)`` (the flattened-gradient path)."""
+    def add_weights(self, w: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Add examples given by their weight (and bias) gradients ``w (B, fan_out, fan_in)``, ``bias (B, fan_out)``
+        (the flattened-gradient path)."""
+        if bias is not None:
+            self.bias += bias.double().pow(2).sum()
         w = w.double()
         b, fo, fi = w.shape
         wo = w.permute(1, 0, 2).reshape(fo, b * fi)
