@@ -276,3 +276,27 @@ def test_missing_lora_target_module_is_refused(tiny_model: Path) -> None:
     msg = str(exc.value)
     assert "['q_proj'] do not exist" in msg and "instruct.model.lora.target_modules" in msg
     assert str(tiny_model) in msg and "c_attn" in msg  # the fix lists modules that do exist
+
+
+def test_pool_and_target_features_share_one_fitted_basis(tmp_path: Path) -> None:
+    """factor_basis pca in the LESS chain: every shard of the pool and of the target set uses the basis fitted on
+    the first pool rows, so their features are comparable (the store compares projection digests)."""
+    cfg = _config(tmp_path)
+    cfg["features"] = {**cfg["features"], "projection": "factored", "factor_basis": "pca", "factor_fit_rows": 16}
+    r = tmp_path / "results/instruct"
+    steps.generate_data(Smk(output=IO(**{k: cfg["data"][k] for k in ("pool", "target", "test")}),
+                            params={"generate": cfg["data"]["generate"]}))
+    common = {"instruct": cfg, "model_dir": str(r / "base_model")}
+    steps.build_model(Smk(output=IO(str(r / "base_model")), params={"instruct": cfg}))
+    ex = r / "examples.parquet"
+    steps.prepare(Smk(output=IO(examples=str(ex), truncation=str(r / "truncation.json")), params=common))
+    steps.warmup(Smk(input=IO(examples=str(ex)), output=IO(sample=str(r / "warmup/sample.parquet")), params=common))
+    metas = []
+    for split in ("train", "val"):
+        for i in range(2):
+            out = r / f"features/epoch1-{split}/shard_{i}"
+            steps.features_shard(Smk(input=IO(examples=str(ex), checkpoint=str(r / "warmup/epoch1.pt")),
+                                     output=IO(str(out)), params=common, wildcards={"split": split, "shard": str(i)}))
+            metas.append(json.loads((out / "meta.json").read_text()))
+    assert {m["projection"] for m in metas} == {"factored"} and {m["projector"] for m in metas} == {"pca"}
+    assert len({m["projection_sha"] for m in metas}) == 1
