@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -21,12 +23,12 @@ os.environ.setdefault("DATASEL_PROGRESS", "0")
 
 
 def _write_set(root: Path, name: str, x: np.ndarray, ids: list[str], split: str, checkpoint: str,
-               lr: float | None = None, seed: int = 0, shards: int = 2) -> Path:
+               lr: float | None = None, seed: int = 0, shards: int = 2, **extra: Any) -> Path:
     dirs = []
     bounds = np.linspace(0, len(ids), shards + 1).astype(int)
     for i in range(shards):
         s, e = bounds[i], bounds[i + 1]
-        meta = {"dim": x.shape[1], "seed": seed, "split": split, "checkpoint": checkpoint, "lr": lr}
+        meta = {"dim": x.shape[1], "seed": seed, "split": split, "checkpoint": checkpoint, "lr": lr, **extra}
         w = ShardWriter(root / name / f"shard_{i}", meta, ids[s:e], e - s)
         w.write(0, x[s:e])
         w.finalize()
@@ -113,6 +115,18 @@ def test_dedup_policy_keeps_best_ranked_copy(tmp_path: Path) -> None:
     assert sorted(out.get_column("example_id").to_list()) == sorted(ids[3:])
     with pytest.raises(ConfigError, match="no feature index"):
         POLICIES.get("dedup")({}).choose(pool, 5, seed=0)
+
+
+def test_dedup_warns_on_features_of_a_fitted_basis(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    ids = [f"e{i}" for i in range(6)]
+    pool = pl.DataFrame({"example_id": ids, "label": [0] * 6, "rank": list(range(1, 7))})
+    for projector, warned in (("rademacher", False), ("pca", True)):
+        index = _write_set(tmp_path, projector, x, ids, "train", "c", projector=projector)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            POLICIES.get("dedup")({"features": str(index)}).choose(pool, 6, seed=0)
+        assert any("factor_basis pca" in r.message for r in caplog.records) == warned
 
 
 def _kcenter_reference(x: np.ndarray, k: int) -> list[int]:

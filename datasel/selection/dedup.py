@@ -17,7 +17,7 @@ import polars as pl
 
 from datasel.errors import ConfigError
 from datasel.features.index import build_index, range_neighbors, unit_rows
-from datasel.features.store import features_for
+from datasel.features.store import FeatureSet, features_for
 from datasel.selection.base import POLICIES, Policy
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,13 @@ class Dedup(Policy):
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         ids = pool.get_column("example_id").to_list()
-        x = features_for(feature_index_path(self.cfg, "dedup"), ids, "dedup.features")
+        path = feature_index_path(self.cfg, "dedup")
+        if FeatureSet.open(path).meta.get("projector") == "pca":
+            # measured (README, projection): cosines of a fitted basis are those of the captured part, so unrelated
+            # rows aligned in the leading directions cross a threshold the exact gradients do not
+            log.warning("dedup: %s uses factor_basis pca, whose cosines overstate some pairs; a threshold set for "
+                        "exact or random-projected gradients removes more rows here (use factor_basis: random)", path)
+        x = features_for(path, ids, "dedup.features")
         kept = dedup_order(x, float(self.cfg.get("threshold", 0.95)), self.cfg.get("index"), limit=n_keep)
         if len(kept) < n_keep:
             log.warning("dedup: only %d of %d wanted examples are not near-duplicates (threshold %.3f)", len(kept),
