@@ -21,6 +21,7 @@ Last line: one JSON object with every figure and the ratios the goals name (``go
     python benchmarks/features.py                                  # everything (long on a shared CPU)
     python benchmarks/features.py --models cnn --large '' --hf 0   # the default CNN only
     python benchmarks/features.py --device cuda --large ''         # the CUDA path (a GPU machine)
+    python benchmarks/features.py --replot run.txt --plot features.png  # speed against quality from a saved run
 """
 
 from __future__ import annotations
@@ -282,6 +283,44 @@ def report(label: str, title: str, f: dict[str, Any]) -> None:
         print("  factored split sweep (corr): " + ", ".join(f"{k[len(label) + 7:-5]} {v:.3f}" for k, v in sweep.items()))
 
 
+def plot(figures: dict[str, Any], path: str) -> None:
+    """Speed against quality, one panel per model: each projector at each k, the bars as lines."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [m for m in ("cnn", "mlp", "hf") if f"{m}_floor_ex_s" in figures]
+    titles = {"cnn": "default CNN (D = 8,010)", "mlp": "MLP (D = 1.05M)", "hf": "MiniLM + LoRA (D = 36,864)"}
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 4.0), squeeze=False)
+    colors = {p: f"C{i}" for i, p in enumerate(PROJECTIONS)}
+    for ax, label in zip(axes[0], labels):
+        for proj in PROJECTIONS:
+            for k, marker in zip(KS, ("o", "s")):
+                t, c = figures.get(f"{label}_{proj}{k}_over_floor"), figures.get(f"{label}_{proj}{k}_corr")
+                if t is None or c is None:
+                    continue
+                ax.scatter(t, c, color=colors[proj], marker=marker, s=40, label=f"{proj} k={k}")
+        for k, ls in zip(KS, ("--", ":")):
+            ax.axhline(BAR[k], color="grey", ls=ls, lw=0.8)
+        ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0) if hi / lo < 100 else (1.0,)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("time per example ÷ floor (log)")
+        ax.set_title(titles[label], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("inner-product correlation (200 pairs)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("gradient features: speed against quality (grey: the bars at k = 512 --, 4096 ..)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def best_meeting_bar(f: dict[str, Any], label: str, k: int) -> tuple[str, float, float]:
     """(projector, ratio to the floor, corr) of the fastest projector meeting the bar at k (else the best corr)."""
     cands = [(p, f[f"{label}_{p}{k}_over_floor"], f[f"{label}_{p}{k}_corr"]) for p in PROJECTIONS
@@ -360,9 +399,14 @@ def main() -> None:
     ap.add_argument("--factor-rank", type=int, default=0, help="pca: directions per layer side (default: DEFAULTS)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the device of every timing (the memory "
                     "runs stay on the CPU)")
+    ap.add_argument("--plot", default="", help="also draw speed against quality per model into this PNG")
+    ap.add_argument("--replot", default="", help="only draw --plot from a saved run's output (its last line)")
     ap.add_argument("--child", type=int, default=0)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text().strip().splitlines()[-1]), args.plot or "features.png")
+        return
     torch.set_num_threads(1)
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -424,6 +468,8 @@ def main() -> None:
         if f"rss_mb_{n}" in figures:
             goals[f"rss_mb_{n}"] = figures[f"rss_mb_{n}"]
     figures["goals"] = goals
+    if args.plot:
+        plot(figures, args.plot)
     print(json.dumps(figures))
 
 
