@@ -80,6 +80,18 @@ def test_a_misspelt_choice_gets_the_closest_valid_one(tmp_path) -> None:
     assert err.field == "training.lr" and "minimum" in str(err)
 
 
+def test_a_pca_basis_with_another_projection_is_refused(tmp_path) -> None:
+    def edit(c: dict) -> None:
+        c["features"] = {"sets": {"g": {"projection": "dense", "factor_basis": "pca"}}}
+
+    err = _refusal(tmp_path, edit)
+    assert err.field == "features.sets.g.projection"
+    assert "basis of the factored projection" in str(err) and "set features.sets.g.projection: factored" in str(err)
+    ok = copy.deepcopy(TINY)
+    ok["features"] = {"sets": {"g": {"factor_basis": "pca"}}}  # the default projection is factored
+    assert _check(tmp_path, ok)["features"]["sets"]["g"]["factor_basis"] == "pca"
+
+
 def test_stage_sections_refuse_unknown_keys_too(tmp_path) -> None:
     cfg = {"stages": ["dga"], "dga": {"train": {"stpes": 5}}}
     with pytest.raises(ConfigError, match=r"did you mean `steps`") as info:
