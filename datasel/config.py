@@ -214,7 +214,7 @@ def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedC
     elif err.validator == "const":
         about = err.schema.get("description")
         msg = f"{err.instance!r} cannot be used here" + (f": {about}" if about else "")
-        fix = f"set {_dotted(path)}: {err.validator_value}, or drop what asks for it"
+        fix = f"set {_dotted(path)}: {err.validator_value}"
     elif err.validator == "required" and isinstance(err.instance, dict):
         # name the missing key as the field, with what it takes: the user adds exactly that line
         missing = next(k for k in err.validator_value if k not in err.instance)

@@ -86,7 +86,8 @@ def test_a_pca_basis_with_another_projection_is_refused(tmp_path) -> None:
 
     err = _refusal(tmp_path, edit)
     assert err.field == "features.sets.g.projection"
-    assert "basis of the factored projection" in str(err) and "set features.sets.g.projection: factored" in str(err)
+    assert "basis of the factored projection (drop factor_basis" in str(err)
+    assert err.fix == "set features.sets.g.projection: factored"
     ok = copy.deepcopy(TINY)
     ok["features"] = {"sets": {"g": {"factor_basis": "pca"}}}  # the default projection is factored
     assert _check(tmp_path, ok)["features"]["sets"]["g"]["factor_basis"] == "pca"
