@@ -280,7 +280,7 @@ def test_missing_lora_target_module_is_refused(tiny_model: Path) -> None:
 
 def test_pool_and_target_features_share_one_fitted_basis(tmp_path: Path) -> None:
     """factor_basis pca in the LESS chain: every shard of the pool and of the target set uses the basis fitted on
-    the first pool rows, so their features are comparable (the store compares projection digests)."""
+    pool rows spread over the pool, so their features are comparable (the store compares projection digests)."""
     cfg = _config(tmp_path)
     cfg["features"] = {**cfg["features"], "projection": "factored", "factor_basis": "pca", "factor_fit_rows": 16}
     r = tmp_path / "results/instruct"

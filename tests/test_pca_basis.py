@@ -15,7 +15,7 @@ from torch import nn
 
 from conftest import TINY, per_example_reference, snakemake, write_config
 from datasel.errors import ConfigError
-from datasel.features.compute import cross_entropy, featurize
+from datasel.features.compute import cross_entropy, featurize, fit_rows
 from datasel.features.factored import FactoredProjector
 from datasel.features.grads import PerSampleGrads, select_params
 from datasel.features.pca_basis import SideMoments, keep_columns, top_directions
@@ -160,6 +160,13 @@ def test_pca_needs_a_fit_and_its_fingerprint_names_the_basis(tmp_path: Path) -> 
     # fitted on other rows: another basis, another digest (so the store refuses to mix them)
     other = featurize(model, x[:6], y[:6], tmp_path / "own", cfg)
     assert other["projection_sha"] != whole["projection_sha"]
+
+
+def test_fit_rows_spread_over_the_split() -> None:
+    assert fit_rows(10, 3).tolist() == [0, 3, 6]
+    assert fit_rows(4, 9).tolist() == [0, 1, 2, 3]
+    labels = torch.arange(3).repeat_interleave(100)  # a file sorted by class: every class is fitted on
+    assert labels[fit_rows(300, 30)].bincount().tolist() == [10, 10, 10]
 
 
 def test_pca_fit_steps_down_when_examples_interact() -> None:

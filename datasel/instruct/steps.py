@@ -24,7 +24,7 @@ import polars as pl
 import torch
 
 from datasel.errors import DataError
-from datasel.features.compute import featurize, shard_bounds
+from datasel.features.compute import featurize, fit_rows, shard_bounds
 from datasel.features.projectors import AdamPreconditioner
 from datasel.features.steps import PRECONDITIONED_SPLITS, fitted_basis, write_shard
 from datasel.features.store import gather
@@ -144,10 +144,10 @@ def features_shard(smk: Any) -> None:
                 "lr": float(ckpt["lr"])}
     inputs = {k: v[lo:hi] for k, v in enc.inputs().items()}
     fit = None
-    if fitted_basis(fcfg):  # one basis for the pool and the target set: fitted on the first pool rows
+    if fitted_basis(fcfg):  # one basis for the pool and the target set: fitted on pool rows
         _, pool = encode_split(table, "train", policy.tok, int(cfg["data"]["max_length"]))
-        n_fit = int(fcfg.get("factor_fit_rows", 2048))
-        fit = ({k: v[:n_fit] for k, v in pool.inputs().items()}, pool.labels[:n_fit])
+        rows = fit_rows(len(pool.labels), int(fcfg.get("factor_fit_rows", 2048)))
+        fit = ({k: v[rows] for k, v in pool.inputs().items()}, pool.labels[rows])
     settings = {"fset": fcfg, "identity": identity, "shards": shards, "rows": [lo, hi],
                 "data": str(Path(smk.input.examples).stat().st_mtime_ns)}
     write_shard(out, settings, lambda work: featurize(policy.module, inputs, enc.labels[lo:hi], work, fcfg,
