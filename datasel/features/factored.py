@@ -384,8 +384,9 @@ class FactoredProjector(Projector):
             for path, layer in self.layers.items():
                 if layer.weight_cols is not None:
                     c, k = layer.weight_cols
-                    bias = grads[:, slice(*_span(layer.bias_cols))] if layer.bias_cols is not None else None
-                    moments[path].add_weights(grads[:, c : c + k].reshape(-1, layer.fan_out, layer.fan_in), bias)
+                    bc, bk = layer.bias_cols or (0, 0)
+                    moments[path].add_weights(grads[:, c : c + k].reshape(-1, layer.fan_out, layer.fan_in),
+                                              grads[:, bc : bc + bk] if layer.bias_cols is not None else None)
         return moments
 
     def _fit_taps(self) -> LayerGrads | None:
@@ -422,10 +423,6 @@ class FactoredProjector(Projector):
                 "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
                 "stage2": self.stage2.fingerprint() if self.stage2 is not None else None,
                 "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
-
-
-def _span(cols: tuple[int, int]) -> tuple[int, int]:
-    return cols[0], cols[0] + cols[1]
 
 
 def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:
