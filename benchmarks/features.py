@@ -200,6 +200,12 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
             # the share of the gradients' squared norm the features keep: ~1 for a random sketch, less for pca
             out[f"{label}_{proj}{k}_energy"] = round(float(feats.double().pow(2).sum() /
                                                            exact[:qrows].double().pow(2).sum()), 3)
+            # what a cosine threshold (dedup) sees: mean |cos error| over every pair, and the pairs put above 0.9
+            # whose exact cosine is below it
+            err, crossed, pairs = cosine_errors(feats, exact[:qrows], 0.9)
+            out[f"{label}_{proj}{k}_cos_err"] = round(err, 4)
+            out[f"{label}_{proj}{k}_cos_above90"] = crossed
+            out[f"{label}_cos_pairs"] = pairs
             if quality_seeds:  # the expected quality: every pair, averaged over projection seeds (untimed)
                 alls = [inner_product_correlation(feats, exact[:qrows], None)]
                 for s in range(1, quality_seeds if proj != "pca" else 1):  # no seed in a fitted basis
@@ -251,6 +257,18 @@ def bench(label: str, model: torch.nn.Module, x: Any, y: torch.Tensor, params: s
     return out
 
 
+def cosine_errors(feats: torch.Tensor, exact: torch.Tensor, threshold: float) -> tuple[float, int, int]:
+    """Mean |cosine of features - exact cosine| over every pair i < j, the pairs whose feature cosine exceeds
+    ``threshold`` while the exact one does not, and the number of pairs."""
+    def cos(m: torch.Tensor) -> torch.Tensor:
+        u = m.double() / m.double().norm(dim=1, keepdim=True).clamp_min(1e-300)
+        i, j = torch.triu_indices(len(u), len(u), 1)
+        return (u @ u.T)[i, j]
+
+    cf, ce = cos(feats), cos(exact)
+    return float((cf - ce).abs().mean()), int(((cf > threshold) & (ce <= threshold)).sum()), int(ce.numel())
+
+
 def _to_device(x: Any) -> Any:
     return {k: v.to(DEVICE) for k, v in x.items()} if isinstance(x, dict) else x.to(DEVICE)
 
@@ -273,6 +291,7 @@ def report(label: str, title: str, f: dict[str, Any]) -> None:
                   f"{f[f'{label}_{proj}{k}_over_floor']:7.2f}x floor   corr {f[f'{label}_{proj}{k}_corr']:.3f} {bar}"
                   + (f"  (every pair, mean of seeds: {every:.3f})" if every is not None else "")
                   + f"  energy {f[f'{label}_{proj}{k}_energy']:.2f}"
+                  + f"  |dcos| {f[f'{label}_{proj}{k}_cos_err']:.3f}, {f[f'{label}_{proj}{k}_cos_above90']} false >0.9"
                   + (f"  fit {f[f'{label}_{proj}{k}_fit_s']:.1f} s" if f"{label}_{proj}{k}_fit_s" in f else ""))
     print(f"  GraNd as filed {f[f'{label}_grand_as_filed_ex_s']:.1f} ex/s, today {f[f'{label}_grand_today_ex_s']:.1f} "
           f"ex/s, ghost ({f[f'{label}_grand_mode']}) {f[f'{label}_grand_ghost_ex_s']:.1f} ex/s "
