@@ -25,9 +25,9 @@ from datasel.errors import ConfigError, DataError
 from datasel.features.compute import DEFAULTS, featurize, fit_rows, shard_bounds
 from datasel.features.grads import select_params
 from datasel.features.projectors import AdamPreconditioner
-from datasel.features.store import gather
+from datasel.features.store import FeatureShard, gather
 from datasel.runtime import pick_device, seed_everything
-from datasel.store import read_table
+from datasel.store import publish_folder, read_table
 from datasel.store.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,7 @@ def write_shard(out: Path, settings: dict[str, Any], compute: Callable[[Path], N
             if stale != work:
                 shutil.rmtree(stale, ignore_errors=True)
     compute(work)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work, out)
+    publish_folder(work, out, verify=FeatureShard.open)  # a shard that does not open complete is never published
 
 
 def features_shard(smk: Any) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from datasel.errors import DataError
-from datasel.store import atomic_path
+from datasel.store import atomic_path, write_json
 from datasel.store.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,7 @@ class ShardWriter:
                                 file=p, fix="delete the shard folder and rerun the features step")
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
-        with atomic_path(self.path / "meta.json") as tmp:
-            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        write_json(self.path / "meta.json", meta, indent=1, sort_keys=True)
 
     def done_mask(self) -> np.ndarray:
         return np.fromfile(self.path / "done.u8", dtype=np.uint8, count=self.rows).astype(bool)
@@ -313,8 +312,7 @@ def gather(shard_dirs: Sequence[str | os.PathLike], index: str | os.PathLike, ve
         "shards": [{"path": os.path.relpath(sh.path, index.parent), "rows": sh.rows, "sha256": sh.meta["sha256"]}
                    for sh in shards],
     }
-    with atomic_path(index) as tmp:
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+    write_json(index, info, indent=1, sort_keys=True)
     return index
 
 
