@@ -21,7 +21,6 @@ from torch import nn
 from datasel.errors import ConfigError
 from datasel.models.registry import register_model
 from datasel.runtime import pick_device, progress
-from datasel.store.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +146,8 @@ def save_embedding_model(model: EmbeddingModel, out_dir: str | os.PathLike) -> P
 
     Written through the store's atomic folder write, so a crash never leaves a folder that looks whole.
     """
+    from datasel.store.atomic import atomic_path  # here: the store imports polars, which loading a model never needs
+
     out_dir = Path(out_dir)
     with atomic_path(out_dir, folder=True) as tmp:
         model.backbone.save_pretrained(tmp, safe_serialization=True)
