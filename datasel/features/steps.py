@@ -88,6 +88,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def _work_dir(out: Path, settings: dict[str, Any]) -> Path:
+    # Named by the settings, not by the weights' digest: a proxy retrained under the same name finds its old work
+    # folder, and the shard writer says it starts over (rather than the old folder silently vanishing as stale).
+    identity = {k: v for k, v in settings.get("identity", {}).items() if k != "checkpoint_sha"}
+    settings = {**settings, "identity": identity}
     fp = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     rel = out.relative_to(out.parents[2])  # <set>/<ckpt>-<split>/shard_<i>
     return out.parents[2] / ".work" / rel.parent / f"{rel.name}-{fp}"
@@ -170,10 +174,7 @@ def features_shard(smk: Any) -> None:
             fset = {**fset, "precondition": "none"}  # target gradients stay plain (LESS), recorded so in the shard
         preconditioner = split_preconditioner(fset, split, smk.input.checkpoint, model)
     model.to(device)
-    # The work folder is named by the settings only, not by the weights' digest: a proxy retrained under the same
-    # name finds its old work folder, and the shard writer says it starts over (rather than the folder vanishing).
-    settings = {"fset": fset, "identity": {k: v for k, v in identity.items() if k != "checkpoint_sha"},
-                "shards": shards, "rows": [lo, hi]}
+    settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
     write_shard(out, settings, lambda work: featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi],
                                                        identity=identity, device=device,
                                                        preconditioner=preconditioner, fit=fit))
