@@ -14,7 +14,7 @@ from datasel.errors import DataError
 from datasel.runtime import seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
 from datasel.selection.make import make_selection
-from datasel.store import atomic_path, read_table, write_table
+from datasel.store import read_table, write_json, write_table
 
 # torch (about 2 s of CPU per process) and DuckDB are imported inside the steps that use them: prepare and the
 # 16+ select jobs of a run never touch torch, and every job imports this module (tests/test_pipeline_imports.py).
@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    write_json(path, obj, indent=2, sort_keys=True)
 
 
 def prepare(smk: Any) -> None:

@@ -124,17 +124,13 @@ def init_folder(folder: str | os.PathLike, template: str = "tabular", data: str 
     elif label or id_column:
         raise ConfigError("--label and --id go with --data", field="--label", fix="add --data your_file.csv")
     folder.mkdir(parents=True, exist_ok=True)
-    # written whole under a temporary name, then linked into place: never a half-written config, never a
-    # config someone else wrote replaced (link fails if the name exists)
-    tmp = folder / f".config.yaml.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    try:
-        os.link(tmp, target)
+    from datasel.store.atomic import write_text  # here: the store imports polars, which `datasel run` never needs
+
+    try:  # linked into place (exclusive): never a half-written config, never a config someone else wrote replaced
+        write_text(target, text, exclusive=True)
     except FileExistsError:
         raise DataselError("the run folder already has a config", file=target,
                            fix="edit it, remove it yourself, or pick a new folder") from None
-    finally:
-        tmp.unlink()
     return target
 
 

@@ -33,6 +33,23 @@ HARMLESS_WARNINGS = (
 )
 
 
+def import_faiss() -> Any:
+    """The ``faiss`` module; a clear error naming the install line where neither faiss build is installed.
+
+    faiss comes in two builds that install the same module, so it is an extra (``cpu`` or ``gpu``), not a plain
+    dependency: a bare ``pip install -e .`` has none.
+    """
+    try:
+        import faiss
+    except ImportError as exc:
+        from datasel.errors import DataselError
+
+        raise DataselError(f"faiss is not installed ({exc})", field="faiss",
+                           fix="install datasel with one faiss build: pip install -e '.[cpu]' "
+                               "(or '.[gpu]' on a CUDA machine)") from None
+    return faiss
+
+
 def pick_device(preference: str = "auto") -> torch.device:
     """'auto' takes the GPU when one is visible, else the CPU; 'cuda' without a GPU falls back with a warning."""
     import torch

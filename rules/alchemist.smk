@@ -2,7 +2,6 @@
 # through the generic score/select rules; this stage adds the diagnostics of where each rating puts the label noise.
 
 if stage_on("alchemist"):
-    validate_section("alchemist")
     for _name in config["alchemist"]["scores"]:
         if _name not in config["scoring"]:
             fail(f"names scoring entry '{_name}', which does not exist", "alchemist.scores",

@@ -1,4 +1,5 @@
-# Helpers shared by every rule file: target registration, per-section validation, config slices.
+# Helpers shared by every rule file: target registration, config slices (every section was validated, and its
+# defaults filled, by datasel.config in the Snakefile).
 import json
 
 SCRIPTS = str(Path(workflow.basedir, "workflow", "scripts"))
@@ -7,11 +8,6 @@ SCRIPTS = str(Path(workflow.basedir, "workflow", "scripts"))
 def register_targets(name, fn):
     """Register a stage's final outputs (a zero-argument function returning paths) for `rule all` and the catalog."""
     TARGETS[name] = fn
-
-
-def validate_section(name):
-    """Kept for the stage rule files: every section present was already validated against
-    workflow/schemas/<name>.schema.yaml, and its defaults filled, by datasel.config in the Snakefile."""
 
 
 def stage_on(name):

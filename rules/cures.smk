@@ -3,7 +3,6 @@
 
 
 if stage_on("cures"):
-    validate_section("cures")
     CURES = config["cures"]
 
     def cures_iterations():

@@ -2,7 +2,6 @@
 # importance-sampling mixtures trained in the same workflow; domain_weights / metrics / scores tables, plots, models.
 
 if stage_on("dga"):
-    validate_section("dga")
     DGA = config["dga"]
     DGA_STRATEGIES = DGA["strategies"]
     # What a training run depends on (not the plot/alignment/seed lists), so editing those reruns nothing here.

@@ -54,8 +54,6 @@ def resolve_feature_policy(entry, root):
 
 
 if "features" in config:
-    validate_section("features")
-
     for _name, _fset in _fsets().items():
         for _e in _fset.get("epochs", []):
             if _fset.get("model", "proxy") == "proxy" and _e not in config["proxy"]["checkpoints"]:

@@ -4,7 +4,6 @@
 
 
 if stage_on("gaprune"):
-    validate_section("gaprune")
     GAP = config["gaprune"]
     GAP_MODEL = {k: GAP[k] for k in ("model", "max_seq_len", "device", "seed")}
 

@@ -32,8 +32,6 @@ def quality_roots():
 
 
 if "quality" in config:
-    validate_section("quality")
-
     # tables and plots from finished metrics: on a cluster, on the submitting host
     localrules: quality_report
 

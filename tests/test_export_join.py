@@ -255,8 +255,9 @@ def test_the_real_prepare_output_joins_back(tmp_path):
     cfg = {"source": "files", "path": str(tmp_path / "patients.csv"), "label_column": "target",
            "feature_columns": FEATURES, "id_column": "patient", "noise": {"fraction": 0.2, "seed": 0}}
     ex, meta = build_examples(cfg)
-    if "columns" not in meta or "source_row" not in ex.columns:
-        pytest.skip("prepare does not write meta 'columns' / 'source_row' yet (the data engineer's contract)")
+    # the data contract prepare always writes: a missing piece is a regression, not a reason to skip
+    assert {"label", "id", "features"} <= set(meta["columns"]), meta.get("columns")
+    assert {"source_row", "label_orig"} <= set(ex.columns), ex.columns
     res = tmp_path / "results"
     write_table(ex, res / "examples" / "examples.parquet", "examples")
     (res / "examples" / "meta.json").write_text(json.dumps(meta))

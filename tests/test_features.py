@@ -1,9 +1,15 @@
-"""Per-sample gradients: vmap and the loop against the definition, chunking, parameter sets, LoRA, shard bounds."""
+"""Per-sample gradients: vmap and the loop against the definition, chunking, parameter sets, LoRA, shard bounds;
+a shard step resumed against a retrained checkpoint."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
+import polars as pl
 import pytest
 import torch
 
@@ -87,3 +93,88 @@ def test_shard_bounds_cover_rows_once() -> None:
     for rows, shards in [(10, 3), (7, 7), (100, 4), (5, 8)]:
         covered = [r for i in range(shards) for r in range(*shard_bounds(rows, shards, i))]
         assert covered == list(range(rows))
+
+
+PROXY = {"model": {"name": "mlp", "hidden": [8]}, "lr": 0.1, "epochs": 1}
+FSET = {"params": "all", "projection": "dense", "dim": 16, "seed": 3, "chunk_size": 8}
+
+
+def _shard_step(root: Path, checkpoint: Path, featurize_hook=None):
+    """One run of the features_shard step over the train split; returns the shard folder."""
+    from datasel.features import steps
+
+    out = root / "features/g/seed0-epoch1-train/shard_0"
+    smk = SimpleNamespace(
+        params=SimpleNamespace(fset=FSET, shards=1, proxy=PROXY),
+        wildcards=SimpleNamespace(shard="0", split="train", ckpt="seed0-epoch1", fset="g"),
+        output=[str(out)], config={"compute": {"device": "cpu"}},
+        input=SimpleNamespace(meta=str(root.parent / "meta.json"), examples=str(root.parent / "examples.parquet"),
+                              checkpoint=str(checkpoint)))
+    if featurize_hook is None:
+        steps.features_shard(smk)
+    else:
+        real = steps.featurize
+        steps.featurize = lambda *a, **kw: real(*a, **kw, on_chunk=featurize_hook)
+        try:
+            steps.features_shard(smk)
+        finally:
+            steps.featurize = real
+    return out
+
+
+def _proxy_checkpoint(path: Path, examples, meta: dict, seed: int) -> Path:
+    from datasel.tasks import make_task
+    from datasel.training.proxy import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = make_task(examples, meta, PROXY["model"]).build_model()
+    save_checkpoint(path, model, model_cfg=PROXY["model"], epoch=1, seed=0)
+    return path
+
+
+def test_resumed_shard_restarts_when_the_checkpoint_changed(tmp_path: Path, tiny_examples, caplog) -> None:
+    """A shard killed halfway and resumed after its proxy was retrained under the same name must not mix the
+    features of two models: it starts over (and says so), ending equal to a fresh run with the new weights."""
+    examples, meta = tiny_examples
+    examples.write_parquet(tmp_path / "examples.parquet")
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    n_chunks = -(-examples.filter(pl.col("split") == "train").height // FSET["chunk_size"])
+    assert n_chunks >= 4
+    ckpt = _proxy_checkpoint(tmp_path / "ckpt.pt", examples, meta, seed=0)
+
+    def kill_after(k: int):
+        seen = []
+
+        def hook(s: int, e: int) -> None:
+            seen.append(s)
+            if len(seen) == k:
+                raise KeyboardInterrupt  # the job is killed after k whole chunks
+        return hook
+
+    def killed_run(root: Path) -> None:
+        with pytest.raises(KeyboardInterrupt):
+            _shard_step(root, ckpt, kill_after(2))
+
+    # same checkpoint: the resume computes only the chunks the killed run had not finished
+    killed_run(tmp_path / "same")
+    computed: list[int] = []
+    out = _shard_step(tmp_path / "same", ckpt, lambda s, e: computed.append(s))
+    assert len(computed) == n_chunks - 2 and 0 not in computed
+    old_bytes = (out / "features.f16").read_bytes()
+
+    # retrained under the same name: other weights in the same file; the resume starts over
+    killed_run(tmp_path / "changed")
+    old_sha = json.loads(next((tmp_path / "changed/features/.work").rglob("meta.json")).read_text())["checkpoint_sha"]
+    _proxy_checkpoint(ckpt, examples, meta, seed=1)
+    computed.clear()
+    with caplog.at_level(logging.WARNING, logger="datasel.features.store"):
+        out = _shard_step(tmp_path / "changed", ckpt, lambda s, e: computed.append(s))
+    assert sorted(computed) == [i * FSET["chunk_size"] for i in range(n_chunks)]  # every row recomputed
+    new_sha = json.loads((out / "meta.json").read_text())["checkpoint_sha"]
+    assert old_sha != new_sha
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("shard_0" in m and old_sha in m and new_sha in m for m in warned), warned
+    fresh = _shard_step(tmp_path / "fresh", ckpt)
+    assert (out / "features.f16").read_bytes() == (fresh / "features.f16").read_bytes()
+    assert (out / "features.f16").read_bytes() != old_bytes
+    assert json.loads((out / "meta.json").read_text()) == json.loads((fresh / "meta.json").read_text())

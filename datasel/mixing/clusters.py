@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import faiss
 import numpy as np
 import polars as pl
 import torch
 from torch import nn
 
 from datasel.errors import ConfigError, DataError
+from datasel.runtime import import_faiss
+
+faiss = import_faiss()
 
 log = logging.getLogger(__name__)
 

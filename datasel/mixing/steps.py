@@ -21,7 +21,7 @@ from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_label
 from datasel.mixing.dga import MixtureResult, train_mixture
 from datasel.mixing.task import MixingTask, build_task, encode_rows, split_roles
 from datasel.runtime import pick_device, seed_everything
-from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
+from datasel.store import atomic_path, read_table, save_checkpoint_file, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ def data_step(smk: Any) -> None:
 
         df, meta = build_domain_examples(cfg)
     write_table(df, smk.output.examples, "examples")
-    with atomic_path(smk.output.meta) as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
+    write_json(smk.output.meta, meta, indent=1)
 
 
 def train_step(smk: Any) -> None:

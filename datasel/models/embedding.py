@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -145,36 +144,32 @@ def tiny_random_model(max_seq_len: int = 32, seed: int = 0, hidden: int = 32, la
 def save_embedding_model(model: EmbeddingModel, out_dir: str | os.PathLike) -> Path:
     """Write a folder that ``AutoModel.from_pretrained`` and ``SentenceTransformer`` both load.
 
-    Written under a temporary sibling name and renamed when complete, so a crash never leaves a folder that looks
-    whole.
+    Written through the store's atomic folder write, so a crash never leaves a folder that looks whole.
     """
+    from datasel.store.atomic import atomic_path  # here: the store imports polars, which loading a model never needs
+
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.backbone.save_pretrained(tmp, safe_serialization=True)
-    model.tokenizer.save_pretrained(tmp)
-    dim = model.dim
-    (tmp / "1_Pooling").mkdir()
-    (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dim, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-    }, indent=2))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    if model.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (tmp / "2_Normalize").mkdir()
-    (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
-    (tmp / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": model.max_seq_len, "do_lower_case": False}, indent=2)
-    )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_path(out_dir, folder=True) as tmp:
+        model.backbone.save_pretrained(tmp, safe_serialization=True)
+        model.tokenizer.save_pretrained(tmp)
+        dim = model.dim
+        (tmp / "1_Pooling").mkdir()
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": dim, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        }, indent=2))
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if model.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            (tmp / "2_Normalize").mkdir()
+        (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+        (tmp / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": model.max_seq_len, "do_lower_case": False}, indent=2)
+        )
     return out_dir
 
 

@@ -7,7 +7,9 @@ takes, so a text column with a vector model is refused before any training start
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,8 +37,12 @@ def register_model(name: str, kinds: Sequence[str] | None = None) -> Callable[[M
 
 
 def load_builtin_models() -> None:
-    """Import the modules whose builders register themselves (cheap: heavy imports happen inside builders)."""
-    from datasel.models import custom, gpt, hf, vision  # noqa: F401  (registration side effect)
+    """Import every module of ``datasel.models`` so its builders register themselves (a new file needs no list:
+    a fixed list here once left ``hf_embedding`` unregistered); cheap, heavy imports happen inside builders."""
+    import datasel.models
+
+    for mod in pkgutil.iter_modules(datasel.models.__path__):
+        importlib.import_module(f"datasel.models.{mod.name}")
 
 
 def check_model_kind(cfg: dict[str, Any], meta: dict[str, Any], where: str = "model") -> None:

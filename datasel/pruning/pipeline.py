@@ -22,6 +22,7 @@ from datasel.pruning.masks import apply_masks, candidate_params, masks_from_scor
 from datasel.pruning.methods import score_weights
 from datasel.pruning.stats import GradStats, gradient_statistics
 from datasel.runtime import seed_everything
+from datasel.store.atomic import atomic_path
 from datasel.training.embedding import train_embedding
 
 log = logging.getLogger(__name__)
@@ -129,15 +130,16 @@ def run_one(cfg: dict[str, Any], triplets: Triplets, stats: GradStats | None, me
             # the mask is held fixed: retraining must not revive a pruned weight
             assert all(after[n] >= before[n] - 1e-9 for n in masks), "retraining changed the sparsity pattern"
     if save_dir is not None:
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        if masks:
-            packed = {n: np.packbits(m.numpy().reshape(-1)) for n, m in masks.items()}
-            np.savez_compressed(save_dir / "mask.npz", **packed)
-        if method in cfg.get("save_models", ["dai"]):
-            save_embedding_model(model, save_dir / "model")
-        (save_dir / "run.json").write_text(json.dumps({"method": method, "sparsity": sparsity, "seed": seed,
-                                                       "retrain_losses": losses}, indent=1))
+        # the run folder appears whole or not at all: a job killed while saving the model leaves no folder that
+        # step_gather would read as a finished run
+        with atomic_path(save_dir, folder=True) as tmp:
+            if masks:
+                packed = {n: np.packbits(m.numpy().reshape(-1)) for n, m in masks.items()}
+                np.savez_compressed(tmp / "mask.npz", **packed)
+            if method in cfg.get("save_models", ["dai"]):
+                save_embedding_model(model, tmp / "model")
+            (tmp / "run.json").write_text(json.dumps({"method": method, "sparsity": sparsity, "seed": seed,
+                                                      "retrain_losses": losses}, indent=1))
     return {"metrics": rows, "param_scores": ps_rows, "losses": losses}
 
 

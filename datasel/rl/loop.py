@@ -24,7 +24,7 @@ from datasel.rl.prompts import PROMPTS_SCHEMA, build_prompt_sets
 from datasel.rl.sampling import SAMPLERS
 from datasel.rl.warmstart import warm_start
 from datasel.runtime import pick_device, progress, seed_everything
-from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
+from datasel.store import read_table, save_checkpoint_file, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,6 @@ def prompts_step(smk: Any) -> None:
 
 def warmstart_step(smk: Any) -> None:
     """rule cures_warmstart: a fresh policy trained on the warm-start split → output.ckpt (+ history json)."""
-    import json
-
     seed = int(smk.wildcards.seed)
     seed_everything(seed)
     prompts = read_table(smk.input.prompts, PROMPTS_SCHEMA)
@@ -124,8 +122,7 @@ def warmstart_step(smk: Any) -> None:
     _, q, a = split_lists(prompts, "warmstart")
     history = warm_start(policy, q, a, dict(smk.params.warmstart), seed)
     save_checkpoint_file({**policy.checkpoint(), "warmstart": history, "seed": seed}, smk.output.ckpt)
-    with atomic_path(smk.output.history) as tmp:
-        Path(tmp).write_text(json.dumps(history, indent=1))
+    write_json(smk.output.history, history, indent=1)
 
 
 def train_step(smk: Any) -> None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
-import faiss
 import numpy as np
 import polars as pl
 
 from datasel.features.index import search, unit_rows
 from datasel.features.store import features_for
-from datasel.runtime import progress
+from datasel.runtime import import_faiss, progress
 from datasel.selection.base import POLICIES, Policy
 from datasel.selection.dedup import feature_index_path
+
+faiss = import_faiss()
 
 log = logging.getLogger(__name__)
 

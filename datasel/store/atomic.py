@@ -1,21 +1,27 @@
 """Verified atomic writes: a temporary sibling, checked complete and fsynced, then renamed into place.
 
-Every file the tool writes goes through :func:`atomic_path`, so a reader never sees a half-written file and a write
-that failed never looks complete:
+Every file and folder the tool writes goes through this module (:func:`atomic_path` and the helpers on it:
+:func:`write_text`, :func:`write_json`, :func:`save_checkpoint_file`, :func:`publish_folder`), so a reader never sees
+a half-written file and a write that failed never looks complete:
 
-- the caller writes to a temporary sibling (``.tmp-<name>.<random>``, a name no reader globs for);
+- the caller writes to a temporary sibling (``.tmp-<name>.<random>``, a name no reader globs for): a file or, with
+  ``folder=True``, a folder (a ``save_pretrained`` output, a run folder);
 - an optional ``verify`` callback re-opens the temporary and checks it is whole (a Parquet footer and row count, a
   checkpoint's zip directory and CRCs, a catalog's views) before anything is renamed;
-- the file is fsynced before the rename and the folder after it, so a crash cannot leave a renamed empty file;
+- the file (every file of a folder) is fsynced before the rename and the parent after it, so a crash cannot leave a
+  renamed empty file; a folder replaces an earlier one whole (the old one is moved aside, then removed);
 - a full disk (ENOSPC, EDQUOT) or a file size limit (EFBIG, ``ulimit -f``) fails the job with a
   :class:`~datasel.errors.DataselError` that says so, and the temporary is removed;
-- the file gets the mode a plain ``open()`` would give (``0o666 & ~umask``): ``mkstemp`` creates it 0600.
+- the file gets the mode a plain ``open()`` would give (``0o666 & ~umask``): ``mkstemp`` creates it 0600;
+- ``exclusive=True`` links the file into place instead, failing with ``FileExistsError`` if the name exists (a file
+  the user owns, such as a run folder's config, is never replaced).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -92,26 +98,85 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file and folder under ``folder`` to disk, so a completed rename is a completed write."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            if not os.path.islink(os.path.join(root, name)):
+                _fsync(Path(root, name))
+    _fsync(Path(folder))
+
+
+def _place(tmp: Path, path: Path, exclusive: bool) -> None:
+    """Rename (or, ``exclusive``, link) the finished temporary onto ``path``; a folder replaces a folder whole."""
+    if exclusive:
+        os.link(tmp, path)  # FileExistsError when the name is taken: nothing is replaced
+        return
+    old = None
+    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        # os.replace cannot replace a non-empty folder: the old one steps aside under a temporary name, so `path`
+        # is always one whole folder, and it comes back if the new one cannot be moved in
+        old = path.parent / f".tmp-old-{tmp.name}"
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_folder(src: str | os.PathLike, path: str | os.PathLike,
+                   verify: Callable[[Path], Any] | None = None) -> Path:
+    """Move a finished folder ``src`` (on the same file system: a resumable work folder that must outlive a failed
+    job) onto ``path``: its files flushed, ``verify`` passed, an earlier folder at ``path`` replaced whole."""
+    src, path = Path(src), Path(path)
+    try:
+        fsync_tree(src)
+        if verify is not None:
+            verify(src)
+    except Exception as exc:
+        raise_disk_error(exc, path)
+        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _place(src, path, exclusive=False)
+    with contextlib.suppress(OSError):
+        _fsync(path.parent)
+    return path
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = None, *, folder: bool = False,
+                exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block finishes and ``verify`` passes.
 
-    The temporary is created as an empty file (the caller may replace it by a folder); the final ``os.replace`` is
-    atomic because both names sit in one folder. ``verify(tmp)`` should re-open the written data and raise if it is
-    incomplete. On any failure the temporary is removed and nothing at ``path`` changes.
+    The temporary is an empty file, or with ``folder=True`` an empty folder (its mode from the umask) to write files
+    into; the final ``os.replace`` is atomic because both names sit in one folder. ``verify(tmp)`` should re-open the
+    written data and raise if it is incomplete. On any failure the temporary is removed and nothing at ``path``
+    changes. ``exclusive`` (files) links instead of renaming and raises ``FileExistsError`` if ``path`` exists.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    if folder:
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
+        follow_umask(tmp_path)  # mkdtemp makes 0700
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
     try:
         try:
             yield tmp_path
             if not tmp_path.exists():
                 raise DataselError("the write produced no file", file=path,
                                    fix="rerun the step; report a bug if it repeats")
-            if tmp_path.is_file():
+            if tmp_path.is_dir():
+                fsync_tree(tmp_path)
+            else:
                 _fsync(tmp_path)
             if verify is not None:
                 verify(tmp_path)
@@ -123,7 +188,7 @@ def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = 
         except Exception as exc:
             raise_disk_error(exc, path)
             raise
-        os.replace(tmp_path, path)
+        _place(tmp_path, path, exclusive)
         with contextlib.suppress(OSError):
             _fsync(path.parent)
     finally:
@@ -131,6 +196,18 @@ def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = 
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists() or tmp_path.is_symlink():
             tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str, *, exclusive: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; ``exclusive``: fail with FileExistsError if it exists."""
+    with atomic_path(path, exclusive=exclusive) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1, sort_keys: bool = False) -> Path:
+    """``json.dumps(obj)`` written to ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
 
 
 def incomplete(path: str | os.PathLike, problem: str) -> DataselError:
