@@ -295,7 +295,8 @@ def test_an_instruct_results_folder_exports_the_pool_rows_as_given(project, tmp_
                          "n": [7, 8, 9]})
     pool.write_parquet(ins / "source_pool.parquet")
     ids = ["pool-0", "pool-1", "pool-2"]
-    pl.DataFrame({"example_id": ids, "split": "train", "source_row": [0, 1, 2]}).write_parquet(ins / "examples.parquet")
+    examples = pl.DataFrame({"example_id": ids, "split": "train", "source_row": [0, 1, 2]})
+    examples.write_parquet(ins / "examples.parquet")
     sel = pl.DataFrame({"example_id": ids, "selection": "less_top_keep50", "selected": [True, False, True],
                         "weight": 1.0, "position": pl.Series([None] * 3, dtype=pl.Int64)})
     write_table(sel, ins / "selections" / "less_top_keep50.parquet", "selections")

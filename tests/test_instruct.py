@@ -255,7 +255,8 @@ def test_no_completion_column_is_refused(tmp_path: Path, tiny_model: Path) -> No
     with pytest.raises(DataError) as exc:
         prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
     msg = str(exc.value)
-    assert str(path) in msg and "field 'instruct.data.completion_column'" in msg and "needs column(s) ['completion']" in msg
+    assert str(path) in msg and "field 'instruct.data.completion_column'" in msg
+    assert "needs column(s) ['completion']" in msg
     assert "fix" in msg
     with pytest.raises(DataError) as exc:  # detected: no format fits, each format's columns listed
         prepare_examples({**cfg, "format": "auto"}, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")

@@ -50,7 +50,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     texts = ["Below is an instruction that describes a task. Add the two numbers. 200 201 Response: 401",
              "user: Hi assistant: Hello system: Be brief. Add 2 and 3 What is 1 + 2? Answer: 3"] * 5
     return build_tiny_model(texts, tmp_path_factory.mktemp("lm") / "gpt2",
-                            {"vocab_size": 300, "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 128, "seed": 0})
+                            {"vocab_size": 300, "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 128,
+                             "seed": 0})
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +277,8 @@ def _report(folder: Path, table: pl.DataFrame, picks: dict[str, list[int]]) -> t
         sels.append(str(path))
         metrics.append(str(folder / f"metrics/{name}.parquet"))
         Path(metrics[-1]).parent.mkdir(exist_ok=True)
-        pl.DataFrame({"selection": [name], "seed": [0], "loss_per_token": [1.5], "exact_match": [0.25]}).write_parquet(
-            metrics[-1])
+        pl.DataFrame({"selection": [name], "seed": [0], "loss_per_token": [1.5],
+                      "exact_match": [0.25]}).write_parquet(metrics[-1])
     from test_instruct import IO, Smk
 
     md, csv = folder / "report/summary.md", folder / "report/summary.csv"
@@ -329,6 +330,10 @@ def test_export_of_an_instruct_run_round_trips_the_users_rows(tmp_path: Path, to
         else:
             assert back.columns == pool.columns and back.equals(want)
         assert json.loads((out / ".datasel-export.json").read_text())["rows"] == 4
+    out = export_selection(folder, "random_keep50", "parquet", tmp_path / "out-internal", internal=True)
+    back = pl.read_parquet(out / "random_keep50.parquet")
+    assert back.columns == [*pool.columns, "example_id", "weight", "position"]
+    assert back.select(pool.columns).equals(want)
     import datasets
 
     out = export_selection(tmp_path / "results", "random_keep50", "hf", tmp_path / "out-hf")  # the run's results/

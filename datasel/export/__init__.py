@@ -55,7 +55,6 @@ def export_selection(results: str | Path, selection: str, fmt: str, out: str | P
     refuse_protected(out, results)
     folder = instruct_folder(results)
     if folder is not None:
-        refuse_protected(out, folder)
         rows, used = instruct_frame(folder, selection, order, internal)
         name = selection
     else:

@@ -256,11 +256,13 @@ def report(smk: Any) -> None:
         lacking = [r for r in ("pool", "target") if trunc.get(r, {}).get("task_column") is False] or ["pool/target"]
         lines += [f"No task column ({' and '.join(lacking)} file): share from the target task cannot be computed. "
                   f"Pool {pool.height} rows.", "",
-                  "| selection | kept | test loss/token (mean ± std) | exact match | seeds |", "|---|---|---|---|---|"]
+                  "| selection | kept | test loss/token (mean ± std) | exact match | seeds |",
+                  "|---|---|---|---|---|"]
     else:
         lines += [f"Target task(s): {', '.join(tasks)}; pool {pool.height} rows, {base:.1%} of them from the target "
                   "task(s) (base rate).", "",
-                  "| selection | kept | share from target task | test loss/token (mean ± std) | exact match | seeds |",
+                  "| selection | kept | share from target task | test loss/token (mean ± std) | exact match "
+                  "| seeds |",
                   "|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
         share = "" if tasks is None else (" – |" if r["target_share"] is None else f" {r['target_share']:.1%} |")
