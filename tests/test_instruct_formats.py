@@ -217,6 +217,9 @@ def test_an_unused_text_column_is_refused_naming_it(tok: Any) -> None:
                         "completion_column": "output"}, tok, "pool.jsonl")
     msg = str(exc.value)
     assert "['input']" in msg and "instruct.data.ignore_columns" in msg and "format: alpaca" in msg
+    # detected, the same mapping gives way to alpaca, which reads the input too
+    fmt, (row,) = render(alpaca, {**CFG, "prompt_column": "instruction", "completion_column": "output"}, tok, "f")
+    assert fmt == "alpaca" and "200 201" in row.prompt
     with pytest.raises(DataError, match=r"\['text'\].*\n.*ignore_columns: \[text\]"):
         render(alpaca.with_columns(pl.lit("pre-rendered").alias("text")), CFG, tok, "pool.jsonl")
     fmt, rows = render(alpaca.with_columns(pl.lit("x").alias("text")), {**CFG, "ignore_columns": ["text"]}, tok, "f")

@@ -94,6 +94,10 @@ def detect_format(columns: list[str], cfg: dict[str, Any], where: str) -> str:
                                 "file's format")
         return fmt
     found = [f for f in FORMATS if all(c in columns for c in _required(f, cfg))]
+    # a format whose columns another fitting format reads too gives way to it (prompt_column: instruction and
+    # completion_column: output on an alpaca file: alpaca, which reads the input as well)
+    have = {f: {c for c in reads(f, cfg) if c in columns} for f in found}
+    found = [f for f in found if not any(have[f] < have[g] for g in found)]
     if len(found) == 1:
         return found[0]
     if found:
