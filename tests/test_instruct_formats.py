@@ -184,6 +184,29 @@ def test_prompt_ending_in_a_space_keeps_reply_tokens_whole(tok: Any) -> None:
     assert (ids, labels) == reference(tok, [("Answer: ", False), ("3" + EOS, True)])
 
 
+def test_a_word_start_marker_is_not_added_at_a_reply(chat_tok: Any) -> None:
+    """A sentencepiece-style tokenizer (Metaspace, as Llama 2 / Mistral) marks the start of a text with "▁": a
+    reply tokenized alone would begin with a marker the whole conversation's tokenization does not have."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    t.train_from_iterator(["Hello there", "Hi Hello", "Add 2 and 3 5"] * 5, trainer=trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"],
+        show_progress=False))
+    sp = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    sp.chat_template = ("{{ bos_token }}{% for m in messages %}"
+                        "{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert sp.convert_ids_to_tokens(_ids(sp, "Hello<|end|>"))[0] == "▁Hello"  # alone: a marker
+    ids, labels, _ = encoded(sp, pl.DataFrame({"messages": [chat]}))
+    assert ids == list(sp.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
+    trained = [i for i, lab in zip(ids, labels) if lab != IGNORE]
+    assert sp.decode(trained) == "Hello<|end|>" and "▁Hello" not in sp.convert_ids_to_tokens(ids)
+
+
 def test_the_llama_learns_from_reply_tokens_only(llama_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
