@@ -184,6 +184,18 @@ def test_prompt_ending_in_a_space_keeps_reply_tokens_whole(tok: Any) -> None:
     assert (ids, labels) == reference(tok, [("Answer: ", False), ("3" + EOS, True)])
 
 
+def test_retokenizing_from_the_last_special_token_changes_no_token(tok: Any, chat_tok: Any) -> None:
+    from datasel.instruct.data import tokenize_parts
+
+    long = CHAT + [t for k in range(6) for t in ({"role": "user", "content": f"Add {k} and 3 "},
+                                                  {"role": "assistant", "content": f" {k + 3}"})]
+    for t in (tok, chat_tok):  # the transcript's end tokens and the template's markers are special tokens
+        _, (row,) = render(pl.DataFrame({"messages": [long]}), CFG, t, "f")
+        fast = tokenize_parts(t, row.parts, row.trained)
+        assert fast == tokenize_parts(t, row.parts, row.trained, anchors={})  # re-tokenizing every whole run
+        assert sum(fast[1]) == sum(len(_ids(t, p)) for p, tr in zip(row.parts, row.trained) if tr)
+
+
 def test_a_word_start_marker_is_not_added_at_a_reply(chat_tok: Any) -> None:
     """A sentencepiece-style tokenizer (Metaspace, as Llama 2 / Mistral) marks the start of a text with "▁": a
     reply tokenized alone would begin with a marker the whole conversation's tokenization does not have."""

@@ -81,7 +81,15 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def tokenize_parts(tokenizer: Any, parts: Sequence[str], trained: Sequence[bool]) -> tuple[list[int], list[bool]]:
+def special_anchors(tokenizer: Any) -> dict[int, str]:
+    """The special added tokens by id (their text): the tokenizer splits the text at them before anything else,
+    so what follows one is tokenized the same whatever came before it."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return {int(i): t.content for i, t in added.items() if getattr(t, "special", False)}
+
+
+def tokenize_parts(tokenizer: Any, parts: Sequence[str], trained: Sequence[bool],
+                   anchors: dict[int, str] | None = None) -> tuple[list[int], list[bool]]:
     """Token ids of the joined parts and whether each token carries the loss.
 
     Each part is appended to the text before it and the whole is tokenized again: when the earlier tokens stay as
@@ -90,10 +98,15 @@ def tokenize_parts(tokenizer: Any, parts: Sequence[str], trained: Sequence[bool]
     before it (a prompt ending in a space, "Answer: " + "3"), the earlier tokens stay as the prompt alone
     tokenizes, as generation sees them, and the part is tokenized on its own: no token ever straddles a prompt and
     a reply, so the loss covers the reply's tokens exactly.
+
+    The text tokenized again starts at the last special token (``anchors``, e.g. a chat template's turn markers),
+    checked to tokenize alone as it did in place: a long conversation costs a few passes over its text, not one
+    per turn.
     """
+    anchors = special_anchors(tokenizer) if anchors is None else anchors
     ids: list[int] = []
     mask: list[bool] = []
-    run_text, run_ids = "", []  # the text since the last boundary that split a token, and its tokens
+    run_text, run_ids = "", []  # the text tokenized again with each part, and its tokens
     for part, train in zip(parts, trained):
         if not part:
             continue
@@ -105,6 +118,11 @@ def tokenize_parts(tokenizer: Any, parts: Sequence[str], trained: Sequence[bool]
             run_text, run_ids = part, new
         ids += new
         mask += [bool(train)] * len(new)
+        k = next((k for k in range(len(run_ids) - 1, 0, -1) if run_ids[k] in anchors), 0)
+        if k:
+            at = run_text.rfind(anchors[run_ids[k]])
+            if at > 0 and _ids(tokenizer, run_text[at:]) == run_ids[k:]:
+                run_text, run_ids = run_text[at:], run_ids[k:]
     return ids, mask
 
 
@@ -120,8 +138,9 @@ def encode(tokenizer: Any, parts: list[Sequence[str]], trained: list[Sequence[bo
     eos = int(tokenizer.eos_token_id)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     rows, cut, emptied, full = [], 0, [], []
+    anchors = special_anchors(tokenizer)
     for i, (p, t) in enumerate(zip(parts, trained)):
-        ids, mask = tokenize_parts(tokenizer, p, t)
+        ids, mask = tokenize_parts(tokenizer, p, t, anchors)
         full.append(sum(mask))
         if len(ids) > max_length:
             cut += 1
