@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from datasel.cli import main
-from datasel.errors import ConfigError, DataError
+from datasel.errors import ConfigError, DataError, DataselError
 from datasel.export import export_selection
 from datasel.instruct import steps
 from datasel.instruct.data import IGNORE, encode, encode_split, prepare_examples, render
@@ -382,7 +382,7 @@ def test_export_of_an_instruct_run_round_trips_the_users_rows(tmp_path: Path, to
     assert main(["export", "random_keep50", "--results", str(folder), "--out", str(tmp_path / "mine"),
                  "--overwrite"]) == 1
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
-    with pytest.raises(Exception, match="refusing to export"):
+    with pytest.raises(DataselError, match="refusing to export"):
         export_selection(folder, "random_keep50", "jsonl", folder / "export" / "x")
     # the chain's own export step writes through the same writer (marker included)
     from test_instruct import IO, Smk

@@ -17,6 +17,7 @@ from datasel.export.frame import HELPERS, PREFIX, resolve_order
 from datasel.export.inputs import INSTRUCT_SOURCE, selection_path
 from datasel.store import read_table
 
+
 def instruct_frame(folder: str | Path, name: str, order: str | None = None, internal: bool = False
                    ) -> tuple[pl.DataFrame, str]:
     """The kept pool rows of selection ``name`` (pool order, or curriculum order when the selection has one) and
