@@ -47,6 +47,12 @@ TINY_CFG: dict[str, Any] = {
 }
 
 
+# the data keys with their schema defaults (instruct.schema.yaml)
+DATA_KEYS: dict[str, Any] = {"format": "auto", "prompt_column": "prompt", "completion_column": "completion",
+                             "messages_column": "messages", "conversations_column": "conversations",
+                             "task_column": "task", "ignore_columns": []}
+
+
 class IO(list):
     """What a Snakemake rule hands a step: positional paths that are also named attributes."""
 
@@ -136,12 +142,13 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     # the target set is all arithmetic: LESS's top quarter holds more of it than the pool does
     assert by["less_top_keep25"]["target_share"] > by["less_top_keep25"]["base_rate"]
     assert np.isfinite(summary.get_column("loss_mean").to_numpy()).all()
-    assert "share from target family" in md.read_text()
-    # export: the user's own rows and columns, nothing datasel added
-    out = tmp_path / "export"
-    rows = steps.export_selection(ex, sels["less_top_keep25"], r / "source_pool.parquet", "jsonl", out)
+    assert "share from target task" in md.read_text() and "Target task(s): arith" in md.read_text()
+    # export: the user's own rows and columns, nothing datasel added, through the export writer (marker and all)
+    out = r / "export" / "less_top_keep25"
+    steps.export(Smk(input=IO(examples=str(ex)), output=IO(str(out)), params={"format": "jsonl"},
+                     wildcards={"selection": "less_top_keep25"}))
     back = pl.read_ndjson(out / "less_top_keep25.jsonl")
-    assert back.columns == ["prompt", "completion", "task"] and back.height == rows.height
+    assert back.columns == ["prompt", "completion", "task"] and (out / ".datasel-export.json").is_file()
     kept = pl.read_parquet(sels["less_top_keep25"]).filter(pl.col("selected")).height
     assert back.height == kept
     pool = pl.read_ndjson(data["pool"])
@@ -184,22 +191,28 @@ def test_generate_never_replaces_the_users_own_data_files(tmp_path: Path) -> Non
         families.check_replaceable(paths)  # an edited pool is the user's now
 
 
+def _pc(prompts: list[str], completions: list[str], eos: str) -> tuple[list[list[str]], list[list[bool]]]:
+    """prompt/completion rows as encode's parts: the prompt untrained, the completion and end token trained."""
+    return [[p, c + eos] for p, c in zip(prompts, completions)], [[False, True]] * len(prompts)
+
+
 def test_encode_puts_the_loss_on_completion_tokens_only(tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    enc, rep, _ = encode(tok, ["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "], ["3", "7"], 64)
+    prompts = ["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "]
+    enc, rep, _, _ = encode(tok, *_pc(prompts, ["3", "7"], tok.eos_token), 64)
     for r in range(2):
-        n_prompt = len(tok(["What is 1 + 2?\nAnswer: ", "What is 3 + 4?\nAnswer: "][r],
-                           add_special_tokens=False)["input_ids"])
+        n_prompt = len(tok(prompts[r], add_special_tokens=False)["input_ids"])
         lab = enc.labels[r]
         assert (lab[:n_prompt] == IGNORE).all()
         comp = lab[lab != IGNORE].tolist()
         assert comp[-1] == tok.eos_token_id and tok.decode(comp[:-1]) == ["3", "7"][r]
     assert rep["truncated"] == 0
-    enc, rep, _ = encode(tok, ["What is 1 + 2?\nAnswer: "], ["3 and a long tail of words"], 12)
-    assert rep["truncated"] == 1 and enc.input_ids.shape[1] == 12
-    enc, rep, dropped = encode(tok, ["What is 1 + 2?\nAnswer: ", "Hi "], ["3", "there"], 4)
+    enc, rep, _, full = encode(tok, *_pc(["What is 1 + 2?\nAnswer: "], ["3 and a long tail of words"], tok.eos_token),
+                               12)
+    assert rep["truncated"] == 1 and enc.input_ids.shape[1] == 12 and full[0] > (enc.labels != IGNORE).sum()
+    enc, rep, dropped, _ = encode(tok, *_pc(["What is 1 + 2?\nAnswer: ", "Hi "], ["3", "there"], tok.eos_token), 4)
     assert dropped == [0] and rep["completion_removed"] == 1  # its prompt alone fills max_length
 
 
@@ -207,7 +220,7 @@ def test_per_example_loss_does_not_depend_on_the_batch(tiny_model: Path) -> None
     torch.manual_seed(0)
     pol = load_lm(tiny_model, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["c_attn"]}, torch.device("cpu"))
     prompts = ["What is 1 + 2?\nAnswer: ", "What is 13 + 4?\nAnswer: reply "]
-    enc, _, _ = encode(pol.tok, prompts, ["3", "17"], 64)
+    enc, _, _, _ = encode(pol.tok, *_pc(prompts, ["3", "17"], pol.tok.eos_token), 64)
     with torch.no_grad():
         both = completion_loss(pol.module(**enc.inputs()), enc.labels)
         alone = [completion_loss(pol.module(**{k: v[i:i + 1] for k, v in enc.inputs().items()}), enc.labels[i:i + 1])
@@ -220,10 +233,13 @@ def test_chat_messages_are_rendered(tiny_model: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     df = pl.DataFrame({"messages": [[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello"}]]})
-    cols = {"prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages"}
-    assert render(df, cols, tok, "f") == (["user: Hi?\nassistant: "], ["Hello"])
-    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
-    assert render(df, cols, tok, "f") == (["<user>Hi?<assistant>"], ["Hello"])
+    fmt, (row,) = render(df, DATA_KEYS, tok, "f")
+    assert fmt == "messages" and row.parts == ("user: Hi?\nassistant: ", "Hello" + tok.eos_token)
+    assert row.trained == (False, True) and (row.prompt, row.completion) == ("user: Hi?\nassistant: ", "Hello")
+    tok.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    _, (row,) = render(df, DATA_KEYS, tok, "f")
+    assert row.parts == ("<user>Hi?<assistant>", "Hello") and row.prompt == "<user>Hi?<assistant>"
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -234,13 +250,19 @@ def test_no_completion_column_is_refused(tmp_path: Path, tiny_model: Path) -> No
 
     path = tmp_path / "pool.jsonl"
     pl.DataFrame({"prompt": ["a"], "answer": ["b"]}).write_ndjson(path)
-    cfg = {"pool": str(path), "target": str(path), "test": str(path), "prompt_column": "prompt",
-           "completion_column": "completion", "messages_column": "messages", "task_column": "task", "max_length": 32}
+    cfg = {"pool": str(path), "target": str(path), "test": str(path), **DATA_KEYS, "format": "prompt_completion",
+           "max_length": 32}
     with pytest.raises(DataError) as exc:
         prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
     msg = str(exc.value)
-    assert str(path) in msg and "instruct.data.completion_column" in msg and "no 'completion' column" in msg
+    assert str(path) in msg and "field 'instruct.data.completion_column'" in msg
+    assert "needs column(s) ['completion']" in msg
     assert "fix" in msg
+    with pytest.raises(DataError) as exc:  # detected: no format fits, each format's columns listed
+        prepare_examples({**cfg, "format": "auto"}, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
+    msg = str(exc.value)
+    assert "no instruction format fits the columns (prompt, answer)" in msg and "instruct.data.format" in msg
+    assert "instruction, input, output" in msg
 
 
 def test_every_completion_truncated_away_is_refused(tmp_path: Path, tiny_model: Path) -> None:
@@ -248,8 +270,7 @@ def test_every_completion_truncated_away_is_refused(tmp_path: Path, tiny_model: 
 
     path = tmp_path / "pool.jsonl"
     pl.DataFrame({"prompt": ["a long prompt of many words " * 3] * 2, "completion": ["x", "y"]}).write_ndjson(path)
-    cfg = {"pool": str(path), "target": str(path), "test": str(path), "prompt_column": "prompt",
-           "completion_column": "completion", "messages_column": "messages", "task_column": "task", "max_length": 5}
+    cfg = {"pool": str(path), "target": str(path), "test": str(path), **DATA_KEYS, "max_length": 5}
     with pytest.raises(DataError) as exc:
         prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
     msg = str(exc.value)

@@ -1,7 +1,8 @@
 """Export a selection to a folder a trainer (or a spreadsheet) can read: Parquet, JSON lines, CSV or a Hugging Face
 ``datasets`` folder.
 
-Rows are the kept examples in the user's terms (``frame.py``). The folder is written under a temporary name next
+Rows are the kept examples in the user's terms (``frame.py``; an instruct run's: the pool file's own rows,
+``instruct.py``). The folder is written under a temporary name next
 to ``--out``, read back and checked, marked as an export, flushed to disk and only then renamed into place, so
 ``--out`` is always either absent, the whole previous export or the whole new one. What ``--out`` may be and what
 ``--overwrite`` may replace is decided in ``folder.py``.
@@ -29,9 +30,10 @@ from datasel.export.folder import (
 )
 from datasel.export.formats import FORMATS, check_format, is_disk_full, require_format, verify, write_rows
 from datasel.export.frame import ORDERS, export_frame
-from datasel.export.inputs import available_selections, load_inputs
+from datasel.export.inputs import available_selections, instruct_folder, load_inputs
+from datasel.export.instruct import instruct_frame
 
-__all__ = ["FORMATS", "ORDERS", "available_selections", "export_selection", "selected_rows"]
+__all__ = ["FORMATS", "ORDERS", "available_selections", "export_selection", "selected_rows", "write_export"]
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +45,39 @@ def selected_rows(results: str | Path, selection: str, order: str | None = None,
 
 def export_selection(results: str | Path, selection: str, fmt: str, out: str | Path, overwrite: bool = False,
                      order: str | None = None, internal: bool = False) -> Path:
-    """Write the kept rows of ``selection`` into the folder ``out``; returns ``out`` once it is complete on disk."""
+    """Write the kept rows of ``selection`` into the folder ``out``; returns ``out`` once it is complete on disk.
+
+    ``results`` is a run's results folder, or the instruct chain's (``results/instruct``), whose rows are the pool
+    file's own (:mod:`datasel.export.instruct`).
+    """
     results, out = Path(results), Path(os.path.abspath(out))
     require_format(fmt)
     refuse_protected(out, results)
-    inputs = load_inputs(results, selection)
-    rows, used = export_frame(inputs, order, internal)
+    folder = instruct_folder(results)
+    if folder is not None:
+        rows, used = instruct_frame(folder, selection, order, internal)
+        name = selection
+    else:
+        inputs = load_inputs(results, selection)
+        rows, used = export_frame(inputs, order, internal)
+        name = inputs.name
+    return write_export(rows, fmt, name, out, overwrite, {"order": used, "internal": internal})
+
+
+def write_export(rows: pl.DataFrame, fmt: str, name: str, out: str | Path, overwrite: bool, info: dict
+                 ) -> Path:
+    """Write ``rows`` as the export folder ``out`` (one writer at a time; only an earlier export is replaced)."""
+    out = Path(os.path.abspath(out))
     check_format(rows, fmt)
-    info = {"selection": inputs.name, "format": fmt, "rows": rows.height, "columns": rows.columns, "order": used,
-            "internal": internal}
+    info = {"selection": name, "format": fmt, "rows": rows.height, "columns": rows.columns, **info}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with export_lock(out):
             exists = check_replaceable(out, overwrite)
-            _write_and_place(rows, fmt, inputs.name, info, out, exists)
+            _write_and_place(rows, fmt, name, info, out, exists)
     except OSError as exc:
         raise _write_error(exc, out) from None
-    log.info("exported %d rows of %s (%s, %s order) to %s", rows.height, inputs.name, fmt, used, out)
+    log.info("exported %d rows of %s (%s, %s order) to %s", rows.height, name, fmt, info.get("order"), out)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Instruction data: prompt + completion columns, or chat ``messages``; tokenized with the loss on completions only.
+"""Instruction data: the files of the three roles, rendered by their format (:mod:`datasel.instruct.formats`:
+alpaca, chat messages, ShareGPT, prompt/completion) and tokenized with the loss on the replies only.
 
 Three files play three roles: the *pool* (candidates for selection, split ``train``), the *target* set (a few dozen
 examples of the task one wants to get better at, split ``val``: LESS's validation set) and a held-out *test* set of
@@ -11,7 +12,9 @@ Examples keep their original columns (``source_<role>.parquet``), so an export h
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ import torch
 
 from datasel.data.sources import _read_file
 from datasel.errors import ConfigError, DataError
+from datasel.instruct.formats import Rendered, render_rows
+from datasel.store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +58,16 @@ def read_instructions(path: str | Path, role: str) -> pl.DataFrame:
     return df
 
 
-def render(df: pl.DataFrame, cfg: dict[str, Any], tokenizer: Any, where: str) -> tuple[list[str], list[str]]:
-    """(prompt, completion) texts of every row: the named columns, or chat ``messages`` whose last turn is the
-    assistant's answer (rendered with the tokenizer's chat template when it has one)."""
-    pc, cc, mc = cfg["prompt_column"], cfg["completion_column"], cfg["messages_column"]
-    if pc in df.columns and cc in df.columns:
-        return [str(x) for x in df.get_column(pc).to_list()], [str(x) for x in df.get_column(cc).to_list()]
-    if mc in df.columns:
-        prompts, comps = [], []
-        for i, msgs in enumerate(df.get_column(mc).to_list()):
-            if not msgs or msgs[-1].get("role") != "assistant":
-                raise DataError(f"row {i}: the last message is not the assistant's answer", file=where, field=mc,
-                                fix="end every conversation with a {'role': 'assistant', 'content': ...} turn")
-            prompts.append(_chat_prompt(msgs[:-1], tokenizer))
-            comps.append(str(msgs[-1]["content"]))
-        return prompts, comps
-    missing = cc if pc in df.columns else pc
-    raise DataError(f"no '{missing}' column (columns: {', '.join(df.columns)})", file=where,
-                    field=f"instruct.data.{'completion' if missing == cc else 'prompt'}_column",
-                    fix=f"name your columns in instruct.data.prompt_column / completion_column, or give chat "
-                        f"'{mc}' (a list of role/content turns ending with the assistant's)")
-
-
-def _chat_prompt(msgs: list[dict[str, Any]], tokenizer: Any) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-    # no template: a plain transcript, the assistant's turn opened for the completion
-    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+def render(df: pl.DataFrame, cfg: dict[str, Any], tokenizer: Any, where: str) -> tuple[str, list[Rendered]]:
+    """The file's format (:mod:`datasel.instruct.formats`) and every row rendered into text parts, the parts that
+    carry the loss marked."""
+    return render_rows(df, cfg, tokenizer, where)
 
 
 @dataclass
 class Encoded:
-    """Right-padded token rectangle: ``labels`` hold the completion tokens (+ end token), ``IGNORE`` elsewhere."""
+    """Right-padded token rectangle: ``labels`` hold the trained tokens (replies and their end token), ``IGNORE``
+    elsewhere."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -94,95 +77,158 @@ class Encoded:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def encode(tokenizer: Any, prompts: list[str], completions: list[str], max_length: int
-           ) -> tuple[Encoded, dict[str, Any], list[int]]:
-    """Tokens of prompt + completion + end token, cut at ``max_length`` from the right (as LESS's encoder does);
-    returns the rectangle, a truncation report and the rows whose completion was cut away entirely.
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def special_anchors(tokenizer: Any) -> dict[int, str]:
+    """The special added tokens by id (their text): the tokenizer splits the text at them before anything else,
+    so what follows one is tokenized the same whatever came before it."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return {int(i): t.content for i, t in added.items() if getattr(t, "special", False)}
+
+
+def tokenize_parts(tokenizer: Any, parts: Sequence[str], trained: Sequence[bool],
+                   anchors: dict[int, str] | None = None) -> tuple[list[int], list[bool]]:
+    """Token ids of the joined parts and whether each token carries the loss.
+
+    Each part is appended to the text before it and the whole is tokenized again: when the earlier tokens stay as
+    they were, the boundary is a token boundary and the ids are exactly the whole text's tokenization (a
+    sentencepiece tokenizer adds no stray word-start marker). When appending a part re-merges the last tokens
+    before it (a prompt ending in a space, "Answer: " + "3"), the earlier tokens stay as the prompt alone
+    tokenizes, as generation sees them, and the part is tokenized on its own: no token ever straddles a prompt and
+    a reply, so the loss covers the reply's tokens exactly.
+
+    The text tokenized again starts at the last special token (``anchors``, e.g. a chat template's turn markers),
+    checked to tokenize alone as it did in place: a long conversation costs a few passes over its text, not one
+    per turn.
+    """
+    anchors = special_anchors(tokenizer) if anchors is None else anchors
+    ids: list[int] = []
+    mask: list[bool] = []
+    run_text, run_ids = "", []  # the text tokenized again with each part, and its tokens
+    for part, train in zip(parts, trained):
+        if not part:
+            continue
+        whole = _ids(tokenizer, run_text + part)
+        if whole[:len(run_ids)] == run_ids:
+            new, run_text, run_ids = whole[len(run_ids):], run_text + part, whole
+        else:
+            new = _ids(tokenizer, part)
+            run_text, run_ids = part, new
+        ids += new
+        mask += [bool(train)] * len(new)
+        k = next((k for k in range(len(run_ids) - 1, 0, -1) if run_ids[k] in anchors), 0)
+        if k:
+            at = run_text.rfind(anchors[run_ids[k]])
+            if at > 0 and _ids(tokenizer, run_text[at:]) == run_ids[k:]:
+                run_text, run_ids = run_text[at:], run_ids[k:]
+    return ids, mask
+
+
+def encode(tokenizer: Any, parts: list[Sequence[str]], trained: list[Sequence[bool]], max_length: int
+           ) -> tuple[Encoded, dict[str, Any], list[int], list[int]]:
+    """Tokens of each row's parts, cut at ``max_length`` from the right (as LESS's encoder does); returns the
+    rectangle, a truncation report, the rows left with no trained token, and each row's trained-token count
+    before the cut.
 
     Padding is to the longest kept row, on the right: real tokens never attend to it (causal attention), so an
     example's loss and gradient do not depend on which rows share its batch.
     """
     eos = int(tokenizer.eos_token_id)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-    rows, cut, emptied = [], 0, []
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        pi = list(tokenizer(p, add_special_tokens=False)["input_ids"])
-        ci = list(tokenizer(c, add_special_tokens=False)["input_ids"]) + [eos]
-        ids = (pi + ci)[:max_length]
-        if len(pi) + len(ci) > max_length:
+    rows, cut, emptied, full = [], 0, [], []
+    anchors = special_anchors(tokenizer)
+    for i, (p, t) in enumerate(zip(parts, trained)):
+        ids, mask = tokenize_parts(tokenizer, p, t, anchors)
+        full.append(sum(mask))
+        if len(ids) > max_length:
             cut += 1
-        n_comp = max(0, len(ids) - len(pi))
-        if n_comp == 0:
+            ids, mask = ids[:max_length], mask[:max_length]
+        if not any(mask):
             emptied.append(i)
-        rows.append((ids, len(pi)))
+        rows.append((ids, mask))
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for r, (ids, n_prompt) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
+    for r, (ids, mask) in enumerate(rows):
+        row = torch.tensor(ids, dtype=torch.long)
+        input_ids[r, : len(ids)] = row
         attn[r, : len(ids)] = 1
-        labels[r, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+        labels[r, : len(ids)] = torch.where(torch.tensor(mask, dtype=torch.bool), row, IGNORE)
     report = {"rows": len(rows), "truncated": cut, "completion_removed": len(emptied), "max_length": max_length,
               "width": width}
-    return Encoded(input_ids, attn, labels), report, emptied
+    return Encoded(input_ids, attn, labels), report, emptied, full
 
 
-def example_ids(role: str, prompts: list[str], completions: list[str]) -> list[str]:
+def example_ids(role: str, rendered: list[Rendered]) -> list[str]:
     """Stable ids from the content (and the row number, so repeated rows stay distinct)."""
-    return [f"{role}-{i:06d}-" + hashlib.sha1(f"{p}\x00{c}".encode()).hexdigest()[:10]
-            for i, (p, c) in enumerate(zip(prompts, completions))]
+    return [f"{role}-{i:06d}-" + hashlib.sha1(json.dumps([r.parts, r.trained]).encode()).hexdigest()[:10]
+            for i, r in enumerate(rendered)]
+
+
+def _tasks(raw: pl.DataFrame, col: str, where: str) -> list[str | None]:
+    """The task of each row; None for every row when the file has no task column (never a made-up task)."""
+    if not col or col not in raw.columns:
+        return [None] * raw.height
+    values = raw.get_column(col).to_list()
+    nulls = [i for i, v in enumerate(values) if v is None]
+    if nulls:
+        raise DataError(f"the task column '{col}' is empty in {len(nulls)} row(s) (first: row {nulls[0]})",
+                        file=where, field="instruct.data.task_column",
+                        fix="give every row its task, or remove the column (then no task share is reported)")
+    return [str(v) for v in values]
 
 
 def prepare_examples(cfg: dict[str, Any], tokenizer: Any, out_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The instruction examples table (every role) and the truncation report; original rows go to
-    ``out_dir/source_<role>.parquet``. Rows whose completion was cut away entirely are dropped and counted; a role
+    ``out_dir/source_<role>.parquet``. Rows whose trained tokens were all cut away are dropped and counted; a role
     left with no row is refused."""
     frames, report = [], {}
     for role, split in ROLES.items():
         path = cfg[role]
         raw = read_instructions(path, role)
-        prompts, comps = render(raw, cfg, tokenizer, str(path))
-        enc, rep, dropped = encode(tokenizer, prompts, comps, int(cfg["max_length"]))
+        fmt, rendered = render(raw, cfg, tokenizer, str(path))
+        parts = [list(r.parts) for r in rendered]
+        trained = [list(r.trained) for r in rendered]
+        enc, rep, dropped, full = encode(tokenizer, parts, trained, int(cfg["max_length"]))
         emptied = set(dropped)
-        if len(emptied) == len(prompts):
-            raise DataError(f"every completion was truncated away: all {len(prompts)} prompts are at least "
+        if len(emptied) == len(rendered):
+            raise DataError(f"every completion was truncated away: all {len(rendered)} prompts are at least "
                             f"max_length={cfg['max_length']} tokens", file=path, field="instruct.data.max_length",
                             fix="raise instruct.data.max_length or shorten the prompts")
         if emptied:
             log.warning("%s: %d of %d rows lost their whole completion to max_length=%d and are left out",
-                        path, len(emptied), len(prompts), cfg["max_length"])
+                        path, len(emptied), len(rendered), cfg["max_length"])
         if rep["truncated"]:
-            log.warning("%s: %d of %d rows were cut at max_length=%d tokens", path, rep["truncated"], len(prompts),
+            log.warning("%s: %d of %d rows were cut at max_length=%d tokens", path, rep["truncated"], len(rendered),
                         cfg["max_length"])
-        task_col = cfg["task_column"]
-        tasks = ([str(t) for t in raw.get_column(task_col).to_list()] if task_col in raw.columns
-                 else [""] * raw.height)
         n_comp = (enc.labels != IGNORE).sum(1).tolist()
         frame = pl.DataFrame({
-            "example_id": example_ids(role, prompts, comps),
+            "example_id": example_ids(role, rendered),
             "split": [split] * raw.height,
             "source_row": list(range(raw.height)),
-            "task": tasks,
-            "prompt": prompts,
-            "completion": comps,
+            "task": pl.Series(_tasks(raw, cfg.get("task_column"), str(path)), dtype=pl.String),
+            "prompt": [r.prompt for r in rendered],
+            "completion": [r.completion for r in rendered],
+            "parts": parts,
+            "trained": trained,
             "completion_tokens": n_comp,
-            "truncated": _cut_rows(n_comp, tokenizer, comps),
+            "truncated": [n < f for n, f in zip(n_comp, full)],
         })
         frames.append(frame.filter(~pl.int_range(pl.len()).is_in(sorted(emptied))))
-        report[role] = {**rep, "file": str(path)}
+        report[role] = {**rep, "file": str(path), "format": fmt,
+                        "task_column": bool(cfg.get("task_column")) and cfg["task_column"] in raw.columns}
         out_dir.mkdir(parents=True, exist_ok=True)
-        raw.write_parquet(out_dir / f"source_{role}.parquet")
+        with atomic_path(out_dir / f"source_{role}.parquet") as tmp:
+            raw.write_parquet(tmp)
     table = pl.concat(frames)
-    tasks = sorted(set(table.get_column("task")))
-    table = table.with_columns(pl.col("task").replace_strict({t: k for k, t in enumerate(tasks)},
+    # the label (stratification class) is the task's index; rows without a task share one class after the tasks
+    tasks = sorted(set(table.get_column("task").drop_nulls()))
+    table = table.with_columns(pl.col("task").replace_strict({t: k for k, t in enumerate(tasks)}, default=len(tasks),
                                                              return_dtype=pl.Int64).alias("label"))
     return table, report
-
-
-def _cut_rows(n_comp: list[int], tokenizer: Any, comps: list[str]) -> list[bool]:
-    # a row is cut when fewer completion tokens survived than its completion (+ end token) has
-    return [n < len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for n, c in zip(n_comp, comps)]
 
 
 def encode_split(table: pl.DataFrame, split: str, tokenizer: Any, max_length: int) -> tuple[list[str], Encoded]:
@@ -191,6 +237,6 @@ def encode_split(table: pl.DataFrame, split: str, tokenizer: Any, max_length: in
     if part.height == 0:
         raise ConfigError(f"split '{split}' has no examples", field="instruct.data",
                           fix="give every role (pool, target, test) at least one row that survives max_length")
-    enc, _, _ = encode(tokenizer, part.get_column("prompt").to_list(), part.get_column("completion").to_list(),
-                       max_length)
+    enc, _, _, _ = encode(tokenizer, part.get_column("parts").to_list(), part.get_column("trained").to_list(),
+                          max_length)
     return part.get_column("example_id").to_list(), enc

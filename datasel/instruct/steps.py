@@ -7,8 +7,8 @@
     scores/less.parquet              the LESS score (target_alignment, reduce task_max)
     selections/<policy>_keep<pct>.parquet
     metrics/<selection>.parquet      one row per fine-tuning seed: test loss per token, exact match
-    report/summary.md, summary.csv   precision of the selection against the target family, and the metrics
-    export/<selection>/              the selected pool rows in their original columns
+    report/summary.md, summary.csv   share of each selection from the target task(s), and the metrics
+    export/<selection>/              the selected pool rows in their original columns (datasel.export's writer)
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def build_model(smk: Any) -> None:
     cfg = smk.params.instruct
     texts = []
     for role in ("pool", "target"):
-        prompts, comps = render(read_instructions(cfg["data"][role], role), cfg["data"], None, cfg["data"][role])
-        texts += [p + c for p, c in zip(prompts, comps)]
+        _, rendered = render(read_instructions(cfg["data"][role], role), cfg["data"], None, cfg["data"][role])
+        texts += ["".join(r.parts) for r in rendered]
     tiny = {**cfg["model"]["tiny"]}
     tiny["n_positions"] = max(int(tiny["n_positions"]), int(cfg["data"]["max_length"]))
     out = Path(smk.output[0])
@@ -206,36 +206,68 @@ def finetune(smk: Any) -> None:
         pl.DataFrame(rows).write_parquet(tmp)
 
 
-def report(smk: Any) -> None:
-    """Precision of each selection against the target family(ies) and the fine-tuned models' test metrics."""
-    table = pl.read_parquet(smk.input.examples)
-    target_tasks = set(table.filter(pl.col("split") == "val").get_column("task"))
+def task_shares(table: pl.DataFrame, kept: dict[str, list[str]]
+                ) -> tuple[list[str] | None, float | None, dict[str, float | None]]:
+    """The target task(s), the pool's share of rows from them (the base rate) and each selection's share.
+
+    None throughout when the pool or the target file has no task column: a share is never computed from tasks
+    that were not given.
+    """
     pool = table.filter(pl.col("split") == "train")
-    base = float(pool.get_column("task").is_in(list(target_tasks)).mean())
+    target = table.filter(pl.col("split") == "val")
+    if pool.get_column("task").null_count() or target.get_column("task").null_count():
+        return None, None, dict.fromkeys(kept)
+    tasks = sorted(set(target.get_column("task")))
+    hit = pool.select("example_id", pl.col("task").is_in(tasks).alias("hit"))
+    shares = {}
+    for name, ids in kept.items():
+        part = hit.filter(pl.col("example_id").is_in(ids))
+        if part.height != len(ids):
+            raise DataError(f"{len(ids) - part.height} rows of selection {name} are not pool rows",
+                            field="example_id", fix="the selection is stale: rerun the workflow")
+        shares[name] = float(part.get_column("hit").mean()) if part.height else None
+    return tasks, float(hit.get_column("hit").mean()), shares
+
+
+def report(smk: Any) -> None:
+    """Share of each selection from the target task(s) against the pool's base rate, and the fine-tuned models'
+    test metrics."""
+    table = pl.read_parquet(smk.input.examples)
+    pool = table.filter(pl.col("split") == "train")
     metrics = pl.concat([pl.read_parquet(p) for p in smk.input.metrics])
-    rows = []
+    kept = {}
     for path in smk.input.selections:
         sel = read_table(path, "selections")
-        name = sel.get_column("selection")[0]
-        kept = pool.join(sel.filter(pl.col("selected")).select("example_id"), on="example_id")
+        kept[sel.get_column("selection")[0]] = sel.filter(pl.col("selected")).get_column("example_id").to_list()
+    tasks, base, shares = task_shares(table, kept)
+    rows = []
+    for name, ids in kept.items():
         m = metrics.filter(pl.col("selection") == name)
-        rows.append({"selection": name, "kept": kept.height,
-                     "target_share": float(kept.get_column("task").is_in(list(target_tasks)).mean()),
-                     "base_rate": base,
+        rows.append({"selection": name, "kept": len(ids), "target_share": shares[name], "base_rate": base,
                      "loss_mean": float(m.get_column("loss_per_token").mean()),
                      "loss_std": float(m.get_column("loss_per_token").std() or 0.0),
                      "em_mean": float(m.get_column("exact_match").mean()),
                      "em_std": float(m.get_column("exact_match").std() or 0.0), "seeds": m.height})
-    summary = pl.DataFrame(rows).sort("selection")
+    schema = {"target_share": pl.Float64, "base_rate": pl.Float64}
+    summary = pl.DataFrame(rows, schema_overrides=schema).sort("selection")
     trunc = json.loads(Path(smk.input.truncation).read_text())
-    lines = ["# Instruction-data selection (LESS)", "",
-             f"Target task(s): {', '.join(sorted(target_tasks))}; pool {pool.height} rows, target-family base rate "
-             f"{base:.1%}.", "",
-             "| selection | kept | share from target family | test loss/token (mean ± std) | exact match | seeds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["# Instruction-data selection (LESS)", ""]
+    if tasks is None:
+        lacking = [r for r in ("pool", "target") if trunc.get(r, {}).get("task_column") is False] or ["pool/target"]
+        lines += [f"No task column ({' and '.join(lacking)} file): share from the target task cannot be computed. "
+                  f"Pool {pool.height} rows.", "",
+                  "| selection | kept | test loss/token (mean ± std) | exact match | seeds |",
+                  "|---|---|---|---|---|"]
+    else:
+        lines += [f"Target task(s): {', '.join(tasks)}; pool {pool.height} rows, {base:.1%} of them from the target "
+                  "task(s) (base rate).", "",
+                  "| selection | kept | share from target task | test loss/token (mean ± std) | exact match "
+                  "| seeds |",
+                  "|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
-        lines.append(f"| {r['selection']} | {r['kept']} | {r['target_share']:.1%} | {r['loss_mean']:.4f} ± "
-                     f"{r['loss_std']:.4f} | {r['em_mean']:.3f} ± {r['em_std']:.3f} | {r['seeds']} |")
+        share = "" if tasks is None else (" – |" if r["target_share"] is None else f" {r['target_share']:.1%} |")
+        lines.append(f"| {r['selection']} | {r['kept']} |{share} {r['loss_mean']:.4f} ± {r['loss_std']:.4f} | "
+                     f"{r['em_mean']:.3f} ± {r['em_std']:.3f} | {r['seeds']} |")
     lines += ["", "Truncation at max_length: " + "; ".join(
         f"{role} {t['truncated']}/{t['rows']} rows cut, {t['completion_removed']} left out" for role, t in trunc.items())]
     Path(smk.output.md).parent.mkdir(parents=True, exist_ok=True)
@@ -245,24 +277,11 @@ def report(smk: Any) -> None:
         summary.write_csv(tmp)
 
 
-def export_selection(examples: str | Path, selection: str | Path, source: str | Path, fmt: str, out: str | Path
-                     ) -> pl.DataFrame:
-    """The selected pool rows as the user gave them (original columns and order), written to folder ``out``."""
-    from datasel.export.formats import check_format, verify, write_rows
-
-    table = pl.read_parquet(examples).filter(pl.col("split") == "train")
-    sel = read_table(selection, "selections").filter(pl.col("selected")).select("example_id")
-    rows = table.join(sel, on="example_id").sort("source_row").get_column("source_row")
-    raw = pl.read_parquet(source)
-    picked = raw[rows.to_list()]
-    check_format(picked, fmt)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(selection).stem
-    write_rows(picked, fmt, out, stem)
-    verify(picked, fmt, out, stem)
-    return picked
-
-
 def export(smk: Any) -> None:
-    export_selection(smk.input.examples, smk.input.selection, smk.input.source, smk.params.format, smk.output[0])
+    """The selected pool rows as the user gave them, through the same writer as ``datasel export``."""
+    from datasel.export import write_export
+    from datasel.export.instruct import instruct_frame
+
+    rows, order = instruct_frame(Path(smk.input.examples).parent, smk.wildcards.selection)
+    write_export(rows, smk.params.format, smk.wildcards.selection, smk.output[0], overwrite=False,
+                 info={"order": order, "internal": False})
