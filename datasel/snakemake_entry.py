@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from datasel.errors import DataselError
-from datasel.runtime import set_threads, setup_logging
+from datasel.devices import claim_for_job
+from datasel.runtime import set_precision, set_threads, setup_logging
 
 log = logging.getLogger("datasel")
 
@@ -48,12 +49,18 @@ def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -
     ``preload`` names heavy modules the step imports lazily (torch): they are imported before the clock starts, so
     the logged start-up (wall and CPU seconds) is what the job pays before its work, whichever module imports them.
     """
-    for module in preload:
-        importlib.import_module(module)
-    startup, startup_cpu = process_age(), time.process_time()
     logfile = smk.log[0] if len(smk.log) else None
     setup_logging(logfile=logfile)
     compute = smk.config.get("compute", {}) if hasattr(smk, "config") else {}
+    try:
+        # before anything imports torch or starts CUDA, which reads CUDA_VISIBLE_DEVICES once
+        gpu_note = claim_for_job(job_gpus(smk))
+        set_precision(str(compute.get("precision", "auto")))
+    except DataselError as exc:
+        _refuse(smk, exc, logfile)
+    for module in preload:
+        importlib.import_module(module)
+    startup, startup_cpu = process_age(), time.process_time()
     set_threads(int(compute.get("threads", 1)))
     if "DATASEL_PROGRESS" not in os.environ and not compute.get("progress", True):
         os.environ["DATASEL_PROGRESS"] = "0"
@@ -64,16 +71,29 @@ def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -
     log.info("step %s%s: started (process start and imports %s, CPU %.2fs)%s", smk.rule, f" {where}" if where else "",
              "?" if startup is None else f"{startup:.2f}s", startup_cpu,
              f" in Slurm job {slurm_job}" if slurm_job else "")
+    log.info("%s", gpu_note)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         fn(smk)
     except DataselError as exc:
-        # file only (stderr=False): the Snakemake process prints it once at the end, see install_error_summary
-        log.error("%s'%s': %s", ERROR_MARK, smk.rule, exc, extra={"stderr": False})
-        if logfile is None:  # no log file to read it back from: the user must still see it
-            print(f"{ERROR_MARK}'{smk.rule}': {exc}", file=sys.stderr)
-        sys.exit(EXIT_DATASEL)
+        _refuse(smk, exc, logfile)
     log.info("step %s: done, work %.2fs, CPU %.2fs", smk.rule, time.perf_counter() - t0, time.process_time() - c0)
+
+
+def job_gpus(smk: Any) -> int:
+    """The job's ``gpu`` resource (rules/common.smk job_resources): 1 for a GPU rule unless compute.device is cpu."""
+    try:
+        return int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _refuse(smk: Any, exc: DataselError, logfile: str | None) -> None:
+    # file only (stderr=False): the Snakemake process prints it once at the end, see install_error_summary
+    log.error("%s'%s': %s", ERROR_MARK, smk.rule, exc, extra={"stderr": False})
+    if logfile is None:  # no log file to read it back from: the user must still see it
+        print(f"{ERROR_MARK}'{smk.rule}': {exc}", file=sys.stderr)
+    sys.exit(EXIT_DATASEL)
 
 
 class _Wildcards(dict):

@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from datasel.errors import ConfigError
 from datasel.features.layer_grads import LayerGrads, LossFn, Unsupported
+from datasel.runtime import autocast
 
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 MODES = ("auto", "layers", "vmap", "loop")
@@ -152,7 +153,9 @@ class PerSampleGrads:
         for r in rows:
             ref = self._loop_chunk(slice_inputs(x, r, r + 1), y[r : r + 1])[0]
             err = max(err, ((out[r] - ref).norm() / ref.norm().clamp_min(torch.finfo(ref.dtype).tiny)).item())
-        tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 5e-2
+        # half precision (weights, or an autocast compute.precision asked for) rounds both paths differently
+        half = ref.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(ref.device.type)
+        tol = 5e-2 if half else 1e-3
         if not err <= tol:
             log.warning("per-layer gradients of %s differ from the per-example loop (relative error %.2g): its "
                         "examples interact inside a batch; trying vmap", type(self.model).__name__, err)
@@ -194,7 +197,15 @@ class PerSampleGrads:
         return out
 
     def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
-        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole)."""
+        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole), float32.
+
+        Exact work: fp32 unless compute.precision asks for bf16/fp16 by name (:func:`datasel.runtime.autocast`).
+        """
+        with autocast(self.device, exact=True, purpose="per-example gradients"):
+            out = self._chunk(x, y)
+        return out if out.dtype == torch.float32 else out.float()
+
+    def _chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         x, y = _to(x, self.device), y.to(self.device)
         if self.mode == "layers":
             return self._layers_chunk(x, y)
