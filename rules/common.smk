@@ -208,5 +208,11 @@ if workflow.is_main_process:
         os.environ[POOL_ENV] = ",".join(GPU_POOL)
         if GPU_POOL and "gpu" not in workflow.global_resources:
             workflow.global_resources["gpu"] = len(GPU_POOL)
+        if GPU_POOL:
+            from snakemake.logging import logger
+
+            _cap = workflow.global_resources.get("gpu").value
+            logger.info(f"datasel: {len(GPU_POOL)} GPU(s) visible ({','.join(GPU_POOL)}); at most {_cap} GPU job(s) "
+                        "at once, each on a device of its own")
     else:
         os.environ.pop(POOL_ENV, None)
