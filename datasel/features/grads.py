@@ -197,13 +197,14 @@ class PerSampleGrads:
         return out
 
     def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
-        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole), float32.
+        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole), in the
+        parameters' dtype (float32 at least).
 
         Exact work: fp32 unless compute.precision asks for bf16/fp16 by name (:func:`datasel.runtime.autocast`).
         """
         with autocast(self.device, exact=True, purpose="per-example gradients"):
             out = self._chunk(x, y)
-        return out if out.dtype == torch.float32 else out.float()
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
 
     def _chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         x, y = _to(x, self.device), y.to(self.device)
