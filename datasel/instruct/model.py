@@ -19,7 +19,6 @@ from torch import nn
 
 from datasel.errors import ConfigError, DataError
 from datasel.rl.policy import HFPolicy
-from datasel.runtime import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +83,8 @@ def load_lm(path: str | Path, lora: dict[str, Any], device: torch.device, dtype:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}", field="instruct.model.dtype", fix=f"use one of {list(DTYPES)}")
-    if dtype == "auto":  # compute.precision decides: half precision only where it is fast and safe, a GPU
-        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve_precision(device, frozen=True)]
-    log.info("precision: LM weights in %s on %s", dtype, device.type)
+    if dtype == "auto":  # half precision only where it is fast and safe: a GPU; CPUs train in fp32
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.type == "cuda" else "float32"
     policy = HFPolicy(str(folder), max_new_tokens, device, dtype, field=where)
     targets = list(lora["target_modules"])
     have = lora_candidates(policy.module)
