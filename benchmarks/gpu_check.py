@@ -140,6 +140,7 @@ def lm_check(rows: int = 32, dim: int = 512) -> None:
 
     try:  # the causal-LM resolver (packaged smollm2, GGUF dequantized once)
         from datasel.models.causal_lm import load_causal_lm
+        from datasel.models.locate import lm_source
     except ImportError as exc:
         emit("lm", None, f"no causal-LM resolver in this datasel ({exc}); LM features not checked")
         return
@@ -155,7 +156,8 @@ def lm_check(rows: int = 32, dim: int = 512) -> None:
     feats = {}
     for precision in ("fp32", "bf16"):
         try:
-            model, tok = load_causal_lm("smollm2", device, "float32" if precision == "fp32" else "bfloat16")
+            source = lm_source({"source": "smollm2"}, "model")
+            model, tok = load_causal_lm(source, device, "float32" if precision == "fp32" else "bfloat16")
         except DataselError as exc:
             emit("lm", None, f"SmolLM2 not loadable here: {str(exc).splitlines()[0]}")
             return

@@ -136,6 +136,15 @@ def test_gpu_jobs_of_a_workflow_claim_distinct_devices(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / devices.LOCK_DIR).iterdir()) == ["gpu0.lock", "gpu1.lock"]
     # the prepare step asks for no GPU: nothing claimed
     assert "GPU: none asked for" in (tmp_path / "logs" / "results" / "prepare.log").read_text()
+    # what benchmarks/gpu_check.sh reports per job, read back from these logs
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import job_lines
+
+    jobs = {j["job"]: j for j in job_lines(tmp_path) if j["rule"] == "proxy"}
+    assert sorted(jobs) == ["root=results seed=0", "root=results seed=1"], jobs
+    assert {jobs[f"root=results seed={s}"]["gpu"].split()[2] for s in (0, 1)} == {"0", "1"}
+    assert all(j["device"] == "cpu" and "fp32 for training on cpu (compute.precision auto)" in j["precision"]
+               for j in jobs.values()), jobs
 
 
 # ---- compute.precision ----
