@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py config RUN       a shortened default experiment (selection + features) in RUN
     python benchmarks/gpu_check.py report RUN       per job of that run: the device it claimed and ran on, precision
     python benchmarks/gpu_check.py faiss            faiss GPU index against the CPU index on the same rows
-    python benchmarks/gpu_check.py lm               LESS-style LoRA gradient features of SmolLM2 in bf16 vs fp32
+    python benchmarks/gpu_check.py lm [ROWS [DIM]]  LESS-style LoRA gradient features of SmolLM2 in bf16 vs fp32
 
 Every section also runs on a machine without a GPU (the GPU parts then say so), so its logic is checked anywhere.
 The last line of each section is ``JSON {...}``: gpu_check.sh gathers them into its final line.
@@ -201,6 +201,6 @@ if __name__ == "__main__":
     elif what == "faiss":
         faiss_check()
     elif what == "lm":
-        lm_check()
+        lm_check(*(int(a) for a in sys.argv[2:4]))  # rows, dim: smaller for a try on a CPU
     else:
         sys.exit(__doc__)

@@ -124,13 +124,13 @@ lm_section() { "$PY" "$ROOT/benchmarks/gpu_check.py" lm; }
 export ROOT WORK PY
 export -f setup claim workflow faiss_section lm_section
 
-# 110 + 20 + 200 + 50 + 90 s: under 8 minutes even when every section runs into its limit
-section setup 110 setup
+# 100 + 20 + 180 + 50 + 120 s: under 8 minutes even when every section runs into its limit
+section setup 100 setup
 if [ -s "$WORK/python" ]; then PY=$(cat "$WORK/python"); export PY; fi
 section claim 20 claim
-section workflow 200 workflow
+section workflow 180 workflow
 section faiss 50 faiss_section
-section lm 90 lm_section
+section lm 120 lm_section
 
 "$PY" - "$WORK" "$(( $(date +%s) - START ))" <<'EOF' || echo '{"status": "FAILED", "detail": "could not gather the sections"}'
 import json, sys

@@ -1,7 +1,8 @@
 """The bridge from a Snakemake ``script:`` to a library function, and the clean error output of a failed run.
 
 Scripts in ``workflow/scripts/`` are two lines: they hand the injected ``snakemake`` object to :func:`run_step`.
-Here we set up logging into the rule's log file and stderr, fix threads and seeds, time the step, and turn a
+Here we set up logging into the rule's log file and stderr, give a GPU job its own device
+(:func:`datasel.devices.claim_for_job`) and the configured precision, fix threads, time the step, and turn a
 :class:`DataselError` into one short message and exit status :data:`EXIT_DATASEL` instead of a traceback.
 
 Where the message goes: a failing step writes it to its log file only. The Snakemake process (through
@@ -44,7 +45,8 @@ def process_age() -> float | None:
 
 
 def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -> None:
-    """Run ``fn(smk)`` with logging to the rule's log, config-fixed threads and clean error reporting.
+    """Run ``fn(smk)`` with logging to the rule's log, its GPU claimed, config-fixed threads and precision, and clean
+    error reporting.
 
     ``preload`` names heavy modules the step imports lazily (torch): they are imported before the clock starts, so
     the logged start-up (wall and CPU seconds) is what the job pays before its work, whichever module imports them.

@@ -182,3 +182,21 @@ def test_training_runs_in_the_configured_precision(precision):
         assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert {d for c, d in seen if c == "auto"} == {torch.float32}
     assert {d for c, d in seen if c == "bf16"} == {torch.bfloat16}
+
+
+def test_precision_and_gpu_request_are_config_keys(tmp_path):
+    import yaml
+
+    from datasel.config import check_config, load_config
+
+    def check(compute):
+        path = tmp_path / "user.yaml"
+        path.write_text(yaml.safe_dump({**TINY, "compute": compute}))
+        return check_config(load_config([path]), ROOT / "workflow" / "schemas")["compute"]
+
+    got = check({})
+    assert got["precision"] == "auto" and got["gpu_request"] == "gpus"
+    assert check({"precision": "bf16", "gpu_request": "gres"})["precision"] == "bf16"
+    with pytest.raises(ConfigError) as info:
+        check({"precision": "bf17"})
+    assert info.value.field == "compute.precision" and "bf16" in str(info.value)
