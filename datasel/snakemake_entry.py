@@ -83,11 +83,18 @@ def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -
 
 
 def job_gpus(smk: Any) -> int:
-    """The job's ``gpu`` resource (rules/common.smk job_resources): 1 for a GPU rule unless compute.device is cpu."""
+    """The GPUs the job asked for (rules/common.smk job_resources): its ``gpu`` resource, or on a cluster with
+    compute.gpu_request gres the count in ``gres=gpu[:type]:N``; 1 for a GPU rule unless compute.device is cpu."""
+    resources = getattr(smk, "resources", None)
     try:
-        return int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0)
+        gpu = int(getattr(resources, "gpu", 0) or 0)
     except (TypeError, ValueError):
-        return 0
+        gpu = 0
+    gres = str(getattr(resources, "gres", "") or "")
+    if not gpu and gres.split(":")[0] == "gpu":
+        last = gres.rsplit(":", 1)[-1]
+        gpu = int(last) if last.isdigit() and ":" in gres else 1
+    return gpu
 
 
 def _refuse(smk: Any, exc: DataselError, logfile: str | None) -> None:

@@ -162,8 +162,9 @@ def check_jobs_config():
                  f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`")
 
 
-# A cluster run (--jobs, the slurm profile) submits jobs; a local one runs them here and counts GPUs itself.
-LOCAL_RUN = workflow.resource_settings.nodes is None
+# A cluster run (--jobs, the slurm profile) submits jobs, and each job's own Snakemake (remote mode) must state the
+# same resources; a local run runs its jobs here and counts GPUs itself.
+LOCAL_RUN = workflow.resource_settings.nodes is None and not workflow.remote_exec
 
 
 def job_resources(rule, gpu=False):

@@ -93,6 +93,9 @@ def test_a_cpu_job_claims_nothing(tmp_path):
 
     assert job_gpus(SimpleNamespace(resources=SimpleNamespace(gpu=1))) == 1
     assert job_gpus(SimpleNamespace(resources=SimpleNamespace(mem_mb=10))) == 0
+    assert job_gpus(SimpleNamespace(resources=SimpleNamespace(gres="gpu:a100:1"))) == 1  # gpu_request gres
+    assert job_gpus(SimpleNamespace(resources=SimpleNamespace(gres="gpu"))) == 1
+    assert job_gpus(SimpleNamespace(resources=SimpleNamespace(gres="tmpdisk:100"))) == 0
     env = {devices.FAKE_ENV: "2"}
     assert "none asked for" in devices.claim_for_job(0, env, tmp_path)
     assert "CUDA_VISIBLE_DEVICES" not in env and not (tmp_path / devices.LOCK_DIR).exists()

@@ -146,13 +146,18 @@ def train_classifier(
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: Inputs, batch_size: int = 1024) -> torch.Tensor:
-    """Float32 logits of every example, computed in eval mode batch by batch on the model's device (CPU result)."""
+def logits_of(model: nn.Module, x: Inputs, batch_size: int = 1024, exact: bool = True) -> torch.Tensor:
+    """Float32 logits of every example, computed in eval mode batch by batch on the model's device (CPU result).
+
+    ``exact`` (scores: EL2N, loss, cleanlab's probabilities): fp32 under compute.precision auto, since bf16 logits
+    (3 significant digits) would reorder close scores; the accuracy and loss of a trained model take the training
+    precision.
+    """
     model.eval()
     device = model_device(model)
     outs = []
     for xb in chunks(x, batch_size):
-        with autocast(device, purpose="evaluation"):
+        with autocast(device, exact=exact, purpose="scores" if exact else "evaluation"):
             outs.append(forward(model, to_device(xb, device)).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
@@ -165,7 +170,7 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 102
     n = batch_len(x)
     if n == 0:
         return {"accuracy": 0.0, "loss": 0.0, "predicted_classes": 0.0}
-    out = logits_of(model, x, batch_size)
+    out = logits_of(model, x, batch_size, exact=False)
     pred = out.argmax(1)
     return {"accuracy": (pred == y).sum().item() / n, "loss": loss_fn(out, y).sum().item() / n,
             "predicted_classes": float(pred.unique().numel())}
