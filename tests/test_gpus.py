@@ -123,7 +123,9 @@ def test_gpu_jobs_of_a_workflow_claim_distinct_devices(tmp_path, monkeypatch):
     monkeypatch.setenv(devices.FAKE_ENV, "2")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv(devices.POOL_ENV, raising=False)
-    write_config(tmp_path, TINY)
+    # the two jobs overlap from their claims (taken before torch is imported) to their ends; more epochs than TINY's
+    # widen that window well past any skew between their starts
+    write_config(tmp_path, {**TINY, "proxy": {**TINY["proxy"], "epochs": 12}})
     targets = [f"results/proxy/seed{s}/epochs.parquet" for s in (0, 1)]
     proc = snakemake(tmp_path, "--profile", str(ROOT / "profiles" / "gpu"), *targets)
     assert "2 GPU(s) visible (0,1); at most 2 GPU job(s) at once" in proc.stdout + proc.stderr
