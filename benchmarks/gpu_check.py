@@ -1,7 +1,7 @@
-"""The Python sections of benchmarks/gpu_check.sh (a machine with a CUDA GPU); each prints its lines and one JSON line.
+"""The Python sections of benchmarks/gpu_check.sh (a machine with a CUDA GPU): each prints its lines, then JSON.
 
     python benchmarks/gpu_check.py config RUN       a shortened default experiment (selection + features) in RUN
-    python benchmarks/gpu_check.py report RUN       per job of that run: the device it claimed and ran on, precision
+    python benchmarks/gpu_check.py report RUN [RC] per job of that run: the device it claimed and ran on, precision
     python benchmarks/gpu_check.py faiss            faiss GPU index against the CPU index on the same rows
     python benchmarks/gpu_check.py lm [ROWS [DIM]]  LESS-style LoRA gradient features of SmolLM2 in bf16 vs fp32
 
@@ -79,7 +79,7 @@ def job_lines(run: Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def report(run: Path) -> None:
+def report(run: Path, snakemake_status: int = 0) -> None:
     jobs = job_lines(run)
     gpu_jobs = [j for j in jobs if j["gpu"] and not j["gpu"].startswith("none asked")]
     for j in jobs:
@@ -88,10 +88,10 @@ def report(run: Path) -> None:
     claimed = sorted({m.group(1) for j in gpu_jobs if (m := re.search(r"claimed device (\S+)", j["gpu"]))})
     on_cuda = [j for j in gpu_jobs if (j["device"] or "").startswith("cuda")]
     precisions = sorted({p.split(" ")[0] for j in gpu_jobs for p in j["precision"]})
-    ok = bool(gpu_jobs) and len(on_cuda) == len([j for j in gpu_jobs if j["device"]])
-    emit("workflow", ok, f"{len(jobs)} jobs, {len(gpu_jobs)} GPU jobs, {len(on_cuda)} ran on cuda, devices claimed "
+    ok = snakemake_status == 0 and bool(gpu_jobs) and len(on_cuda) == len([j for j in gpu_jobs if j["device"]])
+    emit("workflow", ok, f"snakemake exit status {snakemake_status}, {len(jobs)} jobs, {len(gpu_jobs)} GPU jobs, {len(on_cuda)} ran on cuda, devices claimed "
          f"{','.join(claimed) or 'none'}, precisions {','.join(precisions) or 'none'}",
-         jobs=len(jobs), gpu_jobs=len(gpu_jobs), on_cuda=len(on_cuda), claimed=claimed, precisions=precisions)
+         snakemake_status=snakemake_status, jobs=len(jobs), gpu_jobs=len(gpu_jobs), on_cuda=len(on_cuda), claimed=claimed, precisions=precisions)
 
 
 # ---- faiss: the GPU index against the CPU index ----
@@ -196,7 +196,7 @@ if __name__ == "__main__":
     if what == "config":
         config(Path(sys.argv[2]))
     elif what == "report":
-        report(Path(sys.argv[2]))
+        report(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
     elif what == "faiss":
         faiss_check()
     elif what == "lm":

@@ -111,12 +111,13 @@ EOF
 workflow() {
   local run="$WORK/run"
   "$PY" "$ROOT/benchmarks/gpu_check.py" config "$run" || return 1
-  ( cd "$run" && "$PY" -m snakemake -s "$ROOT/Snakefile" --directory "$run" --configfile "$run/config.yaml" \
+  # its own limit, inside the section's: the report below still tells what ran when the run is cut short
+  ( cd "$run" && timeout 150 "$PY" -m snakemake -s "$ROOT/Snakefile" --directory "$run" --configfile "$run/config.yaml" \
       --profile "$ROOT/profiles/gpu" ) > "$WORK/workflow.snakemake.log" 2>&1
   local rc=$?
   grep -E "^datasel: " "$WORK/workflow.snakemake.log"
   [ "$rc" -eq 0 ] || { tail -30 "$WORK/workflow.snakemake.log"; echo "snakemake exit status $rc"; }
-  "$PY" "$ROOT/benchmarks/gpu_check.py" report "$run"
+  "$PY" "$ROOT/benchmarks/gpu_check.py" report "$run" "$rc"
 }
 
 faiss_section() { "$PY" "$ROOT/benchmarks/gpu_check.py" faiss; }

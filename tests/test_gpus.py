@@ -88,7 +88,7 @@ def test_claim_for_job_sets_the_device_and_keeps_a_preset_one(tmp_path):
 
 
 def test_a_cpu_job_claims_nothing(tmp_path):
-    """compute.device: cpu gives GPU rules no gpu resource (rules/common.smk), and a job without one claims nothing."""
+    """compute.device: cpu gives GPU rules no gpu resource (rules/common.smk); a job without one claims nothing."""
     from datasel.snakemake_entry import job_gpus
 
     assert job_gpus(SimpleNamespace(resources=SimpleNamespace(gpu=1))) == 1
@@ -205,3 +205,29 @@ def test_precision_and_gpu_request_are_config_keys(tmp_path):
     with pytest.raises(ConfigError) as info:
         check({"precision": "bf17"})
     assert info.value.field == "compute.precision" and "bf16" in str(info.value)
+
+
+@pytest.mark.parametrize("projection", ["factored", "dense"])
+def test_gradient_features_are_fp32_unless_bf16_is_named(tmp_path, precision, projection, caplog):
+    """Gradient features are exact work: auto gives the fp32 bytes, a named bf16 runs them under autocast (close to
+    fp32, not equal) on either projection path; neither falls back from its fast path over the rounding."""
+    import numpy as np
+
+    from datasel.features.compute import featurize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    feats = {}
+    for choice in ("auto", "fp32", "bf16"):
+        precision(choice)
+        out = tmp_path / choice
+        meta = featurize(model, x, y, out, {"projection": projection, "dim": 32}, ids=[str(i) for i in range(64)])
+        feats[choice] = np.fromfile(out / "features.f16", dtype=np.float16).reshape(meta["rows"], meta["dim"])
+    assert np.array_equal(feats["auto"], feats["fp32"])
+    fallbacks = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert not fallbacks, fallbacks  # e.g. "layer taps disagree with the per-example loop"
+    a, b = feats["fp32"].astype(np.float64), feats["bf16"].astype(np.float64)
+    assert not np.array_equal(a, b)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos.min()
