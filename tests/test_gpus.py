@@ -231,3 +231,22 @@ def test_gradient_features_are_fp32_unless_bf16_is_named(tmp_path, precision, pr
     assert not np.array_equal(a, b)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.999, cos.min()
+
+
+def test_gradient_norms_are_fp32_unless_bf16_is_named(precision, caplog):
+    """Ghost norms (GraNd) are exact work too: auto equals fp32 bit for bit; a named bf16 stays on the ghost path."""
+    from datasel.features.compute import cross_entropy
+    from datasel.features.norms import GradNorms
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    got = {}
+    for choice in ("auto", "fp32", "bf16"):
+        precision(choice)
+        norms = GradNorms(model, cross_entropy)
+        got[choice] = norms(x, y)
+        assert norms.mode == "ghost" and got[choice].dtype == torch.float32
+    assert torch.equal(got["auto"], got["fp32"]) and not torch.equal(got["fp32"], got["bf16"])
+    assert torch.allclose(got["fp32"], got["bf16"], rtol=3e-2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
