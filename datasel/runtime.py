@@ -100,7 +100,7 @@ def resolve_precision(device: torch.device, exact: bool = False, preference: str
     reproducible), on GPUs without bf16 (fp16 needs loss scaling: ask for it), and for ``exact`` work (per-example
     gradients, their norms and projections, Fisher), which tests check against exact references. ``frozen``: the
     dtype of weights no gradient updates (an LM's base under LoRA), fp16 under auto on a GPU without bf16 (no loss
-    scaling is needed where nothing is updated). An explicit fp32/bf16/fp16 applies to everything, exact work
+    scaling is needed where nothing is updated). An explicit fp32/bf16/fp16 applies at every autocast, exact work
     included.
     """
     import torch
