@@ -6,6 +6,7 @@ this module too, and a step that never touches torch should not pay its import (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -51,16 +52,109 @@ def import_faiss() -> Any:
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """'auto' takes the GPU when one is visible, else the CPU; 'cuda' without a GPU falls back with a warning."""
+    """'auto' takes the GPU when one is visible, else the CPU; 'cuda' without a GPU falls back with a warning.
+
+    The GPU is ``cuda`` (index 0 of what this process sees): a GPU job was given one device by its claim
+    (:mod:`datasel.devices`) through ``CUDA_VISIBLE_DEVICES`` before torch started CUDA.
+    """
     import torch
 
     if preference == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if preference == "cuda":
-        log.warning("device 'cuda' requested but no GPU is visible; running on CPU")
-    return torch.device("cpu")
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        if preference == "cuda":
+            log.warning("device 'cuda' requested but no GPU is visible; running on CPU")
+        device = torch.device("cpu")
+    _note(f"device: {describe_device(device)}")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3, CUDA_VISIBLE_DEVICES=3)`` or ``cpu``: what a log line should say."""
+    import torch
+
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"cuda:{index} ({torch.cuda.get_device_name(index)}"
+            f"{f', CUDA_VISIBLE_DEVICES={visible}' if visible is not None else ''})")
+
+
+_noted: set[str] = set()
+
+
+def _note(message: str) -> None:
+    """Log ``message`` once per process (pick_device and autocast run per batch or per seed)."""
+    if message not in _noted:
+        _noted.add(message)
+        log.info(message)
+
+
+# ---- numeric precision: compute.precision, set once per job by run_step ----
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_precision = "auto"
+
+
+def set_precision(preference: str) -> None:
+    """This process's ``compute.precision`` (every :func:`autocast` and :func:`resolve_precision` reads it)."""
+    global _precision
+    if preference not in PRECISIONS:
+        from datasel.errors import ConfigError
+
+        raise ConfigError(f"unknown precision {preference!r}", field="compute.precision",
+                          fix=f"use one of {', '.join(PRECISIONS)}")
+    _precision = preference
+
+
+def resolve_precision(device: torch.device, exact: bool = False, preference: str | None = None,
+                      frozen: bool = False) -> str:
+    """fp32, bf16 or fp16 for work on ``device``.
+
+    ``auto``: bf16 on a GPU that supports it, for training and forward passes; fp32 on the CPU (bit-for-bit
+    reproducible), on GPUs without bf16 (fp16 needs loss scaling: ask for it), and for ``exact`` work (per-example
+    gradients, their norms and projections, Fisher), which tests check against exact references. ``frozen``: the
+    dtype of weights no gradient updates (an LM's base under LoRA), fp16 under auto on a GPU without bf16 (no loss
+    scaling is needed where nothing is updated). An explicit fp32/bf16/fp16 applies at every autocast, exact work
+    included.
+    """
+    import torch
+
+    pref = _precision if preference is None else preference
+    if pref == "auto":
+        if exact or device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else ("fp16" if frozen else "fp32")
+    if pref == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        from datasel.errors import ConfigError
+
+        raise ConfigError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16",
+                          field="compute.precision", fix="use auto (fp32 on this GPU) or fp16")
+    return pref
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, exact: bool = False,
+             purpose: str = "forward") -> contextlib.AbstractContextManager[Any]:
+    """The one mixed-precision switch: autocast to :func:`resolve_precision`'s choice, nothing for fp32.
+
+    Logs the choice once per job (``precision: bf16 autocast for training on cuda``): the job's log records it.
+    """
+    import torch
+
+    precision = resolve_precision(device, exact)
+    _note(f"precision: {precision}{' autocast' if precision != 'fp32' else ''} for {purpose} on {device.type} "
+          f"(compute.precision {_precision})")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch_dtype(precision))
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,7 +1,8 @@
 """The bridge from a Snakemake ``script:`` to a library function, and the clean error output of a failed run.
 
 Scripts in ``workflow/scripts/`` are two lines: they hand the injected ``snakemake`` object to :func:`run_step`.
-Here we set up logging into the rule's log file and stderr, fix threads and seeds, time the step, and turn a
+Here we set up logging into the rule's log file and stderr, give a GPU job its own device
+(:func:`datasel.devices.claim_for_job`) and the configured precision, fix threads, time the step, and turn a
 :class:`DataselError` into one short message and exit status :data:`EXIT_DATASEL` instead of a traceback.
 
 Where the message goes: a failing step writes it to its log file only. The Snakemake process (through
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from datasel.errors import DataselError
-from datasel.runtime import set_threads, setup_logging
+from datasel.devices import claim_for_job
+from datasel.runtime import set_precision, set_threads, setup_logging
 
 log = logging.getLogger("datasel")
 
@@ -43,17 +45,24 @@ def process_age() -> float | None:
 
 
 def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -> None:
-    """Run ``fn(smk)`` with logging to the rule's log, config-fixed threads and clean error reporting.
+    """Run ``fn(smk)`` with logging to the rule's log, its GPU claimed, config-fixed threads and precision, and clean
+    error reporting.
 
     ``preload`` names heavy modules the step imports lazily (torch): they are imported before the clock starts, so
     the logged start-up (wall and CPU seconds) is what the job pays before its work, whichever module imports them.
     """
-    for module in preload:
-        importlib.import_module(module)
-    startup, startup_cpu = process_age(), time.process_time()
     logfile = smk.log[0] if len(smk.log) else None
     setup_logging(logfile=logfile)
     compute = smk.config.get("compute", {}) if hasattr(smk, "config") else {}
+    try:
+        # before anything imports torch or starts CUDA, which reads CUDA_VISIBLE_DEVICES once
+        gpu_note = claim_for_job(job_gpus(smk))
+        set_precision(str(compute.get("precision", "auto")))
+    except DataselError as exc:
+        _refuse(smk, exc, logfile)
+    for module in preload:
+        importlib.import_module(module)
+    startup, startup_cpu = process_age(), time.process_time()
     set_threads(int(compute.get("threads", 1)))
     if "DATASEL_PROGRESS" not in os.environ and not compute.get("progress", True):
         os.environ["DATASEL_PROGRESS"] = "0"
@@ -64,16 +73,36 @@ def run_step(smk: Any, fn: Callable[[Any], None], preload: Sequence[str] = ()) -
     log.info("step %s%s: started (process start and imports %s, CPU %.2fs)%s", smk.rule, f" {where}" if where else "",
              "?" if startup is None else f"{startup:.2f}s", startup_cpu,
              f" in Slurm job {slurm_job}" if slurm_job else "")
+    log.info("%s", gpu_note)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         fn(smk)
     except DataselError as exc:
-        # file only (stderr=False): the Snakemake process prints it once at the end, see install_error_summary
-        log.error("%s'%s': %s", ERROR_MARK, smk.rule, exc, extra={"stderr": False})
-        if logfile is None:  # no log file to read it back from: the user must still see it
-            print(f"{ERROR_MARK}'{smk.rule}': {exc}", file=sys.stderr)
-        sys.exit(EXIT_DATASEL)
+        _refuse(smk, exc, logfile)
     log.info("step %s: done, work %.2fs, CPU %.2fs", smk.rule, time.perf_counter() - t0, time.process_time() - c0)
+
+
+def job_gpus(smk: Any) -> int:
+    """The GPUs the job asked for (rules/common.smk job_resources): its ``gpu`` resource, or on a cluster with
+    compute.gpu_request gres the count in ``gres=gpu[:type]:N``; 1 for a GPU rule unless compute.device is cpu."""
+    resources = getattr(smk, "resources", None)
+    try:
+        gpu = int(getattr(resources, "gpu", 0) or 0)
+    except (TypeError, ValueError):
+        gpu = 0
+    gres = str(getattr(resources, "gres", "") or "")
+    if not gpu and gres.split(":")[0] == "gpu":
+        last = gres.rsplit(":", 1)[-1]
+        gpu = int(last) if last.isdigit() and ":" in gres else 1
+    return gpu
+
+
+def _refuse(smk: Any, exc: DataselError, logfile: str | None) -> None:
+    # file only (stderr=False): the Snakemake process prints it once at the end, see install_error_summary
+    log.error("%s'%s': %s", ERROR_MARK, smk.rule, exc, extra={"stderr": False})
+    if logfile is None:  # no log file to read it back from: the user must still see it
+        print(f"{ERROR_MARK}'{smk.rule}': {exc}", file=sys.stderr)
+    sys.exit(EXIT_DATASEL)
 
 
 class _Wildcards(dict):

@@ -158,9 +158,16 @@ def check_jobs_config():
                  f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`")
 
 
+# A cluster run (--jobs, the slurm profile) submits jobs, and each job's own Snakemake (remote mode) must state the
+# same resources; a local run runs its jobs here and counts GPUs itself.
+LOCAL_RUN = workflow.resource_settings.nodes is None and not workflow.remote_exec
+
+
 def job_resources(rule, gpu=False):
     """Snakemake resources of one rule: runtime/mem_mb (and partition, constraint, GPU type) from compute.jobs, and
-    gpu=1 for a GPU rule unless compute.device is cpu."""
+    one GPU for a GPU rule unless compute.device is cpu: gpu=1 (sbatch --gpus=1, or --gpus=<gpu_model>:1), or on a
+    cluster run with compute.gpu_request gres, gres=gpu:1 (sbatch --gres=gpu:1, or gpu:<gpu_model>:1). A local run
+    always counts gpu=1: that is what `--resources gpu=N` and the GPU claim (datasel.devices) go by."""
     jobs = config["compute"]["jobs"]
     use_gpu = gpu and config["compute"]["device"] != "cpu"
     res = {**jobs.get("default", {}), **(jobs.get("gpu", {}) if use_gpu else {}), **jobs.get(rule, {})}
@@ -169,7 +176,40 @@ def job_resources(rule, gpu=False):
         fail(f"gpu_model is set for rule '{rule}', which " +
              ("uses no GPU" if not gpu else "asks for no GPU (compute.device: cpu)"), where,
              "give the GPU type under compute.jobs.gpu (applied to GPU jobs only)")
-    return {**res, "gpu": 1} if use_gpu else res
+    if not use_gpu:
+        return res
+    if config["compute"]["gpu_request"] == "gres" and not LOCAL_RUN:
+        model = res.pop("gpu_model", None)
+        return {**res, "gres": f"gpu:{model}:1" if model else "gpu:1"}
+    return {**res, "gpu": 1}
 
 
 check_jobs_config()
+
+
+# ---- GPUs of a local run: as many GPU jobs at once as there are GPUs, each on its own (datasel.devices) ----
+# The pool (CUDA_VISIBLE_DEVICES, else nvidia-smi -L; DATASEL_FAKE_GPUS in tests and dry runs) is found here without
+# starting CUDA, handed to the jobs in DATASEL_GPU_POOL, and sets the `gpu` resource unless the user gave one
+# (`--resources gpu=2` caps it). A profile cannot run code, so this is how `--profile gpu` learns the count.
+# A cluster run leaves both to the scheduler: its jobs see the GPUs Slurm gave them.
+if workflow.is_main_process:
+    import os
+
+    from datasel.devices import POOL_ENV, visible_gpus
+
+    if LOCAL_RUN:
+        try:
+            GPU_POOL = visible_gpus()
+        except DataselError as _exc:
+            raise WorkflowError(str(_exc)) from None
+        os.environ[POOL_ENV] = ",".join(GPU_POOL)
+        if GPU_POOL and "gpu" not in workflow.global_resources:
+            workflow.global_resources["gpu"] = len(GPU_POOL)
+        if GPU_POOL:
+            from snakemake.logging import logger
+
+            _cap = workflow.global_resources.get("gpu").value
+            logger.info(f"datasel: {len(GPU_POOL)} GPU(s) visible ({','.join(GPU_POOL)}); at most {_cap} GPU job(s) "
+                        "at once, each on a device of its own")
+    else:
+        os.environ.pop(POOL_ENV, None)

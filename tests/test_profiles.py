@@ -44,14 +44,14 @@ def test_slurm_profile_names_no_partition_and_no_rule():
     assert "set-resources" not in prof and "set-threads" not in prof
 
 
-def _dry_run_resources(tmp_path, compute: dict) -> dict[str, str]:
+def _dry_run_resources(tmp_path, compute: dict, *args: str) -> dict[str, str]:
     """rule -> its resources line in `snakemake -n` on the tiny config with this compute section."""
     import re
 
     from conftest import TINY, snakemake, write_config
 
     write_config(tmp_path, {**TINY, "compute": compute})
-    out = snakemake(tmp_path, "-n", "--forceall").stdout
+    out = snakemake(tmp_path, "-n", "--forceall", *args).stdout
     found = {}
     for m in re.finditer(r"rule (\w+):\n(?:\s+\w+:.*\n)*?\s+(?:threads: (\d+)\n\s+)?resources: (.*)\n", out):
         found.setdefault(m.group(1), f"threads={m.group(2) or 1}, {m.group(3)}")
@@ -95,3 +95,24 @@ def test_datasel_run_finds_the_repository_profiles(tmp_path, monkeypatch):
     assert repo_profiles(["--profile", "elsewhere"], ROOT) == ["--profile", "elsewhere"]
     (tmp_path / "slurm").mkdir()
     assert repo_profiles(["--profile", "slurm"], ROOT) == ["--profile", "slurm"]
+
+
+def test_gpu_request_gres_asks_slurm_for_a_generic_resource(tmp_path):
+    """compute.gpu_request gres: a cluster run's GPU jobs ask `--gres=gpu:<model>:1` (not --gpus); a local run of the
+    same config still counts gpu=1, which `--resources gpu=N` and the device claim go by."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    compute = {"gpu_request": "gres", "jobs": {"gpu": {"gpu_model": "a100"}}}
+    cluster = _dry_run_resources(tmp_path / "cluster", compute, "--executor", "slurm", "--jobs", "4")
+    assert "gres=gpu:a100:1" in cluster["proxy"] and "gres=gpu:a100:1" in cluster["train"], cluster
+    assert "gpu=" not in cluster["proxy"] and "gpu_model" not in cluster["proxy"]
+    assert "gres" not in cluster["prepare"]
+    local = _dry_run_resources(tmp_path / "local", compute)
+    assert "gpu=1" in local["proxy"] and "gres" not in local["proxy"], local
+
+    class Job:  # what the executor reads of a job
+        def __init__(self, **res):
+            self.resources = type("Res", (dict,), {"__getattr__": dict.__getitem__})(res)
+
+    assert set_gres_string(Job(gres="gpu:a100:1")).split() == ["--gres=gpu:a100:1"]
+    assert set_gres_string(Job(gpu=1, gpu_model="a100")).split() == ["--gpus=a100:1"]  # the default, gpus

@@ -20,7 +20,7 @@ from datasel.features.grads import Inputs, LossFn, PerSampleGrads, batch_len, sl
 from datasel.features.layer_grads import mark_per_example_mean
 from datasel.features.projectors import AdamPreconditioner, make_projector
 from datasel.features.store import ShardWriter
-from datasel.runtime import progress
+from datasel.runtime import autocast, progress
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,12 @@ def featurize(
     writer = ShardWriter(out_dir, meta, ids, rows)
     chunks = writer.pending(int(cfg["chunk_size"]))
     for s, e in progress(chunks, desc=f"features {Path(out_dir).name}", unit="chunk"):
-        if preconditioner is not None:  # elementwise on the flat gradient, so projected from it
-            f = projector.project(preconditioner(comp(slice_inputs(inputs, s, e), targets[s:e])))
-        else:
-            f = projector.features(comp, slice_inputs(inputs, s, e), targets[s:e])
+        # exact work: fp32 unless compute.precision names bf16/fp16 (the factored path never calls comp itself)
+        with autocast(device, exact=True, purpose="gradient features"):
+            if preconditioner is not None:  # elementwise on the flat gradient, so projected from it
+                f = projector.project(preconditioner(comp(slice_inputs(inputs, s, e), targets[s:e])))
+            else:
+                f = projector.features(comp, slice_inputs(inputs, s, e), targets[s:e])
         if cfg["unit_norm"]:
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
         writer.write(s, f.float().cpu().numpy())

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError
-from datasel.features.grads import Inputs, PerSampleGrads, _call, batch_len, slice_inputs
+from datasel.features.grads import Inputs, PerSampleGrads, _call, agreement_tol, batch_len, slice_inputs
 from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _outer_sum, _owner, _unfold
 from datasel.features.pca_basis import SideMoments, keep_columns, top_directions
 from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
@@ -308,7 +308,7 @@ class FactoredProjector(Projector):
         k = min(CHECK_ROWS, batch_len(x))
         ref = self.project(comp._loop_chunk(slice_inputs(x, 0, k), y[:k]))
         err = ((out[:k] - ref).norm() / ref.norm().clamp_min(torch.finfo(ref.dtype).tiny)).item()
-        if err > (1e-3 if ref.dtype in (torch.float32, torch.float64) else 5e-2):
+        if not err <= agreement_tol(ref):
             log.warning("factored projection: layer taps disagree with the per-example loop (relative error %.2g); "
                         "projecting flattened gradients", err)
             return self._step_down(comp, x, y)

@@ -29,12 +29,21 @@ from torch.func import functional_call, grad, vmap
 
 from datasel.errors import ConfigError
 from datasel.features.layer_grads import LayerGrads, LossFn, Unsupported
+from datasel.runtime import autocast
 
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 MODES = ("auto", "layers", "vmap", "loop")
 
 log = logging.getLogger(__name__)
 CHECK_ROWS = 6  # rows of the first chunk the per-layer path is checked on against the per-example loop
+
+
+def agreement_tol(ref: torch.Tensor) -> float:
+    """Relative error allowed between a fast path's gradients and the per-example loop's (``ref``): 1e-3 in fp32;
+    5e-2 in half precision (half weights, or an autocast compute.precision asked for), which rounds both paths
+    differently."""
+    half = ref.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(ref.device.type)
+    return 5e-2 if half else 1e-3
 
 
 def select_params(model: nn.Module, spec: str | list[str] = "all") -> dict[str, torch.Tensor]:
@@ -152,8 +161,7 @@ class PerSampleGrads:
         for r in rows:
             ref = self._loop_chunk(slice_inputs(x, r, r + 1), y[r : r + 1])[0]
             err = max(err, ((out[r] - ref).norm() / ref.norm().clamp_min(torch.finfo(ref.dtype).tiny)).item())
-        tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 5e-2
-        if not err <= tol:
+        if not err <= agreement_tol(ref):
             log.warning("per-layer gradients of %s differ from the per-example loop (relative error %.2g): its "
                         "examples interact inside a batch; trying vmap", type(self.model).__name__, err)
             return None
@@ -194,7 +202,16 @@ class PerSampleGrads:
         return out
 
     def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
-        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole)."""
+        """Flattened per-example gradients of one chunk, shape ``(n, D)`` (the chunk is held whole), in the
+        parameters' dtype (float32 at least).
+
+        Exact work: fp32 unless compute.precision asks for bf16/fp16 by name (:func:`datasel.runtime.autocast`).
+        """
+        with autocast(self.device, exact=True, purpose="per-example gradients"):
+            out = self._chunk(x, y)
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+    def _chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         x, y = _to(x, self.device), y.to(self.device)
         if self.mode == "layers":
             return self._layers_chunk(x, y)

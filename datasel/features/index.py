@@ -37,6 +37,26 @@ def _gpus() -> int:
         return 0
 
 
+# the largest k a faiss GPU index searches (GPU_MAX_SELECTION_K); a larger k is searched on a CPU copy
+GPU_MAX_K = 2048
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A copy of ``index`` on device 0 of this process (the GPU job's claimed device, see datasel.devices).
+
+    The flat GPU index computes inner products with a float32 GEMM: similarities equal the CPU index's to ~1e-5 for
+    unit rows, so neighbour ids agree except between rows whose similarities tie that closely.
+    """
+    res = faiss.StandardGpuResources()
+    gpu = faiss.index_cpu_to_gpu(res, 0, index)
+    gpu.referenced_objects = [res]  # the index must not outlive its GPU resources object
+    return gpu
+
+
+def on_gpu(index: faiss.Index) -> bool:
+    return hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex)
+
+
 def build_index(x: np.ndarray, cfg: dict[str, Any] | None = None, seed: int = 0) -> faiss.Index:
     """An inner-product index over ``x`` (rows as given; normalize first for cosine).
 
@@ -64,7 +84,7 @@ def build_index(x: np.ndarray, cfg: dict[str, Any] | None = None, seed: int = 0)
         index.nprobe = min(int(cfg["nprobe"]), nlist)
     if cfg["device"] != "cpu" and _gpus() > 0:
         log.info("faiss index on GPU")
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index = to_gpu(index)
     elif cfg["device"] == "cuda":
         log.warning("faiss: device 'cuda' asked for but no GPU is visible to faiss; using the CPU index")
     index.add(x)
@@ -73,6 +93,8 @@ def build_index(x: np.ndarray, cfg: dict[str, Any] | None = None, seed: int = 0)
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products and row ids for every query, searched in batches to bound memory."""
+    if k > GPU_MAX_K and on_gpu(index):
+        index = faiss.index_gpu_to_cpu(index)
     sims, ids = [], []
     for s in range(0, queries.shape[0], batch):
         d, i = index.search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32), k)
@@ -86,6 +108,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch: int = 65536) 
 def range_neighbors(index: faiss.Index, queries: np.ndarray, radius: float,
                     batch: int = 16384) -> Iterator[tuple[int, np.ndarray]]:
     """For each query row ``q`` yield ``(q, ids with inner product > radius)``, batch by batch."""
+    if on_gpu(index):  # faiss has no range search on GPU indexes
+        index = faiss.index_gpu_to_cpu(index)
     for s in range(0, queries.shape[0], batch):
         lims, _, ids = index.range_search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32),
                                           float(radius))

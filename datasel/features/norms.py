@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from datasel.errors import ConfigError
-from datasel.features.grads import MODES, Inputs, PerSampleGrads, _call, _to, batch_len, slice_inputs
+from datasel.features.grads import MODES, Inputs, PerSampleGrads, _call, _to, agreement_tol, batch_len, slice_inputs
 from datasel.features.layer_grads import LayerGrads, LossFn, Unsupported
+from datasel.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ class GradNorms:
         return torch.linalg.vector_norm(self.comp(x, y), dim=1)
 
     def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        # exact work: fp32 unless compute.precision names bf16/fp16
+        with autocast(self.comp.device, exact=True, purpose="per-example gradient norms"):
+            out = self._norms(x, y)
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+    def _norms(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         x, y = _to(x, self.comp.device), y.to(self.comp.device)
         if self.mode == "ghost":
             return self._ghost_chunk(x, y)
@@ -70,8 +77,7 @@ class GradNorms:
         k = min(CHECK_ROWS, batch_len(x))
         ref = torch.linalg.vector_norm(self.comp._loop_chunk(slice_inputs(x, 0, k), y[:k]), dim=1)
         err = ((out[:k] - ref).abs() / ref.abs().clamp_min(torch.finfo(ref.dtype).tiny)).max().item()
-        tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 5e-2
-        if err > tol:
+        if not err <= agreement_tol(ref):
             log.warning("ghost norms disagree with the per-example loop on %s (relative error %.2g); using "
                         "per-example gradients", type(self.model).__name__, err)
             return self._step_down(x, y)

@@ -3,13 +3,12 @@
 The same function trains the proxy models (with checkpoints) and the target models on each selection, so a
 selection is compared with its baselines under exactly the same optimizer, schedule and budget. Inputs are a tensor
 or a mapping of tensors (token ids and masks), as a :class:`datasel.tasks.Task` loads them; batches are moved to
-the model's device, and on CUDA the forward pass runs under bfloat16 autocast (mixed precision; CPU stays float32
-so CPU results are bit-for-bit reproducible).
+the model's device, and the forward pass runs under :func:`datasel.runtime.autocast` (``compute.precision``; auto:
+bfloat16 on a GPU that has it, float32 on the CPU so CPU results are bit-for-bit reproducible).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from datasel.errors import ConfigError
-from datasel.runtime import progress
+from datasel.runtime import autocast, progress, resolve_precision
 from datasel.tasks.base import Inputs, batch_len, chunks, forward, per_example_cross_entropy, take, to_device
 
 log = logging.getLogger(__name__)
@@ -31,13 +30,6 @@ PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def model_device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA (mixed precision), nothing elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def shuffled_batches(n: int, batch_size: int) -> BatchSampler:
@@ -113,14 +105,17 @@ def train_classifier(
     )
     if on_checkpoint and 0 in checkpoint_epochs:
         on_checkpoint(0, model, opt)
+    # fp16 (asked for) underflows small gradients without loss scaling; bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(device.type) if resolve_precision(device) == "fp16" else None
     model.train()
     step, epoch = 0, 0
     bar = progress(range(steps), desc=desc, unit="step")
     while step < steps:
         for idx in sampler(epoch, gen):
             xb, yb = to_device(take(x, idx), device), y[idx].to(device)
-            with autocast(device):
+            with autocast(device, purpose="training"):
                 logits = forward(model, xb)
+            logits = logits.float()  # the loss (and the on_batch hook) in fp32 whatever the forward ran in
             loss = loss_fn(logits, yb)
             if on_batch is not None:
                 on_batch(epoch, idx, logits.detach(), yb)
@@ -130,8 +125,13 @@ def train_classifier(
             else:
                 loss = loss.mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             if sched:
                 sched.step()
             step += 1
@@ -146,13 +146,18 @@ def train_classifier(
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: Inputs, batch_size: int = 1024) -> torch.Tensor:
-    """Float32 logits of every example, computed in eval mode batch by batch on the model's device (CPU result)."""
+def logits_of(model: nn.Module, x: Inputs, batch_size: int = 1024, exact: bool = True) -> torch.Tensor:
+    """Float32 logits of every example, computed in eval mode batch by batch on the model's device (CPU result).
+
+    ``exact`` (scores: EL2N, loss, cleanlab's probabilities): fp32 under compute.precision auto, since bf16 logits
+    (3 significant digits) would reorder close scores; the accuracy and loss of a trained model take the training
+    precision.
+    """
     model.eval()
     device = model_device(model)
     outs = []
     for xb in chunks(x, batch_size):
-        with autocast(device):
+        with autocast(device, exact=exact, purpose="scores" if exact else "evaluation"):
             outs.append(forward(model, to_device(xb, device)).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
@@ -165,7 +170,7 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, batch_size: int = 102
     n = batch_len(x)
     if n == 0:
         return {"accuracy": 0.0, "loss": 0.0, "predicted_classes": 0.0}
-    out = logits_of(model, x, batch_size)
+    out = logits_of(model, x, batch_size, exact=False)
     pred = out.argmax(1)
     return {"accuracy": (pred == y).sum().item() / n, "loss": loss_fn(out, y).sum().item() / n,
             "predicted_classes": float(pred.unique().numel())}
