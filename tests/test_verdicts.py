@@ -190,3 +190,21 @@ def test_class_balance_table_only_when_a_share_moves_a_point():
     moved = hist.with_columns(pl.Series("share", [0.52, 0.48]))
     md = build_document(summarize(m), best_against_random(m), [], histograms=moved).markdown()
     assert "## Class balance: share of each class in each subset (%)" in md
+
+
+def test_run_exit_summary_prints_the_recommendation_from_summary_csv(tmp_path):
+    import time
+
+    from datasel.runfolder import answer_lines
+
+    assert answer_lines(tmp_path, time.time()) == []  # no summary (a features-only run): nothing printed
+    m = metrics({**WIN, ("full", 1.0): 0.74}, WIN)
+    best, warnings = best_against_random(m), run_warnings(m)
+    text = recommendation(best, warnings)
+    path = tmp_path / "results" / "report" / "summary.csv"
+    path.parent.mkdir(parents=True)
+    verdict_columns(summarize(m), margins_on_test(m), best, text, warnings).write_csv(path)
+    lines = answer_lines(tmp_path, time.time() - 60)
+    assert lines[0] == f"datasel: {text}  (results/report/summary.csv, written by this run)"
+    assert lines[1].startswith("datasel: warning: under-trained: a random 50% subset") and len(lines) == 2
+    assert "not rebuilt by this run" in answer_lines(tmp_path, time.time() + 60)[0]

@@ -229,7 +229,8 @@ def recommendation(best: Sequence[Mapping[str, Any]], warnings: Sequence[str] = 
     w = recommended(best)
     if w is not None:
         text = (f"Train on `{selection_of(w)}` (kept {w['fraction']:.0%}): {format_points(w)} points over random on "
-                f"test (Holm-corrected over {w['family_size']} methods), chosen on {w['chosen_on']}.")
+                f"test (Holm-corrected over {w['family_size']} method{'s' if w['family_size'] != 1 else ''}), chosen on "
+                f"{w['chosen_on']}.")
     else:
         higher = bool(best[0]["choice_higher"])
         rand = [b for b in best if b.get("random_choice_mean") is not None]
@@ -269,12 +270,13 @@ def verdict_rows(best: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 def method_note(best: Sequence[Mapping[str, Any]], alpha: float = ALPHA) -> str:
     """The line under the answer table: how the method was chosen and how the verdict was corrected."""
     sizes = sorted({int(b["family_size"]) for b in best})
-    family = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    family = (f"{sizes[0]} method{'s' if sizes[0] != 1 else ''}" if len(sizes) == 1
+              else f"{sizes[0]}–{sizes[-1]} methods")
     chosen_on = best[0]["chosen_on"] if best else "validation accuracy"
     seeds = min(int(b["seeds"]) for b in best) if best else 0
     return (f"Chosen on {chosen_on}, judged on test: at each kept fraction the method with the best "
             f"{chosen_on.split(' (')[0]} is named, and its test margin over random is reported. Verdicts are Holm-corrected (family-wise "
-            f"error {alpha:.0%}) over the {family} methods compared with random at each kept fraction (two-sided "
+            f"error {alpha:.0%}) over the {family} compared with random at each kept fraction (two-sided "
             f"Welch tests over {seeds} or more training seeds, each on its own random subset); each interval is at "
             "its Holm step's level (the first step's is Bonferroni's), so it excludes zero exactly when the "
             "verdict is not \"no clear difference\".")
