@@ -208,3 +208,13 @@ def test_run_exit_summary_prints_the_recommendation_from_summary_csv(tmp_path):
     assert lines[0] == f"datasel: {text}  (results/report/summary.csv, written by this run)"
     assert lines[1].startswith("datasel: warning: under-trained: a random 50% subset") and len(lines) == 2
     assert "not rebuilt by this run" in answer_lines(tmp_path, time.time() + 60)[0]
+
+
+def test_quality_report_class_mix_table_only_when_a_share_moves_a_point():
+    from datasel.report.quality import render_extras
+
+    balance = pl.DataFrame({"method": ["el2n", "random"], "fraction": [0.5, 0.5], "class_share_max_gap": [0.4, 0.9]})
+    text = "\n".join(render_extras(0.0, None, None, balance))
+    assert "within 1 point (largest move 0.9 points)" in text and "| method |" not in text
+    text = "\n".join(render_extras(0.0, None, None, balance.with_columns(pl.Series("class_share_max_gap", [3.0, 0.9]))))
+    assert "Class mix gap" in text and "| el2n | 3.0 |" in text

@@ -22,7 +22,7 @@ import polars as pl  # noqa: E402
 
 from datasel.report.plots import save_figure  # noqa: E402
 from datasel.report.subsets import label_names, meta_classes  # noqa: E402
-from datasel.report.summary import noise_dropped  # noqa: E402
+from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped  # noqa: E402
 from datasel.report.verdicts import (VERDICT_HEADER, Choice, best_per_fraction, choice_means,  # noqa: E402
                                      format_points, margins, markdown_table, method_note, recommendation,
                                      undertrained, verdict_rows, welch_ci)
@@ -92,7 +92,12 @@ def render_extras(noise: float, vs_full: pl.DataFrame | None, detection: pl.Data
             lines += ["", f"Best datasel score `{b['score']}`: AUROC {b['auroc']:.3f}, {verdict} cleanlab's "
                           f"{c['auroc']:.3f} on the same data."]
         lines.append("")
-    if balance is not None and balance.height:
+    moved = (balance.filter(pl.col("fraction") < 1).get_column("class_share_max_gap").max()
+             if balance is not None and balance.height else None)
+    if moved is not None and moved < CLASS_MIX_POINTS:
+        lines += [f"Class mix: every subset keeps each class's share of the full training set within "
+                  f"{CLASS_MIX_POINTS:g} point (largest move {moved:.1f} points).", ""]
+    elif moved is not None:
         fracs = sorted(x for x in balance.get_column("fraction").unique().to_list() if x < 1)
         lines += ["Class mix gap (largest difference, in points, between a class's share of the subset and of the "
                   "full set):", "", "| method | " + " | ".join(f"keep {x:.0%}" for x in fracs) + " |",
@@ -108,8 +113,8 @@ def render_extras(noise: float, vs_full: pl.DataFrame | None, detection: pl.Data
 
 
 def plot_margins(marg: pl.DataFrame, out: Path, title: str = "") -> None:
-    """Margin over random (points, Holm-corrected Welch interval) against kept fraction, one panel per noise level: where a
-    line sits above zero with its interval, the method beats random at that size."""
+    """Margin over random (points, Holm-corrected Welch interval) against kept fraction, one panel per noise level:
+    where a line sits above zero with its interval, the method beats random at that size."""
     noises = sorted(marg.get_column("noise").unique().to_list()) or [0.0]
     fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
     for ax, noise in zip(axes[0], noises):
@@ -184,7 +189,8 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                                           full.filter(pl.col("noise") == noise).select(
                                               pl.lit("full").alias("method"), pl.lit(1.0).alias("fraction"),
                                               "value")], how="vertical_relaxed"))
-        head.append(f"**Recommendation at label noise {noise:.0%}:** {recommendation(best, [warning] if warning else [])}")
+        answer = recommendation(best, [warning] if warning else [])
+        head.append(f"**Recommendation at label noise {noise:.0%}:** {answer}")
         if warning:
             head.append(f"Warning at label noise {noise:.0%}: {warning}.")
         head.append("")
@@ -260,8 +266,8 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
     if noise_table is not None and noise_table.height:
         for method in sorted(noise_table.get_column("method").unique().to_list()):
             p = noise_table.filter(pl.col("method") == method).sort("fraction")
-            ax.plot(100 * p.get_column("fraction").to_numpy(), 100 * p.get_column("noisy_share_of_dropped").to_numpy(),
-                    marker="o", label=method)
+            share = 100 * p.get_column("noisy_share_of_dropped").to_numpy()
+            ax.plot(100 * p.get_column("fraction").to_numpy(), share, marker="o", label=method)
         base = float(noise_table.get_column("base_rate").max())
         ax.axhline(100 * base, color="red", ls="--", label=f"base rate {base:.0%}")
     ax.set_xlabel("kept fraction (%)")

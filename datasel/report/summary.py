@@ -1,6 +1,7 @@
-"""The selection summary: method × kept fraction → test accuracy (mean ± std over seeds), the answer (per kept
-fraction, the best selection and its margin over random with a 95% interval, as the quality report computes it),
-warnings about runs whose numbers mean little, and how much of the injected label noise each selection dropped.
+"""The selection summary: a recommendation first (:mod:`datasel.report.verdicts`: per kept fraction the selection
+chosen on validation, its Holm-corrected test margin over random), warnings about runs whose numbers mean little,
+then method × kept fraction → test accuracy (mean ± std over seeds) and how much of the injected label noise each
+selection dropped.
 
 The document is built once as a list of blocks and rendered to Markdown (``summary.md``) and reStructuredText
 (``summary.rst``, included by the Snakemake report's landing page), so both say the same thing.
@@ -206,9 +207,10 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
         doc.heading("Warnings")
         doc.bullets(warnings)
     if best:
-        doc.heading(f"Best selection per kept fraction: chosen on {best[0]['chosen_on'].split(' (')[0]}, judged on test")
-        doc.para(method_note(best) + (f" Full data: {_pct(full.item(0, 'accuracy_mean'), full.item(0, 'accuracy_std'))}"
-                                      "." if full.height else ""))
+        chosen_on = best[0]["chosen_on"].split(" (")[0]
+        doc.heading(f"Best selection per kept fraction: chosen on {chosen_on}, judged on test")
+        whole = f" Full data: {_pct(full.item(0, 'accuracy_mean'), full.item(0, 'accuracy_std'))}." if full.height else ""
+        doc.para(method_note(best) + whole)
         doc.table(VERDICT_HEADER, verdict_rows(best))
     else:
         doc.para("No margin over random: the run has no `random` selection (add `random: {policy: random}` to "

@@ -152,7 +152,8 @@ def choice_means(metrics: pl.DataFrame, choice: Choice) -> pl.DataFrame:
     return part.group_by("noise", "method", "fraction").agg(pl.col("value").mean().alias("choice_mean"))
 
 
-def best_per_fraction(marg: pl.DataFrame, chosen: pl.DataFrame | None, choice: Choice = Choice()) -> list[dict[str, Any]]:
+def best_per_fraction(marg: pl.DataFrame, chosen: pl.DataFrame | None,
+                      choice: Choice = Choice()) -> list[dict[str, Any]]:
     """Per (noise, kept fraction): the method with the best mean on ``choice`` (validation accuracy by default), with
     its Holm-corrected *test* margin over random. ``chosen``: :func:`choice_means`; where it has no row for a cell
     (a run without a validation split), the choice falls back to test accuracy and ``chosen_on`` says so.
@@ -196,8 +197,8 @@ def undertrained(test: pl.DataFrame) -> str | None:
         return None
     for fraction, mean in rand.iter_rows():
         if mean >= full.mean():
-            return (f"under-trained: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, at least "
-                    f"the full data's {100 * full.mean():.2f}%, so with this budget more data does not help and no "
+            return (f"under-trained: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, at "
+                    f"least the full data's {100 * full.mean():.2f}%, so with this budget more data does not help and no "
                     "margin here says which data is better; raise training.budget (steps or epochs) and rerun")
     return None
 
@@ -228,9 +229,9 @@ def recommendation(best: Sequence[Mapping[str, Any]], warnings: Sequence[str] = 
                 "to selection.policies).")
     w = recommended(best)
     if w is not None:
+        family = f"{w['family_size']} method{'s' if w['family_size'] != 1 else ''}"
         text = (f"Train on `{selection_of(w)}` (kept {w['fraction']:.0%}): {format_points(w)} points over random on "
-                f"test (Holm-corrected over {w['family_size']} method{'s' if w['family_size'] != 1 else ''}), chosen on "
-                f"{w['chosen_on']}.")
+                f"test (Holm-corrected over {family}), chosen on {w['chosen_on']}.")
     else:
         higher = bool(best[0]["choice_higher"])
         rand = [b for b in best if b.get("random_choice_mean") is not None]
@@ -262,7 +263,8 @@ def verdict_rows(best: Sequence[Mapping[str, Any]]) -> list[list[str]]:
         chosen = "—" if b.get("choice_mean") is None or b["chosen_on"].startswith("test") else (
             f"{100 * b['choice_mean']:.2f}" if b["choice_higher"] else f"{b['choice_mean']:.4f} (loss)")
         rows.append([f"{b['fraction']:.0%}", f"`{selection_of(b)}`", chosen,
-                     f"{100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f}", f"{100 * b['random_mean']:.2f}",
+                     f"{100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f}",
+                     f"{100 * b['random_mean']:.2f}",
                      format_points(b), b["verdict"]])
     return rows
 
@@ -275,11 +277,11 @@ def method_note(best: Sequence[Mapping[str, Any]], alpha: float = ALPHA) -> str:
     chosen_on = best[0]["chosen_on"] if best else "validation accuracy"
     seeds = min(int(b["seeds"]) for b in best) if best else 0
     return (f"Chosen on {chosen_on}, judged on test: at each kept fraction the method with the best "
-            f"{chosen_on.split(' (')[0]} is named, and its test margin over random is reported. Verdicts are Holm-corrected (family-wise "
-            f"error {alpha:.0%}) over the {family} compared with random at each kept fraction (two-sided "
-            f"Welch tests over {seeds} or more training seeds, each on its own random subset); each interval is at "
-            "its Holm step's level (the first step's is Bonferroni's), so it excludes zero exactly when the "
-            "verdict is not \"no clear difference\".")
+            f"{chosen_on.split(' (')[0]} is named, and its test margin over random is reported. Verdicts are "
+            f"Holm-corrected (family-wise error {alpha:.0%}) over the {family} compared with random at each kept "
+            f"fraction (two-sided Welch tests over {seeds} or more training seeds, each on its own random subset); "
+            "each interval is at its Holm step's level (the first step's is Bonferroni's), so it excludes zero "
+            "exactly when the verdict is not \"no clear difference\".")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
