@@ -80,7 +80,8 @@ def train(smk: Any) -> None:
     meta = json.loads(Path(smk.input.meta).read_text())
     examples = read_table(smk.input.examples, "examples")
     # a stochastic policy's table holds one draw per training seed: this seed trains on its own
-    sel = one_draw(read_table(smk.input.selection, "selections"), seed, smk.input.selection).filter(pl.col("selected"))
+    sel = one_draw(read_table(smk.input.selection, "selections"), seed, smk.input.selection)
+    sel = sel.filter(pl.col("selected"))
     task = make_task(examples, meta, cfg["model"], where="training.model")
     train_split = task.split("train")
     row = {eid: i for i, eid in enumerate(train_split.ids)}

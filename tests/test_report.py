@@ -168,7 +168,7 @@ def test_snakemake_report_landing_page_shows_the_answer(tmp_path):
     snakemake(tmp_path, "--report", "report.html", timeout=300)
     html = (tmp_path / "report.html").read_text()
     summary = (tmp_path / "results" / "report" / "summary.md").read_text()
-    heading = "Best selection per kept fraction: chosen on validation accuracy, judged on test"
+    heading = "Selection per kept fraction: chosen on validation accuracy, judged on test against random"
     assert summary.startswith("# Selection summary: test accuracy of the target model\n\n**Recommendation:** ")
     assert heading in summary
     # the landing page text carries the summary itself: the recommendation, the answer's heading, every selection

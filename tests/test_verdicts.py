@@ -43,7 +43,7 @@ def test_best_method_is_chosen_on_validation_and_judged_on_test():
     (fallback,) = best_against_random(m.filter(pl.col("split") == "test"))
     assert fallback["selection"] == "peek_keep50" and fallback["chosen_on"].startswith("test accuracy (no validation")
     md = build_document(summarize(m), [best], run_warnings(m)).markdown()
-    assert "chosen on validation accuracy, judged on test" in md
+    assert "## Selection per kept fraction: chosen on validation accuracy, judged on test against random" in md
 
 
 def _welch_p(a: np.ndarray, b: np.ndarray) -> float:

@@ -208,7 +208,7 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
         doc.bullets(warnings)
     if best:
         chosen_on = best[0]["chosen_on"].split(" (")[0]
-        doc.heading(f"Best selection per kept fraction: chosen on {chosen_on}, judged on test")
+        doc.heading(f"Selection per kept fraction: chosen on {chosen_on}, judged on test against random")
         whole = f" Full data: {_pct(full.item(0, 'accuracy_mean'), full.item(0, 'accuracy_std'))}." if full.height else ""
         doc.para(method_note(best) + whole)
         doc.table(VERDICT_HEADER, verdict_rows(best))

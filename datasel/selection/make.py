@@ -87,7 +87,7 @@ def make_selection(
     args = (policy, pool, n_keep, stratify, cfg.get("curriculum"), order_scores, selection_name(name, fraction))
     if not draws or not policy.stochastic():
         return _one_subset(*args, seed)
-    return pl.concat([_one_subset(*args, draw_seed(seed, d)).with_columns(pl.lit(int(d), dtype=pl.Int64).alias(DRAW))
+    return pl.concat([_one_subset(*args, draw_seed(seed, d)).with_columns(pl.lit(d, dtype=pl.Int64).alias(DRAW))
                       for d in sorted({int(d) for d in draws})])
 
 
