@@ -13,6 +13,7 @@ from datasel.data.prepare import build_examples, standardize_default
 from datasel.errors import DataError
 from datasel.runtime import seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
+from datasel.selection.draws import one_draw
 from datasel.selection.make import make_selection
 from datasel.store import read_table, write_json, write_table
 
@@ -61,7 +62,7 @@ def select(smk: Any) -> None:
     order = read_table(smk.input.order, "scores") if smk.input.get("order") else None
     table = make_selection(examples, scores, smk.wildcards.policy, cfg, float(smk.params.fraction),
                            int(smk.params.seed), order_scores=order,
-                           score_source=smk.input.get("scores") or "scores")
+                           score_source=smk.input.get("scores") or "scores", draws=smk.params.get("draws"))
     write_table(table, smk.output[0], "selections")
 
 
@@ -77,7 +78,9 @@ def train(smk: Any) -> None:
     cfg, seed = smk.params.training, int(smk.wildcards.seed)
     meta = json.loads(Path(smk.input.meta).read_text())
     examples = read_table(smk.input.examples, "examples")
-    sel = read_table(smk.input.selection, "selections").filter(pl.col("selected"))
+    # a stochastic policy's table holds one draw per training seed: this seed trains on its own
+    sel = one_draw(read_table(smk.input.selection, "selections"), seed, smk.input.selection)
+    sel = sel.filter(pl.col("selected"))
     task = make_task(examples, meta, cfg["model"], where="training.model")
     train_split = task.split("train")
     row = {eid: i for i, eid in enumerate(train_split.ids)}

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,38 @@ def run_folder(argv: list[str]) -> int:
     # `--configfile=X` is one word: the targets the user lists after it stay targets
     cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", folder,
            f"--configfile={cfg.resolve()}", *repo_profiles(argv, root)]
-    return subprocess.call(cmd)
+    started = time.time()
+    rc = subprocess.call(cmd)
+    if rc == 0 and not DRY_RUN.intersection(argv):
+        for line in answer_lines(Path(folder), started):
+            print(line)
+    return rc
+
+
+# Snakemake options after which nothing ran, so there is no new answer to print
+DRY_RUN = frozenset({"-n", "--dry-run", "--dryrun", "--list-rules", "--list", "-l", "--summary", "-S", "--dag",
+                     "--rulegraph", "--filegraph", "--unlock", "--cleanup-metadata", "--delete-all-output"})
+
+
+def answer_lines(folder: Path, started: float) -> list[str]:
+    """The exit summary of a successful run: the recommendation and the warnings that change it, read from
+    results/report/summary.csv (nothing when the run has no summary, e.g. a features-only run)."""
+    import polars as pl
+
+    path = folder / "results" / "report" / "summary.csv"
+    if not path.is_file():
+        return []
+    try:
+        row = pl.read_csv(path, columns=["recommendation", "warnings"], n_rows=1, infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError):  # a summary from before the columns existed: rerun the report
+        return []
+    if row.height == 0:
+        return []
+    when = "written by this run" if path.stat().st_mtime >= started else "up to date, not rebuilt by this run"
+    lines = [f"datasel: {row.item(0, 'recommendation')}  ({path.relative_to(folder)}, {when})"]
+    warnings = row.item(0, "warnings") or ""
+    lines += [f"datasel: warning: {w}" for w in warnings.split(" | ") if w]
+    return lines
 
 
 def repo_profiles(argv: list[str], root: Path) -> list[str]:

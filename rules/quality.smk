@@ -62,6 +62,7 @@ if "quality" in config:
             scores=lambda wc: [quality_scores(r) for r in quality_roots()],
             regime=config["quality"].get("regime"),
             batch_size=config["training"]["batch_size"],
+            choose_on=config.get("report", {}).get("choose_on", {}),
         log:
             "logs/quality_report.log",
         script:

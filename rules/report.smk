@@ -38,6 +38,9 @@ rule report:
         scores=lambda wc: expand("results/scores/{m}.parquet", m=config["scoring"]),
     output:
         **report_outputs(),
+    params:
+        # what the best method per kept fraction is chosen on (validation accuracy by default)
+        choose_on=config.get("report", {}).get("choose_on", {}),
     log:
         "logs/report.log",
     script:

@@ -1,5 +1,6 @@
 # Selection: one table per (policy entry, kept fraction), named <policy>_keep<percent>; `full_keep100` is the
 # full-data baseline every comparison includes.
+from datasel.selection.draws import policy_draws
 
 
 def selection_names(root="results"):
@@ -39,6 +40,9 @@ rule select:
         policy=lambda wc: policy_entry(wc.policy, wc.root),
         fraction=lambda wc: int(wc.pct) / 100,
         seed=lambda wc: run_cfg(wc.root)["selection"]["seed"],
+        # a policy that draws random numbers makes one subset per training seed; None for deterministic ones
+        draws=lambda wc: policy_draws(policy_entry(wc.policy, wc.root),
+                                      run_cfg(wc.root).get("training", {}).get("seeds")),
     wildcard_constraints:
         root=ROOT_RE,
         policy=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",

@@ -46,7 +46,7 @@ def test_quality_grid_smoke(tmp_path):
     rep = tmp_path / "results" / "quality" / "report"
     text = (rep / "quality.md").read_text()
     assert "label noise 0%" in text and "label noise 20%" in text and "el2n_offset_cl" in text
-    assert "beats random" in text and "keep 100%" not in text
+    assert "beats random" in text and "keep 100%" not in text and "**Recommendation at label noise 0%:**" in text
     marg = pl.read_csv(rep / "margins.csv")
     assert set(marg.get_column("method")) == {"el2n_offset", "el2n_offset_cl", "random_cl"}
     assert set(marg.get_column("noise")) == {0.0, 0.2} and (marg.get_column("seeds") == 2).all()
@@ -100,8 +100,11 @@ def test_report_names_a_significant_winner_that_is_not_the_best_mean():
     cells = pl.DataFrame(rows)
     full = pl.DataFrame({"noise": [0.2, 0.2], "value": [0.8, 0.82]})
     text = render_markdown(cells, margins(cells), full)
-    assert "| 50% | noisy |" in text and "no; steady does |" in text
-    assert "At every kept fraction some method beats random." in text
+    # no validation metrics: the choice falls back to test (and says so); the verdict is the chosen method's own
+    assert "| 50% | `noisy_keep50` | — |" in text and "| no clear difference |" in text
+    assert "Every method that beats random on test (not chosen on validation): steady (kept 50%)." in text
+    assert "At every kept fraction some method beats random (Holm-corrected)." in text
+    assert text.splitlines()[2].startswith("**Recommendation at label noise 20%:** No selection beats random here")
 
 
 def test_class_mix_plot_names_the_users_classes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,13 +41,14 @@ def test_best_selection_and_margin_per_fraction():
     assert set(best) == {0.3, 0.5}
     b = best[0.3]
     assert b["selection"] == "el2n_top_keep30" and b["margin"] == pytest.approx(0.10)
-    # equal spreads of 0.01 on 3 seeds: Welch interval = ±t(0.975, 4) · sqrt(2 · 0.01² / 3)
-    half = 2.776445 * np.sqrt(2 * 0.01**2 / 3)
+    # equal spreads of 0.01 on 3 seeds, two methods against random (Holm's first step: Bonferroni's 1 - 0.05/2):
+    # Welch interval = ±t(1 - 0.025/2, 4) · sqrt(2 · 0.01² / 3)
+    half = 3.495406 * np.sqrt(2 * 0.01**2 / 3)
     assert (b["ci_low"], b["ci_high"]) == pytest.approx((0.10 - half, 0.10 + half), abs=1e-4)
-    assert b["verdict"] == "yes"
+    assert b["verdict"] == "beats random" and b["family_size"] == 2
     # at 50% the best mean is 1 point above random, inside the interval: not a win
     assert best[0.5]["selection"] == "el2n_top_keep50" and best[0.5]["ci_low"] < 0 < best[0.5]["ci_high"]
-    assert best[0.5]["verdict"] == "no"
+    assert best[0.5]["verdict"] == "no clear difference"
 
 
 def test_summary_shows_the_answer_and_the_table():
@@ -55,8 +56,10 @@ def test_summary_shows_the_answer_and_the_table():
     doc = build_document(summarize(metrics), best_against_random(metrics), [], base_rate=0.0)
     md = doc.markdown()
     answer, rest = md.split("## All selections")
-    assert "| 30% | `el2n_top_keep30` | 80.00 ± 1.00 | 70.00 | +10.00 [" in answer and "| yes |" in answer
-    assert "| 50% | `el2n_top_keep50` |" in answer and "| no |" in answer
+    assert "| 30% | `el2n_top_keep30` | — | 80.00 ± 1.00 | 70.00 | +10.00 [" in answer and "| beats random |" in answer
+    assert "| 50% | `el2n_top_keep50` |" in answer and "| no clear difference |" in answer
+    assert answer.startswith("# Selection summary: test accuracy of the target model\n\n**Recommendation:** Train on "
+                             "`el2n_top_keep30` (kept 30%): +10.00 [")
     assert "Full data: 85.00 ± 1.00" in answer
     for sel in ("random_keep30", "grand_keep50", "full_keep100"):
         assert f"`{sel}`" in rest
@@ -109,14 +112,17 @@ def _names(**kw):
     return ns
 
 
-def _report_files(tmp_path, df: pl.DataFrame) -> tuple[dict[str, Any], dict[str, str]]:
-    """The report step's inputs for ``df`` (no noise, one random selection of the training split) and outputs."""
+def _report_files(tmp_path, df: pl.DataFrame, drop_label: int | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The report step's inputs for ``df`` (no noise, one selection of the training split: all of it, or all but
+    the class ``drop_label``) and outputs."""
     df = df.with_columns(pl.lit(False).alias("is_noisy"))
     ex, metrics, sel = tmp_path / "examples.parquet", tmp_path / "metrics.parquet", tmp_path / "random_keep50.parquet"
     write_table(df, ex, "examples")
     write_table(metrics_table().with_columns(pl.col("seed").cast(pl.Int64)), metrics, "metrics")
-    train = df.filter(pl.col("split") == "train").get_column("example_id")
-    write_table(pl.DataFrame({"selection": "random_keep50", "example_id": train, "selected": True, "weight": 1.0,
+    train = df.filter(pl.col("split") == "train")
+    keep = train.get_column("label") != (-1 if drop_label is None else drop_label)
+    write_table(pl.DataFrame({"selection": "random_keep50", "example_id": train.get_column("example_id"),
+                              "selected": keep, "weight": keep.cast(pl.Float64),
                               "position": None}).with_columns(pl.col("position").cast(pl.Int64)), sel, "selections")
     out = {k: str(tmp_path / "report" / name) for k, name in
            (("csv", "summary.csv"), ("md", "summary.md"), ("rst", "summary.rst"), ("plot", "acc.png"))}
@@ -136,7 +142,7 @@ def test_report_class_balance_table_names_the_users_classes(tmp_path, tiny_examp
     # string labels are stored as indices; the report reads their names back from the examples' meta.json
     df, meta = tiny_examples
     names = [f"class_{i}" for i in range(meta["num_classes"])]
-    inputs, out = _report_files(tmp_path, df)
+    inputs, out = _report_files(tmp_path, df, drop_label=3)  # a class emptied: the balance table is shown
     meta_path = tmp_path / "meta.json"
     meta_path.write_text(json.dumps({**meta, "classes": names, "label_dtype": "str"}))
     report(SimpleNamespace(input=_names(**inputs, meta=str(meta_path)), output=_names(**out)))
@@ -162,8 +168,10 @@ def test_snakemake_report_landing_page_shows_the_answer(tmp_path):
     snakemake(tmp_path, "--report", "report.html", timeout=300)
     html = (tmp_path / "report.html").read_text()
     summary = (tmp_path / "results" / "report" / "summary.md").read_text()
-    assert "Best selection per kept fraction, against random" in summary
-    # the landing page text carries the summary itself: the answer's heading and every selection
-    assert "Best selection per kept fraction, against random" in html
+    heading = "Selection per kept fraction: chosen on validation accuracy, judged on test against random"
+    assert summary.startswith("# Selection summary: test accuracy of the target model\n\n**Recommendation:** ")
+    assert heading in summary
+    # the landing page text carries the summary itself: the recommendation, the answer's heading, every selection
+    assert heading in html and "Recommendation:" in html
     for sel in ("random_keep50", "el2n_offset_keep50", "full_keep100"):
         assert sel in html

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from datasel.errors import DataError, DataselError
+from datasel.selection.draws import one_draw
 from datasel.store import read_table
 
 # what a selection file stem looks like (the select rule's `{policy}_keep{pct}`); anything else is refused by name
@@ -106,7 +107,8 @@ def load_inputs(results: str | Path, name: str) -> Inputs:
     results = Path(results)
     _refuse_instruct_run(results)
     path = selection_path(results, name)
-    selection = read_table(path, "selections")
+    # a stochastic policy's table holds one subset per training seed: export and show the smallest seed's
+    selection = one_draw(read_table(path, "selections"), source=str(path))
     meta = read_meta(results)
     examples = read_table(results / "examples" / "examples.parquet", "examples")
     return Inputs(results, name, path, selection, examples, meta)

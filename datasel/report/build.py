@@ -9,8 +9,9 @@ from typing import Any
 import polars as pl
 
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
-from datasel.report.summary import (best_against_random, build_document, noise_dropped, run_warnings, summarize,
-                                    write_summary)
+from datasel.report.summary import (best_against_random, build_document, margins_on_test, noise_dropped,
+                                    run_warnings, summarize, verdict_columns, write_summary)
+from datasel.report.verdicts import Choice, recommendation
 from datasel.report.subsets import class_balance, class_histograms, meta_classes, noise_detection
 from datasel.store import read_table
 
@@ -22,16 +23,21 @@ def report(smk: Any) -> None:
     metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="diagonal_relaxed")
     selections = pl.concat([read_table(p, "selections") for p in smk.input.selections], how="diagonal_relaxed")
     scores = {Path(p).stem: read_table(p, "scores") for p in smk.input.get("scores", [])}
+    params = getattr(smk, "params", None)
+    choice = Choice.from_config(params.get("choose_on") if params is not None else None)
     train = examples.filter(pl.col("split") == "train")
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
     table = summarize(metrics, noise_dropped(examples, selections)).join(
         class_balance(examples, selections).select("selection", "class_share_max_gap"), on="selection", how="left")
     warnings = run_warnings(metrics, scores)
     detection = noise_detection(examples, scores) if base > 0 else None
-    doc = build_document(table, best_against_random(metrics), warnings, base,
+    best = best_against_random(metrics, choice)
+    doc = build_document(table, best, warnings, base,
                          histograms=class_histograms(examples, selections, meta_classes(smk.input.get("meta"))),
                          detection=detection)
-    write_summary(table, doc, Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
+    answer = recommendation(best, warnings)
+    write_summary(verdict_columns(table, margins_on_test(metrics), best, answer, warnings), doc,
+                  Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),
                          full=table.filter(pl.col("method") == "full"))
     if "noise_plot" in smk.output.keys():  # declared only when the config injects noise

@@ -35,16 +35,17 @@ def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | No
         part = table.filter((pl.col("method") == method) & (pl.col("fraction") < 1)).sort("fraction")
         if part.height == 0:
             continue
-        f, m, s = part.get_column("fraction").to_numpy(), part.get_column(mean).to_numpy(), part.get_column(std).to_numpy()
+        # percent, the unit of every table of the report
+        f, m, s = (100 * part.get_column(c).to_numpy() for c in ("fraction", mean, std))
         rand = method == "random"
         ax.plot(f, m, marker="o", label=method, color="black" if rand else None, lw=2 if rand else 1.5)
         ax.fill_between(f, m - s, m + s, alpha=0.15, color="black" if rand else None)
     if full is not None and full.height:
-        m, s = full.get_column(mean).item(0), full.get_column(std).item(0)
+        m, s = 100 * full.get_column(mean).item(0), 100 * full.get_column(std).item(0)
         ax.axhline(m, color="black", ls="--", lw=1, label="full data")
         ax.axhspan(m - s, m + s, color="black", alpha=0.07)
-    ax.set_xlabel("kept fraction of the training set")
-    ax.set_ylabel(f"test {metric}")
+    ax.set_xlabel("kept fraction of the training set (%)")
+    ax.set_ylabel(f"test {metric} (%)")
     ax.set_title("Test accuracy of the target model vs kept fraction (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
@@ -61,11 +62,11 @@ def noise_share_bars(table: pl.DataFrame, out: Path, base_rate: float) -> None:
             .sort(["fraction", "noisy_share_of_dropped", "method"], descending=[False, True, False]))
     fig, ax = plt.subplots(figsize=(8, 0.3 * max(4, part.height) + 1))
     labels = part.get_column("selection").to_list()
-    ax.barh(range(part.height), part.get_column("noisy_share_of_dropped").to_numpy())
-    ax.axvline(base_rate, color="red", ls="--", label=f"base rate {base_rate:.0%}")
+    ax.barh(range(part.height), 100 * part.get_column("noisy_share_of_dropped").to_numpy())
+    ax.axvline(100 * base_rate, color="red", ls="--", label=f"base rate {base_rate:.0%}")
     ax.set_yticks(range(part.height), labels, fontsize=7)
     ax.invert_yaxis()  # first row on top
-    ax.set_xlabel("share of injected noisy labels among dropped examples")
+    ax.set_xlabel("share of injected noisy labels among dropped examples (%)")
     ax.set_title("Injected label noise among the examples each selection dropped")
     ax.legend()
     save_figure(fig, out)

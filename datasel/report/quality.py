@@ -1,8 +1,10 @@
 """The selection-quality benchmark: every method × kept fraction × label-noise level against random and full
-data, with seed spread, the margin over random with a 95% confidence interval (Welch), and plots.
+data, with seed spread, the margin over random with a Holm-corrected interval (:mod:`datasel.report.verdicts`),
+and plots.
 
-A method "beats random" at a cell only when the lower end of that interval is above zero; cells where no method
-does are listed plainly.
+Per noise level the report opens with a recommendation; per kept fraction the best method is chosen on validation
+and its test margin reported. A method "beats random" at a cell only when Holm's correction over the methods of
+that cell rejects "no difference" (its interval is then above zero); cells where no method does are listed plainly.
 """
 
 from __future__ import annotations
@@ -17,28 +19,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from datasel.report.plots import save_figure  # noqa: E402
 from datasel.report.subsets import label_names, meta_classes  # noqa: E402
-from datasel.report.summary import noise_dropped  # noqa: E402
+from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped  # noqa: E402
+from datasel.report.verdicts import (VERDICT_HEADER, Choice, best_per_fraction, choice_means,  # noqa: E402
+                                     format_points, margins, markdown_table, method_note, recommendation,
+                                     undertrained, verdict_rows, welch_ci)
 from datasel.store import atomic_path, read_table  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean difference a − b and its Welch t-interval (NaN bounds when a side has fewer than two values)."""
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = np.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
-    return diff, diff - half, diff + half
 
 
 def cell_table(runs: dict[float, pl.DataFrame]) -> pl.DataFrame:
@@ -50,47 +40,6 @@ def cell_table(runs: dict[float, pl.DataFrame]) -> pl.DataFrame:
         parts.append(acc.join(steps, on=["selection", "seed"], how="left").with_columns(pl.lit(noise).alias("noise")))
     runs_df = pl.concat(parts, how="diagonal_relaxed")
     return runs_df
-
-
-def margins(cells: pl.DataFrame) -> pl.DataFrame:
-    """Each method's margin over random at the same noise and fraction (random's own row excluded)."""
-    rows: list[dict[str, Any]] = []
-    for (noise, fraction), part in cells.group_by(["noise", "fraction"], maintain_order=True):
-        rand = part.filter(pl.col("method") == "random").get_column("value").to_numpy()
-        for (method,), m in part.group_by(["method"], maintain_order=True):
-            if method == "random" or len(rand) == 0:
-                continue
-            vals = m.get_column("value").to_numpy()
-            diff, lo, hi = welch_ci(vals, rand)
-            rows.append({"noise": noise, "fraction": fraction, "method": method, "accuracy_mean": float(vals.mean()),
-                         "accuracy_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "seeds": len(vals),
-                         "random_mean": float(rand.mean()), "margin": diff, "ci_low": lo, "ci_high": hi,
-                         "beats_random": bool(lo > 0)})
-    return pl.DataFrame(rows).sort(["noise", "fraction", "margin"], descending=[False, False, True])
-
-
-def format_margin(row: dict[str, Any]) -> str:
-    """A margin in accuracy points with its interval: "+1.20 [+0.30, +2.10]" ("n/a" bounds with one seed)."""
-    bounds = ("n/a" if np.isnan(row["ci_low"]) else f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]")
-    return f"{100 * row['margin']:+.2f} {bounds}"
-
-
-def best_per_fraction(marg: pl.DataFrame) -> list[dict[str, Any]]:
-    """Per kept fraction (of one noise level): the method with the best mean, its margin over random, and a verdict.
-
-    The best mean can have the widest spread, so the verdict names any other method whose interval clears zero.
-    """
-    out = []
-    for fraction in sorted(marg.get_column("fraction").unique().to_list()):
-        m = marg.filter((pl.col("fraction") == fraction) & (pl.col("method") != "full"))
-        if m.height == 0:
-            continue
-        best = m.sort("accuracy_mean", descending=True).row(0, named=True)
-        winners = m.filter(pl.col("beats_random")).sort("ci_low", descending=True).get_column("method").to_list()
-        verdict = "yes" if best["beats_random"] else (
-            f"no; {', '.join(winners)} {'does' if len(winners) == 1 else 'do'}" if winners else "no")
-        out.append({**best, "verdict": verdict, "winners": winners})
-    return out
 
 
 def against_full(cells: pl.DataFrame) -> pl.DataFrame:
@@ -125,7 +74,7 @@ def render_extras(noise: float, vs_full: pl.DataFrame | None, detection: pl.Data
         for r in part.iter_rows(named=True):
             ok = "yes" if r["margin"] >= 0 else "no"
             lines.append(f"| {r['method']} | {100 * r['accuracy_mean']:.2f} | {100 * r['full_mean']:.2f} | "
-                         f"{format_margin(r)} | {ok} |")
+                         f"{format_points(r)} | {ok} |")
         lines.append("")
     if detection is not None and detection.height:
         lines += ["Finding the injected noisy labels (score high = flagged; random: AUROC 0.5, average precision = "
@@ -143,7 +92,12 @@ def render_extras(noise: float, vs_full: pl.DataFrame | None, detection: pl.Data
             lines += ["", f"Best datasel score `{b['score']}`: AUROC {b['auroc']:.3f}, {verdict} cleanlab's "
                           f"{c['auroc']:.3f} on the same data."]
         lines.append("")
-    if balance is not None and balance.height:
+    moved = (balance.filter(pl.col("fraction") < 1).get_column("class_share_max_gap").max()
+             if balance is not None and balance.height else None)
+    if moved is not None and moved < CLASS_MIX_POINTS:
+        lines += [f"Class mix: every subset keeps each class's share of the full training set within "
+                  f"{CLASS_MIX_POINTS:g} point (largest move {moved:.1f} points).", ""]
+    elif moved is not None:
         fracs = sorted(x for x in balance.get_column("fraction").unique().to_list() if x < 1)
         lines += ["Class mix gap (largest difference, in points, between a class's share of the subset and of the "
                   "full set):", "", "| method | " + " | ".join(f"keep {x:.0%}" for x in fracs) + " |",
@@ -159,22 +113,22 @@ def render_extras(noise: float, vs_full: pl.DataFrame | None, detection: pl.Data
 
 
 def plot_margins(marg: pl.DataFrame, out: Path, title: str = "") -> None:
-    """Margin over random (points, Welch 95% interval) against kept fraction, one panel per noise level: where a
-    line sits above zero with its interval, the method beats random at that size."""
+    """Margin over random (points, Holm-corrected Welch interval) against kept fraction, one panel per noise level:
+    where a line sits above zero with its interval, the method beats random at that size."""
     noises = sorted(marg.get_column("noise").unique().to_list()) or [0.0]
     fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
     for ax, noise in zip(axes[0], noises):
         part = marg.filter((pl.col("noise") == noise) & (pl.col("method") != "full"))
         for i, method in enumerate(sorted(part.get_column("method").unique().to_list())):
             p = part.filter(pl.col("method") == method).sort("fraction")
-            f, m = p.get_column("fraction").to_numpy(), 100 * p.get_column("margin").to_numpy()
+            f, m = 100 * p.get_column("fraction").to_numpy(), 100 * p.get_column("margin").to_numpy()
             lo, hi = 100 * p.get_column("ci_low").to_numpy(), 100 * p.get_column("ci_high").to_numpy()
             err = np.nan_to_num(np.vstack([m - lo, hi - m]), nan=0.0)
-            ax.errorbar(f + 0.004 * (i - 3), m, yerr=err, marker="o", capsize=2, label=method, lw=1)
+            ax.errorbar(f + 0.4 * (i - 3), m, yerr=err, marker="o", capsize=2, label=method, lw=1)
         ax.axhline(0.0, color="black", lw=1.5, label="random")
         ax.set_title(f"{title + ', ' if title else ''}label noise {noise:.0%}", fontsize=9)
-        ax.set_xlabel("kept fraction")
-        ax.set_ylabel("margin over random (accuracy points, 95% CI)")
+        ax.set_xlabel("kept fraction (%)")
+        ax.set_ylabel("margin over random (accuracy points, Holm-corrected CI)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
     save_figure(fig, out, dpi=110)
@@ -216,14 +170,32 @@ def plot_class_mix(hists: dict[float, pl.DataFrame], out: Path, title: str = "")
 
 
 def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
-                    extras: dict[float, list[str]] | None = None) -> str:
-    lines = ["# Selection quality: test accuracy (%) by method and kept fraction", ""]
-    for noise in sorted(cells.get_column("noise").unique().to_list()):
+                    extras: dict[float, list[str]] | None = None, chosen: pl.DataFrame | None = None,
+                    choice: Choice = Choice()) -> str:
+    """The quality report: per noise level a recommendation first, then the accuracy table, the per-fraction
+    answer (chosen on ``choice``, judged on test, Holm-corrected) and the ``extras`` sections.
+
+    ``chosen``: :func:`datasel.report.verdicts.choice_means` of the runs (None: no validation metrics, so the
+    choice falls back to test accuracy and the table says so).
+    """
+    noises = sorted(cells.get_column("noise").unique().to_list())
+    head, body = ["# Selection quality: test accuracy (%) by method and kept fraction", ""], []
+    for noise in noises:
         part = cells.filter(pl.col("noise") == noise)
         fracs = sorted(x for x in part.get_column("fraction").unique().to_list() if x < 1)  # full data: heading
         f = full.filter(pl.col("noise") == noise).get_column("value").to_numpy()
-        lines += [f"## label noise {noise:.0%}" + (f" — full data {100 * f.mean():.2f} ± {100 * f.std(ddof=1):.2f}"
-                                                   if len(f) > 1 else ""), ""]
+        best = best_per_fraction(marg.filter(pl.col("noise") == noise), chosen, choice)
+        warning = undertrained(pl.concat([part.select("method", "fraction", "value"),
+                                          full.filter(pl.col("noise") == noise).select(
+                                              pl.lit("full").alias("method"), pl.lit(1.0).alias("fraction"),
+                                              "value")], how="vertical_relaxed"))
+        answer = recommendation(best, [warning] if warning else [])
+        head.append(f"**Recommendation at label noise {noise:.0%}:** {answer}")
+        if warning:
+            head.append(f"Warning at label noise {noise:.0%}: {warning}.")
+        head.append("")
+        lines = [f"## label noise {noise:.0%}" + (f" — full data {100 * f.mean():.2f} ± {100 * f.std(ddof=1):.2f}"
+                                                  if len(f) > 1 else ""), ""]
         lines.append("| method | " + " | ".join(f"keep {x:.0%}" for x in fracs) + " |")
         lines.append("|---" * (len(fracs) + 1) + "|")
         for method in sorted(set(part.get_column("method").to_list()) - {"full"}):
@@ -233,26 +205,27 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                 row.append(f"{100 * v.mean():.2f} ± {100 * (v.std(ddof=1) if len(v) > 1 else 0):.2f}" if len(v) else "—")
             lines.append(f"| {method} | " + " | ".join(row) + " |")
         lines.append("")
-        lines += ["| kept | best method | accuracy | margin over random [95% CI] | beats random? |",
-                  "|---|---|---|---|---|"]
-        for b in best_per_fraction(marg.filter(pl.col("noise") == noise)):
-            lines.append(f"| {b['fraction']:.0%} | {b['method']} | {100 * b['accuracy_mean']:.2f} | "
-                         f"{format_margin(b)} | {b['verdict']} |")
-        losers = [x for x in fracs if not marg.filter((pl.col("noise") == noise) & (pl.col("fraction") == x)
-                                                      & (pl.col("method") != "full")).get_column("beats_random").any()]
-        lines.append("")
-        lines.append(f"No method beats random (95% CI above zero) at kept {', '.join(f'{x:.0%}' for x in losers)}."
-                     if losers else "At every kept fraction some method beats random.")
+        if best:
+            lines += [*markdown_table(VERDICT_HEADER, verdict_rows(best)), "", method_note(best), ""]
+        cell_marg = marg.filter(pl.col("noise") == noise)
+        losers = [x for x in fracs if not cell_marg.filter(pl.col("fraction") == x).get_column("beats_random").any()]
+        winners = [f"{r['method']} (kept {r['fraction']:.0%})" for r in cell_marg.filter(
+            pl.col("beats_random")).iter_rows(named=True)]
+        lines.append(f"No method beats random (Holm-corrected) at kept {', '.join(f'{x:.0%}' for x in losers)}."
+                     if losers else "At every kept fraction some method beats random (Holm-corrected).")
+        if winners:
+            lines.append(f"Every method that beats random on test (not chosen on validation): {', '.join(winners)}.")
         lines.append("")
         lines += (extras or {}).get(noise, [])
-    return "\n".join(lines)
+        body += lines
+    return "\n".join(head + body)
 
 
 def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc: Path, out_compute: Path,
                  out_noise: Path, batch_size: int) -> None:
     noises = sorted(cells.get_column("noise").unique().to_list())
-    agg = cells.group_by("noise", "method", "fraction").agg(
-        pl.col("value").mean().alias("m"), pl.col("value").std().fill_null(0).alias("s"),
+    agg = cells.group_by("noise", "method", "fraction").agg(  # in percent, as every table of the report
+        (100 * pl.col("value")).mean().alias("m"), (100 * pl.col("value")).std().fill_null(0).alias("s"),
         (pl.col("steps").mean() * batch_size).alias("examples_seen"))
     fig, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4.5), squeeze=False)
     for ax, noise in zip(axes[0], noises):
@@ -260,6 +233,7 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
         for method in sorted(set(part.get_column("method").to_list()) - {"full"}):
             p = part.filter(pl.col("method") == method).sort("fraction")
             f, m, s = (p.get_column(c).to_numpy() for c in ("fraction", "m", "s"))
+            f = 100 * f
             ax.plot(f, m, marker="o", label=method, lw=2 if method == "random" else 1,
                     color="black" if method == "random" else None)
             ax.fill_between(f, m - s, m + s, alpha=0.12)
@@ -267,8 +241,8 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
         if full.height:
             ax.axhline(full.get_column("m").item(0), ls="--", color="gray", label="full data")
         ax.set_title(f"label noise {noise:.0%}")
-        ax.set_xlabel("kept fraction")
-        ax.set_ylabel("test accuracy")
+        ax.set_xlabel("kept fraction (%)")
+        ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
     save_figure(fig, out_acc, dpi=110)
@@ -282,7 +256,7 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
                     ls="" if method == "full" else "-")
         ax.set_xscale("log")
         ax.set_xlabel("training compute (examples processed)")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"label noise {noise:.0%}")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
@@ -292,12 +266,12 @@ def plot_quality(cells: pl.DataFrame, noise_table: pl.DataFrame | None, out_acc:
     if noise_table is not None and noise_table.height:
         for method in sorted(noise_table.get_column("method").unique().to_list()):
             p = noise_table.filter(pl.col("method") == method).sort("fraction")
-            ax.plot(p.get_column("fraction").to_numpy(), p.get_column("noisy_share_of_dropped").to_numpy(),
-                    marker="o", label=method)
+            share = 100 * p.get_column("noisy_share_of_dropped").to_numpy()
+            ax.plot(100 * p.get_column("fraction").to_numpy(), share, marker="o", label=method)
         base = float(noise_table.get_column("base_rate").max())
-        ax.axhline(base, color="red", ls="--", label=f"base rate {base:.0%}")
-    ax.set_xlabel("kept fraction")
-    ax.set_ylabel("noisy share of dropped examples")
+        ax.axhline(100 * base, color="red", ls="--", label=f"base rate {base:.0%}")
+    ax.set_xlabel("kept fraction (%)")
+    ax.set_ylabel("noisy share of dropped examples (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     save_figure(fig, out_noise, dpi=110)
@@ -332,12 +306,16 @@ def quality_report(smk: Any) -> None:
             noise_parts.append(nd.filter(pl.col("method") != "full"))
     cells = cell_table(runs)
     marg = margins(cells.filter(pl.col("method") != "full"))
+    choice = Choice.from_config(smk.params.get("choose_on"))
+    chosen = choice_means(pl.concat([m.with_columns(pl.lit(n).alias("noise")) for n, m in runs.items()],
+                                    how="diagonal_relaxed"), choice)
     full = cells.filter((pl.col("method") == "full"))
     vs_full = against_full(cells)
     with atomic_path(smk.output.csv) as tmp:
         marg.write_csv(tmp)
     extras = {noise: render_extras(noise, vs_full, detections.get(noise), balances.get(noise)) for noise in runs}
-    md = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full, extras)
+    md = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full, extras,
+                         chosen, choice)
     if smk.params.get("regime"):
         md = md.replace("\n", f"\n\nRegime: {smk.params.regime}.\n", 1)
     with atomic_path(smk.output.md) as tmp:

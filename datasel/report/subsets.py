@@ -24,11 +24,21 @@ def class_histograms(examples: pl.DataFrame, selections: pl.DataFrame,
     full = train.group_by("label").len("total").with_columns((pl.col("total") / train.height).alias("full_share"))
     kept = (selections.filter(pl.col("selected")).join(train, on="example_id", how="inner")
             .group_by("selection", "label").len("kept"))
-    grid = selections.select("selection").unique().join(full, how="cross")
-    out = grid.join(kept, on=["selection", "label"], how="left").with_columns(pl.col("kept").fill_null(0))
+    grid = draw_counts(selections).join(full, how="cross")
+    # a stochastic policy's table stacks one subset per training seed: ``kept`` is the mean over its draws
+    out = grid.join(kept, on=["selection", "label"], how="left").with_columns(
+        (pl.col("kept").fill_null(0) / pl.col("draws")).alias("kept")).drop("draws")
     out = out.with_columns((pl.col("kept") / pl.col("kept").sum().over("selection").clip(lower_bound=1))
                            .alias("share"), (pl.col("kept") / pl.col("total")).alias("kept_of_class"))
     return out.with_columns(class_names(out.get_column("label"), classes)).sort("selection", "label")
+
+
+def draw_counts(selections: pl.DataFrame) -> pl.DataFrame:
+    """``selection, draws``: how many subsets each selection table stacks (one per training seed for a stochastic
+    policy, see :mod:`datasel.selection.draws`; one otherwise)."""
+    if "draw" not in selections.columns:
+        return selections.select("selection").unique().with_columns(pl.lit(1).alias("draws"))
+    return selections.group_by("selection").agg(pl.col("draw").n_unique().clip(lower_bound=1).alias("draws"))
 
 
 def class_names(labels: pl.Series, classes: Sequence[str] | None) -> pl.Series:

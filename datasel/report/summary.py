@@ -1,6 +1,7 @@
-"""The selection summary: method × kept fraction → test accuracy (mean ± std over seeds), the answer (per kept
-fraction, the best selection and its margin over random with a 95% interval, as the quality report computes it),
-warnings about runs whose numbers mean little, and how much of the injected label noise each selection dropped.
+"""The selection summary: a recommendation first (:mod:`datasel.report.verdicts`: per kept fraction the selection
+chosen on validation, its Holm-corrected test margin over random), warnings about runs whose numbers mean little,
+then method × kept fraction → test accuracy (mean ± std over seeds) and how much of the injected label noise each
+selection dropped.
 
 The document is built once as a list of blocks and rendered to Markdown (``summary.md``) and reStructuredText
 (``summary.rst``, included by the Snakemake report's landing page), so both say the same thing.
@@ -17,11 +18,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datasel.report.subsets import label_names
+from datasel.report.subsets import draw_counts, label_names
+from datasel.report.verdicts import (VERDICT_HEADER, Choice, best_per_fraction, choice_means, margins, method_note,
+                                     recommendation, recommended, selection_of, undertrained, verdict_rows)
 
 # a score "saturates" when more than this share of its values sit at its maximum (or minimum): its ranking among
 # them is a tie broken by id, so a top/bottom/offset policy over it selects arbitrarily
 SATURATION_SHARE = 0.5
+# the class-balance table is shown only when some class's share of some subset moves by at least this many points
+CLASS_MIX_POINTS = 1.0
 
 
 def noise_dropped(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.DataFrame:
@@ -29,11 +34,13 @@ def noise_dropped(examples: pl.DataFrame, selections: pl.DataFrame) -> pl.DataFr
     share of all noisy labels it removed (recall)."""
     train = examples.filter(pl.col("split") == "train").select("example_id", "is_noisy")
     joined = selections.join(train, on="example_id", how="inner")
+    # counts are means over a stochastic policy's draws (one subset per training seed); the shares are unchanged
     return joined.group_by("selection").agg(
         (~pl.col("selected")).sum().alias("dropped"),
         (pl.col("is_noisy") & ~pl.col("selected")).sum().alias("noisy_dropped"),
         pl.col("is_noisy").sum().alias("noisy_total"),
-    ).with_columns(
+    ).join(draw_counts(selections), on="selection").with_columns(
+        pl.col("dropped", "noisy_dropped", "noisy_total") / pl.col("draws")).drop("draws").with_columns(
         (pl.col("noisy_dropped") / pl.col("dropped").clip(lower_bound=1)).alias("noisy_share_of_dropped"),
         (pl.col("noisy_dropped") / pl.col("noisy_total").clip(lower_bound=1)).alias("noise_recall"),
     )
@@ -56,28 +63,53 @@ def summarize(metrics: pl.DataFrame, noise: pl.DataFrame | None = None, split: s
     return table.sort(["fraction", f"{metric}_mean", "selection"], descending=[False, True, False])
 
 
-def best_against_random(metrics: pl.DataFrame, split: str = "test") -> list[dict[str, Any]]:
-    """Per kept fraction < 1: the best selection by mean test accuracy, its margin over random (Welch 95% interval
-    over training seeds) and a verdict — :func:`datasel.report.quality.best_per_fraction` on this run's metrics.
+def best_against_random(metrics: pl.DataFrame, choice: Choice = Choice()) -> list[dict[str, Any]]:
+    """Per kept fraction < 1: the selection with the best mean on ``choice`` (validation accuracy by default), its
+    Holm-corrected test margin over random and a verdict (:mod:`datasel.report.verdicts`).
 
     Empty when the run has no random selection to compare against.
     """
-    from datasel.report.quality import best_per_fraction, margins
-
-    cells = metrics.filter((pl.col("split") == split) & (pl.col("metric") == "accuracy") & (pl.col("fraction") < 1)
-                           & (pl.col("method") != "full")).with_columns(pl.lit(0.0).alias("noise"))
-    if cells.filter(pl.col("method") == "random").height == 0 or cells.select("method").n_unique() < 2:
+    marg = margins_on_test(metrics)
+    if marg.height == 0:
         return []
-    rows = best_per_fraction(margins(cells))
+    rows = best_per_fraction(marg, choice_means(metrics, choice), choice)
     for r in rows:
-        r["selection"] = f"{r['method']}_keep{round(100 * r['fraction'])}"
+        r["selection"] = selection_of(r)
     return rows
 
 
+def margins_on_test(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Every selection's test-accuracy margin over random at its kept fraction, Holm-corrected per fraction."""
+    cells = metrics.filter((pl.col("split") == "test") & (pl.col("metric") == "accuracy") & (pl.col("fraction") < 1)
+                           & (pl.col("method") != "full"))
+    return margins(cells)
+
+
+def verdict_columns(table: pl.DataFrame, marg: pl.DataFrame, best: list[dict[str, Any]], answer: str,
+                    warnings: list[str]) -> pl.DataFrame:
+    """``table`` (:func:`summarize`) with the answer as columns, for summary.csv: each selection's test margin over
+    random (fractions 0-1, Holm-corrected interval, p-values, family size, verdict), whether it is the method chosen
+    on validation at its kept fraction and the recommended one, and the recommendation and warnings (the same text
+    on every row, so any row answers)."""
+    cols = ["margin", "ci_low", "ci_high", "ci_level", "p_value", "p_holm", "family_size", "verdict"]
+    chosen = {b["selection"] for b in best}
+    pick = recommended(best)
+    named = marg.select(pl.concat_str(pl.col("method"), pl.lit("_keep"),
+                                      (100 * pl.col("fraction")).round().cast(pl.Int64)).alias("selection"), *cols)
+    return table.join(named, on="selection", how="left").with_columns(
+        pl.col("selection").is_in(list(chosen)).alias("chosen_on_validation"),
+        (pl.col("selection") == (selection_of(pick) if pick else "")).alias("recommended"),
+        pl.lit(answer).alias("recommendation"),
+        pl.lit(" | ".join(warnings)).alias("warnings"),
+    )
+
+
 def run_warnings(metrics: pl.DataFrame, scores: Mapping[str, pl.DataFrame] | None = None) -> list[str]:
-    """Sentences about results that look like numbers but mean little: a target model that predicted one class
-    (its accuracy is the majority share), a score whose values pile up at one end (its ranking is mostly ties)."""
-    out = []
+    """Sentences about results that look like numbers but mean little: an under-trained target model (a random half
+    of the data does as well as all of it), a target model that predicted one class (its accuracy is the majority
+    share), a score whose values pile up at one end (its ranking is mostly ties)."""
+    test = metrics.filter((pl.col("split") == "test") & (pl.col("metric") == "accuracy"))
+    out = [w for w in [undertrained(test)] if w]
     one = metrics.filter((pl.col("metric") == "predicted_classes") & (pl.col("split") == "test")
                          & (pl.col("value") <= 1))
     for (selection,), part in one.group_by(["selection"], maintain_order=True):
@@ -163,34 +195,26 @@ def _pct(mean: float, std: float | None = None) -> str:
 def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: list[str],
                    base_rate: float | None = None, histograms: pl.DataFrame | None = None,
                    detection: pl.DataFrame | None = None) -> Doc:
-    """The summary: the answer per kept fraction first, then warnings, then every selection; with ``histograms``
+    """The summary: the recommendation and the warnings that change it first, then the answer per kept fraction,
+    then every selection; with ``histograms``
     (:func:`datasel.report.subsets.class_histograms`) each subset's class mix against the full set's, with
     ``detection`` (:func:`datasel.report.subsets.noise_detection`) how well each score finds the noisy labels."""
-    from datasel.report.quality import format_margin
-
     doc = Doc()
     doc.heading("Selection summary: test accuracy of the target model", 1)
     full = table.filter(pl.col("method") == "full")
-    if best:
-        doc.heading("Best selection per kept fraction, against random")
-        rows = []
-        for b in best:
-            rows.append([f"{b['fraction']:.0%}", f"`{b['selection']}`", _pct(b["accuracy_mean"], b["accuracy_std"]),
-                         _pct(b["random_mean"]), format_margin(b), b["verdict"]])
-        doc.table(["kept", "best selection", "test accuracy (%)", "random (%)",
-                   "margin over random, points [95% CI]", "beats random?"], rows)
-        seeds = min(b["seeds"] for b in best)
-        doc.para("Margin: mean accuracy difference to the random selection of the same size, with a Welch 95% "
-                 f"interval over training seeds ({seeds} or more per cell); a selection beats random when the whole "
-                 "interval is above zero."
-                 + (f" Full data: {_pct(full.item(0, 'accuracy_mean'), full.item(0, 'accuracy_std'))}."
-                    if full.height else ""))
-    else:
-        doc.para("No margin over random: the run has no `random` selection (add `random: {policy: random}` to "
-                 "selection.policies) or no other selection to compare with it.")
+    doc.para(f"**Recommendation:** {recommendation(best, warnings)}")
     if warnings:
         doc.heading("Warnings")
         doc.bullets(warnings)
+    if best:
+        chosen_on = best[0]["chosen_on"].split(" (")[0]
+        doc.heading(f"Selection per kept fraction: chosen on {chosen_on}, judged on test against random")
+        whole = f" Full data: {_pct(full.item(0, 'accuracy_mean'), full.item(0, 'accuracy_std'))}." if full.height else ""
+        doc.para(method_note(best) + whole)
+        doc.table(VERDICT_HEADER, verdict_rows(best))
+    else:
+        doc.para("No margin over random: the run has no `random` selection (add `random: {policy: random}` to "
+                 "selection.policies) or no other selection to compare with it.")
     doc.heading("All selections")
     noisy = base_rate is not None and base_rate > 0 and "noisy_share_of_dropped" in table.columns
     header = ["method", "kept", "selection", "test accuracy (%)", "seeds"]
@@ -223,6 +247,11 @@ def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: li
 def _class_histogram_table(doc: Doc, h: pl.DataFrame) -> None:
     labels = sorted(h.get_column("label").unique().to_list())
     names = label_names(h)
+    moved = float(((h.get_column("share") - h.get_column("full_share")).abs() * 100).max() or 0.0)
+    if moved < CLASS_MIX_POINTS:
+        doc.para(f"Class balance: every subset keeps each class's share of the full training set within "
+                 f"{CLASS_MIX_POINTS:g} point (largest move {moved:.1f} points).")
+        return
     doc.heading("Class balance: share of each class in each subset (%)")
     first = h.filter(pl.col("selection") == h.item(0, "selection")).sort("label")
     rows = [["full training set", *(f"{100 * v:.1f}" for v in first.get_column("full_share").to_list())]]

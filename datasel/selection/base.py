@@ -25,6 +25,9 @@ class Policy(ABC):
     # classes the proxy finds hard (issue 17: a 70% EL2N-offset subset kept 48% of one class and 79% of another),
     # so score-ranked policies keep the observed class mix unless ``stratify: false``
     stratify_by_default: ClassVar[bool] = True
+    # whether ``choose`` draws random numbers: then every training seed trains on its own draw
+    # (datasel.selection.draws), so the seed spread covers the luck of the draw as well as training noise
+    draws_random: ClassVar[bool] = False
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -36,6 +39,10 @@ class Policy(ABC):
         ``pool`` holds the training examples (``example_id, label``) joined with ``score`` and ``rank`` when the
         policy reads a score; it is sorted by ``rank`` (best first), or by ``example_id`` otherwise.
         """
+
+    def stochastic(self) -> bool:
+        """Whether this entry's subset depends on the seed (a policy whose config decides overrides this)."""
+        return self.draws_random
 
 
 def stratify_default(policy: Policy) -> bool:

@@ -78,6 +78,7 @@ class CCS(Policy):
     ``bins`` (equal-width score strata, default 50 as in the official code)."""
 
     needs_score: ClassVar[bool] = True
+    draws_random: ClassVar[bool] = True  # a uniform draw inside each stratum
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         where = f"selection.policies.{self.cfg.get('name', 'ccs')}"

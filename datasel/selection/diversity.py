@@ -108,6 +108,9 @@ class KCenter(_FeaturePolicy):
 
     name = "kcenter"
 
+    def stochastic(self) -> bool:
+        return self.cfg.get("start") == "random"
+
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         ids, x = self._features(pool)
         first = int(np.random.default_rng(seed).integers(len(ids))) if self.cfg.get("start") == "random" else 0
@@ -122,6 +125,7 @@ class KMeansCoverage(_FeaturePolicy):
     """cfg: ``features`` (index.json), ``normalize`` (default true), ``niter`` (k-means iterations)."""
 
     name = "kmeans_coverage"
+    draws_random = True  # the seeded first centre of the k-means seeding
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         ids, x = self._features(pool)

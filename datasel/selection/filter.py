@@ -79,6 +79,8 @@ class Filter(Policy):
 
     needs_score: ClassVar[bool] = True
     stratify_by_default: ClassVar[bool] = False
+    # the seeded mixture fit, and the uniform draw among unflagged rows below the full set
+    draws_random: ClassVar[bool] = True
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         where = f"selection.policies.{self.cfg.get('name', 'filter')}"

@@ -7,6 +7,7 @@ Score-ranked policies are stratified by the observed label unless their entry sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import polars as pl
 from datasel.errors import ConfigError, DataError
 from datasel.selection.base import POLICIES, kept_count, stratify_default
 from datasel.selection.curriculum import order_positions
+from datasel.selection.draws import DRAW, draw_seed
 
 
 CARRIED_SCORE_COLUMNS = ("label_issue",)
@@ -67,8 +69,14 @@ def make_selection(
     seed: int,
     order_scores: pl.DataFrame | None = None,
     score_source: str = "scores",
+    draws: Sequence[int] | None = None,
 ) -> pl.DataFrame:
-    """The selection table for one policy entry at one kept fraction (rows for every training example)."""
+    """The selection table for one policy entry at one kept fraction (rows for every training example).
+
+    ``draws``: training seeds; a policy that draws random numbers then makes one subset per training seed (seeded
+    by :func:`datasel.selection.draws.draw_seed`), stacked with a ``draw`` column naming the seed. A deterministic
+    policy, or no ``draws``, gives one subset made with ``seed`` and no ``draw`` column.
+    """
     policy = POLICIES.get(cfg["policy"], where=f"selection.policies.{name}.policy")({"name": name, **cfg})
     if policy.needs_score and scores is None:
         raise ConfigError(f"policy '{cfg['policy']}' needs a score table", field=f"selection.policies.{name}.score",
@@ -76,9 +84,17 @@ def make_selection(
     pool = build_pool(examples, scores if policy.needs_score else None, score_source)
     n_keep = kept_count(pool.height, fraction)
     stratify = bool(cfg.get("stratify", stratify_default(policy))) and policy.stratifiable
+    args = (policy, pool, n_keep, stratify, cfg.get("curriculum"), order_scores, selection_name(name, fraction))
+    if not draws or not policy.stochastic():
+        return _one_subset(*args, seed)
+    return pl.concat([_one_subset(*args, draw_seed(seed, d)).with_columns(pl.lit(d, dtype=pl.Int64).alias(DRAW))
+                      for d in sorted({int(d) for d in draws})])
+
+
+def _one_subset(policy: Any, pool: pl.DataFrame, n_keep: int, stratify: bool, curriculum: dict[str, Any] | None,
+                order_scores: pl.DataFrame | None, selection: str, seed: int) -> pl.DataFrame:
     chosen = _stratified(policy, pool, n_keep, seed) if stratify else policy.choose(pool, n_keep, seed)
     chosen = chosen.select("example_id", "weight")
-    curriculum = cfg.get("curriculum")
     if curriculum:
         chosen = chosen.join(order_positions(chosen, order_scores, curriculum, seed), on="example_id", how="left")
     else:
@@ -87,7 +103,7 @@ def make_selection(
         pool.select("example_id")
         .join(chosen, on="example_id", how="left")
         .with_columns(
-            pl.lit(selection_name(name, fraction)).alias("selection"),
+            pl.lit(selection).alias("selection"),
             pl.col("weight").is_not_null().alias("selected"),
             pl.col("weight").fill_null(0.0).cast(pl.Float64),
             pl.col("position").cast(pl.Int64),

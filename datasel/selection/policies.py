@@ -1,7 +1,11 @@
 """Score-rank policies (Paul et al. 2021; Fayyaz et al. 2022) and the random/full baselines.
 
-``top`` keeps the highest scores ("hardest"), ``bottom`` the lowest, ``offset`` drops the ``offset`` highest and
+``top`` keeps the highest scores ("hardest"), ``easy`` the lowest, ``offset`` drops the ``offset`` highest and
 keeps the next M: under label noise the very highest EL2N/GraNd scores are mostly mislabeled examples.
+
+``easy`` is Sorscher et al.'s (2022) rule for scarce data: with few examples, keep the easiest ones. ``bottom`` is
+the same policy under its older name (one class, two registered names). Like every score-ranked policy both keep
+each class's share of the pool (``stratify: false`` turns that off).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ class Top(Policy):
         return _keep(pool, 0, n_keep)
 
 
+@POLICIES.register("easy")
 @POLICIES.register("bottom")
-class Bottom(Policy):
+class Easy(Policy):
+    """The ``n_keep`` lowest scores (the easiest rows for a difficulty score such as EL2N, GraNd or loss)."""
+
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         return _keep(pool, pool.height - n_keep, n_keep)
 
@@ -46,6 +53,7 @@ class Offset(Policy):
 @POLICIES.register("random")
 class Random(Policy):
     needs_score = False
+    draws_random = True
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         idx = np.sort(rng_for(seed, "policy:random").choice(pool.height, size=n_keep, replace=False))

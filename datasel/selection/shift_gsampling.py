@@ -72,6 +72,7 @@ class ShiftGSampling(Policy):
     ``sigma`` (band width in percentile units, 0.15). Works with any score table."""
 
     needs_score = True
+    draws_random = True
 
     def choose(self, pool: pl.DataFrame, n_keep: int, seed: int) -> pl.DataFrame:
         drop, mu, sigma = (float(self.cfg.get(k, d)) for k, d in (("drop_top", 0.1), ("mu", 0.5), ("sigma", 0.15)))

@@ -59,11 +59,13 @@ class TableSchema:
         if self.closed:
             df = df.select([c for c in df.columns if c in self.columns or c in self.optional])
         for key in self.unique:
-            dup = df.filter(pl.struct(key.split("+")).is_duplicated()) if "+" in key else df.filter(
-                pl.col(key).is_duplicated()
+            # an optional column the frame lacks drops out of the key ("draw+example_id" of a one-draw table)
+            parts = [p for p in key.split("+") if p in df.columns or p not in self.optional]
+            dup = df.filter(pl.struct(parts).is_duplicated()) if len(parts) > 1 else df.filter(
+                pl.col(parts[0]).is_duplicated()
             )
             if dup.height:
-                shown = dup.get_column(key.split("+")[0]).head(3).to_list()
+                shown = dup.get_column(next((p for p in parts if p not in self.optional), parts[0])).head(3).to_list()
                 raise DataError(
                     f"table '{self.name}' has {dup.height} rows with a duplicated '{key}' (e.g. {shown})",
                     file=source,
@@ -125,7 +127,9 @@ SCHEMAS: dict[str, TableSchema] = {
                 "weight": pl.Float64,
                 "position": pl.Int64,
             },
-            unique=("example_id",),
+            # a stochastic policy's table holds one subset per training seed (datasel.selection.draws)
+            optional={"draw": pl.Int64},
+            unique=("draw+example_id",),
             files=("selections/*.parquet",),
         ),
         TableSchema(
