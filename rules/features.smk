@@ -75,10 +75,11 @@ if "features" in config:
         output:
             directory("{root}/features/{fset}/{ckpt}-{split}/shard_{shard}"),
         params:
-            fset=lambda wc: _fsets()[wc.fset],
+            # one shard of one checkpoint and split: not the lists of seeds, epochs and splits the set spans
+            fset=lambda wc: without(_fsets()[wc.fset], "seeds", "epochs", "splits"),
             shards=config["features"]["shards"],
-            proxy=lambda wc: None if wc.ckpt == "hf" else {k: config["proxy"].get(k) for k in
-                                                           ("model", "lr", "schedule", "epochs")},
+            proxy=lambda wc: None if wc.ckpt == "hf" else canon({k: config["proxy"].get(k) for k in
+                                                                 ("model", "lr", "schedule", "epochs")}),
         wildcard_constraints:
             root=ROOT_RE,
             fset=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
