@@ -92,8 +92,8 @@ def _labels(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> tuple[pl.DataF
     label = df.get_column("label")
     if label.null_count():
         row = int(label.is_null().arg_max())
-        raise DataError(f"{label.null_count()} rows have no label (first at row {row})", file=where, field=column,
-                        fix="drop unlabeled rows or fill the label")
+        raise DataError(f"{label.null_count()} rows have no label (the first is row {row + 1})",
+                        file=where, field=column, fix="drop unlabeled rows or fill the label")
     if not (label.dtype.is_numeric() or label.dtype in (pl.String, pl.Categorical, pl.Boolean)
             or isinstance(label.dtype, pl.Enum)):
         raise DataError(f"the label column has dtype {label.dtype}", file=where, field=column,
