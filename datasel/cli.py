@@ -81,7 +81,8 @@ def _sql(args: argparse.Namespace) -> None:
 def _init(args: argparse.Namespace) -> None:
     from datasel.runfolder import init_folder
 
-    path = init_folder(args.dir, args.template, data=args.data, label=args.label, id_column=args.id)
+    path = init_folder(args.dir, args.template, data=args.data, label=args.label, id_column=args.id,
+                       text_column=args.text)
     print(f"wrote {path} (template {args.template}); edit it, then: datasel run {args.dir}")
 
 
@@ -134,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tabular (your table), text (your texts), default (the embedded experiment) or an experiment "
                         "name from config/experiments/")
     n.add_argument("--data", help="your data file: fills in data.path (and the numeric feature columns)")
-    n.add_argument("--label", help="the label column of --data")
+    n.add_argument("--label", help="the label column of --data (default: label)")
     n.add_argument("--id", help="your own row-id column of --data")
+    n.add_argument("--text", help="the text column of --data (--template text; default: text)")
     n.set_defaults(fn=_init)
     sub.add_parser("run", help="run the workflow in a run folder: datasel run [DIR] [snakemake args...]",
                    add_help=False)
