@@ -30,6 +30,9 @@ def _show(args: argparse.Namespace) -> None:
     total = shown.kept.height + shown.dropped.height
     scores = f"scores {shown.scores} ({shown.scores_from})" if shown.scores else shown.scores_from
     print(f"{args.selection}: {shown.kept.height} of {total} training rows kept; {scores}")
+    if shown.others:
+        print(f"other columns ({len(shown.others)}, not shown; `datasel export` writes them all): "
+              + ", ".join(shown.others))
     parts = [("kept", shown.kept)] + ([("dropped", shown.dropped)] if args.dropped else [])
     # as wide as the terminal, and unwrapped when printed into a pipe or file (no terminal: 250 columns)
     width = shutil.get_terminal_size((250, 24)).columns
@@ -37,7 +40,7 @@ def _show(args: argparse.Namespace) -> None:
                    tbl_width_chars=width):
         for title, df in parts:
             print(f"\n{title}: {df.height} rows, by {shown.sorted_by}" + (f" (first {args.rows})" if df.height > args.rows else ""))
-            print(df.head(args.rows))
+            print(df.select([c for c in shown.columns if c in df.columns]).head(args.rows))
 
 
 def _inspect(args: argparse.Namespace) -> None:
