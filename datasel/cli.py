@@ -14,9 +14,15 @@ from datasel.errors import DataselError
 def _export(args: argparse.Namespace) -> None:
     from datasel.export import export_selection
 
+    from datasel.export.folder import read_marker
+
     out = export_selection(args.results, args.selection, args.format, args.out, overwrite=args.overwrite,
-                           order=args.order, internal=args.internal)
-    print(f"wrote {args.selection} ({args.format}) to {out}")
+                           order=args.order, internal=args.internal, splits=args.splits)
+    info = read_marker(out) or {}
+    counts = info.get("rows_per_split") or {}
+    held = ", ".join(f"{s} {n} rows" + (f" (kept of {info.get('train_rows_total')})" if s == "train" else "")
+                     for s, n in counts.items())
+    print(f"wrote {args.selection} ({args.format}) to {out}: {held}")
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an earlier export in --out (only a folder datasel export wrote, nothing else)")
     e.add_argument("--order", choices=["curriculum", "source"], default=None,
                    help="row order: curriculum position (default when the selection has one) or the source's order")
+    e.add_argument("--splits", default=None, metavar="train,val,test",
+                   help="the splits to write (default: train, the selection's kept rows; val and test are written "
+                        "whole, with a split column)")
     e.add_argument("--internal", action="store_true",
                    help="also write the pipeline's own columns (example_id, split, label index, x, ...)")
     e.set_defaults(fn=_export)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -28,30 +29,36 @@ from datasel.export.folder import (
     write_marker,
 )
 from datasel.export.formats import FORMATS, check_format, is_disk_full, require_format, verify, write_rows
-from datasel.export.frame import ORDERS, export_frame
+from datasel.export.frame import DEFAULT_SPLITS, ORDERS, SPLITS, export_frame, parse_splits
 from datasel.export.inputs import available_selections, load_inputs
 
-__all__ = ["FORMATS", "ORDERS", "available_selections", "export_selection", "selected_rows"]
+__all__ = ["DEFAULT_SPLITS", "FORMATS", "ORDERS", "SPLITS", "available_selections", "export_selection",
+           "parse_splits", "selected_rows"]
 
 log = logging.getLogger(__name__)
 
 
-def selected_rows(results: str | Path, selection: str, order: str | None = None, internal: bool = False) -> pl.DataFrame:
+def selected_rows(results: str | Path, selection: str, order: str | None = None, internal: bool = False,
+                  splits: str | Sequence[str] | None = None) -> pl.DataFrame:
     """The exported frame for one selection."""
-    return export_frame(load_inputs(results, selection), order, internal)[0]
+    return export_frame(load_inputs(results, selection), order, internal, parse_splits(splits))[0]
 
 
 def export_selection(results: str | Path, selection: str, fmt: str, out: str | Path, overwrite: bool = False,
-                     order: str | None = None, internal: bool = False) -> Path:
-    """Write the kept rows of ``selection`` into the folder ``out``; returns ``out`` once it is complete on disk."""
+                     order: str | None = None, internal: bool = False,
+                     splits: str | Sequence[str] | None = None) -> Path:
+    """Write the kept rows of ``selection`` (and, with ``splits``, every row of the validation or test split) into
+    the folder ``out``; returns ``out`` once it is complete on disk. Its marker records the splits it holds."""
     results, out = Path(results), Path(os.path.abspath(out))
     require_format(fmt)
+    wanted = parse_splits(splits)
     refuse_protected(out, results)
     inputs = load_inputs(results, selection)
-    rows, used = export_frame(inputs, order, internal)
+    rows, used, counts = export_frame(inputs, order, internal, wanted)
     check_format(rows, fmt)
+    train_rows = int((inputs.examples.get_column("split") == "train").sum())
     info = {"selection": inputs.name, "format": fmt, "rows": rows.height, "columns": rows.columns, "order": used,
-            "internal": internal}
+            "internal": internal, "splits": list(wanted), "rows_per_split": counts, "train_rows_total": train_rows}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with export_lock(out):
