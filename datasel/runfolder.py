@@ -76,15 +76,17 @@ def _head(path: Path) -> tuple[dict[str, Any], int]:
     """The file's columns and their types (from its first 100 rows), and its number of rows."""
     import polars as pl
 
-    from datasel.data.sources import _read_file
+    from datasel.data.sources import check_csv_lines, read_data_file
 
+    if path.suffix.lower() == ".csv":
+        check_csv_lines(path)  # a ragged line is named now, not when the run's prepare job reads the file
     try:
         frame = _scan(path).head(100).collect()
         rows = int(_scan(path).select(pl.len()).collect().item())
     except ConfigError:
         raise
     except Exception:
-        _read_file(path)  # names the faulty line of a ragged CSV or a bad JSON line, as `datasel run` would
+        read_data_file(path)  # names the faulty line of a ragged CSV or a bad JSON line, as `datasel run` would
         raise
     return dict(frame.schema.items()), rows
 
@@ -98,7 +100,14 @@ def _check_column(columns: dict[str, Any], name: str, option: str, data: str, gi
     how = f"use {option} with one of its columns" if not given else "use one of its columns"
     raise ConfigError(f"the file has no column '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
                       + ("" if given else f"; '{name}' is the template's default for {option}"),
-                      file=data, field=option, fix=f"{how}: {', '.join(columns)}")
+                      file=data, field=option, fix=f"{how}: {_listing(list(columns))}")
+
+
+def _listing(names: list[str], most: int = 12) -> str:
+    """Names for a message: all of a few, else the first ones and how many more (a 66-column table)."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most - 2])}, ... {names[-1]} ({len(names)} columns)"
 
 
 def _text_budget(text: str, rows: int, data: str) -> str:

@@ -193,3 +193,13 @@ def test_run_refuses_a_bad_config_or_a_missing_folder_before_snakemake_starts(tm
         rf.run_folder([str(folder3), "-n"])
     assert exc.value.field == "data.path" and "config.yaml" in str(exc.value.file)
     assert Path.cwd() == tmp_path  # the check looked in the run folder and came back
+
+
+def test_init_names_a_ragged_line_of_the_data_file(tmp_path) -> None:
+    data = _user_csv(tmp_path / "my.csv", 20)
+    lines = data.read_text().splitlines()
+    lines[6] = lines[6].rsplit(",", 2)[0]  # line 7 loses its last two fields
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataselError, match="too few fields on line 7: 5, expected 7"):
+        init_folder(tmp_path / "run", "tabular", data=str(data), label="target")
+    assert not (tmp_path / "run").exists()

@@ -135,7 +135,7 @@ def docstring_topics_source(cfg: dict[str, Any]) -> pl.DataFrame:
     return df.rename({"id": "origin"})
 
 
-def _read_file(path: Path) -> pl.DataFrame:
+def read_data_file(path: Path) -> pl.DataFrame:
     suffix = path.suffix.lower()
     readers = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".json": pl.read_ndjson, ".csv": pl.read_csv}
     if suffix not in readers:
@@ -143,7 +143,7 @@ def _read_file(path: Path) -> pl.DataFrame:
     if suffix == ".csv":
         # polars pads a short row with nulls and shifts the fields after a missing one into the wrong columns:
         # the resulting columns name neither the line nor the fault, so the lines are checked first
-        _check_csv_lines(path)
+        check_csv_lines(path)
     try:
         return readers[suffix](path)
     except Exception as exc:
@@ -167,7 +167,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
             start = reader.line_num + 1
 
 
-def _check_csv_lines(path: Path) -> None:
+def check_csv_lines(path: Path) -> None:
     """Refuse the first line whose number of fields differs from the header's, naming the line and both counts."""
     records = _csv_records(path)
     header = next(records, None)
@@ -355,7 +355,7 @@ def files_source(cfg: dict[str, Any]) -> pl.DataFrame:
     for p in map(Path, paths):
         if not p.exists():
             raise DataError("data file not found", file=p, field="data.path", fix="check the path (relative to the working directory)")
-        frames.append(_standardize(_read_file(p), cfg, str(p)))
+        frames.append(_standardize(read_data_file(p), cfg, str(p)))
     try:
         return pl.concat(frames, how="diagonal_relaxed")
     except Exception as exc:
