@@ -48,7 +48,8 @@ if stage_on("dga"):
             strategy="|".join(DGA_STRATEGIES),
             seed=r"\d+",
         params:
-            cfg=canon(DGA_TRAIN_CFG),
+            # the importance-sampling options reach only that strategy's runs
+            cfg=lambda wc: without(DGA_TRAIN_CFG, *(() if wc.strategy == "importance" else ("importance",))),
         threads: THREADS
         resources:
             **job_resources("dga_train", gpu=True),

@@ -40,7 +40,9 @@ def feature_index(spec, split="train", root="results"):
     if name not in _fsets():
         fail(f"names feature set '{name}', which does not exist", "selection.policies.*.features",
              f"use one of: {', '.join(_fsets())}")
-    return f"{root}/features/{name}/{ckpt or feature_ckpts(name)[-1]}-{split}/index.json"
+    # the first seed's, so adding a seed to the set adds features without changing what the policy reads
+    first = [c for c in feature_ckpts(name) if c == "hf" or c.startswith(f"seed{_fsets()[name].get('seeds', [0])[0]}-")]
+    return f"{root}/features/{name}/{ckpt or first[-1]}-{split}/index.json"
 
 
 def resolve_feature_policy(entry, root):

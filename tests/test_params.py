@@ -213,3 +213,49 @@ def test_reordering_keys_in_the_config_file_reruns_nothing(finished):
         assert _run(finished, "dryrun") == NOTHING
     finally:
         (finished / "config.yaml").write_text(yaml.safe_dump(DEFAULT, sort_keys=False))
+
+
+# A features section (gradient features of proxy checkpoints) read by a k-center policy: a shard is one
+# checkpoint's split, so the lists of seeds and splits a set spans decide which shards exist, not what one holds.
+WITH_FEATURES = copy.deepcopy(DEFAULT)
+WITH_FEATURES["stages"] = ["selection", "features"]  # every set's indexes are targets
+WITH_FEATURES["features"] = {"shards": 2, "sets": {"g": {"model": "proxy", "seeds": [0], "epochs": [5],
+                                                         "splits": ["train", "val"], "dim": 64}}}
+WITH_FEATURES["selection"]["policies"]["cover"] = {"policy": "kcenter", "features": "g"}
+FEATURE_READERS = {"select": 3, "train": 3, **DOWN}  # the cover policy's three fractions
+FEATURE_RERUNS: dict[str, tuple[object, dict[str, int]]] = {
+    # seed 1's shards and indexes only (the policy reads the first seed's training index); the catalog lists them
+    "features.sets.g.seeds": ([0, 1], {"features_shard": 4, "features_gather": 2, "catalog": 1}),
+    "features.sets.g.splits": (["train", "val", "test"], {"features_shard": 2, "features_gather": 1, "catalog": 1}),
+    "features.sets.g.dim": (32, {"features_shard": 4, "features_gather": 2, **FEATURE_READERS}),
+    "features.shards": (3, {"features_shard": 6, "features_gather": 2, **FEATURE_READERS}),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_features(tmp_path_factory):
+    work = tmp_path_factory.mktemp("params_features")
+    (work / "config.yaml").write_text(yaml.safe_dump(WITH_FEATURES, sort_keys=False))
+    _run(work, "touch")
+    now = time.time()
+    for key in os.listdir(work / ".snakemake" / "metadata"):
+        out = work / base64.b64decode(key).decode()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if "/shard_" in str(out):
+            out.mkdir(exist_ok=True)  # a shard is a directory output
+        else:
+            out.touch()
+        os.utime(out, (now, now))
+    assert _run(work, "dryrun") == NOTHING
+    return work
+
+
+@pytest.mark.parametrize("key", sorted(FEATURE_RERUNS))
+def test_editing_a_feature_set_reruns_only_its_own_shards(finished_features, key):
+    value, expected = FEATURE_RERUNS[key]
+    path = finished_features / "config.yaml"
+    path.write_text(yaml.safe_dump(_set(WITH_FEATURES, key, value), sort_keys=False))
+    try:
+        assert _run(finished_features, "dryrun") == expected
+    finally:
+        path.write_text(yaml.safe_dump(WITH_FEATURES, sort_keys=False))
