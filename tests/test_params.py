@@ -173,20 +173,26 @@ def _run(work: Path, executor: str) -> dict[str, int]:
     return {k: v for k, v in (grab.stats or {}).items() if k not in ("all", "total")}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A run folder whose every output exists and whose Snakemake records hold the default config's params."""
-    work = tmp_path_factory.mktemp("params")
-    (work / "config.yaml").write_text(yaml.safe_dump(DEFAULT, sort_keys=False))
-    assert _run(work, "touch") == EVERYTHING  # records each job's params (outputs missing: none is written)
+def _finished_run(work: Path, cfg: dict) -> Path:
+    """A run folder whose every output exists and whose Snakemake records hold ``cfg``'s params."""
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _run(work, "touch")  # records each job's params (its outputs missing: none is written)
     now = time.time()  # newer than the scripts, or Snakemake would see changed code
     for key in os.listdir(work / ".snakemake" / "metadata"):
         out = work / base64.b64decode(key).decode()
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.touch()
+        if "/shard_" in str(out):
+            out.mkdir(exist_ok=True)  # a feature shard is a directory output
+        else:
+            out.touch()
         os.utime(out, (now, now))
     assert _run(work, "dryrun") == NOTHING
     return work
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    return _finished_run(tmp_path_factory.mktemp("params"), DEFAULT)
 
 
 def test_the_table_names_every_key_of_the_default_config():
@@ -234,20 +240,7 @@ FEATURE_RERUNS: dict[str, tuple[object, dict[str, int]]] = {
 
 @pytest.fixture(scope="module")
 def finished_features(tmp_path_factory):
-    work = tmp_path_factory.mktemp("params_features")
-    (work / "config.yaml").write_text(yaml.safe_dump(WITH_FEATURES, sort_keys=False))
-    _run(work, "touch")
-    now = time.time()
-    for key in os.listdir(work / ".snakemake" / "metadata"):
-        out = work / base64.b64decode(key).decode()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if "/shard_" in str(out):
-            out.mkdir(exist_ok=True)  # a shard is a directory output
-        else:
-            out.touch()
-        os.utime(out, (now, now))
-    assert _run(work, "dryrun") == NOTHING
-    return work
+    return _finished_run(tmp_path_factory.mktemp("params_features"), WITH_FEATURES)
 
 
 @pytest.mark.parametrize("key", sorted(FEATURE_RERUNS))
