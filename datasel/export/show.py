@@ -42,7 +42,9 @@ def _main_columns(view: pl.DataFrame, meta: dict, score_columns: list[str]) -> l
     its text, its label, the score columns, whether the label was noised, and the selection's weight and position.
     Every other user column (a table's 64 features) is listed by name instead of pushing these off the screen."""
     cols = user_columns(meta)
-    added = [c for c in view.columns if c.removeprefix(PREFIX) in ("is_noisy", "weight", "position")]
+    # a position only where the selection has a curriculum (else every row's is null)
+    added = [c for c in view.columns if c.removeprefix(PREFIX) in ("is_noisy", "weight", "position")
+             and not (c.removeprefix(PREFIX) == "position" and view.get_column(c).null_count() == view.height)]
     wanted = [view.columns[0], cols.text, cols.label, *score_columns, *added]
     out: list[str] = []
     for c in wanted:
