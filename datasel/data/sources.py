@@ -196,7 +196,7 @@ def _check_jsonl_lines(path: Path) -> None:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))  # so a column past the end is this line's, not the next
             except json.JSONDecodeError as exc:
                 raise DataError(f"line {line_no} is not valid JSON ({exc.msg} at column {exc.colno})", file=path,
                                 fix=f"fix line {line_no}: each line holds one JSON object, {{\"field\": value, ...}}"
