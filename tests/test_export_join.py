@@ -229,15 +229,15 @@ def test_show_of_a_wide_table_prints_the_columns_that_matter_and_names_the_rest(
     res = prepared(tmp_path, user_table(extra=wide))
     shown = show_rows(res, "el2n_top_keep50")
     assert shown.columns == ("patient", "target", "score", "rank", "weight")  # no curriculum: no position
-    assert set(shown.others) == {*FEATURES, "note", "position", *wide} and set(shown.others).isdisjoint(shown.columns)
+    assert set(shown.others) == {*FEATURES, "note", *wide} and set(shown.others).isdisjoint(shown.columns)
     assert show_rows(res, "el2n_cl_keep50").columns[-2:] == ("weight", "position")
-    assert set(shown.kept.columns) == {*shown.columns, *shown.others}  # the frames still hold every column
+    assert set(shown.kept.columns) == {*shown.columns, *shown.others, "position"}  # the frames hold every column
     assert main(["show", "el2n_top_keep50", "--results", str(res), "--dropped"]) == 0
     printed = capsys.readouterr().out
     table_head = printed.split("kept:", 1)[1].split("\n")[2]  # the header row of the kept table
     for col in ("patient", "target", "score", "rank", "weight"):
         assert col in table_head, (col, table_head)
-    assert "px_0" not in table_head and "other columns (69, not shown" in printed and "px_63" in printed
+    assert "px_0" not in table_head and "other columns (68, not shown" in printed and "px_63" in printed
 
 
 def test_show_finds_the_score_table_in_the_snakemake_record(tmp_path):

@@ -37,14 +37,18 @@ class Shown:
     others: tuple[str, ...] = ()
 
 
+def _unset_position(view: pl.DataFrame, column: str) -> bool:
+    """The selection's position column when it has no curriculum: null on every row, so neither shown nor listed."""
+    return column.removeprefix(PREFIX) == "position" and view.get_column(column).null_count() == view.height
+
+
 def _main_columns(view: pl.DataFrame, meta: dict, score_columns: list[str]) -> list[str]:
     """The columns that tell why a row was kept, in this order: the row's key (the user's id, else its row number),
     its text, its label, the score columns, whether the label was noised, and the selection's weight and position.
     Every other user column (a table's 64 features) is listed by name instead of pushing these off the screen."""
     cols = user_columns(meta)
-    # a position only where the selection has a curriculum (else every row's is null)
     added = [c for c in view.columns if c.removeprefix(PREFIX) in ("is_noisy", "weight", "position")
-             and not (c.removeprefix(PREFIX) == "position" and view.get_column(c).null_count() == view.height)]
+             and not _unset_position(view, c)]
     wanted = [view.columns[0], cols.text, cols.label, *score_columns, *added]
     out: list[str] = []
     for c in wanted:
@@ -120,4 +124,4 @@ def show_rows(results: str | Path, selection: str, scores: str | None = None) ->
     kept_rows, dropped_rows = view.filter(kept).drop(helpers), view.filter(~kept).drop(*helpers, *unset)
     main = _main_columns(kept_rows, inputs.meta, score_columns)
     return Shown(kept_rows, dropped_rows, path, found, by, tuple(main),
-                 tuple(c for c in kept_rows.columns if c not in main))
+                 tuple(c for c in kept_rows.columns if c not in main and not _unset_position(kept_rows, c)))
