@@ -252,7 +252,8 @@ def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedC
     path = (*prefix, *map(str, err.absolute_path))
     msg, fix = _in_words(err, _dotted(path) or "the config")
     if err.validator == "oneOf":
-        msg = f"{err.instance!r} is not valid here ({err.schema.get('description') or 'see the schema'})"
+        about = err.schema.get("description")
+        msg = f"{err.instance!r} is not valid here" + (f" ({about})" if about else "")
     elif err.validator == "enum":
         close = difflib.get_close_matches(str(err.instance), [str(v) for v in err.validator_value], n=1)
         fix = (f"did you mean `{close[0]}`? " if close else "") + \
