@@ -14,9 +14,15 @@ from datasel.errors import DataselError
 def _export(args: argparse.Namespace) -> None:
     from datasel.export import export_selection
 
+    from datasel.export.folder import read_marker
+
     out = export_selection(args.results, args.selection, args.format, args.out, overwrite=args.overwrite,
-                           order=args.order, internal=args.internal)
-    print(f"wrote {args.selection} ({args.format}) to {out}")
+                           order=args.order, internal=args.internal, splits=args.splits)
+    info = read_marker(out) or {}
+    counts = info.get("rows_per_split") or {}
+    held = ", ".join(f"{s} {n} rows" + (f" (kept of {info.get('train_rows_total')})" if s == "train" else "")
+                     for s, n in counts.items())
+    print(f"wrote {args.selection} ({args.format}) to {out}: {held}")
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -30,6 +36,9 @@ def _show(args: argparse.Namespace) -> None:
     total = shown.kept.height + shown.dropped.height
     scores = f"scores {shown.scores} ({shown.scores_from})" if shown.scores else shown.scores_from
     print(f"{args.selection}: {shown.kept.height} of {total} training rows kept; {scores}")
+    if shown.others:
+        print(f"other columns ({len(shown.others)}, not shown; `datasel export` writes them all): "
+              + ", ".join(shown.others))
     parts = [("kept", shown.kept)] + ([("dropped", shown.dropped)] if args.dropped else [])
     # as wide as the terminal, and unwrapped when printed into a pipe or file (no terminal: 250 columns)
     width = shutil.get_terminal_size((250, 24)).columns
@@ -37,7 +46,7 @@ def _show(args: argparse.Namespace) -> None:
                    tbl_width_chars=width):
         for title, df in parts:
             print(f"\n{title}: {df.height} rows, by {shown.sorted_by}" + (f" (first {args.rows})" if df.height > args.rows else ""))
-            print(df.head(args.rows))
+            print(df.select([c for c in shown.columns if c in df.columns]).head(args.rows))
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -81,7 +90,8 @@ def _sql(args: argparse.Namespace) -> None:
 def _init(args: argparse.Namespace) -> None:
     from datasel.runfolder import init_folder
 
-    path = init_folder(args.dir, args.template, data=args.data, label=args.label, id_column=args.id)
+    path = init_folder(args.dir, args.template, data=args.data, label=args.label, id_column=args.id,
+                       text_column=args.text)
     print(f"wrote {path} (template {args.template}); edit it, then: datasel run {args.dir}")
 
 
@@ -106,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an earlier export in --out (only a folder datasel export wrote, nothing else)")
     e.add_argument("--order", choices=["curriculum", "source"], default=None,
                    help="row order: curriculum position (default when the selection has one) or the source's order")
+    e.add_argument("--splits", default=None, metavar="train,val,test",
+                   help="the splits to write (default: train, the selection's kept rows; val and test are written "
+                        "whole, with a split column)")
     e.add_argument("--internal", action="store_true",
                    help="also write the pipeline's own columns (example_id, split, label index, x, ...)")
     e.set_defaults(fn=_export)
@@ -135,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tabular (your table), text (your texts), default (the embedded experiment) or an experiment "
                         "name from config/experiments/")
     n.add_argument("--data", help="your data file: fills in data.path (and the numeric feature columns)")
-    n.add_argument("--label", help="the label column of --data")
+    n.add_argument("--label", help="the label column of --data (default: label)")
     n.add_argument("--id", help="your own row-id column of --data")
+    n.add_argument("--text", help="the text column of --data (--template text; default: text)")
     n.set_defaults(fn=_init)
     sub.add_parser("run", help="run the workflow in a run folder: datasel run [DIR] [snakemake args...]",
                    add_help=False)

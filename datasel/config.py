@@ -194,6 +194,53 @@ def _first_error(validator: Any, instance: Any, root: dict[str, Any]) -> Any:
                                       len(e.absolute_path), str(list(e.absolute_path))))
 
 
+_BOUND_KEYWORDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+_TYPE_WORDS = {"integer": "a whole number", "number": "a number", "string": "text", "boolean": "true or false",
+               "array": "a list", "object": "a section of `key: value` lines", "null": "empty"}
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bounds(schema: dict[str, Any]) -> str:
+    """The range a schema's bound keywords allow, as a reader writes it: (0, 1], at least 1, less than 1."""
+    lo_open, hi_open = "exclusiveMinimum" in schema, "exclusiveMaximum" in schema
+    lo = schema.get("exclusiveMinimum", schema.get("minimum"))
+    hi = schema.get("exclusiveMaximum", schema.get("maximum"))
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'more than' if lo_open else 'at least'} {_num(lo)}"
+    return f"{'less than' if hi_open else 'at most'} {_num(hi)}"
+
+
+def _in_words(err: Any, field_: str) -> tuple[str, str]:
+    """The problem and fix of a schema violation in the words of datasel's other messages: what the value is (the
+    schema's ``title``, else the key), what it must be, what it is; never a pointer into the schema files."""
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    what = schema.get("title") or f"{field_}"
+    got = f"got {err.instance!r}"
+    about = f" ({schema['description']})" if schema.get("description") else ""
+    if err.validator in _BOUND_KEYWORDS:
+        allowed = _bounds(schema)
+        to = f"a value {allowed}" if allowed.startswith("in ") else allowed
+        return f"{what} must be {allowed}; {got}", f"set {field_} to {to}{about}"
+    if err.validator == "type":
+        types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        want = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return f"{what} must be {want}; {got}", f"write {field_} as {want}{about}"
+    if err.validator in ("minItems", "maxItems"):
+        side = "at least" if err.validator == "minItems" else "at most"
+        items = f"{err.validator_value} item{'s' if err.validator_value != 1 else ''}"
+        return (f"{what} must list {side} {items}; got {len(err.instance)}", f"list {side} {items} in {field_}{about}")
+    if err.validator == "uniqueItems":
+        return f"{what} lists a value twice; {got}", f"list each value of {field_} once"
+    if err.validator in ("minLength", "maxLength", "pattern", "format", "multipleOf"):
+        return f"{what} is not allowed here: {err.message}", f"change {field_}{about}"
+    return f"{what}: {err.message}", f"change {field_}{about or ' (config/config.yaml shows a valid example)'}"
+
+
 def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedConfig) -> None:
     from jsonschema import Draft202012Validator
 
@@ -203,10 +250,10 @@ def _check(instance: Any, schema: dict[str, Any], prefix: Path_, loaded: LoadedC
     if err.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(err.instance, dict):
         raise _unknown_key_error(err, schema, prefix, loaded)
     path = (*prefix, *map(str, err.absolute_path))
-    msg = err.message
-    fix = f"see workflow/schemas/ for what {_dotted(path) or 'the config'} takes"
+    msg, fix = _in_words(err, _dotted(path) or "the config")
     if err.validator == "oneOf":
-        msg = f"{err.instance!r} is not valid here ({err.schema.get('description') or 'see the schema'})"
+        about = err.schema.get("description")
+        msg = f"{err.instance!r} is not valid here" + (f" ({about})" if about else "")
     elif err.validator == "enum":
         close = difflib.get_close_matches(str(err.instance), [str(v) for v in err.validator_value], n=1)
         fix = (f"did you mean `{close[0]}`? " if close else "") + \

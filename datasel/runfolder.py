@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import subprocess
@@ -21,6 +22,8 @@ import yaml
 from datasel.errors import ConfigError, DataselError
 
 BUILTIN = ("tabular", "text", "default")
+# the text template trains each subset for the steps this many epochs over all the training rows take
+TEXT_EPOCHS = 3
 
 
 def repo_root() -> Path:
@@ -59,26 +62,65 @@ def template_text(name: str) -> str:
     return head + note + yaml.safe_dump(merged, sort_keys=False)
 
 
-def _head(path: Path) -> dict[str, Any]:
-    """The file's columns and their types, from its first 100 rows."""
+def _scan(path: Path) -> Any:
     import polars as pl
 
-    readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
+    scanners = {".csv": pl.scan_csv, ".parquet": pl.scan_parquet, ".jsonl": pl.scan_ndjson}
+    scanner = scanners.get(path.suffix.lower())
+    if scanner is None:
         raise ConfigError(f"unsupported file type '{path.suffix}'", file=path, field="--data",
                           fix="use .csv, .parquet or .jsonl")
-    frame = reader(path, n_rows=100) if path.suffix.lower() == ".csv" else reader(path).head(100)
-    return dict(frame.schema.items())
+    return scanner(path)
 
 
-def _check_column(columns: dict[str, Any], name: str, option: str, data: str) -> None:
-    """Refuse a --label/--id the file does not have (a misspelt label would silently become a feature)."""
+def _head(path: Path) -> tuple[dict[str, Any], int]:
+    """The file's columns and their types (from its first 100 rows), and its number of rows."""
+    import polars as pl
+
+    from datasel.data.sources import check_csv_lines, read_data_file
+
+    if path.suffix.lower() == ".csv":
+        check_csv_lines(path)  # a ragged line is named now, not when the run's prepare job reads the file
+    try:
+        frame = _scan(path).head(100).collect()
+        rows = int(_scan(path).select(pl.len()).collect().item())
+    except ConfigError:
+        raise
+    except Exception:
+        read_data_file(path)  # names the faulty line of a ragged CSV or a bad JSON line, as `datasel run` would
+        raise
+    return dict(frame.schema.items()), rows
+
+
+def _check_column(columns: dict[str, Any], name: str, option: str, data: str, given: bool = True) -> None:
+    """Refuse a column the file does not have (a misspelt label would silently become a feature); ``given`` False:
+    the template's own default name, which the user did not type."""
     if name in columns:
         return
     close = difflib.get_close_matches(name, list(columns), n=1)
-    raise ConfigError(f"the file has no column '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-                      file=data, field=option, fix=f"use one of its columns: {', '.join(columns)}")
+    how = f"use {option} with one of its columns" if not given else "use one of its columns"
+    raise ConfigError(f"the file has no column '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                      + ("" if given else f"; '{name}' is the template's default for {option}"),
+                      file=data, field=option, fix=f"{how}: {_listing(list(columns))}")
+
+
+def _listing(names: list[str], most: int = 12) -> str:
+    """Names for a message: all of a few, else the first ones and how many more (a 66-column table)."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most - 2])}, ... {names[-1]} ({len(names)} columns)"
+
+
+def _text_budget(text: str, rows: int, data: str) -> str:
+    """Set the text template's training budget to TEXT_EPOCHS epochs over the training rows, in steps, and say so."""
+    cfg = yaml.safe_load(text)
+    splits, batch = cfg["data"]["splits"], int(cfg["training"]["batch_size"])
+    train_rows = max(1, round(rows * (1 - float(splits["val"]) - float(splits["test"]))))
+    steps = max(1, math.ceil(TEXT_EPOCHS * train_rows / batch))
+    share = round(100 * train_rows / rows)
+    line = (f"  budget: {{unit: steps, value: {steps}}}   # the same for every subset: {TEXT_EPOCHS} epochs x "
+            f"{train_rows} training rows ({share}% of {rows} in {Path(data).name}) / batch {batch}")
+    return re.sub(r"^  budget: .*# BUDGET:.*$", lambda m: line, text, count=1, flags=re.M)
 
 
 def _set(text: str, key: str, value: object) -> str:
@@ -90,7 +132,7 @@ def _set(text: str, key: str, value: object) -> str:
 
 
 def init_folder(folder: str | os.PathLike, template: str = "tabular", data: str | None = None,
-                label: str | None = None, id_column: str | None = None) -> Path:
+                label: str | None = None, id_column: str | None = None, text_column: str | None = None) -> Path:
     """Write ``folder/config.yaml`` from a template; never replaces an existing file."""
     folder = Path(folder)
     target = folder / "config.yaml"
@@ -107,14 +149,31 @@ def init_folder(folder: str | os.PathLike, template: str = "tabular", data: str 
             raise ConfigError("data file not found", file=data, field="--data", fix="give the path of your file")
         rel = os.path.relpath(src, folder.resolve())
         text = _set(text, "path", rel if not rel.startswith("..") else str(src))
+        if text_column and template != "text":
+            raise ConfigError("--text names the text column of the text template", field="--text",
+                              fix="add --template text, or leave --text out for a table of numbers")
         if label:
             text = _set(text, "label_column", label)
+        if text_column:
+            text = _set(text, "text_column", text_column)
         if id_column:
             text = re.sub(r"^  # id_column: id .*$", f"  id_column: {json.dumps(id_column)}", text, count=1, flags=re.M)
-        columns = _head(src)
-        for name, option in ((label, "--label"), (id_column, "--id")):
+        columns, rows = _head(src)
+        # every column the config names is checked, the template's defaults too (label, text)
+        checks = [(label or "label", "--label", label is not None), (id_column, "--id", True)]
+        if template == "text":
+            checks.append((text_column or "text", "--text", text_column is not None))
+        for name, option, given in checks:
             if name:
-                _check_column(columns, name, option, data)
+                _check_column(columns, name, option, data, given)
+        if template == "text":
+            import polars as pl
+
+            name = text_column or "text"
+            if columns[name] != pl.String:
+                raise ConfigError(f"column '{name}' holds {columns[name]}, not text", file=data, field="--text",
+                                  fix="name the column of strings with --text")
+            text = _text_budget(text, rows, data)
         if template == "tabular":
             exclude = {label or "label", *([id_column] if id_column else []), "split", "id"}
             cols = [c for c, t in columns.items() if t.is_numeric() and c not in exclude]
@@ -122,8 +181,9 @@ def init_folder(folder: str | os.PathLike, template: str = "tabular", data: str 
                 raise ConfigError("the file has no numeric input columns besides the label", file=data,
                                   field="data.feature_columns", fix="check --label, or use --template text")
             text = _set(text, "feature_columns", cols)
-    elif label or id_column:
-        raise ConfigError("--label and --id go with --data", field="--label", fix="add --data your_file.csv")
+    elif label or id_column or text_column:
+        raise ConfigError("--label, --id and --text go with --data", field="--label" if label else "--id" if id_column
+                          else "--text", fix="add --data your_file.csv")
     folder.mkdir(parents=True, exist_ok=True)
     from datasel.store.atomic import write_text  # here: the store imports polars, which `datasel run` never needs
 

@@ -23,9 +23,9 @@ if stage_on("alchemist"):
             plot=report("results/plots/alchemist_rating.png", category="Alchemist",
                         caption="../workflow/report/alchemist.rst"),
         params:
-            alchemist=config["alchemist"],
-            policy=(config["selection"]["policies"].get(config["alchemist"]["policy"])
-                    if config["alchemist"].get("policy") else None),
+            alchemist=canon(config["alchemist"]),
+            policy=canon(config["selection"]["policies"].get(config["alchemist"]["policy"])
+                         if config["alchemist"].get("policy") else None),
         log:
             "logs/alchemist/diagnostics.log",
         script:

@@ -10,6 +10,22 @@ def register_targets(name, fn):
     TARGETS[name] = fn
 
 
+def canon(value):
+    """A `params:` value with every mapping's keys sorted. Snakemake records a param as its repr and reruns a job
+    whose repr differs, so without this, reordering keys in the YAML file would rerun every job reading them."""
+    if isinstance(value, dict):
+        return {k: canon(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canon(v) for v in value]
+    return value
+
+
+def without(section, *keys):
+    """A config section less the keys that decide which jobs exist (a seed count, a list of epochs) rather than what
+    one job computes: a job's params carry only what its own outputs depend on."""
+    return canon({k: v for k, v in section.items() if k not in keys})
+
+
 def stage_on(name):
     return name in config.get("stages", [])
 

@@ -17,7 +17,7 @@ if stage_on("cures"):
         output:
             prompts="results/rl_prompts/prompts.parquet",
         params:
-            prompts=CURES["prompts"],
+            prompts=canon(CURES["prompts"]),
             seed=CURES["prompts"]["seed"],
         log:
             "logs/cures/prompts.log",
@@ -31,8 +31,8 @@ if stage_on("cures"):
             ckpt="results/rl/warmstart/seed{seed}.pt",
             history="results/rl/warmstart/seed{seed}.json",
         params:
-            policy={**CURES["policy"], "device": CURES["device"]},
-            warmstart=CURES["warmstart"],
+            policy=canon({**CURES["policy"], "device": CURES["device"]}),
+            warmstart=canon(CURES["warmstart"]),
         wildcard_constraints:
             seed=r"\d+",
         threads: THREADS
@@ -54,10 +54,10 @@ if stage_on("cures"):
             prompt_stats="results/prompt_stats/{run}__seed{seed}.parquet",
             iterations=expand("results/rl/{{run}}/seed{{seed}}/iter{i}.pt", i=cures_iterations()),
         params:
-            run=lambda wc: CURES["runs"][wc.run],
-            budget=CURES["budget"],
-            grpo=CURES["grpo"],
-            eval=CURES["eval"],
+            run=lambda wc: canon(CURES["runs"][wc.run]),
+            budget=canon(CURES["budget"]),
+            grpo=canon(CURES["grpo"]),
+            eval=canon(CURES["eval"]),
             policy={"device": CURES["device"]},
         wildcard_constraints:
             run=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",

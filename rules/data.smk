@@ -10,6 +10,15 @@ def data_files(root="results"):
         raise WorkflowError(str(exc)) from None
 
 
+# a generator's own options (data.mnist1d, data.docstring_topics) matter only to the source that reads them
+GENERATOR_SECTIONS = ("mnist1d", "docstring_topics")
+
+
+def data_params(root):
+    data = run_cfg(root)["data"]
+    return without(data, *(s for s in GENERATOR_SECTIONS if s != data.get("source")))
+
+
 data_files()  # a missing path is refused now, in `snakemake -n`, not when the prepare job starts
 
 
@@ -23,7 +32,7 @@ rule prepare:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
     params:
-        data=lambda wc: run_cfg(wc.root)["data"],
+        data=lambda wc: data_params(wc.root),
         data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
     wildcard_constraints:
         root=ROOT_RE,

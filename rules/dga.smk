@@ -25,7 +25,7 @@ if stage_on("dga"):
             examples="results/examples/dga_domains.parquet",
             meta="results/examples/dga_domains.meta.json",
         params:
-            data={**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})},
+            data=canon({**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})}),
         threads: THREADS
         resources:
             **job_resources("dga_data"),
@@ -47,7 +47,8 @@ if stage_on("dga"):
             strategy="|".join(DGA_STRATEGIES),
             seed=r"\d+",
         params:
-            cfg=DGA_TRAIN_CFG,
+            # the importance-sampling options reach only that strategy's runs
+            cfg=lambda wc: without(DGA_TRAIN_CFG, *(() if wc.strategy == "importance" else ("importance",))),
         threads: THREADS
         resources:
             **job_resources("dga_train", gpu=True),
@@ -66,7 +67,7 @@ if stage_on("dga"):
         output:
             scores="results/scores/dga_alignment.parquet",
         params:
-            cfg={**DGA_TRAIN_CFG, "alignment": DGA["alignment"]},
+            cfg=canon({**DGA_TRAIN_CFG, "alignment": DGA["alignment"]}),
         threads: THREADS
         resources:
             **job_resources("dga_alignment", gpu=True),

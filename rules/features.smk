@@ -40,7 +40,9 @@ def feature_index(spec, split="train", root="results"):
     if name not in _fsets():
         fail(f"names feature set '{name}', which does not exist", "selection.policies.*.features",
              f"use one of: {', '.join(_fsets())}")
-    return f"{root}/features/{name}/{ckpt or feature_ckpts(name)[-1]}-{split}/index.json"
+    # the first seed's, so adding a seed to the set adds features without changing what the policy reads
+    first = [c for c in feature_ckpts(name) if c == "hf" or c.startswith(f"seed{_fsets()[name].get('seeds', [0])[0]}-")]
+    return f"{root}/features/{name}/{ckpt or first[-1]}-{split}/index.json"
 
 
 def resolve_feature_policy(entry, root):
@@ -73,10 +75,11 @@ if "features" in config:
         output:
             directory("{root}/features/{fset}/{ckpt}-{split}/shard_{shard}"),
         params:
-            fset=lambda wc: _fsets()[wc.fset],
+            # one shard of one checkpoint and split: not the lists of seeds, epochs and splits the set spans
+            fset=lambda wc: without(_fsets()[wc.fset], "seeds", "epochs", "splits"),
             shards=config["features"]["shards"],
-            proxy=lambda wc: None if wc.ckpt == "hf" else {k: config["proxy"].get(k) for k in
-                                                           ("model", "lr", "schedule", "epochs")},
+            proxy=lambda wc: None if wc.ckpt == "hf" else canon({k: config["proxy"].get(k) for k in
+                                                                 ("model", "lr", "schedule", "epochs")}),
         wildcard_constraints:
             root=ROOT_RE,
             fset=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",

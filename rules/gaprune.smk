@@ -15,7 +15,7 @@ if stage_on("gaprune"):
         output:
             triplets="results/gaprune/triplets.parquet",
         params:
-            cfg={**GAP_MODEL, "data": GAP["data"]},
+            cfg=canon({**GAP_MODEL, "data": GAP["data"]}),
         threads: THREADS
         resources:
             **job_resources("gaprune_triplets", gpu=True),
@@ -32,7 +32,7 @@ if stage_on("gaprune"):
         output:
             stats="results/gaprune/stats.pt",
         params:
-            cfg={**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]},
+            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]}),
         threads: THREADS
         resources:
             **job_resources("gaprune_stats", gpu=True),
@@ -51,9 +51,9 @@ if stage_on("gaprune"):
             metrics="results/gaprune/runs/{method}_s{pct}.parquet",
             run_dir=directory("results/gaprune/models/{method}_s{pct}"),
         params:
-            cfg=lambda wc: {**GAP_MODEL, "prune": GAP["prune"], "retrain": GAP["retrain"], "eval": GAP["eval"],
-                            "save_models": GAP["save_models"],
-                            **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {})},
+            cfg=lambda wc: canon({**GAP_MODEL, "prune": GAP["prune"], "retrain": GAP["retrain"], "eval": GAP["eval"],
+                                  "save_models": GAP["save_models"],
+                                  **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {})}),
         wildcard_constraints:
             method=r"[a-z_]+",
             pct=r"\d+",
@@ -80,7 +80,7 @@ if stage_on("gaprune"):
             param_scores="results/param_scores/gaprune.parquet",
             plot=report("results/plots/gaprune.png", category="GAPrune"),
         params:
-            cfg={**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]},
+            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]}),
         log:
             "logs/gaprune/gather.log",
         script:
@@ -93,7 +93,7 @@ if stage_on("gaprune"):
         output:
             scores="results/scores/gaprune_example.parquet",
         params:
-            cfg={**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]},
+            cfg=canon({**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]}),
         threads: THREADS
         resources:
             **job_resources("gaprune_example_scores", gpu=True),

@@ -36,7 +36,7 @@ if "instruct" in config:
     def ins_params(*sections):
         """The slices of the instruct section one rule reads (a change elsewhere does not rerun it)."""
         out = {"device": INS["device"], "model": INS["model"], "data": {"max_length": INS["data"]["max_length"]}}
-        return out | {s: INS[s] for s in sections}
+        return canon(out | {s: INS[s] for s in sections})
 
     INS_EPOCHS = list(range(1, INS["warmup"]["epochs"] + 1))
     INS_DATA = {role: INS["data"][role] for role in ("pool", "target", "test")}
@@ -54,7 +54,7 @@ if "instruct" in config:
             output:
                 **INS_DATA,
             params:
-                generate=INS["data"]["generate"],
+                generate=canon(INS["data"]["generate"]),
             log:
                 "logs/instruct/generate.log",
             script:
@@ -154,7 +154,7 @@ if "instruct" in config:
         output:
             f"{IR}/scores/less.parquet",
         params:
-            instruct={"score": INS["score"]},
+            instruct=canon({"score": INS["score"]}),
         log:
             "logs/instruct/score.log",
         script:
@@ -172,7 +172,7 @@ if "instruct" in config:
         output:
             f"{IR}/selections/{{policy}}_keep{{pct}}.parquet",
         params:
-            policy=lambda wc: INS["selection"]["policies"][wc.policy],
+            policy=lambda wc: canon(INS["selection"]["policies"][wc.policy]),
             fraction=lambda wc: ins_fraction(wc.policy),
             seed=INS["selection"]["seed"],
         wildcard_constraints:

@@ -10,7 +10,8 @@ rule proxy:
         # per-example, per-epoch correctness and margin (forgetting events, AUM)
         + ["{root}/proxy/seed{seed}/epochs.parquet"],
     params:
-        proxy=config["proxy"],
+        # one seed's run: the recipe, not how many seeds there are (adding a seed runs that seed only)
+        proxy=without(config["proxy"], "seeds"),
     wildcard_constraints:
         root=ROOT_RE,
         seed=r"\d+",

@@ -33,10 +33,11 @@ rule score:
     output:
         "{root}/scores/{method}.parquet",
     params:
-        scoring=lambda wc: config["scoring"][wc.method],
-        model_cfg=lambda wc: config["proxy"]["model"] if "epoch" in config["scoring"][wc.method] else None,
-        # a scorer that trains its own cross-validated proxies (cleanlab) reads the proxy recipe
-        proxy=lambda wc: config["proxy"] if "proxy_config" in scorer_needs(wc.method) else None,
+        scoring=lambda wc: canon(config["scoring"][wc.method]),
+        model_cfg=lambda wc: canon(config["proxy"]["model"]) if "epoch" in config["scoring"][wc.method] else None,
+        # a scorer that trains its own cross-validated proxies (cleanlab) reads the proxy recipe (the seed count
+        # reaches a score through its inputs, one checkpoint per seed)
+        proxy=lambda wc: without(config["proxy"], "seeds") if "proxy_config" in scorer_needs(wc.method) else None,
     wildcard_constraints:
         root=ROOT_RE,
         # only configured entries: stages such as DGA and GAPrune write their own score tables

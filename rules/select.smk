@@ -37,7 +37,7 @@ rule select:
     output:
         "{root}/selections/{policy}_keep{pct}.parquet",
     params:
-        policy=lambda wc: policy_entry(wc.policy, wc.root),
+        policy=lambda wc: canon(policy_entry(wc.policy, wc.root)),
         fraction=lambda wc: int(wc.pct) / 100,
         seed=lambda wc: run_cfg(wc.root)["selection"]["seed"],
         # a policy that draws random numbers makes one subset per training seed; None for deterministic ones

@@ -21,9 +21,9 @@ rule train:
     output:
         train_seed_outputs(config["training"]["seeds"]),
     params:
-        training=lambda wc: run_cfg(wc.root)["training"],
+        training=lambda wc: canon(run_cfg(wc.root)["training"]),
         seeds=lambda wc: run_cfg(wc.root)["training"]["seeds"],
-        curriculum=lambda wc: policy_entry(selection_info(wc.selection)["method"], wc.root).get("curriculum"),
+        curriculum=lambda wc: canon(policy_entry(selection_info(wc.selection)["method"], wc.root).get("curriculum")),
         info=lambda wc: selection_info(wc.selection),
     wildcard_constraints:
         root="results",

@@ -166,6 +166,70 @@ def test_negative_labels_are_out_of_range_of_num_classes(tmp_path):
     assert meta["classes"] == ["-1", "0", "1"]
 
 
+# ---- a data file's faulty line, named as an editor numbers it ----
+# 66 fields: an id, 64 pixels and a string label; a multi-line quoted id in line 3-4 moves the lines after it on,
+# so a row index (or a count of newlines) would name the wrong line.
+_PX = [f"px_{i}" for i in range(64)]
+_DIGITS = {"source": "files", "label_column": "digit", "id_column": "id", "feature_columns": _PX}
+
+
+def _digits_csv(path: Path, edit=None) -> Path:
+    rows = [[f"img{i}", *(str((i * 7 + j) % 17) for j in range(64)), ["zero", "one", "two"][i % 3]] for i in range(12)]
+    rows[1][0] = '"img\n1"'  # a quoted id spanning two lines (lines 3 and 4)
+    if edit:
+        edit(rows)
+    path.write_text("id," + ",".join(_PX) + ",digit\n" + "".join(",".join(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda rows: rows.__setitem__(8, rows[8][:-3]), ("too few fields on line 11: 63, expected 66",)),
+    (lambda rows: rows[8].pop(40), ("too few fields on line 11: 65, expected 66",)),
+    (lambda rows: rows[8].append("9"), ("too many fields on line 11: 67, expected 66", "quote")),
+    (lambda rows: rows.insert(8, []), ("line 11 is blank",)),
+])
+def test_a_ragged_csv_line_is_named_with_its_editor_line_number(tmp_path, edit, needles):
+    path = _digits_csv(tmp_path / "digits.csv", edit)
+    with pytest.raises(DataError) as e:
+        build_examples({**_DIGITS, "path": str(path)})
+    refused(e, "digits.csv", *needles)
+
+
+def test_the_well_formed_csv_reads_and_an_empty_label_names_its_line(tmp_path):
+    df, meta = build_examples({**_DIGITS, "path": str(_digits_csv(tmp_path / "ok.csv"))})
+    assert df.height == 12 and meta["classes"] == ["one", "two", "zero"]
+
+    def blank_label(rows):
+        rows[8][-1] = ""
+    with pytest.raises(DataError) as e:
+        build_examples({**_DIGITS, "path": str(_digits_csv(tmp_path / "nolabel.csv", blank_label))})
+    assert e.value.field == "digit"
+    refused(e, "1 rows have no label (the first on line 11)")
+
+
+@pytest.mark.parametrize("bad, needles", [
+    ('{"text": "b", "label": 1,}', ("line 4 is not valid JSON",)),
+    ('["b", 1]', ("line 4 holds a JSON array, not an object",)),
+    ('"b"', ("line 4 holds a JSON string, not an object",)),
+])
+def test_a_bad_jsonl_line_is_named(tmp_path, bad, needles):
+    path = tmp_path / "pairs.jsonl"
+    good = [json.dumps({"text": t, "label": i % 2}) for i, t in enumerate("xyz")]
+    path.write_text("\n".join([good[0], "", good[1], bad, good[2]]) + "\n")  # line 2 blank: skipped, counted
+    with pytest.raises(DataError) as e:
+        build_examples({"source": "files", "path": str(path), "text_column": "text"})
+    refused(e, "pairs.jsonl", *needles)
+
+
+def test_a_jsonl_row_without_text_names_its_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"label": 0}, {"text": "d", "label": 1}]
+    path.write_text("\n\n".join(json.dumps(r) for r in rows) + "\n")  # blank lines between rows
+    with pytest.raises(DataError) as e:
+        build_examples({"source": "files", "path": str(path), "text_column": "text"})
+    refused(e, "rows have no text (the first on line 5)")
+
+
 # ---- config values the schema cannot see at run time ----
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.0001, 2.0, math.nan, math.inf])

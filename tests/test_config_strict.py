@@ -77,7 +77,7 @@ def test_a_misspelt_choice_gets_the_closest_valid_one(tmp_path) -> None:
     assert "did you mean `adam`?" in str(err) and "adam, adamw, sgd" in str(err)
     # a bad value of an optimizer key is that value's error, not an "unknown key `?`" (they come in through allOf)
     err = _refusal(tmp_path, lambda c: c["training"].update(lr=-1))
-    assert err.field == "training.lr" and "minimum" in str(err)
+    assert err.field == "training.lr" and "training.lr must be more than 0; got -1" in str(err)
 
 
 def test_a_pca_basis_with_another_projection_is_refused(tmp_path) -> None:
@@ -208,3 +208,26 @@ def test_missing_data_path_is_refused_in_a_dry_run(tmp_path) -> None:
     proc = snakemake(tmp_path, "-n", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "data.path" in out and "nope.csv" in out
+
+
+@pytest.mark.parametrize("edit, field, problem, fix", [
+    (lambda c: c["selection"].update(fractions=[0]), "selection.fractions.0",
+     "a kept fraction must be in (0, 1]; got 0", "set selection.fractions.0 to a value in (0, 1]"),
+    (lambda c: c["selection"].update(fractions=[0.5, 1.5]), "selection.fractions.1",
+     "a kept fraction must be in (0, 1]; got 1.5", "in (0, 1]"),
+    (lambda c: c["proxy"].update(batch_size=0), "proxy.batch_size", "proxy.batch_size must be at least 1; got 0",
+     "set proxy.batch_size to at least 1"),
+    (lambda c: c["proxy"].update(lr=0), "proxy.lr", "proxy.lr must be more than 0; got 0", "more than 0"),
+    (lambda c: c["proxy"].update(lr="fast"), "proxy.lr", "proxy.lr must be a number; got 'fast'",
+     "write proxy.lr as a number"),
+    (lambda c: c["selection"].update(fractions=[]), "selection.fractions",
+     "selection.fractions must list at least 1 item; got 0", "list at least 1 item in selection.fractions"),
+    (lambda c: c.update(features={"sets": {"g": {"dim": -1}}}), "features.sets.g.dim",
+     "must be at least 0; got -1", "projection dimension"),  # a stage section, with the key's description
+])
+def test_a_value_out_of_bounds_or_of_the_wrong_type_is_refused_in_plain_words(tmp_path, edit, field, problem,
+                                                                                fix) -> None:
+    err = _refusal(tmp_path, edit)
+    assert err.field == field
+    assert problem in err.problem and fix in err.fix
+    assert "schema" not in str(err) and "workflow/" not in str(err)  # no pointer into the schema files

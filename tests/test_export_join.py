@@ -16,7 +16,7 @@ import pytest
 
 from datasel.cli import main
 from datasel.errors import DataselError
-from datasel.export import export_selection
+from datasel.export import export_selection, selected_rows
 from datasel.export.show import show_rows
 from datasel.scoring import finalize_scores
 from datasel.selection.make import make_selection
@@ -224,6 +224,22 @@ def test_show_lists_kept_and_dropped_rows_with_their_scores(tmp_path, capsys):
     assert "dropped:" not in capsys.readouterr().out
 
 
+def test_show_of_a_wide_table_prints_the_columns_that_matter_and_names_the_rest(tmp_path, capsys):
+    wide = {f"px_{i}": [float(i)] * 90 for i in range(64)}
+    res = prepared(tmp_path, user_table(extra=wide))
+    shown = show_rows(res, "el2n_top_keep50")
+    assert shown.columns == ("patient", "target", "score", "rank", "weight")  # no curriculum: no position
+    assert set(shown.others) == {*FEATURES, "note", *wide} and set(shown.others).isdisjoint(shown.columns)
+    assert show_rows(res, "el2n_cl_keep50").columns[-2:] == ("weight", "position")
+    assert set(shown.kept.columns) == {*shown.columns, *shown.others, "position"}  # the frames hold every column
+    assert main(["show", "el2n_top_keep50", "--results", str(res), "--dropped"]) == 0
+    printed = capsys.readouterr().out
+    table_head = printed.split("kept:", 1)[1].split("\n")[2]  # the header row of the kept table
+    for col in ("patient", "target", "score", "rank", "weight"):
+        assert col in table_head, (col, table_head)
+    assert "px_0" not in table_head and "other columns (68, not shown" in printed and "px_63" in printed
+
+
 def test_show_finds_the_score_table_in_the_snakemake_record(tmp_path):
     """The score a selection was made from, as Snakemake recorded the select job's inputs (a real run)."""
     user = user_table()
@@ -297,3 +313,58 @@ def test_the_cli_takes_csv_order_and_internal_and_refuses_csv_lists_clearly(tmp_
     err = capsys.readouterr().err
     assert "CSV cannot hold the list column(s) ['x']" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_label_stays_where_the_users_file_has_it(tmp_path):
+    """Through the real `prepare`: a label between the id and the features comes back in that place."""
+    from datasel.data.prepare import build_examples
+
+    user = user_table().select("patient", "target", *FEATURES, "note")
+    user.write_csv(tmp_path / "patients.csv")
+    ex, meta = build_examples({"source": "files", "path": str(tmp_path / "patients.csv"), "label_column": "target",
+                               "feature_columns": FEATURES, "id_column": "patient"})
+    res = tmp_path / "results"
+    write_table(ex, res / "examples" / "examples.parquet", "examples")
+    (res / "examples" / "meta.json").write_text(json.dumps(meta))
+    write_table(make_selection(ex, None, "random", {"policy": "random"}, 0.5, 0),
+                res / "selections" / "random_keep50.parquet", "selections")
+    back = read_back(export_selection(res, "random_keep50", "csv", tmp_path / "s"), "csv", "random_keep50")
+    assert back.columns == ["patient", "target", *FEATURES, "note", "weight", "position"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_an_export_holds_the_splits_asked_for_and_says_so(tmp_path, fmt, capsys):
+    user = user_table()
+    res = prepared(tmp_path, user)
+    ex = pl.read_parquet(res / "examples" / "examples.parquet")
+    n = {s: int((ex.get_column("split") == s).sum()) for s in ("train", "val", "test")}
+    kept = kept_count(res, "el2n_top_keep50")
+    # the default: the selection's kept training rows alone, as before, and the marker says so
+    out = export_selection(res, "el2n_top_keep50", fmt, tmp_path / "train_only")
+    marker = json.loads((out / ".datasel-export.json").read_text())
+    assert marker["splits"] == ["train"] and marker["rows_per_split"] == {"train": kept}
+    assert "split" not in read_back(out, fmt, "el2n_top_keep50").columns
+    # train and val: the kept training rows, then every validation row, told apart by a split column
+    assert main(["export", "el2n_top_keep50", "--format", fmt, "--splits", "val,train", "--results", str(res),
+                 "--out", str(tmp_path / "tv")]) == 0
+    printed = capsys.readouterr().out
+    assert f"train {kept} rows (kept of {n['train']}), val {n['val']} rows" in printed
+    back = read_back(tmp_path / "tv", fmt, "el2n_top_keep50")
+    assert back.get_column("split").to_list() == ["train"] * kept + ["val"] * n["val"]
+    marker = json.loads((tmp_path / "tv" / ".datasel-export.json").read_text())
+    assert marker["splits"] == ["train", "val"] and marker["rows_per_split"] == {"train": kept, "val": n["val"]}
+    val_ids = set(ex.filter(pl.col("split") == "val").get_column("example_id").str.strip_prefix("files-"))
+    assert set(back.filter(pl.col("split") == "val").get_column("patient")) == val_ids
+    assert back.filter(pl.col("split") == "val").get_column("weight").null_count() == n["val"]
+    # a test split alone; a misspelt split is named with the closest one
+    only_test = selected_rows(res, "el2n_top_keep50", splits="test")
+    assert only_test.height == n["test"] and set(only_test.get_column("split")) == {"test"}
+    with pytest.raises(DataselError, match="unknown split 'valid' \\(did you mean 'val'\\?\\)"):
+        selected_rows(res, "el2n_top_keep50", splits="train,valid")
+
+
+def test_a_misspelt_selection_gets_the_closest_name(tmp_path):
+    res = prepared(tmp_path, user_table())
+    with pytest.raises(DataselError) as exc:
+        export_selection(res, "el2n_top_keep5", "csv", tmp_path / "s")
+    assert "did you mean 'el2n_top_keep50'?" in str(exc.value) and "el2n_cl_keep50" in exc.value.fix

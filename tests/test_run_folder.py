@@ -64,17 +64,55 @@ def test_the_workflow_runs_in_the_folder_with_the_repositorys_rules(run_dir) -> 
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_a_text_folders_plain_run_builds_its_scores_and_selections(tmp_path) -> None:
-    # the text template has no proxy or training section: its selections are the run's targets, ready to export
-    pl.DataFrame({"text": [f"text {i} about {'cats' if i % 2 else 'dogs'}" for i in range(30)],
-                  "label": ["pos" if i % 2 else "neg" for i in range(30)]}).write_csv(tmp_path / "t.csv")
-    proc = _datasel(tmp_path, "init", "run1", "--template", "text", "--data", "t.csv", "--label", "label")
+def _texts(path: Path, rows: int) -> Path:
+    pl.DataFrame({"uid": [f"t{i}" for i in range(rows)],
+                  "body": [f"text {i} about {'cats' if i % 2 else 'dogs'}" for i in range(rows)],
+                  "kind": ["pos" if i % 2 else "neg" for i in range(rows)]}).write_ndjson(path)
+    return path
+
+
+def test_a_text_folder_trains_and_reports_like_a_table(tmp_path) -> None:
+    _texts(tmp_path / "t.jsonl", 300)
+    proc = _datasel(tmp_path, "init", "run1", "--template", "text", "--data", "t.jsonl", "--text", "body",
+                    "--label", "kind", "--id", "uid")
     assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "run1" / "config.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    assert (cfg["data"]["text_column"], cfg["data"]["label_column"], cfg["data"]["id_column"]) == ("body", "kind", "uid")
+    # 3 epochs over the 210 training rows (300 less val 0.2 and test 0.1) at batch 32: ceil(630 / 32) steps
+    assert cfg["training"]["budget"] == {"unit": "steps", "value": 20} and cfg["training"]["batch_size"] == 32
+    assert "3 epochs x 210 training rows" in text  # the comment says how the number came about
     proc = _datasel(tmp_path, "run", "run1", "-n", "--cores", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for target in ("selections/text_coverage_keep50.parquet", "selections/gradcos_top_keep50.parquet",
-                   "scores/gradcos_text.parquet"):
-        assert f"output: results/{target}" in proc.stdout, target
+    for target in ("report/summary.md", "selections/text_coverage_keep50.parquet", "scores/el2n.parquet",
+                   "metrics/train/el2n_offset_keep50/seed0.parquet", "metrics/train/full_keep100/seed2.parquet"):
+        assert f"results/{target}" in proc.stdout, target
+
+
+@pytest.mark.parametrize("args, option, closest", [
+    (("--text", "bdy", "--label", "kind"), "--text", "'body'"),
+    (("--label", "kind"), "--text", "template's default"),  # `text` unchecked before: no such column here
+    (("--text", "body"), "--label", "template's default"),
+    (("--text", "uid", "--label", "knd"), "--label", "'kind'"),
+    (("--text", "body", "--label", "kind", "--id", "id"), "--id", "'uid'"),
+])
+def test_init_text_checks_every_column_it_writes(tmp_path, args, option, closest) -> None:
+    data = _texts(tmp_path / "t.jsonl", 20)
+    kwargs = dict(zip(("text_column" if a == "--text" else "label" if a == "--label" else "id_column"
+                       for a in args[::2]), args[1::2]))
+    with pytest.raises(DataselError) as exc:
+        init_folder(tmp_path / "run", "text", data=str(data), **kwargs)
+    assert exc.value.field == option and closest in str(exc.value), str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_text_refuses_a_text_column_of_numbers_and_text_with_the_tabular_template(tmp_path) -> None:
+    data = tmp_path / "t.csv"
+    pl.DataFrame({"n": list(range(20)), "label": [0, 1] * 10}).write_csv(data)
+    with pytest.raises(DataselError, match="not text"):
+        init_folder(tmp_path / "run", "text", data=str(data), text_column="n")
+    with pytest.raises(DataselError, match="--template text"):
+        init_folder(tmp_path / "run", "tabular", data=str(data), text_column="n")
 
 
 def test_an_edited_data_file_reruns_prepare(run_dir) -> None:
@@ -155,3 +193,13 @@ def test_run_refuses_a_bad_config_or_a_missing_folder_before_snakemake_starts(tm
         rf.run_folder([str(folder3), "-n"])
     assert exc.value.field == "data.path" and "config.yaml" in str(exc.value.file)
     assert Path.cwd() == tmp_path  # the check looked in the run folder and came back
+
+
+def test_init_names_a_ragged_line_of_the_data_file(tmp_path) -> None:
+    data = _user_csv(tmp_path / "my.csv", 20)
+    lines = data.read_text().splitlines()
+    lines[6] = lines[6].rsplit(",", 2)[0]  # line 7 loses its last two fields
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataselError, match="too few fields on line 7: 5, expected 7"):
+        init_folder(tmp_path / "run", "tabular", data=str(data), label="target")
+    assert not (tmp_path / "run").exists()

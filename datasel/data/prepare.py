@@ -46,7 +46,11 @@ def build_examples(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     kind = data_kind(cfg)
     # row order as read (files concatenated in order): the export's way back to the user's own rows
     raw = raw.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
-    fields = [c for c in raw.columns if c not in INTERNAL_COLUMNS]  # user columns kept as they are
+    # the user's columns in the file's order: those kept as they are, and those a role renamed (label, text, split,
+    # domain) under their new names, so an export puts the label back where the user had it
+    roles = {"label"} | {role for role, key in (("text", "text_column"), ("split", "split_column"),
+                                                ("domain", "domain_column")) if cfg.get(key)}
+    fields = [c for c in raw.columns if c not in INTERNAL_COLUMNS or c in roles]
     raw, classes, label_dtype = _labels(raw, cfg, where)
     if kind == "vector":
         _check_vectors(raw, where, cfg.get("feature_columns"))
@@ -92,8 +96,8 @@ def _labels(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> tuple[pl.DataF
     label = df.get_column("label")
     if label.null_count():
         row = int(label.is_null().arg_max())
-        raise DataError(f"{label.null_count()} rows have no label (first at row {row})", file=where, field=column,
-                        fix="drop unlabeled rows or fill the label")
+        raise DataError(f"{label.null_count()} rows have no label (the first is row {row + 1})",
+                        file=where, field=column, fix="drop unlabeled rows or fill the label")
     if not (label.dtype.is_numeric() or label.dtype in (pl.String, pl.Categorical, pl.Boolean)
             or isinstance(label.dtype, pl.Enum)):
         raise DataError(f"the label column has dtype {label.dtype}", file=where, field=column,

@@ -7,9 +7,11 @@ Builtin sources generate data locally (MNIST-1D from a seed, scikit-learn digits
 
 from __future__ import annotations
 
+import csv
 import difflib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,19 +135,97 @@ def docstring_topics_source(cfg: dict[str, Any]) -> pl.DataFrame:
     return df.rename({"id": "origin"})
 
 
-def _read_file(path: Path) -> pl.DataFrame:
+def read_data_file(path: Path) -> pl.DataFrame:
     suffix = path.suffix.lower()
     readers = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".json": pl.read_ndjson, ".csv": pl.read_csv}
     if suffix not in readers:
         raise DataError(f"unsupported file type '{suffix}'", file=path, fix="use .parquet, .jsonl or .csv")
+    if suffix == ".csv":
+        # polars pads a short row with nulls and shifts the fields after a missing one into the wrong columns:
+        # the resulting columns name neither the line nor the fault, so the lines are checked first
+        check_csv_lines(path)
     try:
         return readers[suffix](path)
     except Exception as exc:
+        if suffix in (".jsonl", ".json"):
+            _check_jsonl_lines(path)  # names the first line that is not a JSON object, when one is the cause
         raise DataError(
             f"cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
             file=path,
             fix=f"check that the file is valid {suffix[1:]} (not truncated)",
         ) from None
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line the record starts on, its fields) for every record of a CSV file, the header first; lines are counted
+    from 1 as an editor counts them, so a quoted value spanning lines moves the next record's line on."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)  # polars' dialect: comma, double quote, "" escapes a quote
+        start = 1
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
+
+
+def check_csv_lines(path: Path) -> None:
+    """Refuse the first line whose number of fields differs from the header's, naming the line and both counts."""
+    records = _csv_records(path)
+    header = next(records, None)
+    if header is None:
+        return
+    n = len(header[1])
+    for line, fields in records:
+        if len(fields) == n or (n == 1 and not fields):  # one column: a blank line is an empty value
+            continue
+        if not fields:
+            raise DataError(f"line {line} is blank; the header (line 1) names {n} fields", file=path,
+                            fix=f"delete line {line}: a blank line would be read as a row with every field empty")
+        few = len(fields) < n
+        raise DataError(
+            f"too {'few' if few else 'many'} fields on line {line}: {len(fields)}, expected {n} as in the header "
+            f"(line 1)", file=path,
+            fix=(f"give line {line} all {n} fields in the header's order (an empty value is an empty field, a,,c)"
+                 if few else f"remove the extra fields from line {line}, or quote a value that holds a comma "
+                             '("1,5")'))
+
+
+def _check_jsonl_lines(path: Path) -> None:
+    """Refuse the first line of a JSON-lines file that is not one JSON object (blank lines are skipped)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip("\r\n"))  # so a column past the end is this line's, not the next
+            except json.JSONDecodeError as exc:
+                raise DataError(f"line {line_no} is not valid JSON ({exc.msg} at column {exc.colno})", file=path,
+                                fix=f"fix line {line_no}: each line holds one JSON object, {{\"field\": value, ...}}"
+                                ) from None
+            if not isinstance(value, dict):
+                raise DataError(f"line {line_no} holds a JSON {_json_kind(value)}, not an object", file=path,
+                                fix=f"make line {line_no} one JSON object, {{\"field\": value, ...}}")
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def row_place(where: str, row: int) -> str:
+    """Where row ``row`` (counted from 0 in the order read) of a data file is, as its user finds it: ``line N`` of a
+    CSV (the header is line 1; quoted values may span lines) or JSON-lines file, else ``row N`` counted from 1."""
+    path = Path(where)
+    suffix = path.suffix.lower()
+    if suffix == ".csv" and path.is_file():
+        for i, (line, _) in enumerate(_csv_records(path)):
+            if i == row + 1:
+                return f"line {line}"
+    if suffix in (".jsonl", ".json") and path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            rows = (n for n, text in enumerate(fh, start=1) if text.strip())
+            for i, line in enumerate(rows):
+                if i == row:
+                    return f"line {line}"
+    return f"row {row + 1}"
 
 
 def _no_column(col: str, columns: list[str], key: str, where: str, what: str = "column") -> DataError:
@@ -207,6 +287,11 @@ def _standardize(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFr
     label_col = cfg.get("label_column", "label")
     if label_col not in df.columns:
         raise _no_column(label_col, df.columns, "data.label_column", where, "label column")
+    missing = df.get_column(label_col).null_count()
+    if missing:  # here, where the file is known, so the message can name its line
+        row = int(df.get_column(label_col).is_null().arg_max())
+        raise DataError(f"{missing} rows have no label (the first on {row_place(where, row)})", file=where,
+                        field=label_col, fix="drop unlabeled rows or fill the label")
     renames = {label_col: "label"}
     for key, target in (("split_column", "split"), ("domain_column", "domain"), ("id_column", None)):
         col = cfg.get(key)
@@ -226,8 +311,8 @@ def _standardize(df: pl.DataFrame, cfg: dict[str, Any], where: str) -> pl.DataFr
                             file=where, field=text_col, fix="point data.text_column at a column of strings")
         if df.get_column(text_col).null_count():
             row = int(df.get_column(text_col).is_null().arg_max())
-            raise DataError(f"{df.get_column(text_col).null_count()} rows have no text (first at row {row})",
-                            file=where, field=text_col, fix="drop those rows or fill the text")
+            raise DataError(f"{df.get_column(text_col).null_count()} rows have no text (the first on "
+                            f"{row_place(where, row)})", file=where, field=text_col, fix="drop those rows or fill the text")
         renames[text_col] = "text"
     elif "text" in df.columns and df.schema["text"] != pl.String:
         raise DataError(f"column 'text' has dtype {df.schema['text']}; datasel keeps a 'text' column as strings",
@@ -270,7 +355,7 @@ def files_source(cfg: dict[str, Any]) -> pl.DataFrame:
     for p in map(Path, paths):
         if not p.exists():
             raise DataError("data file not found", file=p, field="data.path", fix="check the path (relative to the working directory)")
-        frames.append(_standardize(_read_file(p), cfg, str(p)))
+        frames.append(_standardize(read_data_file(p), cfg, str(p)))
     try:
         return pl.concat(frames, how="diagonal_relaxed")
     except Exception as exc:

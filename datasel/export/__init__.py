@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -29,39 +30,49 @@ from datasel.export.folder import (
     write_marker,
 )
 from datasel.export.formats import FORMATS, check_format, is_disk_full, require_format, verify, write_rows
-from datasel.export.frame import ORDERS, export_frame
+from datasel.export.frame import DEFAULT_SPLITS, ORDERS, SPLITS, export_frame, parse_splits
 from datasel.export.inputs import available_selections, instruct_folder, load_inputs
 from datasel.export.instruct import instruct_frame
 
-__all__ = ["FORMATS", "ORDERS", "available_selections", "export_selection", "selected_rows", "write_export"]
+__all__ = ["DEFAULT_SPLITS", "FORMATS", "ORDERS", "SPLITS", "available_selections", "export_selection",
+           "parse_splits", "selected_rows", "write_export"]
 
 log = logging.getLogger(__name__)
 
 
-def selected_rows(results: str | Path, selection: str, order: str | None = None, internal: bool = False) -> pl.DataFrame:
+def selected_rows(results: str | Path, selection: str, order: str | None = None, internal: bool = False,
+                  splits: str | Sequence[str] | None = None) -> pl.DataFrame:
     """The exported frame for one selection."""
-    return export_frame(load_inputs(results, selection), order, internal)[0]
+    return export_frame(load_inputs(results, selection), order, internal, parse_splits(splits))[0]
 
 
 def export_selection(results: str | Path, selection: str, fmt: str, out: str | Path, overwrite: bool = False,
-                     order: str | None = None, internal: bool = False) -> Path:
-    """Write the kept rows of ``selection`` into the folder ``out``; returns ``out`` once it is complete on disk.
+                     order: str | None = None, internal: bool = False,
+                     splits: str | Sequence[str] | None = None) -> Path:
+    """Write the kept rows of ``selection`` (and, with ``splits``, every row of the validation or test split) into
+    the folder ``out``; returns ``out`` once it is complete on disk. Its marker records the splits it holds.
 
     ``results`` is a run's results folder, or the instruct chain's (``results/instruct``), whose rows are the pool
-    file's own (:mod:`datasel.export.instruct`).
+    file's own (:mod:`datasel.export.instruct`; the pool is its only split).
     """
     results, out = Path(results), Path(os.path.abspath(out))
     require_format(fmt)
+    wanted = parse_splits(splits)
     refuse_protected(out, results)
     folder = instruct_folder(results)
     if folder is not None:
+        if wanted != DEFAULT_SPLITS:
+            raise DataselError("an instruct run exports pool rows only", file=folder, field="--splits",
+                               fix="leave --splits out (the target and test files are yours already)")
         rows, used = instruct_frame(folder, selection, order, internal)
-        name = selection
-    else:
-        inputs = load_inputs(results, selection)
-        rows, used = export_frame(inputs, order, internal)
-        name = inputs.name
-    return write_export(rows, fmt, name, out, overwrite, {"order": used, "internal": internal})
+        return write_export(rows, fmt, selection, out, overwrite,
+                            {"order": used, "internal": internal, "splits": ["train"]})
+    inputs = load_inputs(results, selection)
+    rows, used, counts = export_frame(inputs, order, internal, wanted)
+    train_rows = int((inputs.examples.get_column("split") == "train").sum())
+    return write_export(rows, fmt, inputs.name, out, overwrite,
+                        {"order": used, "internal": internal, "splits": list(wanted), "rows_per_split": counts,
+                         "train_rows_total": train_rows})
 
 
 def write_export(rows: pl.DataFrame, fmt: str, name: str, out: str | Path, overwrite: bool, info: dict

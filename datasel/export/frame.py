@@ -15,6 +15,8 @@ which ``prepare`` keeps as read).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ import polars as pl
 from datasel.errors import DataError, DataselError
 from datasel.export.inputs import Inputs
 
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLITS = ("train",)  # what an export holds unless --splits asks for more: the selection itself
 ORDERS = ("curriculum", "source")
 # columns of the examples table that are the pipeline's, not the user's (`_hf_split` is the hf source's split column)
 INTERNAL = ("example_id", "source", "split", "label", "label_orig", "is_noisy", "x", "text", "id", "source_row",
@@ -105,8 +109,8 @@ def _user_fields(rows: pl.DataFrame, meta: dict[str, Any], cols: UserColumns) ->
     return list(dict.fromkeys(c for c in listed + rows.columns if c in rows.columns and is_user(c)))
 
 
-def joined(inputs: Inputs, kept_only: bool = True) -> pl.DataFrame:
-    """Selection rows joined with their examples, the selection's columns and the row number under HELPERS names."""
+def _examples(inputs: Inputs) -> pl.DataFrame:
+    """The examples with the row number under its HELPERS name (and the user's feature columns unpacked)."""
     ex = inputs.examples
     row = pl.col("source_row") if "source_row" in ex.columns else pl.int_range(pl.len())
     ex = ex.with_columns(row.cast(pl.Int64).alias(HELPERS["source_row"]))
@@ -114,6 +118,12 @@ def joined(inputs: Inputs, kept_only: bool = True) -> pl.DataFrame:
     if "x" in ex.columns and any(f not in ex.columns for f in features):
         # a table that kept only the packed vector: unpack the user's feature columns from it (as float32)
         ex = ex.with_columns(pl.col("x").list.get(i).alias(f) for i, f in enumerate(features) if f not in ex.columns)
+    return ex
+
+
+def joined(inputs: Inputs, kept_only: bool = True) -> pl.DataFrame:
+    """Selection rows joined with their examples, the selection's columns and the row number under HELPERS names."""
+    ex = _examples(inputs)
     sel = inputs.selection.filter(pl.col("selected")) if kept_only else inputs.selection
     sel = sel.select("example_id", *[pl.col(c).alias(HELPERS[c]) for c in ("selected", "weight", "position")])
     rows = sel.join(ex, on="example_id", how="inner")
@@ -165,9 +175,46 @@ def resolve_order(rows: pl.DataFrame, order: str | None) -> str:
     return order or ("curriculum" if complete else "source")
 
 
-def export_frame(inputs: Inputs, order: str | None = None, internal: bool = False) -> tuple[pl.DataFrame, str]:
-    """The exported rows in the requested order, and the order used."""
+def parse_splits(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--splits train,val``: the splits to export, in train, val, test order (default: train alone)."""
+    if spec is None:
+        return DEFAULT_SPLITS
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    for name in names:
+        if name not in SPLITS:
+            close = difflib.get_close_matches(name, SPLITS, n=1)
+            raise DataselError(f"unknown split '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                               field="--splits", fix=f"give some of {', '.join(SPLITS)}, comma-separated")
+    if not names:
+        raise DataselError("no split given", field="--splits", fix=f"give some of {', '.join(SPLITS)}")
+    return tuple(s for s in SPLITS if s in names)
+
+
+def export_frame(inputs: Inputs, order: str | None = None, internal: bool = False,
+                 splits: Sequence[str] = DEFAULT_SPLITS) -> tuple[pl.DataFrame, str, dict[str, int]]:
+    """The exported rows in the requested order, the order used, and the rows of each split.
+
+    The training split holds the selection's kept rows (in curriculum or source order); a validation or test
+    split, which no policy selects from, holds all its rows in source order, without weight or position. With
+    more than the training split, a ``split`` column (``datasel_split`` when the user has a column of that name)
+    says which row is which, unless the user's own split column is exported.
+    """
     rows = joined(inputs)
     used = resolve_order(rows, order)
     by = [HELPERS["position"], HELPERS["source_row"]] if used == "curriculum" else [HELPERS["source_row"]]
-    return user_view(rows.sort(by), inputs, internal), used
+    parts = [rows.sort(by)] if "train" in splits else []
+    ex = _examples(inputs)
+    for split in splits:
+        if split != "train":
+            part = ex.filter(pl.col("split") == split).sort(HELPERS["source_row"])
+            empty = {c: pl.lit(None, dtype=rows.schema[HELPERS[c]]).alias(HELPERS[c]) for c in ("selected", "weight",
+                                                                                                "position")}
+            parts.append(part.with_columns(*empty.values()).select(rows.columns))
+    both = pl.concat(parts) if parts else rows.clear()
+    counts = {s: int((both.get_column("split") == s).sum()) for s in splits}
+    view = user_view(both, inputs, internal)
+    cols = user_columns(inputs.meta)
+    if tuple(splits) != DEFAULT_SPLITS and not cols.split and not internal:
+        name = "split" if "split" not in view.columns else PREFIX + "split"
+        view = view.with_columns(both.get_column("split").alias(name))
+    return view, used, counts

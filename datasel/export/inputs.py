@@ -6,6 +6,7 @@ A selection is named, never given as a path: the name must be one of the stems l
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -73,7 +74,9 @@ def selection_path(results: str | Path, name: str) -> Path:
     if name not in names:
         if name in available_selections(results / "instruct"):
             listing = f"it is the instruct chain's: add --results {results / 'instruct'}"
-        raise DataselError(f"unknown selection '{name}'", file=results / "selections", field="SELECTION", fix=listing)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        raise DataselError(f"unknown selection '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                           file=results / "selections", field="SELECTION", fix=listing)
     # built from the folder and a listed stem, so the path cannot leave results/selections
     return results / "selections" / f"{name}.parquet"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from datasel.errors import DataselError
-from datasel.export.frame import HELPERS, PREFIX, joined, resolve_order, user_view
+from datasel.export.frame import HELPERS, PREFIX, joined, resolve_order, user_columns, user_view
 from datasel.export.inputs import NAME_RE, Inputs, load_inputs
 from datasel.store import read_table
 
@@ -26,11 +26,35 @@ SCORE_COLUMNS = ("score", "rank", "score_std")
 
 @dataclass(frozen=True)
 class Shown:
+    """Every column of the kept and dropped rows; ``columns`` are the ones worth printing (the rest: ``others``)."""
+
     kept: pl.DataFrame
     dropped: pl.DataFrame
     scores: Path | None
     scores_from: str
     sorted_by: str
+    columns: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
+
+
+def _unset_position(view: pl.DataFrame, column: str) -> bool:
+    """The selection's position column when it has no curriculum: null on every row, so neither shown nor listed."""
+    return column.removeprefix(PREFIX) == "position" and view.get_column(column).null_count() == view.height
+
+
+def _main_columns(view: pl.DataFrame, meta: dict, score_columns: list[str]) -> list[str]:
+    """The columns that tell why a row was kept, in this order: the row's key (the user's id, else its row number),
+    its text, its label, the score columns, whether the label was noised, and the selection's weight and position.
+    Every other user column (a table's 64 features) is listed by name instead of pushing these off the screen."""
+    cols = user_columns(meta)
+    added = [c for c in view.columns if c.removeprefix(PREFIX) in ("is_noisy", "weight", "position")
+             and not _unset_position(view, c)]
+    wanted = [view.columns[0], cols.text, cols.label, *score_columns, *added]
+    out: list[str] = []
+    for c in wanted:
+        if c and c in view.columns and c not in out:
+            out.append(c)
+    return out
 
 
 def _snakemake_record(results: Path, table: Path) -> list[str]:
@@ -85,7 +109,8 @@ def show_rows(results: str | Path, selection: str, scores: str | None = None) ->
                          on="example_id", how="left")
     view = user_view(rows, inputs, keep=tuple(helpers + list(scored)))
     taken = set(view.columns)
-    view = view.rename({k: PREFIX + c if c in taken else c for k, c in scored.items()})
+    score_columns = [PREFIX + c if c in taken else c for c in scored.values()]
+    view = view.rename(dict(zip(scored, score_columns)))
     if "__score_rank" in scored:
         rank = PREFIX + "rank" if "rank" in taken else "rank"
         view, by = view.sort(rank, HELPERS["source_row"], nulls_last=True), "score rank"
@@ -96,4 +121,7 @@ def show_rows(results: str | Path, selection: str, scores: str | None = None) ->
     kept = pl.col(HELPERS["selected"])
     # a dropped row has no weight or position: those columns would only show 0.0 and null
     unset = [PREFIX + c if PREFIX + c in view.columns else c for c in ("weight", "position")]
-    return Shown(view.filter(kept).drop(helpers), view.filter(~kept).drop(*helpers, *unset), path, found, by)
+    kept_rows, dropped_rows = view.filter(kept).drop(helpers), view.filter(~kept).drop(*helpers, *unset)
+    main = _main_columns(kept_rows, inputs.meta, score_columns)
+    return Shown(kept_rows, dropped_rows, path, found, by, tuple(main),
+                 tuple(c for c in kept_rows.columns if c not in main and not _unset_position(kept_rows, c)))

@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from datasel.data.sources import _read_file
+from datasel.data.sources import read_data_file
 from datasel.errors import ConfigError, DataError
 from datasel.instruct.formats import Rendered, render_rows
 from datasel.store import atomic_path
@@ -51,7 +51,7 @@ def read_instructions(path: str | Path, role: str) -> pl.DataFrame:
             raise DataError(f"a DatasetDict with splits {list(ds)}", file=p, field=f"instruct.data.{role}",
                             fix="save one split (ds['train'].save_to_disk(...)) per role")
         return pl.from_arrow(ds.data.table)
-    df = _read_file(p)
+    df = read_data_file(p)
     if df.height == 0:
         raise DataError("the instruction data has no rows", file=p, field=f"instruct.data.{role}",
                         fix="give a file with at least one example")
