@@ -246,3 +246,55 @@ def test_smollm2_answers_and_its_lora_gradients_match_autograd(lm_cache) -> None
     assert flat.shape == (2, ref.numel())
     rel = ((flat[0] - ref).norm() / ref.norm()).item()
     assert rel < 1e-5, rel
+
+
+def _domain_text_rows():
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for dom, chars in [("abc", "abc "), ("xyz", "xyz\n"), ("target", "abz ")]:
+        for split in ("train", "test"):
+            for i in range(16):
+                rows.append((f"{dom}{split}{i}", dom, split, "".join(rng.choice(list(chars), int(rng.integers(6, 12))))))
+    return pl.DataFrame(rows, schema=["example_id", "domain", "split", "text"], orient="row").with_columns(
+        pl.lit("s").alias("source"), pl.lit(0).alias("label"), pl.lit(0).alias("label_orig"),
+        pl.lit(False).alias("is_noisy"))
+
+
+def test_dga_text_mixture_runs_on_a_pretrained_lm(models, tmp_path) -> None:
+    """DGA's LM case through the resolver: rows tokenized by the LM's tokenizer (unequal lengths, padded targets
+    ignored), the target's domain upweighted, and a LoRA checkpoint that holds the adapters only."""
+    from datasel.mixing.dga import evaluate_specific, train_mixture
+    from datasel.mixing.steps import prepare_task
+    from datasel.mixing.task import token_ce
+    from datasel.models import build_model
+    from datasel.training.proxy import load_checkpoint, save_checkpoint
+
+    df = _domain_text_rows()
+    meta = {"kind": "text", "vocab": " \nabcxyz?", "vocab_size": 9, "block_size": 8, "specific": "target"}
+    model_cfg = {"name": "causal_lm", "path": str(models["gpt2"]), "lora": None}
+    cfg = {"model": model_cfg, "train": {"steps": 30, "lr": 1e-2, "batch_size": 8, "eval_every": 10},
+           "dga": {"update_every": 5, "align_batch": 8, "eta": 2.0}}
+    task = prepare_task(df, meta, cfg)
+    assert (task.ys[0] == -100).any() and task.xs[0].shape == task.xs[1].shape  # one width for every domain
+    torch.manual_seed(0)
+    res = train_mixture(task, cfg, "dga")
+    alpha = dict(zip(res.domains, res.weights[-1][1]))
+    assert alpha["abc"] > alpha["xyz"], alpha
+    # the evaluation averages over real target tokens only
+    loss, _ = evaluate_specific(res.model, task.eval_x, task.eval_y)
+    res.model.eval()
+    with torch.no_grad():
+        assert loss == pytest.approx(float(token_ce(res.model(task.eval_x), task.eval_y)), rel=1e-5)
+
+    lora_model = build_model({**model_cfg, "lora": {"r": 2, "alpha": 4}}, meta)
+    assert {n.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for n in lora_model.checkpoint_keys()} == {"c_attn"}
+    save_checkpoint(tmp_path / "m.pt", lora_model, model_cfg={**model_cfg, "lora": {"r": 2, "alpha": 4}})
+    saved = torch.load(tmp_path / "m.pt", weights_only=False)["state_dict"]
+    assert set(saved) == lora_model.checkpoint_keys()
+    back = load_checkpoint(tmp_path / "m.pt", meta)
+    x = task.eval_x[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), lora_model(x))

@@ -102,8 +102,8 @@ def locate_model(name: str, field: str, cache_dir: str | Path | None = None, mus
         return Path(snapshot_download(repo_id=name, local_files_only=True, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, ValueError, OSError) as exc:
         raise ConfigError(
-            f"{name!r} is neither a local folder, a packaged model ({', '.join(PACKAGED)}) nor a hub model in the "
-            f"local Hugging Face cache ({type(exc).__name__})", field=field,
+            f"{name!r} is neither a local folder nor a hub model in the local Hugging Face cache, nor a packaged "
+            f"model ({', '.join(PACKAGED)}) ({type(exc).__name__})", field=field,
             fix=f"give a folder saved with save_pretrained, or fetch the model once where the network allows "
                 f"(huggingface-cli download {name}; HF_HUB_CACHE picks the cache); the pipeline downloads nothing",
         ) from None

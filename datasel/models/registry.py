@@ -36,7 +36,7 @@ def register_model(name: str, kinds: Sequence[str] | None = None) -> Callable[[M
 
 def load_builtin_models() -> None:
     """Import the modules whose builders register themselves (cheap: heavy imports happen inside builders)."""
-    from datasel.models import custom, gpt, hf, vision  # noqa: F401  (registration side effect)
+    from datasel.models import custom, gpt, hf, lm, vision  # noqa: F401  (registration side effect)
 
 
 def check_model_kind(cfg: dict[str, Any], meta: dict[str, Any], where: str = "model") -> None:
