@@ -11,7 +11,6 @@ base weights come back from the folder.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from datasel.errors import DataError
-from datasel.models.causal_lm import check_model_folder, lora_targets  # noqa: F401 (check_model_folder: re-exported)
+from datasel.models.causal_lm import check_model_folder, lora_targets, resolve_dtype  # noqa: F401 (check_model_folder: re-exported)
 from datasel.rl.policy import HFPolicy
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,7 @@ def load_lm(path: str | Path, lora: dict[str, Any], device: torch.device, dtype:
     caller), wrapped in a policy for generation. ``lora.target_modules`` null: the architecture's default."""
     import peft
 
+    resolve_dtype(dtype, device, "instruct.model.dtype")  # refused under its own key before anything loads
     policy = HFPolicy(str(path), max_new_tokens, device, dtype, field=where)
     targets = lora_targets(policy.module, lora.get("target_modules"), "instruct.model.lora.target_modules", file=path)
     for p in policy.module.parameters():

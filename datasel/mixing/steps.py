@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from datasel.errors import ConfigError
 from datasel.mixing.basis import make_basis
