@@ -312,3 +312,20 @@ def test_dga_text_mixture_runs_on_a_pretrained_lm(models, tmp_path) -> None:
     x = task.eval_x[:2]
     with torch.no_grad():
         torch.testing.assert_close(back(x), lora_model(x))
+
+
+@needs_lm_extra
+def test_cures_hf_policy_loads_a_gguf_model_through_the_resolver(models, lm_cache, monkeypatch) -> None:
+    from datasel.rl.policy import HFPolicy, build_policy, load_policy
+
+    monkeypatch.setenv("DATASEL_CACHE", str(lm_cache / "policy"))
+    pol = build_policy({"kind": "hf", "model": {"path": str(models["gguf"])}, "max_new_tokens": 3}, [], [],
+                       torch.device("cpu"))
+    assert isinstance(pol, HFPolicy) and type(pol.module).__name__ == "LlamaForCausalLM"
+    ro = pol.sample(["What is", "Add 2"], greedy=True)
+    assert ro.seqs.shape[0] == 2 and ro.comp.any()
+    back = load_policy(pol.checkpoint(), torch.device("cpu"))
+    torch.testing.assert_close(back.logits(ro.seqs, ro.attn), pol.logits(ro.seqs, ro.attn))
+    with pytest.raises(ConfigError) as exc:
+        build_policy({"kind": "hf", "model": {"source": "nope"}}, [], [], torch.device("cpu"))
+    assert exc.value.field == "cures.policy.model.source"
