@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="rollout batch")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mode", default="auto", help="gradient path: auto (checks layers against the loop on the "
+                                                   "first chunk, as the chain does) or layers (what auto picks)")
     args = ap.parse_args()
 
     from datasel.features.compute import featurize
@@ -99,7 +101,7 @@ def main() -> None:
 
     def features(projection: str) -> Callable[[], None]:
         cfg = {"params": "lora", "projection": projection, "projector": "rademacher", "dim": args.dim,
-               "chunk_size": args.chunk, "precondition": "adam", "mode": "auto"}
+               "chunk_size": args.chunk, "precondition": "adam", "mode": args.mode}
 
         def run() -> None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +136,8 @@ def main() -> None:
 
     width = int(inputs["attention_mask"].sum(1).max())
     print(f"SmolLM2-135M-Instruct, LoRA r=8 on q_proj/v_proj: D = {dim_in:,} adapter parameters; {args.rows} rows "
-          f"(<= {width} tokens), chunks of {args.chunk}, {args.threads} threads, {args.device}; load {load_s:.1f} s")
+          f"(<= {width} tokens), chunks of {args.chunk}, {args.threads} threads, {args.device}, gradient mode "
+          f"{args.mode}; load {load_s:.1f} s")
     print(f"  floor (batched forward+backward): {med['floor']:.2f} s")
     for p in projections:
         print(f"  features, Adam-preconditioned, {p} -> {args.dim}: {med[f'features_{p}']:.2f} s  "
@@ -143,7 +146,7 @@ def main() -> None:
           f"generate() with KV cache {generated / generate_s:.1f} tokens/s ({generated} tokens)")
     result = {
         "model": "SmolLM2-135M-Instruct", "lora_params": dim_in, "rows": args.rows, "chunk": args.chunk,
-        "dim": args.dim, "threads": args.threads, "device": args.device, "load_s": round(load_s, 2),
+        "dim": args.dim, "threads": args.threads, "device": args.device, "mode": args.mode, "load_s": round(load_s, 2),
         "floor_s": round(med["floor"], 3),
         **{f"features_{p}_s": round(med[f"features_{p}"], 3) for p in projections},
         **{f"features_{p}_over_floor": round(med[f"features_{p}"] / med["floor"], 3) for p in projections},
