@@ -24,9 +24,24 @@ if stage_on("cures"):
         script:
             script_path("cures_prompts")
 
+    def cures_model_input():
+        """The hf policy's model file or folder, an input so that changing the model reruns the chain."""
+        if CURES["policy"]["kind"] != "hf":
+            return {}
+        from datasel.errors import ConfigError
+        from datasel.models.locate import lm_source
+
+        pol = CURES["policy"]
+        try:
+            return {"model": lm_source({"path": pol["hf_path"]} if pol.get("hf_path") else pol["model"],
+                                       "cures.policy.model")}
+        except ConfigError as exc:
+            fail(exc.problem, exc.field, exc.fix)
+
     rule cures_warmstart:
         input:
             prompts="results/rl_prompts/prompts.parquet",
+            **cures_model_input(),
         output:
             ckpt="results/rl/warmstart/seed{seed}.pt",
             history="results/rl/warmstart/seed{seed}.json",

@@ -13,14 +13,12 @@ if "instruct" in config:
     def ins_model_dir():
         if INS["model"].get("tiny") is not None:
             return f"{IR}/base_model"
-        if not INS["model"].get("path"):
-            fail("no model given", "instruct.model.path",
-                 "give a local Hugging Face causal-LM folder, or instruct.model.tiny: {} to build a small GPT-2")
         from datasel.errors import ConfigError
-        from datasel.instruct.hub import resolve_model_dir
+        from datasel.models.locate import lm_source
 
-        try:  # a hub name becomes its folder in the local cache: the rules below see a folder
-            return resolve_model_dir(str(INS["model"]["path"]))
+        try:  # a folder or a .gguf file; a hub name becomes its folder in the local cache; default: packaged SmolLM2
+            spec = {k: INS["model"][k] for k in ("source", "path", "gguf_file") if INS["model"].get(k)}
+            return lm_source(spec, "instruct.model")
         except ConfigError as exc:
             fail(exc.problem, exc.field, exc.fix)
 

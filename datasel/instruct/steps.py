@@ -75,13 +75,8 @@ def build_model(smk: Any) -> None:
 
 
 def prepare(smk: Any) -> None:
-    from transformers import AutoTokenizer
-
-    from datasel.instruct.model import check_model_folder
-
     cfg = smk.params.instruct
-    folder = check_model_folder(smk.params.model_dir, "instruct.model.path")
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = _tokenizer(smk.params.model_dir)
     table, report = prepare_examples(cfg["data"], tok, Path(smk.output.examples).parent)
     with atomic_path(smk.output.examples) as tmp:
         table.write_parquet(tmp)
@@ -92,9 +87,10 @@ def prepare(smk: Any) -> None:
 
 
 def _tokenizer(model_dir: str) -> Any:
-    from transformers import AutoTokenizer
+    """The model's tokenizer (a GGUF model's from its cached conversion), chat template included."""
+    from datasel.models.causal_lm import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return load_tokenizer(model_dir, "instruct.model")
 
 
 def warmup(smk: Any) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from datasel.errors import ConfigError
-from datasel.mixing.task import MixingTask, check_domains, token_ce
+from datasel.mixing.task import IGNORE_INDEX, MixingTask, check_domains, token_ce
 from datasel.runtime import pick_device, progress, seed_everything
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,14 @@ def evaluate_specific(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch:
     for s in range(0, len(y), batch):
         out = model(x[s : s + batch])
         yy = y[s : s + batch]
-        k = yy.numel()
+        k = int((yy != IGNORE_INDEX).sum())  # padding targets of tokenized text count nowhere
+        if not k:
+            continue
         tot_loss += float(token_ce(out, yy)) * k
-        tot_acc += float((out.argmax(-1) == yy).float().sum())
+        tot_acc += float(((out.argmax(-1) == yy) & (yy != IGNORE_INDEX)).float().sum())
         n += k
     model.train()
-    return tot_loss / n, tot_acc / n
+    return tot_loss / max(n, 1), tot_acc / max(n, 1)
 
 
 def static_weights(task: MixingTask, strategy: str, cfg: dict[str, Any]) -> np.ndarray:

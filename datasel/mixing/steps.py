@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from datasel.errors import ConfigError
 from datasel.mixing.basis import make_basis
 from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_labels, row_embeddings
 from datasel.mixing.dga import MixtureResult, train_mixture
 from datasel.mixing.task import MixingTask, build_task, encode_rows, split_roles
+from datasel.models.lm import text_encoder
 from datasel.runtime import pick_device, seed_everything
-from datasel.store import atomic_path, read_table, save_checkpoint_file, write_json, write_table
+from datasel.store import atomic_path, read_table, write_json, write_table
+from datasel.training.proxy import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,11 @@ def prepare_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, An
     """Domains from a column (``dga.domains.method: column``) or k-means clusters of the generic pool
     (``method: kmeans``, ``k``, ``on: inputs|grads``) — for data without domain labels or to split coarse ones."""
     task_cfg = dict(cfg.get("task") or {})
+    encoder = text_encoder(cfg.get("model"), examples.get_column("text").to_list(), "dga.model") \
+        if meta.get("kind") == "text" else None
     dom = {"method": "column", "k": 16, "on": "inputs", "niter": 25, **(cfg.get("domains") or {})}
     if dom["method"] == "column":
-        return build_task(examples, meta, task_cfg, source)
+        return build_task(examples, meta, task_cfg, source, encoder=encoder)
     if dom["method"] != "kmeans":
         raise ConfigError(f"unknown domain method '{dom['method']}'", field="dga.domains.method",
                           fix="use column or kmeans")
@@ -45,14 +48,14 @@ def prepare_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, An
 
         seed_everything(seed)
         model = build_model(dict(cfg.get("model") or {"name": "mlp"}), meta)
-        x, y = encode_rows(pool, meta)
+        x, y = encode_rows(pool, meta, encoder)
         emb = grad_embeddings(model, x, y, dom.get("params", "last_layer"))
     else:
         raise ConfigError(f"unknown k-means input '{dom['on']}'", field="dga.domains.on", fix="use inputs or grads")
     k = int(dom["k"])
     labels = cluster_names(kmeans_labels(emb, k, seed=seed, niter=int(dom["niter"])), k)
     log.info("k-means: %d clusters over %d pool rows (%d non-empty)", k, pool.height, len(set(labels)))
-    return build_task(examples, meta, task_cfg, source, domain_labels=labels)
+    return build_task(examples, meta, task_cfg, source, domain_labels=labels, encoder=encoder)
 
 
 def task_basis(task: MixingTask, cfg: dict[str, Any], seed: int = 0) -> np.ndarray | None:
@@ -123,23 +126,20 @@ def train_step(smk: Any) -> None:
     write_table(metrics_frame(res, seed), smk.output.metrics, "metrics")
     with atomic_path(smk.output.curve) as tmp:  # JSON, not Parquet: a by-product, not a catalog table
         curve_frame(res, seed).write_json(tmp)
-    save_checkpoint_file({"state_dict": {k: v.cpu() for k, v in res.model.state_dict().items()},
-                          "model_cfg": cfg.get("model"), "meta": meta, "strategy": strategy, "seed": seed,
-                          "domains": res.domains}, smk.output.model)
+    # a pretrained LM's checkpoint holds its trainable weights only (the base comes back from the model source)
+    save_checkpoint(smk.output.model, res.model, model_cfg=cfg.get("model") or {"name": "mlp"}, meta=meta,
+                    strategy=strategy, seed=seed, domains=res.domains)
 
 
 def alignment_step(smk: Any) -> None:
     """Per-example alignment of the pool with the specific set under the trained DGA model -> scores table."""
     from datasel.mixing.alignment import alignment_table
-    from datasel.models import build_model
     from datasel.scoring.base import finalize_scores
 
     cfg = dict(smk.params.cfg)
     examples, meta = _load(smk)
     task = prepare_task(examples, meta, cfg, str(smk.input.examples), seed=int(cfg.get("domain_seed", 0)))
-    ckpt = torch.load(smk.input.model, map_location="cpu", weights_only=False)
-    model = build_model(dict(ckpt["model_cfg"] or {"name": "mlp"}), meta)
-    model.load_state_dict(ckpt["state_dict"])
+    model = load_checkpoint(smk.input.model, meta)
     device = pick_device(str(cfg.get("device", "auto")))
     df = alignment_table(model.to(device), task.to(device), dict(cfg.get("alignment") or {}))
     write_table(finalize_scores(df, "dga_alignment"), smk.output.scores, "scores")

@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from datasel.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: the padded targets of tokenized text
 
 
 def token_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy for class logits (B, C) vs (B,) or LM logits (B, T, V) vs (B, T)."""
+    """Mean cross-entropy for class logits (B, C) vs (B,) or LM logits (B, T, V) vs (B, T); targets -100 (padding
+    of tokenized text) are left out."""
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
@@ -56,8 +58,11 @@ class MixingTask:
         return self
 
 
-def encode_rows(df: pl.DataFrame, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vector rows -> (x float, label); text rows -> (chars[:-1], chars[1:]) over ``meta['vocab']``."""
+def encode_rows(df: pl.DataFrame, meta: dict[str, Any], encoder: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vector rows -> (x float, label); text rows -> (chars[:-1], chars[1:]) over ``meta['vocab']``, or through
+    ``encoder`` (a causal LM's tokenizer, :class:`datasel.models.lm.LMTextEncoder`) when given."""
+    if meta.get("kind") == "text" and encoder is not None:
+        return encoder.encode(df.get_column("text").to_list())
     if meta.get("kind") == "text":
         vocab = meta.get("vocab")
         if not vocab:
@@ -128,12 +133,13 @@ def split_roles(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any
 
 
 def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
-               domain_labels: np.ndarray | None = None) -> MixingTask:
+               domain_labels: np.ndarray | None = None, encoder: Any = None) -> MixingTask:
     """Split ``examples`` into generic domains, the specific set and its evaluation split.
 
     cfg (``dga.task``): ``domain_column`` (default ``domain``), ``specific`` (the specific domain's value; default
     ``meta['specific']``) or ``specific_split``, ``eval_split`` (default ``test``; falls back to ``val``).
     ``domain_labels`` overrides the column for the generic pool (k-means clusters), in the pool's row order.
+    ``encoder`` tokenizes text rows for a pretrained LM (:func:`datasel.models.lm.text_encoder`).
     """
     pool, spe_train, spe_eval, col = split_roles(examples, meta, cfg, source, need_column=domain_labels is None)
     specific = cfg.get("specific") or meta.get("specific") or f"split:{cfg.get('specific_split')}"
@@ -150,7 +156,7 @@ def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any]
     xs, ys, ids, embs = [], [], [], []
     for name in names:
         rows = pool.filter(pl.col(col) == name)
-        x, y = encode_rows(rows, meta)
+        x, y = encode_rows(rows, meta, encoder)
         xs.append(x)
         ys.append(y)
         ids.append(rows.get_column("example_id").to_list())
@@ -158,8 +164,8 @@ def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any]
     if pool.get_column(col).null_count():
         raise DataError(f"{pool.get_column(col).null_count()} generic rows have no domain", file=source, field=col,
                         fix="fill the domain column or cluster with k-means")
-    sx, sy = encode_rows(spe_train, meta)
-    ex, ey = encode_rows(spe_eval, meta)
+    sx, sy = encode_rows(spe_train, meta, encoder)
+    ex, ey = encode_rows(spe_eval, meta, encoder)
     log.info("mixing task: %d domains (%d pool rows), specific '%s': %d train / %d eval",
              len(names), pool.height, specific, len(sy), len(ey))
     return MixingTask(names, xs, ys, ids, sx, sy, spe_train.get_column("example_id").to_list(), ex, ey, dict(meta),

