@@ -250,7 +250,8 @@ def test_smollm2_answers_and_its_lora_gradients_match_autograd(lm_cache) -> None
     for n, p in pol.module.named_parameters():
         if "lora_B" in n:
             p.data.copy_(torch.randn(p.shape, generator=gen) * 1e-2)
-    enc, _, _ = encode(tok, [prompt, "Name a colour.\n"], ["Paris is the capital.", "Blue."], 64)
+    # each row: the prompt (context) then the reply (trained)
+    enc = encode(tok, [[prompt, "Paris is the capital."], ["Name a colour.\n", "Blue."]], [[False, True]] * 2, 64)[0]
     inputs = enc.inputs()
     flat = per_sample_grads(pol.module, inputs, enc.labels, completion_loss, "lora", mode="layers")
     pol.module.zero_grad()
