@@ -13,14 +13,9 @@ if stage_on("dga"):
         fail("the pipeline's examples table needs the specific set named", "dga.task.specific",
              "set dga.task.specific to the domain-column value of the specific rows, or dga.task.specific_split")
 
-    def _dga_data_inputs(wc):
-        if DGA["data"]["source"] == "examples":
-            return {"examples": "results/examples/examples.parquet", "meta": "results/examples/meta.json"}
-        return {}
-
     rule dga_data:
         input:
-            unpack(_dga_data_inputs),
+            unpack(lambda wc: support.dga_data_inputs(DGA)),
         output:
             examples="results/examples/dga_domains.parquet",
             meta="results/examples/dga_domains.meta.json",
@@ -96,14 +91,6 @@ if stage_on("dga"):
         script:
             script_path("dga_plots")
 
-    def _dga_targets():
-        runs = expand("results/{{table}}/dga_{s}_seed{seed}.parquet", s=DGA_STRATEGIES, seed=DGA["seeds"])
-        out = [r.format(table="domain_weights") for r in runs]
-        out += expand("results/metrics/dga/{s}/seed{seed}.parquet", s=DGA_STRATEGIES, seed=DGA["seeds"])
-        if "dga" in DGA_STRATEGIES:
-            out.append("results/scores/dga_alignment.parquet")
-        return out + [*rules.dga_plots.output]
-
-    register_targets("dga", _dga_targets)
+    register_targets("dga", lambda: support.dga_tables(DGA) + [*rules.dga_plots.output])
     if "dga" in DGA_STRATEGIES:
         register_score_table("dga_alignment")  # selection policies may rank by it (score: dga_alignment)

@@ -7,10 +7,6 @@ if stage_on("gaprune"):
     GAP = config["gaprune"]
     GAP_MODEL = {k: GAP[k] for k in ("model", "max_seq_len", "device", "seed")}
 
-    def gaprune_runs():
-        pcts = sorted({int(round(s * 100)) for s in GAP["sparsities"]})
-        return ["dense_s00"] + [f"{m}_s{p:02d}" for m in GAP["methods"] for p in pcts]
-
     rule gaprune_triplets:
         output:
             triplets="results/gaprune/triplets.parquet",
@@ -72,8 +68,8 @@ if stage_on("gaprune"):
 
     rule gaprune_gather:
         input:
-            metrics=lambda wc: expand("results/gaprune/runs/{r}.parquet", r=gaprune_runs()),
-            run_dirs=lambda wc: expand("results/gaprune/models/{r}", r=gaprune_runs()),
+            metrics=lambda wc: expand("results/gaprune/runs/{r}.parquet", r=support.gaprune_runs(GAP)),
+            run_dirs=lambda wc: expand("results/gaprune/models/{r}", r=support.gaprune_runs(GAP)),
             stats="results/gaprune/stats.pt",
         output:
             metrics="results/metrics/gaprune.parquet",

@@ -3,34 +3,6 @@
 # rendered comparison against random and full data. Target: `snakemake quality_report`.
 
 
-def quality_run_cfg(noise):
-    """The configured experiment with the quality grid's noise level, fractions, seeds, curricula and budget."""
-    q = config["quality"]
-    cfg = copy.deepcopy(dict(config))
-    cfg["data"]["noise"] = {**cfg["data"].get("noise", {}), "fraction": noise}
-    # feature policies come in only when named in quality.policies (they need a features section)
-    base = q.get("policies") or {n: e for n, e in config["selection"]["policies"].items()
-                                 if e.get("policy") not in FEATURE_POLICIES}
-    if "random" not in base:  # the report measures every margin against the entry named random
-        base = {"random": {"policy": "random"}, **base}
-    policies = dict(base)
-    if q.get("curriculum"):
-        policies.update({f"{n}_cl": {**e, "curriculum": q["curriculum"]} for n, e in base.items()})
-    cfg["selection"] = {"fractions": [f for f in q["fractions"] if f < 1], "seed": config["selection"]["seed"],
-                        "policies": policies}
-    cfg["training"] = {**config["training"], "seeds": q["seeds"], "budget": q["budget"]}
-    return cfg
-
-
-def quality_scores(root):
-    """The run's score tables that are not stage-written (those may lack training rows)."""
-    return [f"{root}/scores/{m}.parquet" for m in run_cfg(root)["scoring"]]
-
-
-def quality_roots():
-    return [f"results/quality/noise{round(n * 100)}" for n in config["quality"]["noise"]]
-
-
 if "quality" in config:
     # tables and plots from finished metrics: on a cluster, on the submitting host
     localrules: quality_report

@@ -8,20 +8,18 @@ report: "../workflow/report/workflow.rst"
 install_error_summary()
 
 
-def report_outputs():
-    """The summary files, and the noise figure only when the config injects label noise (without it, no bar differs
-    from zero)."""
-    out = {
-        "csv": "results/report/summary.csv",
-        "md": report("results/report/summary.md", caption="../workflow/report/summary.rst", category="Selection"),
-        "rst": "results/report/summary.rst",  # the same summary, included by the report's landing page
-        "plot": report("results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst",
-                       category="Selection"),
-    }
-    if float(config.get("data", {}).get("noise", {}).get("fraction", 0) or 0) > 0:
-        out["noise_plot"] = report("results/report/noise_dropped.png", caption="../workflow/report/noise.rst",
-                                   category="Selection")
-    return out
+# The summary files, and the noise figure only when the config injects label noise (without it, no bar differs
+# from zero).
+REPORT_OUTPUTS = {
+    "csv": "results/report/summary.csv",
+    "md": report("results/report/summary.md", caption="../workflow/report/summary.rst", category="Selection"),
+    "rst": "results/report/summary.rst",  # the same summary, included by the report's landing page
+    "plot": report("results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst",
+                   category="Selection"),
+}
+if float(config.get("data", {}).get("noise", {}).get("fraction", 0) or 0) > 0:
+    REPORT_OUTPUTS["noise_plot"] = report("results/report/noise_dropped.png", caption="../workflow/report/noise.rst",
+                               category="Selection")
 
 
 # the summary and the catalog read finished tables for a second or two: on a cluster they run on the submitting host
@@ -37,7 +35,7 @@ rule report:
         # read for the saturation warning (a score whose values pile up at one end)
         scores=lambda wc: expand("results/scores/{m}.parquet", m=config["scoring"]),
     output:
-        **report_outputs(),
+        **REPORT_OUTPUTS,
     params:
         # what the best method per kept fraction is chosen on (validation accuracy by default)
         choose_on=config.get("report", {}).get("choose_on", {}),

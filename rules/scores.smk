@@ -1,32 +1,6 @@
 # Scoring: one table per named entry of config["scoring"]; the entry's `method` picks a registered scorer.
 
 
-def score_inputs(wc):
-    entry = config["scoring"].get(wc.method)
-    if entry is None:
-        fail(f"no scoring entry '{wc.method}'", "scoring", f"use one of: {', '.join(config['scoring'])}")
-    inputs = {"examples": f"{wc.root}/examples/examples.parquet", "meta": f"{wc.root}/examples/meta.json"}
-    if "epoch" in entry:
-        inputs["checkpoints"] = expand(
-            "{root}/proxy/seed{seed}/epoch{epoch}.pt", root=wc.root, seed=range(config["proxy"]["seeds"]),
-            epoch=entry["epoch"],
-        )
-    if "features" in entry:
-        inputs["features"] = features_for(entry["features"], wc.root)
-    if "proxy_epochs" in scorer_needs(wc.method):  # forgetting, AUM: the proxy runs' per-epoch tables
-        inputs["epoch_tables"] = expand("{root}/proxy/seed{seed}/epochs.parquet", root=wc.root,
-                                        seed=range(config["proxy"]["seeds"]))
-    return inputs
-
-
-def scorer_needs(name):
-    """What the scoring entry's method reads (``Scorer.needs``)."""
-    from datasel.scoring import SCORERS
-
-    entry = config["scoring"][name]
-    return SCORERS.get(entry.get("method", name), where=f"scoring.{name}.method").needs
-
-
 rule score:
     input:
         unpack(score_inputs),

@@ -1,15 +1,6 @@
 # Training: the target model on every selection (and the full-data baseline) for every seed, same budget.
 
 
-def selection_info(selection):
-    policy, pct = selection.rsplit("_keep", 1)
-    return {"method": policy, "fraction": int(pct) / 100}
-
-
-def train_seed_outputs(seeds):
-    return expand("{{root}}/metrics/train/{{selection}}/seed{seed}.parquet", seed=seeds)
-
-
 # One job per selection trains every seed in one process (datasel.snakemake_entry.over_outputs): a job's process
 # start and imports cost seconds, more than a small target model's training, and were paid once per seed.
 # The quality grid's runs have their own seeds, so they get the same rule with their outputs (train_quality).
@@ -48,7 +39,3 @@ if "quality" in config:
         wildcard_constraints:
             root=r"results/quality/noise\d+",
 
-
-def train_metrics(root="results"):
-    return expand("{root}/metrics/train/{selection}/seed{seed}.parquet", root=root, selection=selection_names(root),
-                  seed=run_cfg(root)["training"]["seeds"])
