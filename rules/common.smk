@@ -52,32 +52,51 @@ def check_selection_config():
     for name, entry in config["scoring"].items():
         method = entry.get("method", name)
         if method not in SCORERS.names():
-            fail(f"unknown scoring method '{method}'", f"scoring.{name}.method", f"use one of: {', '.join(SCORERS.names())}")
+            fail(
+                f"unknown scoring method '{method}'",
+                f"scoring.{name}.method",
+                f"use one of: {', '.join(SCORERS.names())}",
+            )
     for name, entry in config["selection"]["policies"].items():
         if entry["policy"] not in POLICIES.names():
-            fail(f"unknown selection policy '{entry['policy']}'", f"selection.policies.{name}.policy",
-                 f"use one of: {', '.join(POLICIES.names())}")
+            fail(
+                f"unknown selection policy '{entry['policy']}'",
+                f"selection.policies.{name}.policy",
+                f"use one of: {', '.join(POLICIES.names())}",
+            )
     for name in config["scoring"]:
         if name in STAGE_SCORES:
-            fail(f"'{name}' is the score table a stage writes itself", f"scoring.{name}",
-                 "give this scoring entry another name")
+            fail(
+                f"'{name}' is the score table a stage writes itself",
+                f"scoring.{name}",
+                "give this scoring entry another name",
+            )
     # a features-only run has no proxy: any scoring entry that names an epoch is then refused here
     ckpts = set(config.get("proxy", {}).get("checkpoints", []))
     for name, entry in config["scoring"].items():
         epoch = entry.get("epoch")
         if epoch is not None and epoch not in ckpts:
-            fail(f"epoch {epoch} is not a proxy checkpoint {sorted(ckpts)}", f"scoring.{name}.epoch",
-                 "add it to proxy.checkpoints or pick one of those")
+            fail(
+                f"epoch {epoch} is not a proxy checkpoint {sorted(ckpts)}",
+                f"scoring.{name}.epoch",
+                "add it to proxy.checkpoints or pick one of those",
+            )
     for name, entry in config["selection"]["policies"].items():
         for key in ("score",):
             ref = entry.get(key)
             if ref is not None and ref not in config["scoring"] and ref not in STAGE_SCORES:
-                fail(f"names scoring entry '{ref}', which does not exist", f"selection.policies.{name}.{key}",
-                     f"use one of: {', '.join([*config['scoring'], *sorted(STAGE_SCORES)])}")
+                fail(
+                    f"names scoring entry '{ref}', which does not exist",
+                    f"selection.policies.{name}.{key}",
+                    f"use one of: {', '.join([*config['scoring'], *sorted(STAGE_SCORES)])}",
+                )
         ref = entry.get("curriculum", {}).get("score")
         if ref is not None and ref not in config["scoring"]:
-            fail(f"names scoring entry '{ref}', which does not exist",
-                 f"selection.policies.{name}.curriculum.score", f"use one of: {', '.join(config['scoring'])}")
+            fail(
+                f"names scoring entry '{ref}', which does not exist",
+                f"selection.policies.{name}.curriculum.score",
+                f"use one of: {', '.join(config['scoring'])}",
+            )
 
 
 # ---- runs: the selection chain runs under a root folder. `results` is the configured experiment; the quality
@@ -158,8 +177,11 @@ def check_stages():
         if stage not in known:
             fail(f"unknown stage '{stage}'", "stages", f"use some of: {', '.join(sorted(known))}")
         if stage != "selection" and stage not in config:
-            fail(f"stage '{stage}' is on but the config has no '{stage}' section", "stages",
-                 f"add a '{stage}:' section (see config/experiments/) or take '{stage}' out of stages")
+            fail(
+                f"stage '{stage}' is on but the config has no '{stage}' section",
+                "stages",
+                f"add a '{stage}:' section (see config/experiments/) or take '{stage}' out of stages",
+            )
 
 
 def check_models():
@@ -206,8 +228,11 @@ def check_jobs_config():
     for name in config["compute"]["jobs"]:
         if name not in known | {"default", "gpu"}:
             close = difflib.get_close_matches(name, sorted(known), n=1)
-            fail(f"no rule '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""), f"compute.jobs.{name}",
-                 f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`")
+            fail(
+                f"no rule '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                f"compute.jobs.{name}",
+                f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`",
+            )
 
 
 # A cluster run (--jobs, the slurm profile) submits jobs, and each job's own Snakemake (remote mode) must state the
@@ -225,9 +250,12 @@ def job_resources(rule, gpu=False):
     res = {**jobs.get("default", {}), **(jobs.get("gpu", {}) if use_gpu else {}), **jobs.get(rule, {})}
     if "gpu_model" in res and not use_gpu:
         where = "compute.jobs.default" if "gpu_model" in jobs.get("default", {}) else f"compute.jobs.{rule}"
-        fail(f"gpu_model is set for rule '{rule}', which " +
-             ("uses no GPU" if not gpu else "asks for no GPU (compute.device: cpu)"), where,
-             "give the GPU type under compute.jobs.gpu (applied to GPU jobs only)")
+        fail(
+            f"gpu_model is set for rule '{rule}', which "
+            + ("uses no GPU" if not gpu else "asks for no GPU (compute.device: cpu)"),
+            where,
+            "give the GPU type under compute.jobs.gpu (applied to GPU jobs only)",
+        )
     if not use_gpu:
         return res
     if config["compute"]["gpu_request"] == "gres" and not LOCAL_RUN:
@@ -261,7 +289,9 @@ if workflow.is_main_process:
             from snakemake.logging import logger
 
             _cap = workflow.global_resources.get("gpu").value
-            logger.info(f"datasel: {len(GPU_POOL)} GPU(s) visible ({','.join(GPU_POOL)}); at most {_cap} GPU job(s) "
-                        "at once, each on a device of its own")
+            logger.info(
+                f"datasel: {len(GPU_POOL)} GPU(s) visible ({','.join(GPU_POOL)}); at most {_cap} GPU job(s) "
+                "at once, each on a device of its own"
+            )
     else:
         os.environ.pop(POOL_ENV, None)

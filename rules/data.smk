@@ -1,9 +1,6 @@
 # Data preparation: source -> validated examples table with stable ids, splits and (when asked) injected label noise.
 from datasel.store.fingerprint import data_fingerprint
 
-
-
-
 data_files()  # a missing path is refused now, in `snakemake -n`, not when the prepare job starts
 
 
@@ -16,17 +13,17 @@ rule prepare:
     output:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
-    params:
-        data=lambda wc: data_params(wc.root),
-        data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
+    log:
+        "logs/{root}/prepare.log",
+    benchmark:
+        "logs/benchmarks/{root}/prepare.tsv"
     wildcard_constraints:
         root=ROOT_RE,
     threads: THREADS
     resources:
         **job_resources("prepare"),
-    log:
-        "logs/{root}/prepare.log",
-    benchmark:
-        "logs/benchmarks/{root}/prepare.tsv"
+    params:
+        data=lambda wc: data_params(wc.root),
+        data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
     script:
         script_path("prepare")

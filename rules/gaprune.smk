@@ -10,15 +10,15 @@ if stage_on("gaprune"):
     rule gaprune_triplets:
         output:
             triplets="results/gaprune/triplets.parquet",
-        params:
-            cfg=canon({**GAP_MODEL, "data": GAP["data"]}),
-        threads: THREADS
-        resources:
-            **job_resources("gaprune_triplets", gpu=True),
         log:
             "logs/gaprune/triplets.log",
         benchmark:
             "logs/benchmarks/gaprune/triplets.tsv"
+        threads: THREADS
+        resources:
+            **job_resources("gaprune_triplets", gpu=True),
+        params:
+            cfg=canon({**GAP_MODEL, "data": GAP["data"]}),
         script:
             script_path("gaprune_triplets")
 
@@ -27,15 +27,15 @@ if stage_on("gaprune"):
             triplets="results/gaprune/triplets.parquet",
         output:
             stats="results/gaprune/stats.pt",
-        params:
-            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]}),
-        threads: THREADS
-        resources:
-            **job_resources("gaprune_stats", gpu=True),
         log:
             "logs/gaprune/stats.log",
         benchmark:
             "logs/benchmarks/gaprune/stats.tsv"
+        threads: THREADS
+        resources:
+            **job_resources("gaprune_stats", gpu=True),
+        params:
+            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]}),
         script:
             script_path("gaprune_stats")
 
@@ -46,25 +46,33 @@ if stage_on("gaprune"):
         output:
             metrics="results/gaprune/runs/{method}_s{pct}.parquet",
             run_dir=directory("results/gaprune/models/{method}_s{pct}"),
-        params:
-            cfg=lambda wc: canon({**GAP_MODEL, "prune": GAP["prune"], "retrain": GAP["retrain"], "eval": GAP["eval"],
-                                  "save_models": GAP["save_models"],
-                                  **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {})}),
+        log:
+            "logs/gaprune/run/{method}_s{pct}.log",
+        benchmark:
+            "logs/benchmarks/gaprune/run/{method}_s{pct}.tsv"
         wildcard_constraints:
             method=r"[a-z_]+",
             pct=r"\d+",
         threads: THREADS
         resources:
             **job_resources("gaprune_run", gpu=True),
-        log:
-            "logs/gaprune/run/{method}_s{pct}.log",
-        benchmark:
-            "logs/benchmarks/gaprune/run/{method}_s{pct}.tsv"
+        params:
+            cfg=lambda wc: canon(
+                {
+                    **GAP_MODEL,
+                    "prune": GAP["prune"],
+                    "retrain": GAP["retrain"],
+                    "eval": GAP["eval"],
+                    "save_models": GAP["save_models"],
+                    **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {}),
+                }
+            ),
         script:
             script_path("gaprune_run")
 
     # one table from the finished runs: on a cluster, on the submitting host
-    localrules: gaprune_gather
+    localrules:
+        gaprune_gather,
 
     rule gaprune_gather:
         input:
@@ -75,10 +83,10 @@ if stage_on("gaprune"):
             metrics="results/metrics/gaprune.parquet",
             param_scores="results/param_scores/gaprune.parquet",
             plot=report("results/plots/gaprune.png", category="GAPrune"),
-        params:
-            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]}),
         log:
             "logs/gaprune/gather.log",
+        params:
+            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]}),
         script:
             script_path("gaprune_gather")
 
@@ -88,15 +96,15 @@ if stage_on("gaprune"):
             stats="results/gaprune/stats.pt",
         output:
             scores="results/scores/gaprune_example.parquet",
-        params:
-            cfg=canon({**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]}),
-        threads: THREADS
-        resources:
-            **job_resources("gaprune_example_scores", gpu=True),
         log:
             "logs/gaprune/example_scores.log",
         benchmark:
             "logs/benchmarks/gaprune/example_scores.tsv"
+        threads: THREADS
+        resources:
+            **job_resources("gaprune_example_scores", gpu=True),
+        params:
+            cfg=canon({**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]}),
         script:
             script_path("gaprune_scores")
 
@@ -105,7 +113,6 @@ if stage_on("gaprune"):
 
     if GAP["example_scores"]["enabled"]:
         register_score_table("gaprune_example")  # selection policies may rank by it (ours, labelled as such)
-
     register_targets(
         "gaprune",
         lambda: [

@@ -8,24 +8,25 @@ rule select:
         unpack(select_inputs),
     output:
         "{root}/selections/{policy}_keep{pct}.parquet",
+    log:
+        "logs/{root}/select/{policy}_keep{pct}.log",
+    wildcard_constraints:
+        root=ROOT_RE,
+        policy=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
+        pct=r"\d+",
+    # one Slurm job with the training of this selection (a select step alone takes a second)
+    group:
+        "select_train"
+    threads: THREADS
+    resources:
+        **job_resources("select"),
     params:
         policy=lambda wc: canon(policy_entry(wc.policy, wc.root)),
         fraction=lambda wc: int(wc.pct) / 100,
         seed=lambda wc: run_cfg(wc.root)["selection"]["seed"],
         # a policy that draws random numbers makes one subset per training seed; None for deterministic ones
-        draws=lambda wc: policy_draws(policy_entry(wc.policy, wc.root),
-                                      run_cfg(wc.root).get("training", {}).get("seeds")),
-    wildcard_constraints:
-        root=ROOT_RE,
-        policy=r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*",
-        pct=r"\d+",
-    threads: THREADS
-    resources:
-        **job_resources("select"),
-    # one Slurm job with the training of this selection (a select step alone takes a second)
-    group:
-        "select_train"
-    log:
-        "logs/{root}/select/{policy}_keep{pct}.log",
+        draws=lambda wc: policy_draws(
+            policy_entry(wc.policy, wc.root), run_cfg(wc.root).get("training", {}).get("seeds")
+        ),
     script:
         script_path("select")

@@ -11,22 +11,22 @@ rule train:
         selection="{root}/selections/{selection}.parquet",
     output:
         train_seed_outputs(config["training"]["seeds"]),
+    log:
+        "logs/{root}/train/{selection}.log",
+    benchmark:
+        "logs/benchmarks/{root}/train/{selection}.tsv"
+    wildcard_constraints:
+        root="results",
+    group:
+        "select_train"
+    threads: THREADS
+    resources:
+        **job_resources("train", gpu=True),
     params:
         training=lambda wc: canon(run_cfg(wc.root)["training"]),
         seeds=lambda wc: run_cfg(wc.root)["training"]["seeds"],
         curriculum=lambda wc: canon(policy_entry(selection_info(wc.selection)["method"], wc.root).get("curriculum")),
         info=lambda wc: selection_info(wc.selection),
-    wildcard_constraints:
-        root="results",
-    threads: THREADS
-    resources:
-        **job_resources("train", gpu=True),
-    group:
-        "select_train"
-    log:
-        "logs/{root}/train/{selection}.log",
-    benchmark:
-        "logs/benchmarks/{root}/train/{selection}.tsv"
     script:
         script_path("train")
 
@@ -38,4 +38,3 @@ if "quality" in config:
             train_seed_outputs(config["quality"]["seeds"]),
         wildcard_constraints:
             root=r"results/quality/noise\d+",
-
