@@ -18,8 +18,9 @@ DEFAULT_CONFIG = Path(workflow.basedir, "config", "config.yaml")
 SCHEMAS_DIR = Path(workflow.basedir, "workflow", "schemas")
 
 try:
-    CONFIG_SOURCE = load_config(list(workflow.config_settings.configfiles) or [DEFAULT_CONFIG],
-                                dict(workflow.config_settings.config))
+    CONFIG_SOURCE = load_config(
+        list(workflow.config_settings.configfiles) or [DEFAULT_CONFIG], dict(workflow.config_settings.config)
+    )
     _checked = check_config(CONFIG_SOURCE, SCHEMAS_DIR)  # validated before defaults: messages quote the user's file
 except DataselError as _exc:
     raise WorkflowError(str(_exc)) from None
@@ -30,10 +31,10 @@ TARGETS = {}
 
 
 rule all:
+    default_target: True
     input:
         lambda wc: "results/catalog.duckdb",
         lambda wc: [t for name in sorted(TARGETS) for t in TARGETS[name]()],
-    default_target: True
 
 
 include: "rules/common.smk"

@@ -93,9 +93,9 @@ def run_dataset(name: str, seeds: list[int], train_steps: int | None, work: Path
         timings: list[dict[str, float]] = []
         orig = alc_mod.alchemist_run
 
-        def timed(*a: Any, **k: Any) -> Any:
-            out = orig(*a, **k)
-            timings.append(out[2])
+        def timed(*a: Any, _orig: Any = orig, _timings: list = timings, **k: Any) -> Any:
+            out = _orig(*a, **k)
+            _timings.append(out[2])
             return out
 
         alc_mod.alchemist_run = timed

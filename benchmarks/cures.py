@@ -20,7 +20,6 @@ import json
 import logging
 import time
 
-import numpy as np
 import polars as pl
 import torch
 

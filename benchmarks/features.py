@@ -40,17 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasel.features.compute import DEFAULTS, cross_entropy, featurize  # noqa: E402
-from datasel.features.grads import PerSampleGrads, _call, batch_len, select_params, slice_inputs  # noqa: E402
-from datasel.features.layer_grads import LayerGrads  # noqa: E402
-from datasel.features.norms import GradNorms  # noqa: E402
-from datasel.features.projectors import inner_product_correlation, make_projector  # noqa: E402
-from datasel.models import build_model  # noqa: E402
+from datasel.features.compute import DEFAULTS, cross_entropy, featurize
+from datasel.features.grads import PerSampleGrads, _call, batch_len, select_params, slice_inputs
+from datasel.features.layer_grads import LayerGrads
+from datasel.features.norms import GradNorms
+from datasel.features.projectors import inner_product_correlation, make_projector
+from datasel.models import build_model
 
 CNN_CFG = {"name": "cnn1d", "channels": 32}
 MLP_CFG = {"name": "mlp", "hidden": [1000, 1000]}

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from datasel.pruning.pipeline import compute_stats, load_model, run_one  # noqa: E402
-from datasel.runtime import seed_everything, set_threads  # noqa: E402
+from datasel.pruning.pipeline import compute_stats, load_model, run_one
+from datasel.runtime import seed_everything, set_threads
 
 METHODS = ["dense", "dai", "magnitude", "fisher", "random", "dai_norm"]
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasel.features.grads import per_sample_grad_norms, per_sample_grads  # noqa: E402
-from datasel.models import build_model  # noqa: E402
+from datasel.features.grads import per_sample_grad_norms, per_sample_grads
+from datasel.models import build_model
 
 META = {"input_dim": 40, "num_classes": 10}
 
@@ -50,7 +50,7 @@ def main(n: int = 1024) -> dict[str, float]:
     rel = {mode: ((per_sample_grads(m64, x64, y[:256], F.cross_entropy, mode=mode) - slow).norm(dim=1)
                   / slow.norm(dim=1)).max().item() for mode in ("vmap", "layers")}
     t_loop = timed(lambda: loop_grads(model, x, y), repeat=1)
-    t = {mode: timed(lambda: per_sample_grad_norms(model, x, y, F.cross_entropy, chunk_size=512, mode=mode))
+    t = {mode: timed(lambda mode=mode: per_sample_grad_norms(model, x, y, F.cross_entropy, chunk_size=512, mode=mode))
          for mode in ("vmap", "layers")}
     figures = {
         "n": n,

@@ -53,7 +53,7 @@ def main() -> None:
         return torch.stack(rows).double()
 
     less = before = after = 0.0
-    for epoch, lr in ((1, 0.01), (2, 0.005), (3, 0.001)):
+    for _epoch, lr in ((1, 0.01), (2, 0.005), (3, 0.001)):
         for s in range(0, args.pool, 20):
             opt.zero_grad()
             nn.functional.cross_entropy(model(tr.inputs[s:s + 20]), tr.labels[s:s + 20]).backward()
@@ -63,7 +63,7 @@ def main() -> None:
         v = torch.cat([st[k]["exp_avg_sq"].reshape(-1) for k in range(len(st))]).double()
         g_pool, g_tgt = grads(tr.inputs, tr.labels), grads(va.inputs, va.labels)
 
-        def adam(g: torch.Tensor, inside: bool) -> torch.Tensor:
+        def adam(g: torch.Tensor, inside: bool, m: torch.Tensor = m, v: torch.Tensor = v) -> torch.Tensor:
             m2, v2 = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
             return m2 / (v2 + args.eps).sqrt() if inside else m2 / (v2.sqrt() + args.eps)
 

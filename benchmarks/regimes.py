@@ -19,14 +19,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
-from datasel.report.plots import save_figure  # noqa: E402
-from datasel.report.quality import welch_ci  # noqa: E402
-from datasel.report.subsets import noise_detection  # noqa: E402
-from datasel.store import read_table  # noqa: E402
+from datasel.report.plots import save_figure
+from datasel.report.quality import welch_ci
+from datasel.report.subsets import noise_detection
+from datasel.store import read_table
 
 
 def load_run(results: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict[float, pl.DataFrame]]:

@@ -13,7 +13,6 @@ from datasel.errors import DataselError
 
 def _export(args: argparse.Namespace) -> None:
     from datasel.export import export_selection
-
     from datasel.export.folder import read_marker
 
     out = export_selection(args.results, args.selection, args.format, args.out, overwrite=args.overwrite,

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasel.errors import DataselError
 from datasel.devices import claim_for_job
+from datasel.errors import DataselError
 from datasel.runtime import set_precision, set_threads, setup_logging
 
 log = logging.getLogger("datasel")

@@ -4,15 +4,22 @@
 if stage_on("alchemist"):
     for _name in config["alchemist"]["scores"]:
         if _name not in config["scoring"]:
-            fail(f"names scoring entry '{_name}', which does not exist", "alchemist.scores",
-                 f"use entries of scoring: {', '.join(config['scoring'])}")
+            fail(
+                f"names scoring entry '{_name}', which does not exist",
+                "alchemist.scores",
+                f"use entries of scoring: {', '.join(config['scoring'])}",
+            )
     _pol = config["alchemist"].get("policy")
     if _pol is not None and _pol not in config.get("selection", {}).get("policies", {}):
-        fail(f"names policy '{_pol}', which does not exist", "alchemist.policy",
-             "use an entry of selection.policies with policy: shift_gsampling")
+        fail(
+            f"names policy '{_pol}', which does not exist",
+            "alchemist.policy",
+            "use an entry of selection.policies with policy: shift_gsampling",
+        )
 
     # metrics and a plot from finished score tables: on a cluster, on the submitting host
-    localrules: alchemist_diagnostics
+    localrules:
+        alchemist_diagnostics,
 
     rule alchemist_diagnostics:
         input:
@@ -20,14 +27,20 @@ if stage_on("alchemist"):
             scores=expand("results/scores/{s}.parquet", s=config["alchemist"]["scores"]),
         output:
             metrics="results/metrics/alchemist_rating.parquet",
-            plot=report("results/plots/alchemist_rating.png", category="Alchemist",
-                        caption="../workflow/report/alchemist.rst"),
-        params:
-            alchemist=canon(config["alchemist"]),
-            policy=canon(config["selection"]["policies"].get(config["alchemist"]["policy"])
-                         if config["alchemist"].get("policy") else None),
+            plot=report(
+                "results/plots/alchemist_rating.png",
+                category="Alchemist",
+                caption="../workflow/report/alchemist.rst",
+            ),
         log:
             "logs/alchemist/diagnostics.log",
+        params:
+            alchemist=canon(config["alchemist"]),
+            policy=canon(
+                config["selection"]["policies"].get(config["alchemist"]["policy"])
+                if config["alchemist"].get("policy")
+                else None
+            ),
         script:
             script_path("alchemist_diagnostics")
 

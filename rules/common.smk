@@ -1,6 +1,9 @@
-# Helpers shared by every rule file: target registration, config slices (every section was validated, and its
-# defaults filled, by datasel.config in the Snakefile).
+# Helpers shared by all the rule files, bound to this run's config and state (target registration, refusals, config
+# slices). Every section was validated, and its defaults filled, by datasel.config in the Snakefile.
 import json
+
+from datasel import workflow_support as support
+from datasel.workflow_support import FEATURE_POLICIES, canon, selection_info, train_seed_outputs, without
 
 SCRIPTS = str(Path(workflow.basedir, "workflow", "scripts"))
 
@@ -10,24 +13,8 @@ def register_targets(name, fn):
     TARGETS[name] = fn
 
 
-def canon(value):
-    """A `params:` value with every mapping's keys sorted. Snakemake records a param as its repr and reruns a job
-    whose repr differs, so without this, reordering keys in the YAML file would rerun every job reading them."""
-    if isinstance(value, dict):
-        return {k: canon(value[k]) for k in sorted(value, key=str)}
-    if isinstance(value, (list, tuple)):
-        return [canon(v) for v in value]
-    return value
-
-
-def without(section, *keys):
-    """A config section less the keys that decide which jobs exist (a seed count, a list of epochs) rather than what
-    one job computes: a job's params carry only what its own outputs depend on."""
-    return canon({k: v for k, v in section.items() if k not in keys})
-
-
 def stage_on(name):
-    return name in config.get("stages", [])
+    return support.stage_on(config, name)
 
 
 # NOTE: must not be called `script`: that name is used by the code Snakemake generates for `script:` rules.
@@ -46,7 +33,7 @@ from snakemake.exceptions import WorkflowError
 def fail(msg, field, fix):
     """One short refusal naming the user's config file that holds the field."""
     where = CONFIG_SOURCE.file_of(field.split(".")) if field else None
-    raise WorkflowError(f"{where + ': ' if where else ''}config field '{field}': {msg}\n  fix: {fix}")
+    raise WorkflowError(f"{f'{where}: ' if where else ''}config field '{field}': {msg}\n  fix: {fix}")
 
 
 STAGE_SCORES = set()
@@ -65,32 +52,51 @@ def check_selection_config():
     for name, entry in config["scoring"].items():
         method = entry.get("method", name)
         if method not in SCORERS.names():
-            fail(f"unknown scoring method '{method}'", f"scoring.{name}.method", f"use one of: {', '.join(SCORERS.names())}")
+            fail(
+                f"unknown scoring method '{method}'",
+                f"scoring.{name}.method",
+                f"use one of: {', '.join(SCORERS.names())}",
+            )
     for name, entry in config["selection"]["policies"].items():
         if entry["policy"] not in POLICIES.names():
-            fail(f"unknown selection policy '{entry['policy']}'", f"selection.policies.{name}.policy",
-                 f"use one of: {', '.join(POLICIES.names())}")
+            fail(
+                f"unknown selection policy '{entry['policy']}'",
+                f"selection.policies.{name}.policy",
+                f"use one of: {', '.join(POLICIES.names())}",
+            )
     for name in config["scoring"]:
         if name in STAGE_SCORES:
-            fail(f"'{name}' is the score table a stage writes itself", f"scoring.{name}",
-                 "give this scoring entry another name")
+            fail(
+                f"'{name}' is the score table a stage writes itself",
+                f"scoring.{name}",
+                "give this scoring entry another name",
+            )
     # a features-only run has no proxy: any scoring entry that names an epoch is then refused here
     ckpts = set(config.get("proxy", {}).get("checkpoints", []))
     for name, entry in config["scoring"].items():
         epoch = entry.get("epoch")
         if epoch is not None and epoch not in ckpts:
-            fail(f"epoch {epoch} is not a proxy checkpoint {sorted(ckpts)}", f"scoring.{name}.epoch",
-                 "add it to proxy.checkpoints or pick one of those")
+            fail(
+                f"epoch {epoch} is not a proxy checkpoint {sorted(ckpts)}",
+                f"scoring.{name}.epoch",
+                "add it to proxy.checkpoints or pick one of those",
+            )
     for name, entry in config["selection"]["policies"].items():
         for key in ("score",):
             ref = entry.get(key)
             if ref is not None and ref not in config["scoring"] and ref not in STAGE_SCORES:
-                fail(f"names scoring entry '{ref}', which does not exist", f"selection.policies.{name}.{key}",
-                     f"use one of: {', '.join([*config['scoring'], *sorted(STAGE_SCORES)])}")
+                fail(
+                    f"names scoring entry '{ref}', which does not exist",
+                    f"selection.policies.{name}.{key}",
+                    f"use one of: {', '.join([*config['scoring'], *sorted(STAGE_SCORES)])}",
+                )
         ref = entry.get("curriculum", {}).get("score")
         if ref is not None and ref not in config["scoring"]:
-            fail(f"names scoring entry '{ref}', which does not exist",
-                 f"selection.policies.{name}.curriculum.score", f"use one of: {', '.join(config['scoring'])}")
+            fail(
+                f"names scoring entry '{ref}', which does not exist",
+                f"selection.policies.{name}.curriculum.score",
+                f"use one of: {', '.join(config['scoring'])}",
+            )
 
 
 # ---- runs: the selection chain runs under a root folder. `results` is the configured experiment; the quality
@@ -111,8 +117,57 @@ def run_cfg(root):
         m = re.fullmatch(r"results/quality/noise(\d+)", root)
         if m is None or "quality" not in config:
             fail(f"no run '{root}'", "quality", "add a quality section (config/experiments/quality.yaml)")
-        _RUN_CACHE[root] = quality_run_cfg(int(m.group(1)) / 100)
+        _RUN_CACHE[root] = support.quality_run_cfg(config, int(m.group(1)) / 100)
     return _RUN_CACHE[root]
+
+
+# ---- the rule files' config slices and path lists (datasel/workflow_support.py), bound to this run's config ----
+def data_files(root="results"):
+    """The user's data files (or a dataset folder's files): inputs of prepare, so a missing one is refused."""
+    try:
+        return data_inputs(run_cfg(root)["data"], CONFIG_SOURCE.file_of(("data", "path")))
+    except DataselError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def data_params(root):
+    return support.data_params(run_cfg(root)["data"])
+
+
+def features_for(spec, root="results"):
+    return support.refusing(fail, support.features_for, config, spec, root)
+
+
+def scorer_needs(name):
+    return support.scorer_needs(config, name)
+
+
+def score_inputs(wc):
+    return support.refusing(fail, support.score_inputs, config, wc)
+
+
+def selection_names(root="results"):
+    return support.selection_names(run_cfg(root))
+
+
+def policy_entry(name, root="results"):
+    return support.refusing(fail, support.policy_entry, config, run_cfg(root), name, root)
+
+
+def select_inputs(wc):
+    return support.select_inputs(policy_entry(wc.policy, wc.root), wc.root)
+
+
+def train_metrics(root="results"):
+    return support.train_metrics(run_cfg(root), root)
+
+
+def quality_roots():
+    return support.quality_roots(config)
+
+
+def quality_scores(root):
+    return support.quality_scores(run_cfg(root), root)
 
 
 def check_stages():
@@ -122,8 +177,11 @@ def check_stages():
         if stage not in known:
             fail(f"unknown stage '{stage}'", "stages", f"use some of: {', '.join(sorted(known))}")
         if stage != "selection" and stage not in config:
-            fail(f"stage '{stage}' is on but the config has no '{stage}' section", "stages",
-                 f"add a '{stage}:' section (see config/experiments/) or take '{stage}' out of stages")
+            fail(
+                f"stage '{stage}' is on but the config has no '{stage}' section",
+                "stages",
+                f"add a '{stage}:' section (see config/experiments/) or take '{stage}' out of stages",
+            )
 
 
 def check_models():
@@ -170,8 +228,11 @@ def check_jobs_config():
     for name in config["compute"]["jobs"]:
         if name not in known | {"default", "gpu"}:
             close = difflib.get_close_matches(name, sorted(known), n=1)
-            fail(f"no rule '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""), f"compute.jobs.{name}",
-                 f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`")
+            fail(
+                f"no rule '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                f"compute.jobs.{name}",
+                f"name a rule ({', '.join(sorted(known))}), `default` or `gpu`",
+            )
 
 
 # A cluster run (--jobs, the slurm profile) submits jobs, and each job's own Snakemake (remote mode) must state the
@@ -181,7 +242,7 @@ LOCAL_RUN = workflow.resource_settings.nodes is None and not workflow.remote_exe
 
 def job_resources(rule, gpu=False):
     """Snakemake resources of one rule: runtime/mem_mb (and partition, constraint, GPU type) from compute.jobs, and
-    one GPU for a GPU rule unless compute.device is cpu: gpu=1 (sbatch --gpus=1, or --gpus=<gpu_model>:1), or on a
+    one GPU for a GPU job unless compute.device is cpu: gpu=1 (sbatch --gpus=1, or --gpus=<gpu_model>:1), or on a
     cluster run with compute.gpu_request gres, gres=gpu:1 (sbatch --gres=gpu:1, or gpu:<gpu_model>:1). A local run
     always counts gpu=1: that is what `--resources gpu=N` and the GPU claim (datasel.devices) go by."""
     jobs = config["compute"]["jobs"]
@@ -189,9 +250,12 @@ def job_resources(rule, gpu=False):
     res = {**jobs.get("default", {}), **(jobs.get("gpu", {}) if use_gpu else {}), **jobs.get(rule, {})}
     if "gpu_model" in res and not use_gpu:
         where = "compute.jobs.default" if "gpu_model" in jobs.get("default", {}) else f"compute.jobs.{rule}"
-        fail(f"gpu_model is set for rule '{rule}', which " +
-             ("uses no GPU" if not gpu else "asks for no GPU (compute.device: cpu)"), where,
-             "give the GPU type under compute.jobs.gpu (applied to GPU jobs only)")
+        fail(
+            f"gpu_model is set for rule '{rule}', which "
+            + ("uses no GPU" if not gpu else "asks for no GPU (compute.device: cpu)"),
+            where,
+            "give the GPU type under compute.jobs.gpu (applied to GPU jobs only)",
+        )
     if not use_gpu:
         return res
     if config["compute"]["gpu_request"] == "gres" and not LOCAL_RUN:
@@ -225,7 +289,9 @@ if workflow.is_main_process:
             from snakemake.logging import logger
 
             _cap = workflow.global_resources.get("gpu").value
-            logger.info(f"datasel: {len(GPU_POOL)} GPU(s) visible ({','.join(GPU_POOL)}); at most {_cap} GPU job(s) "
-                        "at once, each on a device of its own")
+            logger.info(
+                f"datasel: {len(GPU_POOL)} GPU(s) visible ({','.join(GPU_POOL)}); at most {_cap} GPU job(s) "
+                "at once, each on a device of its own"
+            )
     else:
         os.environ.pop(POOL_ENV, None)

@@ -1,24 +1,6 @@
 # Data preparation: source -> validated examples table with stable ids, splits and (when asked) injected label noise.
 from datasel.store.fingerprint import data_fingerprint
 
-
-def data_files(root="results"):
-    """The user's data files (or a dataset folder's files): inputs of prepare, so a missing one is refused."""
-    try:
-        return data_inputs(run_cfg(root)["data"], CONFIG_SOURCE.file_of(("data", "path")))
-    except DataselError as exc:
-        raise WorkflowError(str(exc)) from None
-
-
-# a generator's own options (data.mnist1d, data.docstring_topics) matter only to the source that reads them
-GENERATOR_SECTIONS = ("mnist1d", "docstring_topics")
-
-
-def data_params(root):
-    data = run_cfg(root)["data"]
-    return without(data, *(s for s in GENERATOR_SECTIONS if s != data.get("source")))
-
-
 data_files()  # a missing path is refused now, in `snakemake -n`, not when the prepare job starts
 
 
@@ -31,17 +13,17 @@ rule prepare:
     output:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
-    params:
-        data=lambda wc: data_params(wc.root),
-        data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
+    log:
+        "logs/{root}/prepare.log",
+    benchmark:
+        "logs/benchmarks/{root}/prepare.tsv"
     wildcard_constraints:
         root=ROOT_RE,
     threads: THREADS
     resources:
         **job_resources("prepare"),
-    log:
-        "logs/{root}/prepare.log",
-    benchmark:
-        "logs/benchmarks/{root}/prepare.tsv"
+    params:
+        data=lambda wc: data_params(wc.root),
+        data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
     script:
         script_path("prepare")

@@ -7,30 +7,32 @@ if stage_on("dga"):
     # What a training run depends on (not the plot/alignment/seed lists), so editing those reruns nothing here.
     DGA_TRAIN_CFG = {k: v for k, v in DGA.items() if k not in ("data", "alignment", "strategies", "seeds")}
     DGA_TRAIN_CFG["device"] = config.get("compute", {}).get("device", "auto")
-    if DGA["data"]["source"] == "examples" and not any(
-        k in DGA["task"] for k in ("specific", "specific_split")
-    ) and "specific" not in DGA["data"]:
-        fail("the pipeline's examples table needs the specific set named", "dga.task.specific",
-             "set dga.task.specific to the domain-column value of the specific rows, or dga.task.specific_split")
-
-    def _dga_data_inputs(wc):
-        if DGA["data"]["source"] == "examples":
-            return {"examples": "results/examples/examples.parquet", "meta": "results/examples/meta.json"}
-        return {}
+    if (
+        DGA["data"]["source"] == "examples"
+        and not any(k in DGA["task"] for k in ("specific", "specific_split"))
+        and "specific" not in DGA["data"]
+    ):
+        fail(
+            "the pipeline's examples table needs the specific set named",
+            "dga.task.specific",
+            "set dga.task.specific to the domain-column value of the specific rows, or dga.task.specific_split",
+        )
 
     rule dga_data:
         input:
-            unpack(_dga_data_inputs),
+            unpack(lambda wc: support.dga_data_inputs(DGA)),
         output:
             examples="results/examples/dga_domains.parquet",
             meta="results/examples/dga_domains.meta.json",
-        params:
-            data=canon({**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})}),
+        log:
+            "logs/dga/data.log",
         threads: THREADS
         resources:
             **job_resources("dga_data"),
-        log:
-            "logs/dga/data.log",
+        params:
+            data=canon(
+                {**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})}
+            ),
         script:
             script_path("dga_data")
 
@@ -43,19 +45,19 @@ if stage_on("dga"):
             weights="results/domain_weights/dga_{strategy}_seed{seed}.parquet",
             metrics="results/metrics/dga/{strategy}/seed{seed}.parquet",
             curve="results/dga/curves/{strategy}_seed{seed}.json",
-        wildcard_constraints:
-            strategy="|".join(DGA_STRATEGIES),
-            seed=r"\d+",
-        params:
-            # the importance-sampling options reach only that strategy's runs
-            cfg=lambda wc: without(DGA_TRAIN_CFG, *(() if wc.strategy == "importance" else ("importance",))),
-        threads: THREADS
-        resources:
-            **job_resources("dga_train", gpu=True),
         log:
             "logs/dga/train_{strategy}_seed{seed}.log",
         benchmark:
             "logs/benchmarks/dga/train_{strategy}_seed{seed}.tsv"
+        wildcard_constraints:
+            strategy="|".join(DGA_STRATEGIES),
+            seed=r"\d+",
+        threads: THREADS
+        resources:
+            **job_resources("dga_train", gpu=True),
+        params:
+            # the importance-sampling options reach only that strategy's runs
+            cfg=lambda wc: without(DGA_TRAIN_CFG, *(() if wc.strategy == "importance" else ("importance",))),
         script:
             script_path("dga_train")
 
@@ -66,44 +68,40 @@ if stage_on("dga"):
             model=f"results/dga/models/dga_seed{DGA['seeds'][0]}.pt",
         output:
             scores="results/scores/dga_alignment.parquet",
-        params:
-            cfg=canon({**DGA_TRAIN_CFG, "alignment": DGA["alignment"]}),
+        log:
+            "logs/dga/alignment.log",
         threads: THREADS
         resources:
             **job_resources("dga_alignment", gpu=True),
-        log:
-            "logs/dga/alignment.log",
+        params:
+            cfg=canon({**DGA_TRAIN_CFG, "alignment": DGA["alignment"]}),
         script:
             script_path("dga_alignment")
 
     ruleorder: dga_alignment > score
 
     # plots from finished trajectories: on a cluster, on the submitting host
-    localrules: dga_plots
+    localrules:
+        dga_plots,
 
     rule dga_plots:
         input:
-            weights=expand("results/domain_weights/dga_{s}_seed{seed}.parquet",
-                           s=[s for s in DGA_STRATEGIES if s in ("dga", "importance")] or DGA_STRATEGIES[:1],
-                           seed=DGA["seeds"][0]),
+            weights=expand(
+                "results/domain_weights/dga_{s}_seed{seed}.parquet",
+                s=[s for s in DGA_STRATEGIES if s in ("dga", "importance")] or DGA_STRATEGIES[:1],
+                seed=DGA["seeds"][0],
+            ),
             curves=expand("results/dga/curves/{s}_seed{seed}.json", s=DGA_STRATEGIES, seed=DGA["seeds"]),
         output:
-            weights=report("results/plots/dga_weights.png", category="DGA",
-                           caption="../workflow/report/dga_weights.rst"),
+            weights=report(
+                "results/plots/dga_weights.png", category="DGA", caption="../workflow/report/dga_weights.rst"
+            ),
             loss=report("results/plots/dga_loss.png", category="DGA", caption="../workflow/report/dga_loss.rst"),
         log:
             "logs/dga/plots.log",
         script:
             script_path("dga_plots")
 
-    def _dga_targets():
-        runs = expand("results/{{table}}/dga_{s}_seed{seed}.parquet", s=DGA_STRATEGIES, seed=DGA["seeds"])
-        out = [r.format(table="domain_weights") for r in runs]
-        out += expand("results/metrics/dga/{s}/seed{seed}.parquet", s=DGA_STRATEGIES, seed=DGA["seeds"])
-        if "dga" in DGA_STRATEGIES:
-            out.append("results/scores/dga_alignment.parquet")
-        return out + [*rules.dga_plots.output]
-
-    register_targets("dga", _dga_targets)
+    register_targets("dga", lambda: support.dga_tables(DGA) + [*rules.dga_plots.output])
     if "dga" in DGA_STRATEGIES:
         register_score_table("dga_alignment")  # selection policies may rank by it (score: dga_alignment)

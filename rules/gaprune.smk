@@ -7,22 +7,18 @@ if stage_on("gaprune"):
     GAP = config["gaprune"]
     GAP_MODEL = {k: GAP[k] for k in ("model", "max_seq_len", "device", "seed")}
 
-    def gaprune_runs():
-        pcts = sorted({int(round(s * 100)) for s in GAP["sparsities"]})
-        return ["dense_s00"] + [f"{m}_s{p:02d}" for m in GAP["methods"] for p in pcts]
-
     rule gaprune_triplets:
         output:
             triplets="results/gaprune/triplets.parquet",
-        params:
-            cfg=canon({**GAP_MODEL, "data": GAP["data"]}),
-        threads: THREADS
-        resources:
-            **job_resources("gaprune_triplets", gpu=True),
         log:
             "logs/gaprune/triplets.log",
         benchmark:
             "logs/benchmarks/gaprune/triplets.tsv"
+        threads: THREADS
+        resources:
+            **job_resources("gaprune_triplets", gpu=True),
+        params:
+            cfg=canon({**GAP_MODEL, "data": GAP["data"]}),
         script:
             script_path("gaprune_triplets")
 
@@ -31,15 +27,15 @@ if stage_on("gaprune"):
             triplets="results/gaprune/triplets.parquet",
         output:
             stats="results/gaprune/stats.pt",
-        params:
-            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]}),
-        threads: THREADS
-        resources:
-            **job_resources("gaprune_stats", gpu=True),
         log:
             "logs/gaprune/stats.log",
         benchmark:
             "logs/benchmarks/gaprune/stats.tsv"
+        threads: THREADS
+        resources:
+            **job_resources("gaprune_stats", gpu=True),
+        params:
+            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "fisher": GAP["fisher"]}),
         script:
             script_path("gaprune_stats")
 
@@ -50,39 +46,47 @@ if stage_on("gaprune"):
         output:
             metrics="results/gaprune/runs/{method}_s{pct}.parquet",
             run_dir=directory("results/gaprune/models/{method}_s{pct}"),
-        params:
-            cfg=lambda wc: canon({**GAP_MODEL, "prune": GAP["prune"], "retrain": GAP["retrain"], "eval": GAP["eval"],
-                                  "save_models": GAP["save_models"],
-                                  **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {})}),
+        log:
+            "logs/gaprune/run/{method}_s{pct}.log",
+        benchmark:
+            "logs/benchmarks/gaprune/run/{method}_s{pct}.tsv"
         wildcard_constraints:
             method=r"[a-z_]+",
             pct=r"\d+",
         threads: THREADS
         resources:
             **job_resources("gaprune_run", gpu=True),
-        log:
-            "logs/gaprune/run/{method}_s{pct}.log",
-        benchmark:
-            "logs/benchmarks/gaprune/run/{method}_s{pct}.tsv"
+        params:
+            cfg=lambda wc: canon(
+                {
+                    **GAP_MODEL,
+                    "prune": GAP["prune"],
+                    "retrain": GAP["retrain"],
+                    "eval": GAP["eval"],
+                    "save_models": GAP["save_models"],
+                    **({"dai": GAP["dai"]} if wc.method.startswith("dai") else {}),
+                }
+            ),
         script:
             script_path("gaprune_run")
 
     # one table from the finished runs: on a cluster, on the submitting host
-    localrules: gaprune_gather
+    localrules:
+        gaprune_gather,
 
     rule gaprune_gather:
         input:
-            metrics=lambda wc: expand("results/gaprune/runs/{r}.parquet", r=gaprune_runs()),
-            run_dirs=lambda wc: expand("results/gaprune/models/{r}", r=gaprune_runs()),
+            metrics=lambda wc: expand("results/gaprune/runs/{r}.parquet", r=support.gaprune_runs(GAP)),
+            run_dirs=lambda wc: expand("results/gaprune/models/{r}", r=support.gaprune_runs(GAP)),
             stats="results/gaprune/stats.pt",
         output:
             metrics="results/metrics/gaprune.parquet",
             param_scores="results/param_scores/gaprune.parquet",
             plot=report("results/plots/gaprune.png", category="GAPrune"),
-        params:
-            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]}),
         log:
             "logs/gaprune/gather.log",
+        params:
+            cfg=canon({**GAP_MODEL, "prune": GAP["prune"], "dai": GAP["dai"], "plot_metric": GAP["plot_metric"]}),
         script:
             script_path("gaprune_gather")
 
@@ -92,15 +96,15 @@ if stage_on("gaprune"):
             stats="results/gaprune/stats.pt",
         output:
             scores="results/scores/gaprune_example.parquet",
-        params:
-            cfg=canon({**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]}),
-        threads: THREADS
-        resources:
-            **job_resources("gaprune_example_scores", gpu=True),
         log:
             "logs/gaprune/example_scores.log",
         benchmark:
             "logs/benchmarks/gaprune/example_scores.tsv"
+        threads: THREADS
+        resources:
+            **job_resources("gaprune_example_scores", gpu=True),
+        params:
+            cfg=canon({**GAP_MODEL, **GAP["example_scores"], "scale": GAP["fisher"]["scale"]}),
         script:
             script_path("gaprune_scores")
 
@@ -109,7 +113,6 @@ if stage_on("gaprune"):
 
     if GAP["example_scores"]["enabled"]:
         register_score_table("gaprune_example")  # selection policies may rank by it (ours, labelled as such)
-
     register_targets(
         "gaprune",
         lambda: [

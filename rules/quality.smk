@@ -3,37 +3,11 @@
 # rendered comparison against random and full data. Target: `snakemake quality_report`.
 
 
-def quality_run_cfg(noise):
-    """The configured experiment with the quality grid's noise level, fractions, seeds, curricula and budget."""
-    q = config["quality"]
-    cfg = copy.deepcopy(dict(config))
-    cfg["data"]["noise"] = {**cfg["data"].get("noise", {}), "fraction": noise}
-    # feature policies come in only when named in quality.policies (they need a features section)
-    base = q.get("policies") or {n: e for n, e in config["selection"]["policies"].items()
-                                 if e.get("policy") not in FEATURE_POLICIES}
-    if "random" not in base:  # the report measures every margin against the entry named random
-        base = {"random": {"policy": "random"}, **base}
-    policies = dict(base)
-    if q.get("curriculum"):
-        policies.update({f"{n}_cl": {**e, "curriculum": q["curriculum"]} for n, e in base.items()})
-    cfg["selection"] = {"fractions": [f for f in q["fractions"] if f < 1], "seed": config["selection"]["seed"],
-                        "policies": policies}
-    cfg["training"] = {**config["training"], "seeds": q["seeds"], "budget": q["budget"]}
-    return cfg
-
-
-def quality_scores(root):
-    """The run's score tables that are not stage-written (those may lack training rows)."""
-    return [f"{root}/scores/{m}.parquet" for m in run_cfg(root)["scoring"]]
-
-
-def quality_roots():
-    return [f"results/quality/noise{round(n * 100)}" for n in config["quality"]["noise"]]
-
-
 if "quality" in config:
+
     # tables and plots from finished metrics: on a cluster, on the submitting host
-    localrules: quality_report
+    localrules:
+        quality_report,
 
     rule quality_report:
         input:
@@ -41,30 +15,47 @@ if "quality" in config:
             lambda wc: [f"{r}/selections/{s}.parquet" for r in quality_roots() for s in selection_names(r)],
             lambda wc: [p for r in quality_roots() for p in quality_scores(r)],
         output:
-            md=report("results/quality/report/quality.md", category="Quality", caption="../workflow/report/quality.rst"),
+            md=report(
+                "results/quality/report/quality.md", category="Quality", caption="../workflow/report/quality.rst"
+            ),
             csv="results/quality/report/margins.csv",
-            accuracy=report("results/quality/report/accuracy_vs_fraction.png", category="Quality",
-                            caption="../workflow/report/quality.rst"),
-            compute=report("results/quality/report/accuracy_vs_compute.png", category="Quality",
-                           caption="../workflow/report/quality.rst"),
-            noise_plot=report("results/quality/report/noise_dropped.png", category="Quality",
-                              caption="../workflow/report/quality.rst"),
-            margin=report("results/quality/report/margin_vs_fraction.png", category="Quality",
-                          caption="../workflow/report/quality.rst"),
-            class_mix=report("results/quality/report/class_mix.png", category="Quality",
-                             caption="../workflow/report/quality.rst"),
+            accuracy=report(
+                "results/quality/report/accuracy_vs_fraction.png",
+                category="Quality",
+                caption="../workflow/report/quality.rst",
+            ),
+            compute=report(
+                "results/quality/report/accuracy_vs_compute.png",
+                category="Quality",
+                caption="../workflow/report/quality.rst",
+            ),
+            noise_plot=report(
+                "results/quality/report/noise_dropped.png",
+                category="Quality",
+                caption="../workflow/report/quality.rst",
+            ),
+            margin=report(
+                "results/quality/report/margin_vs_fraction.png",
+                category="Quality",
+                caption="../workflow/report/quality.rst",
+            ),
+            class_mix=report(
+                "results/quality/report/class_mix.png", category="Quality", caption="../workflow/report/quality.rst"
+            ),
+        log:
+            "logs/quality_report.log",
         params:
             noise=lambda wc: list(config["quality"]["noise"]),
             metrics=lambda wc: [train_metrics(r) for r in quality_roots()],
-            selections=lambda wc: [[f"{r}/selections/{s}.parquet" for s in selection_names(r)] for r in quality_roots()],
+            selections=lambda wc: [
+                [f"{r}/selections/{s}.parquet" for s in selection_names(r)] for r in quality_roots()
+            ],
             examples=lambda wc: [f"{r}/examples/examples.parquet" for r in quality_roots()],
             # every score of each run: how well it finds the injected noisy labels (AUROC, average precision)
             scores=lambda wc: [quality_scores(r) for r in quality_roots()],
             regime=config["quality"].get("regime"),
             batch_size=config["training"]["batch_size"],
             choose_on=config.get("report", {}).get("choose_on", {}),
-        log:
-            "logs/quality_report.log",
         script:
             script_path("quality_report")
 

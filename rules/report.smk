@@ -1,31 +1,35 @@
 # Report: summary table and figures of the selection stage, and the DuckDB catalog over every table.
 from datasel.snakemake_entry import install_error_summary
 
+
 # the landing page of `snakemake --report report.html`: the selection summary itself, not only the rule graph
 report: "../workflow/report/workflow.rst"
+
 
 # a step's DataselError is printed once, as the run's last lines, without Snakemake's CalledProcessError tail
 install_error_summary()
 
 
-def report_outputs():
-    """The summary files, and the noise figure only when the config injects label noise (without it, no bar differs
-    from zero)."""
-    out = {
-        "csv": "results/report/summary.csv",
-        "md": report("results/report/summary.md", caption="../workflow/report/summary.rst", category="Selection"),
-        "rst": "results/report/summary.rst",  # the same summary, included by the report's landing page
-        "plot": report("results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst",
-                       category="Selection"),
-    }
-    if float(config.get("data", {}).get("noise", {}).get("fraction", 0) or 0) > 0:
-        out["noise_plot"] = report("results/report/noise_dropped.png", caption="../workflow/report/noise.rst",
-                                   category="Selection")
-    return out
+# The summary files, and the noise figure only when the config injects label noise (without it, no bar differs
+# from zero).
+REPORT_OUTPUTS = {
+    "csv": "results/report/summary.csv",
+    "md": report("results/report/summary.md", caption="../workflow/report/summary.rst", category="Selection"),
+    "rst": "results/report/summary.rst",  # the same summary, included by the report's landing page
+    "plot": report(
+        "results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst", category="Selection"
+    ),
+}
+if float(config.get("data", {}).get("noise", {}).get("fraction", 0) or 0) > 0:
+    REPORT_OUTPUTS["noise_plot"] = report(
+        "results/report/noise_dropped.png", caption="../workflow/report/noise.rst", category="Selection"
+    )
 
 
 # the summary and the catalog read finished tables for a second or two: on a cluster they run on the submitting host
-localrules: report, catalog
+localrules:
+    report,
+    catalog,
 
 
 rule report:
@@ -37,12 +41,12 @@ rule report:
         # read for the saturation warning (a score whose values pile up at one end)
         scores=lambda wc: expand("results/scores/{m}.parquet", m=config["scoring"]),
     output:
-        **report_outputs(),
+        **REPORT_OUTPUTS,
+    log:
+        "logs/report.log",
     params:
         # what the best method per kept fraction is chosen on (validation accuracy by default)
         choose_on=config.get("report", {}).get("choose_on", {}),
-    log:
-        "logs/report.log",
     script:
         script_path("report")
 
@@ -73,6 +77,8 @@ elif stage_on("features") and "selection" in config:
         check_selection_config()
     register_targets(
         "selection",
-        lambda: [*expand("results/selections/{s}.parquet", s=[s for s in selection_names() if s != "full_keep100"]),
-                 *expand("results/scores/{m}.parquet", m=config["scoring"])],
+        lambda: [
+            *expand("results/selections/{s}.parquet", s=[s for s in selection_names() if s != "full_keep100"]),
+            *expand("results/scores/{m}.parquet", m=config["scoring"]),
+        ],
     )

@@ -1,15 +1,6 @@
 # Training: the target model on every selection (and the full-data baseline) for every seed, same budget.
 
 
-def selection_info(selection):
-    policy, pct = selection.rsplit("_keep", 1)
-    return {"method": policy, "fraction": int(pct) / 100}
-
-
-def train_seed_outputs(seeds):
-    return expand("{{root}}/metrics/train/{{selection}}/seed{seed}.parquet", seed=seeds)
-
-
 # One job per selection trains every seed in one process (datasel.snakemake_entry.over_outputs): a job's process
 # start and imports cost seconds, more than a small target model's training, and were paid once per seed.
 # The quality grid's runs have their own seeds, so they get the same rule with their outputs (train_quality).
@@ -20,22 +11,22 @@ rule train:
         selection="{root}/selections/{selection}.parquet",
     output:
         train_seed_outputs(config["training"]["seeds"]),
+    log:
+        "logs/{root}/train/{selection}.log",
+    benchmark:
+        "logs/benchmarks/{root}/train/{selection}.tsv"
+    wildcard_constraints:
+        root="results",
+    group:
+        "select_train"
+    threads: THREADS
+    resources:
+        **job_resources("train", gpu=True),
     params:
         training=lambda wc: canon(run_cfg(wc.root)["training"]),
         seeds=lambda wc: run_cfg(wc.root)["training"]["seeds"],
         curriculum=lambda wc: canon(policy_entry(selection_info(wc.selection)["method"], wc.root).get("curriculum")),
         info=lambda wc: selection_info(wc.selection),
-    wildcard_constraints:
-        root="results",
-    threads: THREADS
-    resources:
-        **job_resources("train", gpu=True),
-    group:
-        "select_train"
-    log:
-        "logs/{root}/train/{selection}.log",
-    benchmark:
-        "logs/benchmarks/{root}/train/{selection}.tsv"
     script:
         script_path("train")
 
@@ -47,8 +38,3 @@ if "quality" in config:
             train_seed_outputs(config["quality"]["seeds"]),
         wildcard_constraints:
             root=r"results/quality/noise\d+",
-
-
-def train_metrics(root="results"):
-    return expand("{root}/metrics/train/{selection}/seed{seed}.parquet", root=root, selection=selection_names(root),
-                  seed=run_cfg(root)["training"]["seeds"])

@@ -137,7 +137,7 @@ PartitionName={self.partition} Nodes={host} Default=YES MaxTime=INFINITE State=U
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)
 
-    def start(self, timeout: float = 60.0) -> "SlurmCluster":
+    def start(self, timeout: float = 60.0) -> SlurmCluster:
         """Start the daemons and wait until the node takes jobs; on failure stop what started and raise
         SlurmUnavailable with the daemons' last log lines."""
         why = missing_requirements()

@@ -26,8 +26,8 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import TINY, snakemake, write_config, write_results
+
 from datasel.data.prepare import build_examples
 from datasel.errors import ConfigError, DataError, DataselError
 from datasel.models import build_model

@@ -9,7 +9,6 @@ import copy
 import duckdb
 import polars as pl
 import pytest
-
 from conftest import TINY, snakemake, write_config
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from conftest import ROOT, TINY, snakemake, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TINY, snakemake, write_config
 from datasel.errors import DataselError
 from datasel.store import write_table
 from datasel.store.catalog import build_catalog, query

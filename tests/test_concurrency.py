@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import duckdb
 import polars as pl
-
 from conftest import TINY, snakemake, snakemake_cmd, write_config
+
 from datasel.store import write_table
 from datasel.store.catalog import build_catalog, query
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY, snakemake, write_config
+
 from datasel.config import check_config, load_config
 from datasel.errors import ConfigError
 

@@ -251,7 +251,7 @@ def test_reinforce_ada_trains_only_mixed_prompts() -> None:
                                       np.random.default_rng(0))
     res = s.step(env, 256, 1)
     trained = np.unique(res.batch.prompt_idx.numpy())
-    assert len(trained) and ((P[trained] == 0.5)).all()
+    assert len(trained) and (P[trained] == 0.5).all()
     # a prompt that is always right or always wrong is sampled up to the cap and then given up
     assert res.rollouts[:40].max() <= 12
 

@@ -3,12 +3,11 @@ checkpoints, plots, a no-op rerun, and a schema refusal naming the bad key."""
 
 from __future__ import annotations
 
+import shutil
+
 import duckdb
 import pytest
 import yaml
-
-import shutil
-
 from conftest import ROOT, snakemake
 
 TINY_CURES = {

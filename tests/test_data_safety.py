@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import ROOT, TINY, snakemake, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TINY, snakemake, write_config
 from datasel.data.prepare import build_examples
 from datasel.data.sources import INTERNAL_COLUMNS
 from datasel.errors import ConfigError, DataError, DataselError

@@ -10,10 +10,10 @@ import pytest
 
 os.environ["DATASEL_PROGRESS"] = "0"
 
-from datasel.data.domains import build_domain_examples, mnist1d_domains, stdlib_text_domains  # noqa: E402
-from datasel.errors import ConfigError  # noqa: E402
-from datasel.mixing.task import build_task  # noqa: E402
-from datasel.store import SCHEMAS  # noqa: E402
+from datasel.data.domains import build_domain_examples, mnist1d_domains, stdlib_text_domains
+from datasel.errors import ConfigError
+from datasel.mixing.task import build_task
+from datasel.store import SCHEMAS
 
 SMALL = {"per_domain": 60, "n_specific": 20, "n_specific_test": 40, "seed": 0}
 

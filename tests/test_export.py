@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import write_results
+
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection

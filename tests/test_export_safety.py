@@ -14,10 +14,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import ROOT, write_results
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, write_results
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection, formats

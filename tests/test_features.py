@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 import torch
-
 from conftest import per_example_reference
+
 from datasel.errors import ConfigError
 from datasel.features.compute import cross_entropy, shard_bounds
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, per_sample_grads, select_params

@@ -9,7 +9,6 @@ import shutil
 import duckdb
 import pytest
 import yaml
-
 from conftest import ROOT, snakemake
 
 

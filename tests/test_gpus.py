@@ -12,14 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import ROOT, TINY, snakemake, write_config
 from torch import nn
 
-from conftest import ROOT, TINY, snakemake, write_config
 from datasel import devices, runtime
 from datasel.errors import ConfigError
 
@@ -181,7 +180,7 @@ def test_training_runs_in_the_configured_precision(precision):
         precision(choice)
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-        model[2].register_forward_hook(lambda _m, _i, out: seen.append((choice, out.dtype)))
+        model[2].register_forward_hook(lambda _m, _i, out, choice=choice: seen.append((choice, out.dtype)))
         x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
         train_classifier(model, x, y, {"batch_size": 16, "budget": {"unit": "steps", "value": 2}}, seed=0)
         assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 import torch
 import yaml
+from conftest import ROOT, snakemake, snakemake_cmd
 
 from datasel.config import check_config, load_config
 from datasel.errors import ConfigError, DataError
@@ -24,8 +25,6 @@ from datasel.instruct import families, steps
 from datasel.instruct.data import IGNORE, encode, prepare_examples, render
 from datasel.instruct.model import build_tiny_model, check_model_folder, load_lm
 from datasel.instruct.train import completion_loss
-
-from conftest import ROOT, snakemake, snakemake_cmd
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-
 from conftest import TINY, snakemake, snakemake_cmd, write_config
+
 from datasel.errors import DataselError
 from datasel.store import read_table
 

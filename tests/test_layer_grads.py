@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_example_reference
 from torch import nn
 
-from conftest import per_example_reference
 from datasel.errors import ConfigError
 from datasel.features.compute import cross_entropy
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, per_sample_grads, select_params

@@ -8,8 +8,8 @@ import logging
 import warnings
 
 import polars as pl
-
 from conftest import TINY, snakemake, write_config
+
 from datasel.runtime import progress, quiet_harmless_warnings
 from datasel.snakemake_entry import EXIT_DATASEL, ErrorSummary, read_error
 
@@ -91,8 +91,10 @@ def test_harmless_warnings_are_silenced_others_are_logged(caplog):
     with warnings.catch_warnings():
         quiet_harmless_warnings()
         with caplog.at_level(logging.WARNING, logger="py.warnings"):
-            warnings.warn("The given NumPy array is not writable, and PyTorch does not support it", UserWarning)
-            warnings.warn("something a user should read", UserWarning)
+            warnings.warn(
+                "The given NumPy array is not writable, and PyTorch does not support it", UserWarning, stacklevel=1
+            )
+            warnings.warn("something a user should read", UserWarning, stacklevel=1)
     logging.captureWarnings(False)
     text = caplog.text
     assert "something a user should read" in text and "not writable" not in text

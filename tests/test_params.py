@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, per_example_reference, snakemake, write_config
+from test_layer_grads import CASES, META, BatchCentered, _data
 from torch import nn
 
-from conftest import TINY, per_example_reference, snakemake, write_config
 from datasel.errors import ConfigError
 from datasel.features.compute import cross_entropy, featurize, fit_rows
 from datasel.features.factored import FactoredProjector
 from datasel.features.grads import PerSampleGrads, select_params
-from datasel.features.pca_basis import SideMoments, keep_columns, top_directions
+from datasel.features.pca_basis import keep_columns, top_directions
 from datasel.features.projectors import inner_product_correlation, make_projector
 from datasel.features.store import FeatureSet, FeatureShard
 from datasel.models import build_model
-from test_layer_grads import CASES, META, BatchCentered, _data
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 torch.set_num_threads(1)

@@ -10,6 +10,7 @@ import sys
 from types import SimpleNamespace
 
 from conftest import ROOT
+
 from datasel.snakemake_entry import run_step
 
 

@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import per_example_reference
+from test_layer_grads import CASES, META, BatchCentered, _data
 from torch import nn
 
-from conftest import per_example_reference
 from datasel.errors import ConfigError, DataError
 from datasel.features.compute import cross_entropy, featurize
 from datasel.features.factored import FactoredProjector, layer_budget, side_dims
 from datasel.features.grads import PerSampleGrads, per_sample_grad_norms, select_params
 from datasel.features.norms import GradNorms
-from datasel.features.projectors import (DenseProjector, SparseProjector, inner_product_correlation,
-                                         make_projector)
+from datasel.features.projectors import DenseProjector, SparseProjector, inner_product_correlation, make_projector
 from datasel.features.store import FeatureShard, check_same_space
 from datasel.models import build_model
-from test_layer_grads import CASES, META, BatchCentered, _data
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 torch.set_num_threads(1)

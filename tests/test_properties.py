@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
+from conftest import TINY, snakemake, write_config
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY, snakemake, write_config
 from datasel.data.prepare import build_examples
 from datasel.errors import DataselError
 from datasel.selection import POLICIES

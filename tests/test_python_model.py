@@ -8,9 +8,9 @@ import copy
 import polars as pl
 import pytest
 import torch
+from conftest import TINY, snakemake, write_config
 from torch import nn
 
-from conftest import TINY, snakemake, write_config
 from datasel.errors import ConfigError
 from datasel.models import build_model
 from datasel.tasks import make_task
@@ -88,10 +88,9 @@ def test_wrong_output_shape_is_caught_before_training(tiny_examples):
 
 
 def test_a_user_model_runs_through_the_workflow(tmp_path):
-    import sys
-
     # the builder lives in a module next to the config, imported from the working directory
     import inspect
+    import sys
 
     (tmp_path / "my_models.py").write_text("import torch\nfrom torch import nn\n\n\n" + inspect.getsource(Wide)
                                            + "\n\n" + inspect.getsource(build))

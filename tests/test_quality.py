@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import polars as pl
 import pytest
+from conftest import TINY, snakemake, write_config
 from scipy import stats
 
-from conftest import TINY, snakemake, write_config
 from datasel.report.quality import margins, welch_ci
 
 

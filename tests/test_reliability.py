@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-
 from conftest import TINY, snakemake, write_config, write_results
+
 from datasel.cli import main
 from datasel.errors import DataselError
 from datasel.export import export_selection

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from conftest import TINY, snakemake, write_config
 from docutils.core import publish_parts
 
-from conftest import TINY, snakemake, write_config
 from datasel.report.build import report
 from datasel.report.summary import best_against_random, build_document, run_warnings, summarize
 from datasel.store import write_table

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from datasel.config import check_config, load_config
 from datasel.errors import DataselError
 from datasel.runfolder import init_folder, templates

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import ROOT, TINY, snakemake, write_config
 from slurm_cluster import SlurmCluster, SlurmUnavailable, missing_requirements
 

@@ -4,15 +4,14 @@ random-init BERT; and the clear refusals of a missing model or tokenizer folder.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import polars as pl
 import pytest
-
 from conftest import snakemake, write_config
-from datasel.errors import ConfigError
 from text_fixtures import corpus, tiny_bert
+
+from datasel.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

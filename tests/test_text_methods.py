@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import snakemake, write_config
 from text_fixtures import corpus, tiny_bert
 

@@ -10,8 +10,14 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from datasel.report.summary import best_against_random, build_document, run_warnings, summarize, verdict_columns
-from datasel.report.summary import margins_on_test
+from datasel.report.summary import (
+    best_against_random,
+    build_document,
+    margins_on_test,
+    run_warnings,
+    summarize,
+    verdict_columns,
+)
 from datasel.report.verdicts import holm, margins, recommendation
 from datasel.selection.draws import one_draw
 from datasel.selection.make import make_selection

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 
 import duckdb
 import polars as pl
 import pytest
-import yaml
-
 from conftest import TINY, snakemake, write_config
 
 

@@ -14,8 +14,8 @@ import duckdb
 import polars as pl
 import pytest
 import torch
-
 from conftest import ROOT
+
 from datasel.errors import DataselError
 from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
 from datasel.store.atomic import disk_error, verify_zip

@@ -19,7 +19,6 @@ import ast
 import hashlib
 import importlib.util
 import logging
-import sys
 from pathlib import Path
 
 import polars as pl

@@ -7,14 +7,12 @@ table (the user's data) always keeps the raw values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
 from datasel.data.prepare import standardize_default  # noqa: F401  (decided at prepare time)
-
 
 
 def _matrix(part: pl.DataFrame) -> np.ndarray:

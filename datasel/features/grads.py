@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from datasel.errors import ConfigError
 from datasel.features.layer_grads import LayerGrads, LossFn, Unsupported
 from datasel.runtime import autocast
 
-Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+Inputs = torch.Tensor | Mapping[str, torch.Tensor]
 MODES = ("auto", "layers", "vmap", "loop")
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ table (selection = the score entry, method = 'alchemist_rating', fraction = the 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np

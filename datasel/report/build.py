@@ -9,10 +9,18 @@ from typing import Any
 import polars as pl
 
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
-from datasel.report.summary import (best_against_random, build_document, margins_on_test, noise_dropped,
-                                    run_warnings, summarize, verdict_columns, write_summary)
-from datasel.report.verdicts import Choice, recommendation
 from datasel.report.subsets import class_balance, class_histograms, meta_classes, noise_detection
+from datasel.report.summary import (
+    best_against_random,
+    build_document,
+    margins_on_test,
+    noise_dropped,
+    run_warnings,
+    summarize,
+    verdict_columns,
+    write_summary,
+)
+from datasel.report.verdicts import Choice, recommendation
 from datasel.store import read_table
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
-from datasel.store import atomic_path, read_table  # noqa: E402
+from datasel.store import atomic_path, read_table
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import polars as pl
 
-from datasel.store import atomic_path  # noqa: E402
+from datasel.store import atomic_path
 
 
 def plot_weight_trajectories(weights: pl.DataFrame, path: str | os.PathLike, title: str = "DGA domain weights",

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import polars as pl
 
-from datasel.store import atomic_path  # noqa: E402
+from datasel.store import atomic_path
 
 
 def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 120) -> None:

@@ -16,17 +16,28 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
 
-from datasel.report.plots import save_figure  # noqa: E402
-from datasel.report.subsets import label_names, meta_classes  # noqa: E402
-from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped  # noqa: E402
-from datasel.report.verdicts import (VERDICT_HEADER, Choice, best_per_fraction, choice_means,  # noqa: E402
-                                     format_points, margins, markdown_table, method_note, recommendation,
-                                     undertrained, verdict_rows, welch_ci)
-from datasel.store import atomic_path, read_table  # noqa: E402
+from datasel.report.plots import save_figure
+from datasel.report.subsets import label_names, meta_classes
+from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped
+from datasel.report.verdicts import (
+    VERDICT_HEADER,
+    Choice,
+    best_per_fraction,
+    choice_means,
+    format_points,
+    margins,
+    markdown_table,
+    method_note,
+    recommendation,
+    undertrained,
+    verdict_rows,
+    welch_ci,
+)
+from datasel.store import atomic_path, read_table
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +320,7 @@ def quality_report(smk: Any) -> None:
     choice = Choice.from_config(smk.params.get("choose_on"))
     chosen = choice_means(pl.concat([m.with_columns(pl.lit(n).alias("noise")) for n, m in runs.items()],
                                     how="diagonal_relaxed"), choice)
-    full = cells.filter((pl.col("method") == "full"))
+    full = cells.filter(pl.col("method") == "full")
     vs_full = against_full(cells)
     with atomic_path(smk.output.csv) as tmp:
         marg.write_csv(tmp)

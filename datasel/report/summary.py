@@ -19,8 +19,19 @@ import numpy as np
 import polars as pl
 
 from datasel.report.subsets import draw_counts, label_names
-from datasel.report.verdicts import (VERDICT_HEADER, Choice, best_per_fraction, choice_means, margins, method_note,
-                                     recommendation, recommended, selection_of, undertrained, verdict_rows)
+from datasel.report.verdicts import (
+    VERDICT_HEADER,
+    Choice,
+    best_per_fraction,
+    choice_means,
+    margins,
+    method_note,
+    recommendation,
+    recommended,
+    selection_of,
+    undertrained,
+    verdict_rows,
+)
 
 # a score "saturates" when more than this share of its values sit at its maximum (or minimum): its ranking among
 # them is a tie broken by id, so a top/bottom/offset policy over it selects arbitrarily

@@ -3,8 +3,6 @@ adaptive sampler."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 

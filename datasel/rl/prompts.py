@@ -163,7 +163,7 @@ def load_math_hf(name: str, split: str = "train", config_name: str | None = None
     except Exception as exc:  # datasets raises many types: missing split, no cache, no network
         raise DataError(f"cannot load HF dataset ({type(exc).__name__}: {str(exc)[:200]})", file=name,
                         field="cures.prompts.name",
-                        fix="give a folder written by Dataset.save_to_disk or a dataset already in the local cache")
+                        fix="give a folder written by Dataset.save_to_disk or a dataset already in the local cache") from exc
     return _math_frame(pl.from_arrow(ds.data.table), question_field, answer_field, name)
 
 

@@ -37,7 +37,7 @@ from datasel.features.projectors import make_projector
 from datasel.meta.bilevel import BilevelConfig, MetaHistory, cross_entropy_per_sample, train_rater
 from datasel.meta.rater import Rater, rate
 from datasel.runtime import pick_device, seed_everything
-from datasel.scoring.base import SCORERS, Scorer, ScoreInputs
+from datasel.scoring.base import SCORERS, ScoreInputs, Scorer
 from datasel.tasks.base import Inputs, chunks, forward, penultimate, to_device
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from datasel.data.triplets import Triplets
 from datasel.features.grads import iter_per_sample_grads
 from datasel.models.embedding import EmbeddingModel
 from datasel.pruning.stats import GradStats
-from datasel.scoring.base import SCORERS, Scorer, ScoreInputs
+from datasel.scoring.base import SCORERS, ScoreInputs, Scorer
 
 log = logging.getLogger(__name__)
 

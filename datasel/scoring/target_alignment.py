@@ -36,7 +36,7 @@ import polars as pl
 from datasel.errors import ConfigError, DataError
 from datasel.features.index import build_index, search, unit_rows
 from datasel.features.store import FeatureSet, check_same_space
-from datasel.scoring.base import SCORERS, Scorer, ScoreInputs
+from datasel.scoring.base import SCORERS, ScoreInputs, Scorer
 
 log = logging.getLogger(__name__)
 

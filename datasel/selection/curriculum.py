@@ -11,7 +11,6 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
 from datasel.errors import ConfigError

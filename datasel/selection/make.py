@@ -18,7 +18,6 @@ from datasel.selection.base import POLICIES, kept_count, stratify_default
 from datasel.selection.curriculum import order_positions
 from datasel.selection.draws import DRAW, draw_seed
 
-
 CARRIED_SCORE_COLUMNS = ("label_issue",)
 
 

@@ -16,7 +16,7 @@ keep the n_keep largest log p_i + G_i, G_i ~ Gumbel(0, 1). Working in log space 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 

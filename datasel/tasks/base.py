@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import polars as pl
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 
 from datasel.errors import ConfigError
 
-Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+Inputs = torch.Tensor | Mapping[str, torch.Tensor]
 
 
 def batch_len(inputs: Inputs) -> int:

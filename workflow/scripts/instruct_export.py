@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import export  # noqa: E702
+from datasel.instruct.steps import export
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, export)  # noqa: F821 (injected by Snakemake)

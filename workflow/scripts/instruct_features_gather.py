@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import features_gather  # noqa: E702
+from datasel.instruct.steps import features_gather
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, features_gather)  # noqa: F821 (injected by Snakemake)

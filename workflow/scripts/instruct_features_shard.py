@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import features_shard  # noqa: E702
+from datasel.instruct.steps import features_shard
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, features_shard)  # noqa: F821 (injected by Snakemake)

@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import prepare  # noqa: E702
+from datasel.instruct.steps import prepare
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, prepare)  # noqa: F821 (injected by Snakemake)

@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import report  # noqa: E702
+from datasel.instruct.steps import report
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, report)  # noqa: F821 (injected by Snakemake)

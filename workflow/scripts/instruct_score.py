@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import score  # noqa: E702
+from datasel.instruct.steps import score
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, score)  # noqa: F821 (injected by Snakemake)

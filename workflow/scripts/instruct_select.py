@@ -1,2 +1,4 @@
-from datasel.snakemake_entry import run_step; from datasel.instruct.steps import select  # noqa: E702
+from datasel.instruct.steps import select
+from datasel.snakemake_entry import run_step
+
 run_step(snakemake, select)  # noqa: F821 (injected by Snakemake)
