@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lm_models import CHAT_TEMPLATE, save_tiny_gpt2, save_tiny_llama, write_llama_gguf
 
 from datasel.errors import ConfigError
 from datasel.models import causal_lm
-from datasel.models.causal_lm import (gguf_cache_folder, load_causal_lm, load_tokenizer, lora_targets,
-                                      resolve_dtype)
+from datasel.models.causal_lm import gguf_cache_folder, load_causal_lm, lora_targets, resolve_dtype
 from datasel.models.locate import lm_source, locate_model
-
-from lm_models import CHAT_TEMPLATE, save_tiny_gpt2, save_tiny_llama, write_llama_gguf
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 

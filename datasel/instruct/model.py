@@ -65,7 +65,7 @@ def load_lm(path: str | Path, lora: dict[str, Any], device: torch.device, dtype:
                            target_modules=targets, task_type="CAUSAL_LM")
     policy.module = peft.get_peft_model(policy.module, lcfg).to(device)
     # adapters train in fp32 even on a half-precision base (their moments and updates are tiny numbers)
-    for n, p in policy.module.named_parameters():
+    for p in policy.module.parameters():
         if p.requires_grad:
             p.data = p.data.float()
     return policy

@@ -90,7 +90,7 @@ def metrics_frame(res: MixtureResult, seed: int) -> pl.DataFrame:
 
 
 def curve_frame(res: MixtureResult, seed: int) -> pl.DataFrame:
-    return pl.DataFrame([(res.strategy, seed, s, l, a) for s, l, a in res.curve],
+    return pl.DataFrame([(res.strategy, seed, s, loss, a) for s, loss, a in res.curve],
                         schema={"strategy": pl.String, "seed": pl.Int64, "step": pl.Int64, "loss": pl.Float64,
                                 "accuracy": pl.Float64}, orient="row")
 
