@@ -2,7 +2,7 @@
 against references built by hand here, with and without a chat template; unused text columns refused; the report
 without a task column; an instruct run's export round-tripping the user's rows.
 
-The references tokenize hand-written strings piece by piece (the layouts as docs/incoming/lmformats.md states them),
+The references tokenize hand-written strings piece by piece (the layouts as docs/data.md states them),
 never through datasel's renderer; the generation-marker case is checked against transformers'
 ``return_assistant_tokens_mask``.
 """
