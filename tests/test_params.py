@@ -100,7 +100,9 @@ RERUNS: dict[str, tuple[object, dict[str, int]]] = {
     "selection.policies.grand_init_offset.offset": (0.2, POLICY),
     "training.model.name": ("mlp", TRAINING),
     "training.model.channels": (16, TRAINING),
-    "training.seeds": ([0, 1, 2, 3], TRAINING),  # one job per selection trains all its seeds
+    # one job per selection trains all its seeds; random draws one subset per training seed, so its three
+    # selections gain the new seed's draw (the deterministic policies' do not change)
+    "training.seeds": ([0, 1, 2, 3], {**TRAINING, "select": 3}),
     "training.budget.unit": ("epochs", TRAINING),
     "training.budget.value": (1000, TRAINING),
     "training.batch_size": (64, TRAINING),

@@ -272,6 +272,8 @@ def _write_findings(path: Path) -> list[tuple[int, str, str]]:
                 found.append((node.lineno, "rename", ast.unparse(node)[:90]))
             elif f.attr == "rename" and node.args and not node.keywords and not (
                     isinstance(node.args[0], (ast.Dict, ast.DictComp))
+                    or (isinstance(node.args[0], ast.Call) and isinstance(node.args[0].func, ast.Name)
+                        and node.args[0].func.id == "dict")
                     or (isinstance(node.args[0], ast.Name) and node.args[0].id in dict_names)):
                 found.append((node.lineno, "rename", ast.unparse(node)[:90]))  # a path rename (not a frame's)
             elif f.attr in RECEIVER_WRITES:
@@ -323,6 +325,7 @@ def test_the_write_audit_catches_direct_writes(tmp_path):
         "        json.dump({}, fh)\n"
         "    out.rename(out.parent / 'x')\n"                       # 12 rename
         "    frame = frame.rename(renames)\n"                      # a frame's columns: not a finding
+        "    frame = frame.rename(dict(zip(a, b)))\n"              # nor here
         "    text = df.write_csv()\n"                              # returns the text: not a finding
         "    with atomic_path(out) as tmp:\n"
         "        df.write_parquet(tmp)\n"
