@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -158,7 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`datasel show ... | head`): stop quietly with the status of a Unix tool that
+    SIGPIPE ended (128 + 13). Python flushes stdout again at exit, which would fail once more and print a traceback,
+    so stdout is pointed at /dev/null first (the idiom of the Python `signal` docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after argparse's --help (SystemExit): a reader that closed the pipe shows here
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)  # the CLI owns logging
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -172,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"datasel: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,12 +29,13 @@ if stage_on("cures"):
         if CURES["policy"]["kind"] != "hf":
             return {}
         from datasel.errors import ConfigError
-        from datasel.models.locate import lm_source
+        from datasel.models.locate import lm_source, locate_model
 
         pol = CURES["policy"]
         try:
-            return {"model": lm_source({"path": pol["hf_path"]} if pol.get("hf_path") else pol["model"],
-                                       "cures.policy.model")}
+            if pol.get("hf_path"):  # the older key: an error names it, not the model section the user left out
+                return {"model": str(locate_model(pol["hf_path"], "cures.policy.hf_path"))}
+            return {"model": lm_source(pol["model"], "cures.policy.model")}
         except ConfigError as exc:
             fail(exc.problem, exc.field, exc.fix)
 

@@ -10,6 +10,14 @@
 
 if "features" in config:
     for _name, _fset in support.feature_sets(config).items():
+        if _fset.get("model", "proxy") == "hf" and not CHECKS_DONE:
+            from datasel.errors import ConfigError
+            from datasel.models.locate import locate_model
+
+            try:  # a missing encoder is refused now, once, rather than in every shard job's log
+                locate_model(str(_fset["hf"]["path"]), f"features.sets.{_name}.hf.path")
+            except ConfigError as exc:
+                fail(exc.problem, exc.field, exc.fix)
         for _e in _fset.get("epochs", []):
             if _fset.get("model", "proxy") == "proxy" and _e not in config["proxy"]["checkpoints"]:
                 fail(

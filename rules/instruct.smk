@@ -9,6 +9,12 @@ if "instruct" in config:
     INS = config["instruct"]
     IR = "results/instruct"
     INS_SEL_FRACTION = INS["selection"]["fraction"]
+    # the torch steps ask a cluster for a GPU unless instruct.device (or compute.device, in job_resources) is cpu
+    INS_GPU = INS["device"] != "cpu"
+
+    # seconds of work (merging shard indexes, a top-k, the report, copying rows; writing the generated files): on a
+    # cluster, on the submitting host
+    localrules: instruct_features_gather, instruct_select, instruct_report, instruct_export
 
     def ins_model_dir():
         if INS["model"].get("tiny") is not None:
@@ -48,6 +54,8 @@ if "instruct" in config:
         except ConfigError as exc:
             fail(exc.problem, exc.field, exc.fix)
 
+        localrules: instruct_generate
+
         rule instruct_generate:
             output:
                 **INS_DATA,
@@ -68,6 +76,9 @@ if "instruct" in config:
                 directory(f"{IR}/base_model"),
             params:
                 instruct=ins_params("data"),
+            threads: THREADS
+            resources:
+                **job_resources("instruct_model"),
             log:
                 "logs/instruct/model.log",
             script:
@@ -84,6 +95,9 @@ if "instruct" in config:
         params:
             instruct=ins_params("data"),
             model_dir=ins_model_dir(),
+        threads: THREADS
+        resources:
+            **job_resources("instruct_prepare"),
         log:
             "logs/instruct/prepare.log",
         script:
@@ -99,8 +113,9 @@ if "instruct" in config:
         params:
             instruct=ins_params("warmup"),
             model_dir=ins_model_dir(),
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("instruct_warmup", gpu=INS_GPU),
         log:
             "logs/instruct/warmup.log",
         benchmark:
@@ -122,8 +137,9 @@ if "instruct" in config:
             epoch=r"\d+",
             split=r"train|val",
             shard=r"\d+",
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("instruct_features_shard", gpu=INS_GPU),
         log:
             f"logs/instruct/features/epoch{{epoch}}-{{split}}/shard_{{shard}}.log",
         benchmark:
@@ -153,6 +169,9 @@ if "instruct" in config:
             f"{IR}/scores/less.parquet",
         params:
             instruct=canon({"score": INS["score"]}),
+        threads: THREADS
+        resources:
+            **job_resources("instruct_score"),
         log:
             "logs/instruct/score.log",
         script:
@@ -191,8 +210,9 @@ if "instruct" in config:
         params:
             instruct=ins_params("finetune", "eval"),
             model_dir=ins_model_dir(),
+        threads: THREADS
         resources:
-            gpu=1,
+            **job_resources("instruct_finetune", gpu=INS_GPU),
         log:
             "logs/instruct/finetune/{selection}.log",
         benchmark:

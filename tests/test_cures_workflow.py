@@ -60,3 +60,19 @@ def test_cures_config_refused_with_the_key(tmp_path) -> None:
     bad["cures"]["runs"]["cures"]["tau"] = -1
     proc = snakemake(tmp_path, "--configfile", _experiment(tmp_path, bad), "-n", check=False)
     assert proc.returncode != 0 and "tau" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("policy", [{"model": {"path": "KEY"}}, {"hf_path": "KEY"}], ids=["model.path", "hf_path"])
+def test_a_missing_hf_policy_model_is_one_config_error(tmp_path, policy) -> None:
+    """Refused when the Snakefile is read, naming the key the user wrote and the path, before Snakemake plans a
+    job whose input is missing."""
+    missing = tmp_path / "models" / "no_such_policy"
+    cfg = yaml.safe_load(yaml.safe_dump(TINY_CURES))
+    cfg["cures"]["policy"] = {"kind": "hf", **{k: ({"path": str(missing)} if k == "model" else str(missing))
+                                                 for k in policy}}
+    proc = snakemake(tmp_path, "--configfile", _experiment(tmp_path, cfg), "-n", check=False)
+    out = proc.stdout + proc.stderr
+    field = "cures.policy.model.path" if "model" in policy else "cures.policy.hf_path"
+    assert proc.returncode != 0 and out.count(f"config field '{field}'") == 1, out[-3000:]
+    assert str(missing) in out and "fix: " in out
+    assert "MissingInput" not in out and "Missing input files" not in out

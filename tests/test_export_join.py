@@ -5,6 +5,7 @@ with the user's column names and values, the original label even where noise was
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -238,6 +239,23 @@ def test_show_of_a_wide_table_prints_the_columns_that_matter_and_names_the_rest(
     for col in ("patient", "target", "score", "rank", "weight"):
         assert col in table_head, (col, table_head)
     assert "px_0" not in table_head and "other columns (68, not shown" in printed and "px_63" in printed
+
+
+def test_show_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`datasel show ... | head` where head has already gone: no traceback, the status of a tool SIGPIPE ended.
+    The pipe's read end is closed before the command starts, so its first print meets the closed pipe every time."""
+    res = prepared(tmp_path, user_table())
+    cmd = [sys.executable, "-m", "datasel.cli", "show", "el2n_top_keep50", "--results", str(res), "--dropped"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert closed.returncode == 141 and closed.stderr == "", closed.stderr
+    # into a reader that stays: the whole listing and status 0
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0 and full.stderr == "" and "kept:" in full.stdout and "dropped:" in full.stdout
 
 
 def test_show_finds_the_score_table_in_the_snakemake_record(tmp_path):

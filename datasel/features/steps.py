@@ -145,7 +145,8 @@ def features_shard(smk: Any) -> None:
         # The prototype head comes from the whole training split, so every shard differentiates the same model.
         model, tok, spec = build_text_classifier(
             hf_cfg, train.get_column("text").to_list(),
-            torch.from_numpy(train.get_column("label").to_numpy().astype("int64")), int(meta["num_classes"]))
+            torch.from_numpy(train.get_column("label").to_numpy().astype("int64")), int(meta["num_classes"]),
+            where=f"features.sets.{smk.wildcards.fset}.hf")
         fset["params"] = spec
         inputs: Any = tokenize(tok, part.get_column("text").to_list()[lo:hi], int(hf_cfg.get("max_length", 64)))
         if n_fit:
