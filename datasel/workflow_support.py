@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from datasel.errors import ConfigError
+from datasel.models.locate import lm_source, locate_model
 
 # selection policies that read gradient features (`features: <set>[/<ckpt>]`) instead of a score table
 FEATURE_POLICIES = ("dedup", "kcenter", "kmeans_coverage")
@@ -236,3 +237,78 @@ def refusing(fail: Callable[[str, str, str], Any], fn: Callable[..., Any], *args
         return fn(*args, **kwargs)
     except ConfigError as exc:
         return fail(exc.problem, exc.field, exc.fix)
+
+
+# ---- cures (rules/cures.smk): functions of the config's `cures` section ----
+def cures_iterations(cures: Mapping[str, Any]) -> list[int]:
+    """The GRPO iterations whose checkpoint a run writes: every `checkpoint_every`-th and the last."""
+    n, every = cures["budget"]["iterations"], cures["budget"]["checkpoint_every"]
+    return [i for i in range(1, n + 1) if i % every == 0 or i == n]
+
+
+def cures_model_input(cures: Mapping[str, Any]) -> dict[str, str]:
+    """The hf policy's model file or folder, an input so that changing the model reruns the chain."""
+    pol = cures["policy"]
+    if pol["kind"] != "hf":
+        return {}
+    if pol.get("hf_path"):  # the older key: an error names it, not the model section the user left out
+        return {"model": str(locate_model(pol["hf_path"], "cures.policy.hf_path"))}
+    return {"model": lm_source(pol["model"], "cures.policy.model")}
+
+
+def cures_tables(cures: Mapping[str, Any], kind: str) -> list[str]:
+    """A run's per-(curriculum, seed) tables of one kind (`metrics` or `prompt_stats`), runs outer, seeds inner."""
+    folder = {"metrics": "metrics/cures", "prompt_stats": "prompt_stats"}[kind]
+    return [f"results/{folder}/{run}__seed{seed}.parquet" for run in cures["runs"] for seed in cures["seeds"]]
+
+
+# ---- instruct (rules/instruct.smk): functions of the config's `instruct` section ----
+INSTRUCT_DIR = "results/instruct"
+
+
+def ins_model_dir(ins: Mapping[str, Any]) -> str:
+    """The base model: the tiny model the workflow builds, else a folder or .gguf file (a hub name becomes its
+    folder in the local cache; default: the packaged SmolLM2)."""
+    if ins["model"].get("tiny") is not None:
+        return f"{INSTRUCT_DIR}/base_model"
+    spec = {k: ins["model"][k] for k in ("source", "path", "gguf_file") if ins["model"].get(k)}
+    return lm_source(spec, "instruct.model")
+
+
+def ins_fraction(ins: Mapping[str, Any], name: str) -> float:
+    """The fraction of the pool selection policy `name` keeps (a `full` policy keeps everything)."""
+    return 1.0 if ins["selection"]["policies"][name]["policy"] == "full" else ins["selection"]["fraction"]
+
+
+def ins_selection(ins: Mapping[str, Any], name: str) -> str:
+    """A selection's name: policy and kept percentage, e.g. `less_keep5`."""
+    return f"{name}_keep{round(ins_fraction(ins, name) * 100)}"
+
+
+def ins_selections(ins: Mapping[str, Any]) -> list[str]:
+    return [ins_selection(ins, n) for n in ins["selection"]["policies"]]
+
+
+def ins_params(ins: Mapping[str, Any], *sections: str) -> Any:
+    """The slices of the instruct section one rule reads (a change elsewhere does not rerun it)."""
+    out = {"device": ins["device"], "model": ins["model"], "data": {"max_length": ins["data"]["max_length"]}}
+    return canon(out | {s: ins[s] for s in sections})
+
+
+def ins_select_inputs(ins: Mapping[str, Any], wc: Any) -> dict[str, str]:
+    """instruct_select's inputs: the examples, and the LESS scores when the policy reads a score."""
+    inputs = {"examples": f"{INSTRUCT_DIR}/examples.parquet"}
+    if ins["selection"]["policies"][wc.policy].get("score"):
+        inputs["scores"] = f"{INSTRUCT_DIR}/scores/less.parquet"
+    return inputs
+
+
+def ins_exports(ins: Mapping[str, Any]) -> list[str]:
+    """The export folders: instruct.export.selections, else every policy that reads a score."""
+    policies = ins["selection"]["policies"]
+    names = ins["export"].get("selections") or [n for n, e in policies.items() if e.get("score")]
+    for n in names:
+        if n not in policies:
+            raise ConfigError(f"names policy '{n}', which does not exist", field="instruct.export.selections",
+                              fix=f"use some of: {', '.join(policies)}")
+    return [f"{INSTRUCT_DIR}/export/{ins_selection(ins, n)}" for n in names]

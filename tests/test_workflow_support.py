@@ -60,3 +60,43 @@ def test_refusing_hands_the_error_to_fail_and_shard_inputs():
     wc = SimpleNamespace(root="results", ckpt="seed2-epoch7")
     assert ws.shard_inputs(wc)["checkpoint"] == "results/proxy/seed2/epoch7.pt"
     assert "checkpoint" not in ws.shard_inputs(SimpleNamespace(root="results", ckpt="hf"))
+
+
+CURES = {"budget": {"iterations": 7, "checkpoint_every": 3}, "runs": {"vade": {}, "uniform_all": {}},
+         "seeds": [2, 0], "policy": {"kind": "toy"}}
+INS = {"device": "cpu", "model": {"tiny": {"seed": 0}}, "data": {"max_length": 64, "pool": "p.jsonl"},
+       "warmup": {"epochs": 2}, "finetune": {"lr": 0.1}, "eval": {"batch_size": 4},
+       "selection": {"fraction": 0.05, "policies": {"less_top": {"policy": "top", "score": "less"},
+                                                    "random": {"policy": "random"}, "full": {"policy": "full"}}},
+       "export": {"format": "jsonl"}}
+
+
+def test_cures_paths_match_expand():
+    assert ws.cures_iterations(CURES) == [3, 6, 7]  # every third, and the last
+    assert ws.cures_iterations({"budget": {"iterations": 4, "checkpoint_every": 2}}) == [2, 4]
+    assert ws.cures_tables(CURES, "metrics") == expand("results/metrics/cures/{run}__seed{seed}.parquet",
+                                                       run=CURES["runs"], seed=CURES["seeds"])
+    assert ws.cures_tables(CURES, "prompt_stats")[1] == "results/prompt_stats/vade__seed0.parquet"
+    assert ws.cures_model_input(CURES) == {}  # only an hf policy reads a model file
+
+
+def test_instruct_selections_params_and_inputs():
+    assert ws.ins_selections(INS) == ["less_top_keep5", "random_keep5", "full_keep100"]
+    assert ws.ins_model_dir(INS) == "results/instruct/base_model"
+    params = ws.ins_params(INS, "finetune", "eval")
+    assert list(params) == ["data", "device", "eval", "finetune", "model"]  # sorted: a stable params repr
+    assert params["data"] == {"max_length": 64}  # only the slice the rules read, not the data paths
+    assert "warmup" not in params
+    ex = "results/instruct/examples.parquet"
+    assert ws.ins_select_inputs(INS, SimpleNamespace(policy="random")) == {"examples": ex}
+    assert ws.ins_select_inputs(INS, SimpleNamespace(policy="less_top")) == {
+        "examples": ex, "scores": "results/instruct/scores/less.parquet"}
+
+
+def test_instruct_exports_default_to_scored_policies_and_refuse_unknown_names():
+    assert ws.ins_exports(INS) == ["results/instruct/export/less_top_keep5"]
+    chosen = {**INS, "export": {"format": "jsonl", "selections": ["random", "full"]}}
+    assert ws.ins_exports(chosen) == ["results/instruct/export/random_keep5", "results/instruct/export/full_keep100"]
+    with pytest.raises(ConfigError) as err:
+        ws.ins_exports({**INS, "export": {"format": "jsonl", "selections": ["lesss"]}})
+    assert err.value.field == "instruct.export.selections" and "less_top" in err.value.fix
