@@ -232,9 +232,6 @@ ALLOWED = {
     # a feature shard's preallocated features.f16 / done.u8 are written in place chunk by chunk (pwrite, then
     # fdatasync) so a killed job resumes; they live in a work folder that atomic.publish_folder moves into place
     ("datasel/features/store.py", "write"),
-    # PENDING: datasel/instruct/ is being rewritten; until it is converted, model.py's save_pretrained(out) and
-    # data.py's raw.write_parquet(out_dir / ...) write outputs in place
-    ("datasel/instruct/", "*"),
 }
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from datasel.errors import DataError
 from datasel.models.causal_lm import check_model_folder, lora_targets, resolve_dtype  # noqa: F401 (check_model_folder: re-exported)
 from datasel.rl.policy import HFPolicy
+from datasel.store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ def build_tiny_model(texts: list[str], out: Path, cfg: dict[str, Any]) -> Path:
                         attn_pdrop=0.0, eos_token_id=fast.eos_token_id, bos_token_id=fast.eos_token_id,
                         pad_token_id=fast.pad_token_id)
     model = GPT2LMHeadModel(config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    fast.save_pretrained(out)
+    with atomic_path(out, folder=True) as tmp:  # model and tokenizer appear together or not at all
+        model.save_pretrained(tmp)
+        fast.save_pretrained(tmp)
     return out
 
 
