@@ -144,6 +144,18 @@ def test_recommendation_warns_when_the_model_is_under_trained():
     assert run_warnings(metrics(WIN, WIN)) == []
 
 
+def test_a_random_half_at_the_full_datas_ceiling_is_saturation_not_under_training():
+    # every subset and the full data reach 100%: the task needs no more data, the budget is not the problem
+    means = {k: 1.0 for k in WIN} | {("full", 1.0): 1.0}
+    m = metrics(means, means)
+    warnings = run_warnings(m)
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "saturated: a random 50% subset reaches 100.00% test accuracy, as the full data does (100.00%)")
+    text = recommendation(best_against_random(m), warnings)
+    assert text.startswith("No selection beats random here") and "under-trained" not in text
+    assert text.endswith("The task is saturated (see the warnings): a random subset already matches the full data.")
+
+
 def _examples(n: int = 60) -> pl.DataFrame:
     return pl.DataFrame({"example_id": [f"e{i:03d}" for i in range(n)], "split": "train",
                          "label": [i % 3 for i in range(n)]})

@@ -35,6 +35,9 @@ from datasel.errors import ConfigError
 ALPHA = 0.05
 # a random subset of at most this share reaching the full data's test accuracy means the budget is too small
 UNDERTRAINED_FRACTION = 0.5
+# a full-data test accuracy at or above this is the task's ceiling: a random half matching it is saturation (the task
+# needs no more data), not a budget too short to use the data
+SATURATED_ACCURACY = 0.995
 BASELINES = ("random", "full")
 
 MARGIN_SCHEMA = {"noise": pl.Float64, "fraction": pl.Float64, "method": pl.String, "accuracy_mean": pl.Float64,
@@ -186,7 +189,8 @@ def format_points(row: Mapping[str, Any]) -> str:
 
 def undertrained(test: pl.DataFrame) -> str | None:
     """A warning when a random subset of at most half the data reaches the full data's mean test accuracy: the
-    budget does not let the model use more data, so a margin between subsets says little about the data.
+    budget does not let the model use more data, so a margin between subsets says little about the data; or, with
+    the full data at the accuracy ceiling, the task is saturated.
 
     ``test``: ``method, fraction, value`` test accuracies (one row per seed), ``full`` and ``random`` rows included.
     """
@@ -196,6 +200,10 @@ def undertrained(test: pl.DataFrame) -> str | None:
     if full.len() == 0:
         return None
     for fraction, mean in rand.iter_rows():
+        if mean >= full.mean() >= SATURATED_ACCURACY:
+            return (f"saturated: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, as the full "
+                    f"data does ({100 * full.mean():.2f}%): the task is solved with less data, so no selection can "
+                    "show an advantage here; compare on a smaller kept fraction or a harder task")
         if mean >= full.mean():
             return (f"under-trained: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, at "
                     f"least the full data's {100 * full.mean():.2f}%, so with this budget more data does not help and no "
@@ -242,6 +250,8 @@ def recommendation(best: Sequence[Mapping[str, Any]], warnings: Sequence[str] = 
                 f"{format_points(pick)} points against random on test ({pick['verdict']}).")
     if any(w.startswith("under-trained") for w in warnings):
         text += " But the model is under-trained (see the warnings): raise training.budget before acting on this."
+    elif any(w.startswith("saturated") for w in warnings):
+        text += " The task is saturated (see the warnings): a random subset already matches the full data."
     return text
 
 
