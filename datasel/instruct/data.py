@@ -175,7 +175,7 @@ def _tasks(raw: pl.DataFrame, col: str, where: str) -> list[str | None]:
     values = raw.get_column(col).to_list()
     nulls = [i for i, v in enumerate(values) if v is None]
     if nulls:
-        raise DataError(f"the task column '{col}' is empty in {len(nulls)} row(s) (first: row {nulls[0]})",
+        raise DataError(f"the task column '{col}' is empty in {len(nulls)} row(s) (first: row {nulls[0] + 1})",
                         file=where, field="instruct.data.task_column",
                         fix="give every row its task, or remove the column (then no task share is reported)")
     return [str(v) for v in values]

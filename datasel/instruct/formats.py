@@ -141,7 +141,7 @@ def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -
     roles.update({c: k for c, k in owners.items() if c in df.columns})
     unused = [c for c, t in df.schema.items() if c not in roles and _has_text(t)]
     if unused:
-        read = ", ".join(f"'{c}' ({k})" for c, k in reads(fmt, cfg).items() if c in df.columns)
+        read = ", ".join(f"'{c}'" for c in reads(fmt, cfg) if c in df.columns)
         others = [f for f in FORMATS if f != fmt and any(c in reads(f, cfg) for c in unused)
                   and all(c in df.columns for c in _required(f, cfg))]
         hint = f"set {_key('format')}: {others[0]} to train on it, or, " if others else ""
@@ -164,7 +164,7 @@ def _texts(df: pl.DataFrame, col: str, key: str, where: str, optional: bool = Fa
     if not optional:
         nulls = [i for i, v in enumerate(values) if v is None]
         if nulls:
-            raise DataError(f"column '{col}' is empty in {len(nulls)} row(s) (first: row {nulls[0]})", file=where,
+            raise DataError(f"column '{col}' is empty in {len(nulls)} row(s) (first: row {nulls[0] + 1})", file=where,
                             field=key, fix="fill those rows or remove them")
     return ["" if v is None else v for v in values]
 
@@ -175,29 +175,29 @@ def _turns(df: pl.DataFrame, col: str, key: str, where: str, role_key: str, text
     convs = []
     for i, turns in enumerate(df.get_column(col).to_list()):
         if not isinstance(turns, list) or not turns:
-            raise DataError(f"row {i}: '{col}' is not a list of turns", file=where, field=key,
+            raise DataError(f"row {i + 1}: '{col}' is not a list of turns", file=where, field=key,
                             fix=f"give each row a list of {{'{role_key}': ..., '{text_key}': ...}} turns")
         msgs = []
         for t, turn in enumerate(turns):
             turn = {k: v for k, v in (turn or {}).items() if v is not None}
             role, text = turn.pop(role_key, None), turn.pop(text_key, None)
             if role not in roles:
-                raise DataError(f"row {i}, turn {t}: role {role!r} is not one of {sorted(roles)}", file=where,
+                raise DataError(f"row {i + 1}, turn {t + 1}: role {role!r} is not one of {sorted(roles)}", file=where,
                                 field=key, fix=f"use the roles {sorted(roles)}")
             if not isinstance(text, str):
-                raise DataError(f"row {i}, turn {t}: '{text_key}' is {type(text).__name__}, not text", file=where,
+                raise DataError(f"row {i + 1}, turn {t + 1}: '{text_key}' is {type(text).__name__}, not text", file=where,
                                 field=key, fix=f"give every turn a text '{text_key}'")
             if turn and not keep_extra:
-                raise DataError(f"row {i}, turn {t}: keys {sorted(turn)} would be left out (only "
+                raise DataError(f"row {i + 1}, turn {t + 1}: keys {sorted(turn)} would be left out (only "
                                 f"'{role_key}' and '{text_key}' are written)", file=where, field=key,
                                 fix="remove those keys, or give a tokenizer with a chat template that uses them "
                                     "(messages format)")
             msgs.append({"role": roles[role], "content": text, **turn})
         if next((m["role"] for m in msgs if m["role"] != "system"), None) == "assistant":
-            raise DataError(f"row {i}: the conversation opens with an assistant turn (a reply needs a prompt)",
+            raise DataError(f"row {i + 1}: the conversation opens with an assistant turn (a reply needs a prompt)",
                             file=where, field=key, fix="start every conversation with a user turn")
         if msgs[-1]["role"] != "assistant":
-            raise DataError(f"row {i}: the conversation does not end with an assistant turn (turns after the last "
+            raise DataError(f"row {i + 1}: the conversation does not end with an assistant turn (turns after the last "
                             "reply would teach nothing)", file=where, field=key,
                             fix="end every conversation with the assistant's reply")
         convs.append(msgs)
@@ -279,7 +279,7 @@ def _templated(msgs: list[dict[str, Any]], tok: Any, where: str, row: int) -> Re
                                                    return_assistant_tokens_mask=True, **tok.special_tokens_map)
             text, spans = texts[0], [tuple(s) for s in indices[0]]
             if len(spans) != n:
-                raise DataError(f"row {row}: the chat template marks {len(spans)} generation block(s) for {n} "
+                raise DataError(f"row {row + 1}: the chat template marks {len(spans)} generation block(s) for {n} "
                                 "assistant turn(s)", file=where, field=_key("format"),
                                 fix="wrap each assistant reply in {% generation %}...{% endgeneration %}")
             return _from_spans(text, spans, msgs[-1]["content"])
@@ -291,7 +291,7 @@ def _templated(msgs: list[dict[str, Any]], tok: Any, where: str, row: int) -> Re
             before = tok.apply_chat_template(msgs[:k], tokenize=False, add_generation_prompt=True)
             upto = tok.apply_chat_template(msgs[:k + 1], tokenize=False)
             if not (upto.startswith(before) and text.startswith(upto)) or (spans and len(before) < spans[-1][1]):
-                raise DataError(f"row {row}: the chat template writes turn {k} differently once later turns follow, "
+                raise DataError(f"row {row + 1}: the chat template writes turn {k + 1} differently once later turns follow, "
                                 "so the assistant replies cannot be located", file=where, field=_key("format"),
                                 fix="use a template that marks replies with {% generation %}...{% endgeneration %} "
                                     "(set tokenizer.chat_template and save it with the model)")
@@ -299,7 +299,7 @@ def _templated(msgs: list[dict[str, Any]], tok: Any, where: str, row: int) -> Re
     except DataError:
         raise
     except Exception as exc:  # the template's own refusal (jinja's raise_exception, an unknown role...)
-        raise DataError(f"row {row}: the chat template refused the conversation ({type(exc).__name__}: "
+        raise DataError(f"row {row + 1}: the chat template refused the conversation ({type(exc).__name__}: "
                         f"{str(exc)[:160]})", file=where, field=_key("format"),
                         fix="give turns in the order and roles the model's chat template accepts") from None
     return _from_spans(text, spans, msgs[-1]["content"])
