@@ -281,7 +281,7 @@ def test_bad_turns_are_refused(tok: Any, chat_tok: Any) -> None:
     # a template that writes earlier replies differently once more turns follow: no exact span, refused
     chat_tok.chat_template = ("{% for m in messages %}{% if loop.last %}{{ m['content'] }}{% else %}[{{ m['role'] }}]"
                               "{% endif %}{% endfor %}")
-    with pytest.raises(DataError, match="writes turn 2 differently"):
+    with pytest.raises(DataError, match="row 1: the chat template writes turn 3 differently"):
         render(pl.DataFrame({"messages": [CHAT]}), CFG, chat_tok, "f")
     with pytest.raises(DataError, match="column 'completion' is empty in 1 row"):
         render(pl.DataFrame({"prompt": ["a", "b"], "completion": ["c", None]}), CFG, tok, "f")
