@@ -11,17 +11,22 @@ v_proj), r = 8. Rows: chat-rendered arithmetic questions with their answers (LES
   into a scratch feature store;
 - floor: one plain batched forward+backward of the same rows in chunks of the same size (what any gradient method's
   backward pass costs); the goal is features <= 1.3x the floor;
-- rollouts: tokens/s of ``Policy.sample`` (GRPO's and CurES's sampler: temperature 1, the full prefix re-run each
-  step) on a batch of ``--batch`` prompts, beside ``generate()`` with its KV cache, on the same prompts.
+- rollouts: tokens/s of ``Policy.sample`` (GRPO's and CurES's sampler: temperature 1, decoding against the KV
+  cache) on a batch of ``--batch`` prompts, beside the same loop re-running the full prefix each step (the
+  no-cache path the char policy uses; ``--no-prefix-reference`` skips it) and ``generate()`` with its KV cache.
+
+``--parts rollouts`` times the rollouts alone (no gradient features).
 
 Timings are medians of interleaved rounds (each function once per round, in turn). Last line: one JSON object.
 
     python benchmarks/lm_features.py --threads 2
+    python benchmarks/lm_features.py --threads 2 --parts rollouts
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -51,7 +56,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mode", default="auto", help="gradient path: auto (checks layers against the loop on the "
                                                    "first chunk, as the chain does) or layers (what auto picks)")
+    ap.add_argument("--parts", default="features,rollouts", help="comma-separated: features, rollouts")
+    ap.add_argument("--no-prefix-reference", action="store_true",
+                    help="skip timing the full-prefix (no KV cache) sampling loop")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or not parts <= {"features", "rollouts"}:
+        ap.error(f"--parts takes features and/or rollouts, got {args.parts!r}")
 
     from datasel.features.compute import featurize
     from datasel.features.projectors import AdamPreconditioner
@@ -59,6 +70,7 @@ def main() -> None:
     from datasel.instruct.model import load_lm
     from datasel.instruct.train import completion_loss
     from datasel.models.locate import lm_source
+    from datasel.rl.policy import Policy
     from datasel.runtime import seed_everything, set_threads
 
     set_threads(args.threads)
@@ -75,7 +87,7 @@ def main() -> None:
     pairs = [(int(a), int(b)) for a, b in torch.randint(0, 100, (args.rows, 2), generator=gen).tolist()]
     prompts = [tok.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}? Reply with the number."}],
                                        add_generation_prompt=True, tokenize=False) for a, b in pairs]
-    enc, _, _ = encode(tok, prompts, [str(a + b) for a, b in pairs], 128)
+    enc = encode(tok, [(p, str(a + b)) for p, (a, b) in zip(prompts, pairs)], [(False, True)] * len(pairs), 128)[0]
     inputs = {k: v.to(device) for k, v in enc.inputs().items()}
     labels = enc.labels.to(device)
 
@@ -110,6 +122,8 @@ def main() -> None:
         return run
 
     cells: dict[str, Callable[[], None]] = {"floor": floor, **{f"features_{p}": features(p) for p in projections}}
+    if "features" not in parts:
+        cells = {}
     for fn in cells.values():  # warm-up (allocator, projector caches)
         fn()
     times: dict[str, list[float]] = {k: [] for k in cells}
@@ -118,42 +132,61 @@ def main() -> None:
             times[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
 
-    # rollouts: GRPO's sampler, then generate() with its KV cache, same prompts and token budget
-    rp = prompts[: args.batch]
-    sample_gen = torch.Generator().manual_seed(0)
-    t = time.perf_counter()
-    ro = pol.sample(rp, temperature=1.0, generator=sample_gen)
-    sample_s = time.perf_counter() - t
-    sampled = int(ro.comp.sum())
-    tok.padding_side = "left"
-    batch = tok(rp, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    t = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**batch, do_sample=True, max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
-    generate_s = time.perf_counter() - t
-    new = out[:, batch["input_ids"].shape[1]:]
-    generated = int((new != tok.pad_token_id).sum())
+    # rollouts: GRPO's sampler (KV cache), the full-prefix loop, then generate(); same prompts and token budget
+    if "rollouts" in parts:
+        rp = prompts[: args.batch]
+        sample_gen = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        ro = pol.sample(rp, temperature=1.0, generator=sample_gen)
+        sample_s = time.perf_counter() - t
+        sampled = int(ro.comp.sum())
+        prefix_rate, prefix_same = None, None
+        if not args.no_prefix_reference:
+            pol._next_logits = functools.partial(Policy._next_logits, pol)  # the base class's full-prefix step
+            t = time.perf_counter()
+            ref = pol.sample(rp, temperature=1.0, generator=torch.Generator().manual_seed(0))
+            prefix_rate = int(ref.comp.sum()) / (time.perf_counter() - t)
+            del pol._next_logits
+            prefix_same = torch.equal(ro.seqs, ref.seqs)  # same seed: the cache must not change the rollouts
+        tok.padding_side = "left"
+        batch = tok(rp, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=True, max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+        generate_s = time.perf_counter() - t
+        new = out[:, batch["input_ids"].shape[1]:]
+        generated = int((new != tok.pad_token_id).sum())
 
     width = int(inputs["attention_mask"].sum(1).max())
     print(f"SmolLM2-135M-Instruct, LoRA r=8 on q_proj/v_proj: D = {dim_in:,} adapter parameters; {args.rows} rows "
           f"(<= {width} tokens), chunks of {args.chunk}, {args.threads} threads, {args.device}, gradient mode "
           f"{args.mode}; load {load_s:.1f} s")
-    print(f"  floor (batched forward+backward): {med['floor']:.2f} s")
-    for p in projections:
-        print(f"  features, Adam-preconditioned, {p} -> {args.dim}: {med[f'features_{p}']:.2f} s  "
-              f"({med[f'features_{p}'] / med['floor']:.2f}x the floor)")
-    print(f"  rollouts, batch {args.batch}: Policy.sample {sampled / sample_s:.1f} tokens/s ({sampled} tokens), "
-          f"generate() with KV cache {generated / generate_s:.1f} tokens/s ({generated} tokens)")
-    result = {
+    result: dict[str, Any] = {
         "model": "SmolLM2-135M-Instruct", "lora_params": dim_in, "rows": args.rows, "chunk": args.chunk,
         "dim": args.dim, "threads": args.threads, "device": args.device, "mode": args.mode, "load_s": round(load_s, 2),
-        "floor_s": round(med["floor"], 3),
-        **{f"features_{p}_s": round(med[f"features_{p}"], 3) for p in projections},
-        **{f"features_{p}_over_floor": round(med[f"features_{p}"] / med["floor"], 3) for p in projections},
-        "rollout_batch": args.batch, "sample_tokens_per_s": round(sampled / sample_s, 1),
-        "generate_tokens_per_s": round(generated / generate_s, 1),
-        "goals": {"features_over_floor_le_1.3": {p: med[f"features_{p}"] / med["floor"] <= 1.3 for p in projections}},
     }
+    if "features" in parts:
+        print(f"  floor (batched forward+backward): {med['floor']:.2f} s")
+        for p in projections:
+            print(f"  features, Adam-preconditioned, {p} -> {args.dim}: {med[f'features_{p}']:.2f} s  "
+                  f"({med[f'features_{p}'] / med['floor']:.2f}x the floor)")
+        result.update({
+            "floor_s": round(med["floor"], 3),
+            **{f"features_{p}_s": round(med[f"features_{p}"], 3) for p in projections},
+            **{f"features_{p}_over_floor": round(med[f"features_{p}"] / med["floor"], 3) for p in projections},
+            "goals": {"features_over_floor_le_1.3": {p: med[f"features_{p}"] / med["floor"] <= 1.3
+                                                     for p in projections}},
+        })
+    if "rollouts" in parts:
+        prefix = (f"full prefix {prefix_rate:.1f} tokens/s (same tokens: {prefix_same}), "
+                  if prefix_rate is not None else "")
+        print(f"  rollouts, batch {args.batch}: Policy.sample (KV cache) {sampled / sample_s:.1f} tokens/s "
+              f"({sampled} tokens), {prefix}generate() with KV cache {generated / generate_s:.1f} tokens/s "
+              f"({generated} tokens)")
+        result.update({"rollout_batch": args.batch, "sample_tokens_per_s": round(sampled / sample_s, 1),
+                       "prefix_sample_tokens_per_s": None if prefix_rate is None else round(prefix_rate, 1),
+                       "prefix_same_tokens": prefix_same,
+                       "generate_tokens_per_s": round(generated / generate_s, 1)})
     print(json.dumps(result))
 
 

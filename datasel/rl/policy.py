@@ -94,8 +94,10 @@ class Policy(ABC):
                generator: torch.Generator | None = None) -> Rollouts:
         """One completion per prompt (repeat a prompt to get a group), by temperature sampling or greedily.
 
-        Decoding re-runs the full prefix each step: answers are a few tokens, and a fixed rectangle keeps the
-        char model's positions aligned without a KV cache.
+        Sampled tokens come from ``torch.multinomial`` on the CPU with ``generator``, so a seeded generator gives
+        the same rollouts whatever the device. Each step's next-token logits come from ``_next_logits``: the char
+        model re-runs the full prefix (a fixed rectangle keeps its learned positions aligned), the HF policy feeds
+        only the new token against its KV cache.
         """
         was_training = self.module.training
         self.module.eval()
@@ -104,8 +106,10 @@ class Policy(ABC):
         b = ids.shape[0]
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
         comp_cols = []
+        state: Any = None
         for _ in range(self.max_new_tokens):
-            logits = self.logits(ids, attn)[:, -1].float()
+            logits, state = self._next_logits(ids, attn, state)
+            logits = logits.float()
             if greedy:
                 nxt = logits.argmax(-1)
             else:
@@ -124,6 +128,10 @@ class Policy(ABC):
         texts = [self.decode(row) for row in ids[:, p:].cpu()]
         self.module.train(was_training)
         return Rollouts(ids, attn, comp, texts)
+
+    def _next_logits(self, ids: torch.Tensor, attn: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """(B, V) logits of the token after ``ids``, and the state the next call receives (None at the first)."""
+        return self.logits(ids, attn)[:, -1], None
 
     def embedding_grad_norms(self, seqs: torch.Tensor, attn: torch.Tensor, comp: torch.Tensor,
                              chunk_size: int = 256) -> torch.Tensor:
@@ -260,6 +268,21 @@ class HFPolicy(Policy):
         self._cap.clear()
         logits = self.module(input_ids=seqs, attention_mask=attn, position_ids=pos).logits
         return logits, self._cap["x0"], self._cap.get("h") if self._tied else None
+
+    def _next_logits(self, ids: torch.Tensor, attn: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        # KV cache: the prompt once, then one token a step. Positions count real tokens only (as forward_parts
+        # and generate() do); a finished row's pad tokens are masked out, so its cached keys never matter.
+        pos = (attn.cumsum(1) - 1).clamp_min(0)
+        if state is None:
+            out = self.module(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        else:
+            name, cache = state
+            out = self.module(input_ids=ids[:, -1:], attention_mask=attn, position_ids=pos[:, -1:],
+                              use_cache=True, **{name: cache})
+        self._cap.clear()  # the embedding hooks fired; drop their tensors
+        # transformers 5 names the cache ``cache``; 4.x (still supported) ``past_key_values``
+        name = "cache" if out.get("cache") is not None else "past_key_values"
+        return out.logits[:, -1], (name, out[name])
 
     def encode_completion(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
