@@ -9,8 +9,8 @@ MNIST-1D-shaped inputs, and all-MiniLM-L6-v2 with LoRA adapters (query, value) o
   with the fitted pca basis, fitted on 2,048 other rows and its fit timed apart), and beside
   each speed the quality: the Pearson correlation of projected with exact inner products over 200 seeded pairs;
 - GraNd norms: ghost norms against today's fallback (per-example gradients into a reused buffer, then norms) and
-  against the path as the issue measured it (a fresh ``(B, D)`` gradient per chunk and a second ``(B, D)`` tensor
-  of squares; rebuilt here from today's layer code, so if anything faster than what was filed), with ghost's
+  against the materializing path (a fresh ``(B, D)`` gradient per chunk and a second ``(B, D)`` tensor
+  of squares; rebuilt here from today's layer code, so if anything faster than the original), with ghost's
   relative error against a float64 per-example loop.
 
 Timings are medians of interleaved rounds (every function once per round, in turn), so a stretch of load from other
@@ -80,9 +80,9 @@ class SyntheticInputs:
 
 
 class AsFiledNorms:
-    """GraNd norms by the path the issue measured: a fresh ``(B, D)`` gradient per chunk, then ``g.pow(2)`` (a
+    """GraNd norms by the materializing path: a fresh ``(B, D)`` gradient per chunk, then ``g.pow(2)`` (a
     second ``(B, D)`` tensor). It lacks the filed code's extra copy out of per-layer buffers, so it is, if anything,
-    faster than what was filed: a conservative baseline."""
+    faster than the original: a conservative baseline."""
 
     def __init__(self, model: torch.nn.Module, params: str | list[str]) -> None:
         self.model = model
@@ -292,9 +292,9 @@ def report(label: str, title: str, f: dict[str, Any]) -> None:
                   + f"  energy {f[f'{label}_{proj}{k}_energy']:.2f}"
                   + f"  |dcos| {f[f'{label}_{proj}{k}_cos_err']:.3f}, {f[f'{label}_{proj}{k}_cos_above90']} false >0.9"
                   + (f"  fit {f[f'{label}_{proj}{k}_fit_s']:.1f} s" if f"{label}_{proj}{k}_fit_s" in f else ""))
-    print(f"  GraNd as filed {f[f'{label}_grand_as_filed_ex_s']:.1f} ex/s, today {f[f'{label}_grand_today_ex_s']:.1f} "
+    print(f"  GraNd materialized {f[f'{label}_grand_as_filed_ex_s']:.1f} ex/s, today {f[f'{label}_grand_today_ex_s']:.1f} "
           f"ex/s, ghost ({f[f'{label}_grand_mode']}) {f[f'{label}_grand_ghost_ex_s']:.1f} ex/s "
-          f"({f[f'{label}_ghost_over_as_filed']:.1f}x as filed, {f[f'{label}_ghost_over_today']:.1f}x today), "
+          f"({f[f'{label}_ghost_over_as_filed']:.1f}x materialized, {f[f'{label}_ghost_over_today']:.1f}x today), "
           f"ghost rel. error {f[f'{label}_ghost_rel_err']:.1e}")
     sweep = {k: v for k, v in f.items() if k.startswith(f"{label}_sweep_")}
     if sweep:

@@ -8,7 +8,7 @@
     DATASEL_PROGRESS=0 python benchmarks/jobs.py --run tabular --cores 2 --keep /tmp/bc   # keep the run folder
     DATASEL_PROGRESS=0 python benchmarks/jobs.py --repo /tmp/old  # another checkout's Snakefile and code (before/after)
     DATASEL_PROGRESS=0 python benchmarks/jobs.py --run default     # the default experiment itself (config/config.yaml;
-                                                                   # ~25 CPU-minutes: the issue's 10-minute target)
+                                                                   # ~25 CPU-minutes: a 10-minute target)
 
 Measured, each in fresh processes:
   1. interpreter start (`python -c pass`), the Snakemake script preamble (`from snakemake import script`), and the
@@ -17,12 +17,12 @@ Measured, each in fresh processes:
   3. the run itself: wall, CPU seconds (user + sys of every process it started), number of jobs, and per rule the
      sum of "process start and imports" and of "work", wall and CPU, that each step writes into its rule log
      (datasel.snakemake_entry.run_step), so the share of a run spent starting jobs is a measured figure: of the
-     summed job wall (what the issue's "job startup share" means) and of the run's CPU (less affected by other
+     summed job wall (the "job startup share") and of the run's CPU (less affected by other
      load on a shared machine); what remains of the CPU is Snakemake's own process (parse, DAG, scheduling);
   4. for the tiny and tabular runs, an estimate of the default experiment's job-start wall on ``--cores`` from
      these per-job figures (``--run default`` measures it instead).
 
-Prints readable figures and ends with one JSON line; its ``goals`` holds issue 15's figures (569-row tabular run
+Prints readable figures and ends with one JSON line; its ``goals`` holds the target figures (569-row tabular run
 under 180 s, default experiment under 600 s on 2 cores, job start under 20% of its summed job wall) with pass/fail.
 """
 
@@ -207,7 +207,7 @@ def main() -> None:
               "startup_cpu_s": round(startup_cpu, 2), "work_cpu_s": round(work_cpu, 2),
               "startup_cpu_share": round(cpu_share, 3), "per_rule": rules,
               **{k: round(v, 3) for k, v in costs.items()}}
-    # issue 15 states the start-cost goal for the default run; a run of seconds of work is start cost by nature
+    # the start-cost goal is stated for the default run; a run of seconds of work is start cost by nature
     goals: dict[str, bool] = {}
     if args.run == "tabular":
         goals["tabular_569_rows_under_180s"] = wall < 180

@@ -1,6 +1,6 @@
-"""The crossover between data regimes (issue 17): margin over random against kept fraction, per label-noise level,
+"""The crossover between data regimes: margin over random against kept fraction, per label-noise level,
 for the data-scarce grid (config/experiments/quality.yaml, 10,000 samples) beside the data-rich one
-(config/experiments/quality_rich.yaml, 100,000 samples), and the issue's goals checked on the numbers.
+(config/experiments/quality_rich.yaml, 100,000 samples), and the regime goals checked on the numbers.
 
     python benchmarks/regimes.py --run scarce=results --run rich=rich/results --out regimes.png
 

@@ -1,4 +1,4 @@
-"""Issue 17: class balance by default, CCS and the filter policy, each against a slow reference written here."""
+"""Class balance by default, CCS and the filter policy, each against a slow reference written here."""
 
 from __future__ import annotations
 

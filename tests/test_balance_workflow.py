@@ -1,4 +1,4 @@
-"""Issue 17 end to end on a tiny config (marked slow: ~35 jobs): forgetting/AUM from the proxies' epoch tables,
+"""Class balance, CCS and filters end to end on a tiny config (marked slow: ~35 jobs): forgetting/AUM from the proxies' epoch tables,
 cleanlab from out-of-fold proxies, CCS and filter selections, and both reports' new sections (class mix, noise
 detection, margin plot)."""
 

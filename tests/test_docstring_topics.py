@@ -63,6 +63,6 @@ def test_text_experiment_config_validates_and_needs_no_data_file():
     data = cfg["data"]
     assert data["source"] == "docstring_topics" and data_inputs(data) == []
     per_class = data["docstring_topics"]["per_class"]
-    assert per_class * 6 >= 5000  # the size: at least 5,000 examples in at least 5 classes
+    assert per_class * 6 >= 5000  # the experiment's size: at least 5,000 examples in at least 5 classes
     assert {"el2n", "grand", "loss"} <= {e["method"] for e in cfg["scoring"].values()}
     assert len(cfg["selection"]["fractions"]) == 3 and len(cfg["training"]["seeds"]) == 3

@@ -1,5 +1,5 @@
 """The task seam: vector batching with standardization (fit on train, applied in memory), kind checks, and the
-breast-cancer case from issue 14 (raw tabular features train, EL2N does not saturate)."""
+breast-cancer case (raw tabular features train, EL2N does not saturate)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Text data with a Hugging Face classifier through the methods beyond EL2N/GraNd: target alignment on proxy
-gradient features, Alchemist, k-center selection and curricula (the issue's "all work on it"), on a tiny
+gradient features, Alchemist, k-center selection and curricula (every method works on text), on a tiny
 random-init BERT. Each test checks a property of the method, not only that it ran."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the subsets and scores contain, beside the accuracy they reach: each selection's class histogram against the
 full training set's, and how well each score finds the injected noisy labels (AUROC and average precision).
 
-Why the class histogram: a score ranking can empty the classes the proxy finds hard (issue 17: a 70% EL2N subset
+Why the class histogram: a score ranking can empty the classes the proxy finds hard (measured: a 70% EL2N subset
 kept 48% of one class and 79% of another), and the accuracy table alone does not show it.
 """
 

@@ -22,7 +22,7 @@ class Policy(ABC):
     # whether per-class quotas make sense; a policy that ignores the kept count (``full``) opts out
     stratifiable: ClassVar[bool] = True
     # whether per-class quotas apply when the entry does not say ``stratify``: a score ranking concentrates on the
-    # classes the proxy finds hard (issue 17: a 70% EL2N-offset subset kept 48% of one class and 79% of another),
+    # classes the proxy finds hard (measured: a 70% EL2N-offset subset kept 48% of one class and 79% of another),
     # so score-ranked policies keep the observed class mix unless ``stratify: false``
     stratify_by_default: ClassVar[bool] = True
     # whether ``choose`` draws random numbers: then every training seed trains on its own draw
