@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,12 @@ from datasel.runtime import pick_device, seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
 from datasel.selection.draws import one_draw
 from datasel.selection.make import make_selection
-from datasel.store import read_table, write_json, write_table
+from datasel.store import PathLike, read_table, write_json, write_table
 
 # torch (about 2 s of CPU per process) and DuckDB are imported inside the steps that use them: prepare and the
 # 16+ select jobs of a run never touch torch, and every job imports this module (tests/test_pipeline_imports.py).
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike[str]
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
