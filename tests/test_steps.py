@@ -142,3 +142,13 @@ def test_proxy_step_writes_a_checkpoint_per_epoch_and_refuses_a_late_one(tmp_pat
     with pytest.raises(ConfigError) as err:
         run_proxy(examples, examples.with_name("meta.json"), outs, {**cfg, "checkpoints": [0, 2]}, 1, device="cpu")
     assert err.value.field == "proxy.checkpoints"
+
+
+def test_compute_device_reads_the_runs_compute_section():
+    from types import SimpleNamespace
+
+    from datasel.snakemake_entry import compute_device
+
+    assert compute_device(SimpleNamespace(config={"compute": {"device": "cuda"}})) == "cuda"
+    assert compute_device(SimpleNamespace(config={"compute": {"threads": 2}})) == "auto"
+    assert compute_device(SimpleNamespace()) == "auto"  # a job object without a config (a test's)
