@@ -2,8 +2,10 @@
 
 Library steps take typed arguments (paths, config slices, seed, device) and know nothing of Snakemake; the scripts
 in ``workflow/scripts/`` unpack the injected ``snakemake`` object into them through :func:`run_step`, e.g.
-``run_step(snakemake, lambda s: select(examples=s.input.examples, ...))``. This module and
-:mod:`datasel.workflow_support` are the only ones that see that object (tests/test_layering.py). Here we set up logging into the rule's log file and stderr, give a GPU job its own device
+``run_step(snakemake, lambda s: catalog(s.output[0]))``. Among the library's modules only the runner adapters (this
+one, :mod:`datasel.workflow_support`, :mod:`datasel.cli`) may see that object (tests/test_layering.py).
+
+Here we set up logging into the rule's log file and stderr, give a GPU job its own device
 (:func:`datasel.devices.claim_for_job`) and the configured precision, fix threads, time the step, and turn a
 :class:`DataselError` into one short message and exit status :data:`EXIT_DATASEL` instead of a traceback.
 

@@ -35,7 +35,7 @@ def runner_leaks(source: str) -> list[str]:
         if isinstance(node, ast.Import):
             found += [f"line {node.lineno}: import {a.name}" for a in node.names
                       if a.name.split(".")[0] == "snakemake"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "snakemake":
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "snakemake":
             found.append(f"line {node.lineno}: from {node.module} import ...")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             a = node.args

@@ -9,5 +9,5 @@ from datasel.store.tables import SCHEMAS, TableSchema, read_table, write_table
 # a file a step reads or writes: a str (as Snakemake hands a script its paths) or a pathlib.Path (as tests do)
 PathLike = str | os.PathLike[str]
 
-__all__ = ["SCHEMAS", "PathLike", "TableSchema", "atomic_path", "publish_folder", "read_table", "save_checkpoint_file",
-           "write_json", "write_table", "write_text"]
+__all__ = ["SCHEMAS", "PathLike", "TableSchema", "atomic_path", "publish_folder", "read_table",
+           "save_checkpoint_file", "write_json", "write_table", "write_text"]

@@ -7,4 +7,4 @@ def train_seed(s, seed: str, out: str) -> None:
           s.wildcards.selection, s.params.info, curriculum=s.params.curriculum, device=compute_device(s))
 
 
-run_step(snakemake, over_outputs(train_seed, "seed", "seeds"), preload=("torch",))  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, over_outputs(train_seed, "seed", "seeds"), preload=("torch",))  # noqa: F821 (injected)
