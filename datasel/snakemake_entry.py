@@ -1,6 +1,10 @@
 """The bridge from a Snakemake ``script:`` to a library function, and the clean error output of a failed run.
 
-Scripts in ``workflow/scripts/`` are two lines: they hand the injected ``snakemake`` object to :func:`run_step`.
+Library steps take typed arguments (paths, config slices, seed, device) and know nothing of Snakemake; the scripts
+in ``workflow/scripts/`` unpack the injected ``snakemake`` object into them through :func:`run_step`, e.g.
+``run_step(snakemake, lambda s: catalog(s.output[0]))``. Among the library's modules only the runner adapters (this
+one, :mod:`datasel.workflow_support`, :mod:`datasel.cli`) may see that object (tests/test_layering.py).
+
 Here we set up logging into the rule's log file and stderr, give a GPU job its own device
 (:func:`datasel.devices.claim_for_job`) and the configured precision, fix threads, time the step, and turn a
 :class:`DataselError` into one short message and exit status :data:`EXIT_DATASEL` instead of a traceback.
@@ -105,18 +109,17 @@ def _refuse(smk: Any, exc: DataselError, logfile: str | None) -> None:
     sys.exit(EXIT_DATASEL)
 
 
-class _Wildcards(dict):
-    """Wildcards with attribute access, as Snakemake hands them to a script."""
+def compute_device(smk: Any) -> str:
+    """The device ``compute.device`` asks for (``auto``: the GPU when one is visible), for a step's ``device``."""
+    return str(((getattr(smk, "config", None) or {}).get("compute") or {}).get("device", "auto"))
 
-    __getattr__ = dict.__getitem__
 
-
-def over_outputs(fn: Callable[[Any], None], wildcard: str, values_param: str) -> Callable[[Any], None]:
+def over_outputs(fn: Callable[[Any, str, str], None], wildcard: str, values_param: str) -> Callable[[Any], None]:
     """Run a one-output step once per output of a job that gathers several, in one process.
 
     The training rule makes one job per selection over all its seeds (``params.seeds`` lists them in output
     order): the process start and imports (seconds per job, more than a small model's training) are paid once,
-    not once per seed. ``fn`` sees what a one-seed job would: the seed as a wildcard and its own output only.
+    not once per seed. ``fn(smk, value, output)`` runs what a one-seed job would, for that value and its own output.
     Each seed seeds every generator itself, so its result does not depend on the seeds run before it.
     """
 
@@ -125,26 +128,12 @@ def over_outputs(fn: Callable[[Any], None], wildcard: str, values_param: str) ->
         outputs = [smk.output[i] for i in range(len(smk.output))]
         if len(values) != len(outputs):
             raise RuntimeError(f"rule {smk.rule}: {len(outputs)} outputs but {values_param}={values}")
-        items = getattr(getattr(smk, "wildcards", None), "items", None)
-        base = dict(items()) if items else {}
         for value, out in zip(values, outputs):
-            view = _StepView(smk, wildcards=_Wildcards({**base, wildcard: str(value)}), output=[out])
             t0 = time.perf_counter()
-            fn(view)
+            fn(smk, str(value), out)
             log.info("step %s %s=%s: work %.2fs", smk.rule, wildcard, value, time.perf_counter() - t0)
 
     return step
-
-
-class _StepView:
-    """The job's ``snakemake`` object with some attributes replaced (the rest read through)."""
-
-    def __init__(self, smk: Any, **replace: Any) -> None:
-        self._smk, self._replace = smk, replace
-
-    def __getattr__(self, name: str) -> Any:
-        replace = self.__dict__["_replace"]
-        return replace[name] if name in replace else getattr(self.__dict__["_smk"], name)
 
 
 def read_error(logfile: str | os.PathLike) -> str | None:

@@ -53,19 +53,11 @@ def refused(exc: pytest.ExceptionInfo, *needles: str) -> str:
     return text
 
 
-class _Names(dict):
-    """What Snakemake hands a script: a mapping with attribute access (input, output, params, wildcards)."""
-
-    __getattr__ = dict.__getitem__
-
-    def __getitem__(self, key: Any) -> Any:
-        return list(self.values())[key] if isinstance(key, int) else dict.__getitem__(self, key)
-
-
-def fake_smk(tmp: Path, rule: str, inputs: dict, outputs: dict, params: dict, wildcards: dict) -> SimpleNamespace:
-    return SimpleNamespace(input=_Names(inputs), output=_Names(outputs), params=_Names(params),
-                           wildcards=_Names(wildcards), log=[str(tmp / f"{rule}.log")], rule=rule,
-                           config={"compute": {"threads": 1}})
+def fake_job(tmp: Path, rule: str, **fields: Any) -> SimpleNamespace:
+    """What run_step reads of the object Snakemake hands a script (the rule's name, its log, the config's compute
+    section), plus ``fields`` (params, output) for a runner adapter such as over_outputs. The step itself is called
+    with typed arguments."""
+    return SimpleNamespace(log=[str(tmp / f"{rule}.log")], rule=rule, config={"compute": {"threads": 1}}, **fields)
 
 
 @pytest.fixture()
@@ -85,12 +77,10 @@ def step_error(tmp_path: Path, rule: str, capsys) -> str:
 
 def _run_select(tmp_path: Path, res: Path, capsys) -> str:
     """Run the selection step as the `select` rule would; return what the user sees on stderr."""
-    smk = fake_smk(tmp_path, "select", {"examples": str(res / "examples" / "examples.parquet"),
-                                        "scores": str(res / "scores" / "s.parquet")},
-                   {"out": str(res / "selections" / "s_top_keep50.parquet")},
-                   {"policy": {"policy": "top", "score": "s"}, "fraction": 0.5, "seed": 0}, {"policy": "s_top"})
     with pytest.raises(SystemExit) as code:
-        run_step(smk, select)
+        run_step(fake_job(tmp_path, "select"), lambda s: select(
+            "s_top", {"policy": "top", "score": "s"}, 0.5, 0, res / "examples" / "examples.parquet",
+            res / "selections" / "s_top_keep50.parquet", scores=res / "scores" / "s.parquet"))
     assert code.value.code == EXIT_DATASEL
     err = step_error(tmp_path, "select", capsys)
     assert "datasel error in rule 'select'" in err and "fix:" in err and "Traceback" not in err
@@ -313,13 +303,11 @@ def test_damaged_checkpoint(checkpoint, damage):
 def test_score_step_refuses_a_checkpoint_of_another_model(tmp_path, results, checkpoint, capsys):
     res, _, _ = results
     path, _, _ = checkpoint
-    smk = fake_smk(tmp_path, "score", {"examples": str(res / "examples" / "examples.parquet"),
-                                       "meta": str(res / "examples" / "meta.json"), "checkpoints": [str(path)]},
-                   {"out": str(res / "scores" / "el2n.parquet")},
-                   {"scoring": {"method": "el2n", "epoch": 1}, "model_cfg": {"name": "mlp", "hidden": [64]}},
-                   {"method": "el2n"})
     with pytest.raises(SystemExit) as code:
-        run_step(smk, score)
+        run_step(fake_job(tmp_path, "score"), lambda s: score(
+            "el2n", {"method": "el2n", "epoch": 1}, res / "examples" / "examples.parquet",
+            res / "examples" / "meta.json", res / "scores" / "el2n.parquet", checkpoints=[path],
+            model_cfg={"name": "mlp", "hidden": [64]}))
     err = step_error(tmp_path, "score", capsys)
     assert code.value.code == EXIT_DATASEL and "datasel error in rule 'score'" in err and str(path) in err
     assert "proxy.model" in err and "Traceback" not in err
@@ -342,13 +330,11 @@ def test_train_step_refuses_a_bad_selection(tmp_path, results, capsys, fault):
     path = res / "selections" / "s_top_keep50.parquet"
     write_table(mutate(sel), path, "selections")
     training = {**TINY["training"], "budget": {"unit": "steps", "value": 2}}
-    smk = fake_smk(tmp_path, "train", {"examples": str(res / "examples" / "examples.parquet"),
-                                       "meta": str(res / "examples" / "meta.json"), "selection": str(path)},
-                   {"out": str(res / "metrics" / "train" / "s_top_keep50" / "seed0.parquet")},
-                   {"training": training, "curriculum": None, "info": {"method": "s_top", "fraction": 0.5}},
-                   {"seed": "0", "selection": "s_top_keep50"})
     with pytest.raises(SystemExit) as code:
-        run_step(smk, train)
+        run_step(fake_job(tmp_path, "train"), lambda s: train(
+            res / "examples" / "examples.parquet", res / "examples" / "meta.json", path,
+            res / "metrics" / "train" / "s_top_keep50" / "seed0.parquet", training, 0, "s_top_keep50",
+            {"method": "s_top", "fraction": 0.5}))
     err = step_error(tmp_path, "train", capsys)
     assert code.value.code == EXIT_DATASEL and "datasel error in rule 'train'" in err and needle in err
     assert "fix:" in err and "Traceback" not in err

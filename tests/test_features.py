@@ -7,7 +7,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -104,19 +103,19 @@ def _shard_step(root: Path, checkpoint: Path, featurize_hook=None):
     from datasel.features import steps
 
     out = root / "features/g/seed0-epoch1-train/shard_0"
-    smk = SimpleNamespace(
-        params=SimpleNamespace(fset=FSET, shards=1, proxy=PROXY),
-        wildcards=SimpleNamespace(shard="0", split="train", ckpt="seed0-epoch1", fset="g"),
-        output=[str(out)], config={"compute": {"device": "cpu"}},
-        input=SimpleNamespace(meta=str(root.parent / "meta.json"), examples=str(root.parent / "examples.parquet"),
-                              checkpoint=str(checkpoint)))
+
+    def run() -> None:
+        steps.features_shard(root.parent / "examples.parquet", root.parent / "meta.json", out, name="g", fset=FSET,
+                             shards=1, shard=0, split="train", ckpt="seed0-epoch1", checkpoint=checkpoint,
+                             proxy=PROXY, device="cpu")
+
     if featurize_hook is None:
-        steps.features_shard(smk)
+        run()
     else:
         real = steps.featurize
         steps.featurize = lambda *a, **kw: real(*a, **kw, on_chunk=featurize_hook)
         try:
-            steps.features_shard(smk)
+            run()
         finally:
             steps.featurize = real
     return out

@@ -13,7 +13,6 @@ import json
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -73,17 +72,11 @@ def _run_features(tmp: Path, examples_path: Path, meta_path: Path, ckpts: dict[i
             dirs = []
             for i in range(shards):
                 out = tmp / f"features/g/seed0-epoch{epoch}-{split}/shard_{i}"
-                features_shard(SimpleNamespace(
-                    params=SimpleNamespace(fset=fset, shards=shards, proxy=PROXY),
-                    wildcards=SimpleNamespace(shard=str(i), split=split, ckpt=f"seed0-epoch{epoch}", fset="g"),
-                    output=[str(out)], input=SimpleNamespace(meta=str(meta_path), examples=str(examples_path),
-                                                             checkpoint=str(ck)),
-                    config={"compute": {"device": "cpu"}}))
+                features_shard(examples_path, meta_path, out, name="g", fset=fset, shards=shards, shard=i,
+                               split=split, ckpt=f"seed0-epoch{epoch}", checkpoint=ck, proxy=PROXY, device="cpu")
                 dirs.append(out)
             index = tmp / f"features/g/seed0-epoch{epoch}-{split}/index.json"
-            features_gather(SimpleNamespace(input=SimpleNamespace(shards=[str(d) for d in dirs]), output=[str(index)],
-                                            wildcards=SimpleNamespace(fset="g", ckpt=f"seed0-epoch{epoch}",
-                                                                      split=split)))
+            features_gather(dirs, index, name="g", ckpt=f"seed0-epoch{epoch}", split=split)
             indexes.append(index)
     return indexes
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from types import SimpleNamespace
 
 import polars as pl
 from conftest import TINY, snakemake, write_config
@@ -102,7 +103,7 @@ def test_harmless_warnings_are_silenced_others_are_logged(caplog):
 
 def test_one_train_job_over_seeds_gives_each_seed_its_own_result(tmp_path, tiny_examples):
     """A seed's metrics do not depend on the seeds trained before it in the same process."""
-    from test_bad_input import fake_smk
+    from test_bad_input import fake_job
 
     from datasel.pipeline import train
     from datasel.selection.make import make_selection
@@ -117,13 +118,12 @@ def test_one_train_job_over_seeds_gives_each_seed_its_own_result(tmp_path, tiny_
     training = {**TINY["training"], "budget": {"unit": "steps", "value": 5}}
 
     def run(seeds: list[int], tag: str) -> list[pl.DataFrame]:
-        outs = {f"o{s}": str(tmp_path / tag / f"seed{s}.parquet") for s in seeds}
-        smk = fake_smk(tmp_path, f"train_{tag}", {"examples": str(res / "examples.parquet"),
-                                                  "meta": str(res / "meta.json"), "selection": str(res / "sel.parquet")},
-                       outs, {"training": training, "seeds": seeds, "curriculum": None,
-                              "info": {"method": "random", "fraction": 0.5}}, {"selection": "random_keep50"})
-        run_step(smk, over_outputs(train, "seed", "seeds"))
-        return [pl.read_parquet(p) for p in outs.values()]
+        outs = [str(tmp_path / tag / f"seed{s}.parquet") for s in seeds]
+        job = fake_job(tmp_path, f"train_{tag}", params=SimpleNamespace(seeds=seeds), output=outs)
+        run_step(job, over_outputs(lambda s, seed, out: train(
+            res / "examples.parquet", res / "meta.json", res / "sel.parquet", out, training, int(seed),
+            "random_keep50", {"method": "random", "fraction": 0.5}), "seed", "seeds"))
+        return [pl.read_parquet(p) for p in outs]
 
     together = run([0, 1], "both")
     alone = run([1], "alone")

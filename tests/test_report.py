@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -105,13 +104,6 @@ def test_warning_for_a_saturated_score_only():
     assert "`grand` saturates: 75%" in warnings[1] and "minimum 0" in warnings[1]
 
 
-def _names(**kw):
-    ns = SimpleNamespace(**kw)
-    ns.keys = lambda: kw.keys()
-    ns.get = lambda k, d=None: kw.get(k, d)
-    return ns
-
-
 def _report_files(tmp_path, df: pl.DataFrame, drop_label: int | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The report step's inputs for ``df`` (no noise, one selection of the training split: all of it, or all but
     the class ``drop_label``) and outputs."""
@@ -131,7 +123,7 @@ def _report_files(tmp_path, df: pl.DataFrame, drop_label: int | None = None) -> 
 
 def test_report_step_without_noise_draws_no_noise_plot(tmp_path, tiny_examples):
     inputs, out = _report_files(tmp_path, tiny_examples[0])
-    report(SimpleNamespace(input=_names(**inputs), output=_names(**out)))
+    report(**inputs, **out)
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "el2n_top_keep30" in md.split("## All selections")[0]
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["acc.png", "summary.csv", "summary.md",
@@ -145,7 +137,7 @@ def test_report_class_balance_table_names_the_users_classes(tmp_path, tiny_examp
     inputs, out = _report_files(tmp_path, df, drop_label=3)  # a class emptied: the balance table is shown
     meta_path = tmp_path / "meta.json"
     meta_path.write_text(json.dumps({**meta, "classes": names, "label_dtype": "str"}))
-    report(SimpleNamespace(input=_names(**inputs, meta=str(meta_path)), output=_names(**out)))
+    report(**inputs, meta=meta_path, **out)
     balance = (tmp_path / "report" / "summary.md").read_text().split("Class balance")[1]
     header = balance.split("| subset |")[1].splitlines()[0]
     assert [c.strip() for c in header.strip(" |").split("|")] == names

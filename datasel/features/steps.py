@@ -1,4 +1,4 @@
-"""Snakemake steps of the features stage: one shard of one feature set, and the gather of a set's shards.
+"""Steps of the features stage: one shard of one feature set, and the gather of a set's shards.
 
 Paths: ``<root>/features/<set>/<ckpt>-<split>/shard_<i>/`` and ``.../index.json``; ``<ckpt>`` is
 ``seed<k>-epoch<e>`` (a proxy checkpoint) or ``hf`` (a local Hugging Face encoder for text data).
@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,20 +113,25 @@ def write_shard(out: Path, settings: dict[str, Any], compute: Callable[[Path], N
     publish_folder(work, out, verify=FeatureShard.open)  # a shard that does not open complete is never published
 
 
-def features_shard(smk: Any) -> None:
-    """Compute (or resume) one shard; wildcards ``fset, ckpt, split, shard``."""
-    fset = {**DEFAULTS, **smk.params.fset}
-    shards, index = int(smk.params.shards), int(smk.wildcards.shard)
-    split, ckpt = smk.wildcards.split, smk.wildcards.ckpt
-    out = Path(smk.output[0])
-    meta = json.loads(Path(smk.input.meta).read_text())
-    examples = read_table(smk.input.examples, "examples")
-    part = examples.filter(pl.col("split") == split).sort("example_id")
+def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: str | os.PathLike, *, name: str,
+                   fset: dict[str, Any], shards: int, shard: int, split: str, ckpt: str,
+                   checkpoint: str | os.PathLike | None = None, proxy: dict[str, Any] | None = None,
+                   device: str = "auto") -> None:
+    """Compute (or resume) shard ``shard`` of ``shards`` of feature set ``name`` (its config ``fset``) over ``split``,
+    from proxy checkpoint ``checkpoint`` (``ckpt`` = ``seed<k>-epoch<e>``, with the ``proxy`` recipe it was trained
+    with) or a local HF encoder (``ckpt`` = ``hf``)."""
+    fset = {**DEFAULTS, **fset}
+    shards, index = int(shards), int(shard)
+    out = Path(out)
+    meta_dict = json.loads(Path(meta).read_text())
+    examples_df = read_table(examples, "examples")
+    part = examples_df.filter(pl.col("split") == split).sort("example_id")
     if part.height == 0:
-        raise DataError(f"split '{split}' has no examples", file=smk.input.examples,
-                        field=f"features.sets.{smk.wildcards.fset}.splits", fix="drop that split from the feature set or give the data a split of that name")
+        raise DataError(f"split '{split}' has no examples", file=examples,
+                        field=f"features.sets.{name}.splits",
+                        fix="drop that split from the feature set or give the data a split of that name")
     lo, hi = shard_bounds(part.height, shards, index)
-    device = pick_device(smk.config.get("compute", {}).get("device", "auto"))
+    torch_device = pick_device(device)
     seed_everything(int(fset["seed"]))
     ids = part.get_column("example_id").to_list()
     y_all = torch.from_numpy(part.get_column("label").to_numpy().astype("int64"))
@@ -135,18 +140,18 @@ def features_shard(smk: Any) -> None:
     fit: tuple[Any, torch.Tensor] | None = None  # a fitted basis learns from the same train rows in every shard
     n_fit = int(fset.get("factor_fit_rows", 2048)) if fitted_basis(fset) else 0
     if ckpt == "hf":
-        if meta.get("kind") != "text":
-            raise ConfigError("checkpoint 'hf' needs text data", field=f"features.sets.{smk.wildcards.fset}.model",
+        if meta_dict.get("kind") != "text":
+            raise ConfigError("checkpoint 'hf' needs text data", field=f"features.sets.{name}.model",
                               fix="use model: proxy for vector data")
         from datasel.features.hf import build_text_classifier, tokenize
 
         hf_cfg = fset.get("hf", {})
-        train = examples.filter(pl.col("split") == "train").sort("example_id")
+        train = examples_df.filter(pl.col("split") == "train").sort("example_id")
         # The prototype head comes from the whole training split, so every shard differentiates the same model.
         model, tok, spec = build_text_classifier(
             hf_cfg, train.get_column("text").to_list(),
-            torch.from_numpy(train.get_column("label").to_numpy().astype("int64")), int(meta["num_classes"]),
-            where=f"features.sets.{smk.wildcards.fset}.hf")
+            torch.from_numpy(train.get_column("label").to_numpy().astype("int64")), int(meta_dict["num_classes"]),
+            where=f"features.sets.{name}.hf")
         fset["params"] = spec
         inputs: Any = tokenize(tok, part.get_column("text").to_list()[lo:hi], int(hf_cfg.get("max_length", 64)))
         if n_fit:
@@ -159,9 +164,11 @@ def features_shard(smk: Any) -> None:
         from datasel.tasks import make_task, take
         from datasel.training.proxy import load_checkpoint
 
+        if checkpoint is None or proxy is None:  # a caller's slip, not the user's: the rule always passes both
+            raise TypeError(f"features_shard: checkpoint '{ckpt}' needs checkpoint= and proxy=")
         epoch = int(ckpt.split("-epoch")[1])
-        model = load_checkpoint(smk.input.checkpoint, meta, smk.params.proxy["model"])
-        task = make_task(examples, meta, smk.params.proxy["model"], where="proxy.model")
+        model = load_checkpoint(checkpoint, meta_dict, proxy["model"])
+        task = make_task(examples_df, meta_dict, proxy["model"], where="proxy.model")
         data = task.split(split)  # the proxy's own batching: standardized vectors or token ids
         y_all, ids = data.labels, data.ids
         inputs = take(data.inputs, slice(lo, hi))
@@ -169,22 +176,21 @@ def features_shard(smk: Any) -> None:
             train_data = task.split("train")
             rows = fit_rows(len(train_data.labels), n_fit)
             fit = (take(train_data.inputs, rows), train_data.labels[rows])
-        identity |= {"model": json.dumps(smk.params.proxy["model"], sort_keys=True), "checkpoint": ckpt,
-                     "checkpoint_sha": file_sha256(smk.input.checkpoint)[:16],  # weights and optimizer moments
-                     "lr": checkpoint_lr(smk.params.proxy, epoch)}
+        identity |= {"model": json.dumps(proxy["model"], sort_keys=True), "checkpoint": ckpt,
+                     "checkpoint_sha": file_sha256(checkpoint)[:16],  # weights and optimizer moments
+                     "lr": checkpoint_lr(proxy, epoch)}
         if split not in PRECONDITIONED_SPLITS:
             fset = {**fset, "precondition": "none"}  # target gradients stay plain (LESS), recorded so in the shard
-        preconditioner = split_preconditioner(fset, split, smk.input.checkpoint, model)
-    model.to(device)
+        preconditioner = split_preconditioner(fset, split, checkpoint, model)
+    model.to(torch_device)
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
     write_shard(out, settings, lambda work: featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi],
-                                                       identity=identity, device=device,
+                                                       identity=identity, device=torch_device,
                                                        preconditioner=preconditioner, fit=fit))
     log.info("shard %s: rows %d..%d of %s", out, lo, hi, split)
 
 
-def features_gather(smk: Any) -> None:
+def features_gather(shards: Sequence[str | os.PathLike], out: str | os.PathLike, *, name: str, ckpt: str,
+                    split: str) -> None:
     """Verify every shard's checksum and agreement, then write the set's ``index.json``."""
-    gather([Path(p) for p in smk.input.shards], smk.output[0], verify=True,
-           extra={"set": smk.wildcards.fset, "checkpoint": smk.wildcards.ckpt, "split": smk.wildcards.split})
-
+    gather([Path(p) for p in shards], out, verify=True, extra={"set": name, "checkpoint": ckpt, "split": split})

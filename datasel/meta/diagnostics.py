@@ -9,6 +9,7 @@ table (selection = the score entry, method = 'alchemist_rating', fraction = the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import polars as pl
 
 from datasel.errors import DataError
 from datasel.selection.shift_gsampling import percentiles
-from datasel.store import atomic_path, read_table, write_table
+from datasel.store import PathLike, atomic_path, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +50,39 @@ def noise_profile(examples: pl.DataFrame, scores: pl.DataFrame, bins: int, sourc
     )
 
 
-def run_diagnostics(smk: Any) -> None:
-    """Snakemake step: metrics table + plot over the score tables named in config['alchemist']['scores']."""
+def run_diagnostics(examples: PathLike, scores: Sequence[PathLike], cfg: dict[str, Any], *, metrics: PathLike,
+                    plot: PathLike, policy: dict[str, Any] | None = None) -> None:
+    """Metrics table + plot of where each rating puts the label noise: ``scores`` are the tables of the entries
+    ``cfg["scores"]`` names (the ``alchemist`` section), in that order; ``policy`` (its Shift-Gsampling entry, if
+    any) draws the sampling density over the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cfg = smk.params.alchemist
-    policy = smk.params.policy or {}
+    policy = policy or {}
     bins = int(cfg.get("bins", 20))
-    examples = read_table(smk.input.examples, "examples")
+    examples_df = read_table(examples, "examples")
     rows, profiles = [], {}
-    for name, path in zip(cfg["scores"], smk.input.scores):
-        scores = read_table(path, "scores")
-        prof = noise_profile(examples, scores, bins, str(path))
+    for name, path in zip(cfg["scores"], scores):
+        table = read_table(path, "scores")
+        prof = noise_profile(examples_df, table, bins, str(path))
         profiles[name] = prof
-        joined = examples.filter(pl.col("split") == "train").join(scores, on="example_id")
+        joined = examples_df.filter(pl.col("split") == "train").join(table, on="example_id")
         auc = auc_clean_high(joined.get_column("score").to_numpy(), joined.get_column("is_noisy").to_numpy())
         log.info("%s: AUC(clean ranks above noisy) = %.3f", name, auc)
         base = {"selection": name, "method": "alchemist_rating", "seed": 0, "split": "train"}
         rows.append({**base, "fraction": 1.0, "metric": "auc_clean_high", "value": auc})
         rows += [{**base, "fraction": float(r["bin_hi"]), "metric": "noisy_share", "value": float(r["noisy_share"])}
                  for r in prof.iter_rows(named=True)]
-    write_table(pl.DataFrame(rows), smk.output.metrics, "metrics")
+    write_table(pl.DataFrame(rows), metrics, "metrics")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, prof in profiles.items():
         hi = prof.get_column("bin_hi").to_numpy()
         ax.stairs(prof.get_column("noisy_share").to_numpy(), np.concatenate([[hi[0] - 1.0 / bins], hi]),
                   label=f"{name}: noisy share", linewidth=1.8)
-    noise = float(examples.filter(pl.col("split") == "train").get_column("is_noisy").mean())
+    noise = float(examples_df.filter(pl.col("split") == "train").get_column("is_noisy").mean())
     ax.axhline(noise, color="grey", ls=":", label=f"overall noise {noise:.0%}")
     ax.set_xlabel("percentile of the rating (0 = highest score)")
     ax.set_ylabel("share of injected noisy labels")
@@ -96,6 +99,6 @@ def run_diagnostics(smk: Any) -> None:
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Where the rating puts the label noise")
     fig.tight_layout()
-    with atomic_path(smk.output.plot) as tmp:
+    with atomic_path(plot) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

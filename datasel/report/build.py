@@ -1,8 +1,9 @@
-"""Snakemake step: gather metrics, selections and scores into the summary (table, answer, warnings) and figures."""
+"""The report step: gather metrics, selections and scores into the summary (table, answer, warnings) and figures."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,23 @@ from datasel.report.summary import (
     write_summary,
 )
 from datasel.report.verdicts import Choice, recommendation
-from datasel.store import read_table
+from datasel.store import PathLike, read_table
 
 log = logging.getLogger(__name__)
 
 
-def report(smk: Any) -> None:
-    examples = read_table(smk.input.examples, "examples")
-    metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="diagonal_relaxed")
-    selections = pl.concat([read_table(p, "selections") for p in smk.input.selections], how="diagonal_relaxed")
-    scores = {Path(p).stem: read_table(p, "scores") for p in smk.input.get("scores", [])}
-    params = getattr(smk, "params", None)
-    choice = Choice.from_config(params.get("choose_on") if params is not None else None)
+def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence[PathLike], *, csv: PathLike,
+           md: PathLike, rst: PathLike, plot: PathLike, noise_plot: PathLike | None = None,
+           scores: Sequence[PathLike] = (), meta: PathLike | None = None,
+           choose_on: dict[str, Any] | None = None) -> None:
+    """The selection summary (``csv``, ``md``, ``rst``) and its figures (``plot``; ``noise_plot`` when given, which
+    the rule asks for only when the config injects noise) from the run's tables. ``meta`` (the examples' meta.json)
+    names the user's classes; ``choose_on`` is ``report.choose_on``."""
+    examples = read_table(examples, "examples")
+    metrics = pl.concat([read_table(p, "metrics") for p in metrics], how="diagonal_relaxed")
+    selections = pl.concat([read_table(p, "selections") for p in selections], how="diagonal_relaxed")
+    scores = {Path(p).stem: read_table(p, "scores") for p in scores}
+    choice = Choice.from_config(choose_on)
     train = examples.filter(pl.col("split") == "train")
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
     table = summarize(metrics, noise_dropped(examples, selections)).join(
@@ -41,15 +47,15 @@ def report(smk: Any) -> None:
     detection = noise_detection(examples, scores) if base > 0 else None
     best = best_against_random(metrics, choice)
     doc = build_document(table, best, warnings, base,
-                         histograms=class_histograms(examples, selections, meta_classes(smk.input.get("meta"))),
+                         histograms=class_histograms(examples, selections, meta_classes(meta)),
                          detection=detection)
     answer = recommendation(best, warnings)
     write_summary(verdict_columns(table, margins_on_test(metrics), best, answer, warnings), doc,
-                  Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
-    accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),
+                  Path(csv), Path(md), Path(rst))
+    accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(plot),
                          full=table.filter(pl.col("method") == "full"))
-    if "noise_plot" in smk.output.keys():  # declared only when the config injects noise
-        noise_share_bars(table, Path(smk.output.noise_plot), base)
+    if noise_plot is not None:
+        noise_share_bars(table, Path(noise_plot), base)
     for w in warnings:
         log.warning("%s", w)
     log.info("summary:\n%s", doc.markdown())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from datasel.store import atomic_path, read_table
+from datasel.store import PathLike, atomic_path, read_table
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +102,18 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def report_step(smk: Any) -> None:
-    """rule cures_report: metrics + prompt_stats tables → two plots and summary.json."""
-    metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="diagonal_relaxed")
-    stats = pl.concat([read_table(p, "prompt_stats") for p in smk.input.prompt_stats], how="diagonal_relaxed")
-    acc = accuracy_curves(metrics)
-    plot_accuracy(acc, smk.output.accuracy)
-    plot_difficulty(stats, smk.output.difficulty)
-    summary = summarize(acc, "grpo" if "grpo" in acc["selection"].to_list() else acc["selection"][0])
-    with atomic_path(smk.output.summary) as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=1))
-    for run, s in summary.items():
+def report_step(metrics: Sequence[PathLike], prompt_stats: Sequence[PathLike], *, accuracy: PathLike,
+                difficulty: PathLike, summary: PathLike) -> None:
+    """rule cures_report: metrics + prompt_stats tables → two plots (``accuracy``, ``difficulty``) and ``summary``
+    (JSON)."""
+    metrics_df = pl.concat([read_table(p, "metrics") for p in metrics], how="diagonal_relaxed")
+    stats = pl.concat([read_table(p, "prompt_stats") for p in prompt_stats], how="diagonal_relaxed")
+    acc = accuracy_curves(metrics_df)
+    plot_accuracy(acc, accuracy)
+    plot_difficulty(stats, difficulty)
+    runs = summarize(acc, "grpo" if "grpo" in acc["selection"].to_list() else acc["selection"][0])
+    with atomic_path(summary) as tmp:
+        Path(tmp).write_text(json.dumps(runs, indent=1))
+    for run, s in runs.items():
         log.info("%s: final held-out accuracy %.3f ± %.3f, rollouts to baseline's final %s", run, s["final_mean"],
                  s["final_std"], s["rollouts_to_baseline_final"])

@@ -10,6 +10,7 @@ that cell rejects "no difference" (its interval is then above zero); cells where
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from datasel.report.verdicts import (
     verdict_rows,
     welch_ci,
 )
-from datasel.store import atomic_path, read_table
+from datasel.store import PathLike, atomic_path, read_table
 
 log = logging.getLogger(__name__)
 
@@ -295,46 +296,54 @@ def _by_method(table: pl.DataFrame) -> pl.DataFrame:
         (pl.col("selection").str.extract(r"_keep(\d+)$").cast(pl.Float64) / 100).alias("fraction"))
 
 
-def quality_report(smk: Any) -> None:
-    """Snakemake step: gather every quality run into the table, margins and plots."""
+def quality_report(noise: Sequence[float], metrics: Sequence[Sequence[PathLike]],
+                   selections: Sequence[Sequence[PathLike]], examples: Sequence[PathLike], *, batch_size: int,
+                   md: PathLike, csv: PathLike, accuracy: PathLike, compute: PathLike, noise_plot: PathLike,
+                   margin: PathLike | None = None, class_mix: PathLike | None = None,
+                   scores: Sequence[Sequence[PathLike]] | None = None, regime: str | None = None,
+                   choose_on: dict[str, Any] | None = None) -> None:
+    """Gather every quality run into the table, margins and plots.
+
+    One entry per run (label-noise level ``noise[i]``): its metrics, selections and score tables and its examples
+    table; ``batch_size`` is the training batch size (the compute axis); ``margin`` and ``class_mix`` plots are drawn
+    when given."""
     from datasel.report.subsets import class_balance, class_histograms, noise_detection
 
     runs, noise_parts, detections, balances, hists = {}, [], {}, {}, {}
-    score_files = smk.params.get("scores") or [[] for _ in smk.params.noise]
-    for noise, metrics_files, sel_files, examples, scores in zip(smk.params.noise, smk.params.metrics,
-                                                                 smk.params.selections, smk.params.examples,
-                                                                 score_files):
-        runs[noise] = pl.concat([read_table(p, "metrics") for p in metrics_files], how="diagonal_relaxed")
-        ex = read_table(examples, "examples")
+    score_files = scores or [[] for _ in noise]
+    for level, metrics_files, sel_files, run_examples, run_scores in zip(noise, metrics, selections, examples,
+                                                                       score_files):
+        runs[level] = pl.concat([read_table(p, "metrics") for p in metrics_files], how="diagonal_relaxed")
+        ex = read_table(run_examples, "examples")
         sels = pl.concat([read_table(p, "selections") for p in sel_files], how="diagonal_relaxed")
-        balances[noise] = _by_method(class_balance(ex, sels))
+        balances[level] = _by_method(class_balance(ex, sels))
         # meta.json is written by the same prepare job as examples.parquet: the user's class names for the plot
-        hists[noise] = _by_method(class_histograms(ex, sels, meta_classes(Path(examples).with_name("meta.json"))))
-        if noise > 0:
-            detections[noise] = noise_detection(ex, {Path(p).stem: read_table(p, "scores") for p in scores})
+        hists[level] = _by_method(class_histograms(ex, sels, meta_classes(Path(run_examples).with_name("meta.json"))))
+        if level > 0:
+            detections[level] = noise_detection(ex, {Path(p).stem: read_table(p, "scores") for p in run_scores})
             nd = _by_method(noise_dropped(ex, sels)).with_columns(
                 pl.lit(float(ex.filter(pl.col("split") == "train").get_column("is_noisy").mean())).alias("base_rate"))
             noise_parts.append(nd.filter(pl.col("method") != "full"))
     cells = cell_table(runs)
     marg = margins(cells.filter(pl.col("method") != "full"))
-    choice = Choice.from_config(smk.params.get("choose_on"))
+    choice = Choice.from_config(choose_on)
     chosen = choice_means(pl.concat([m.with_columns(pl.lit(n).alias("noise")) for n, m in runs.items()],
                                     how="diagonal_relaxed"), choice)
     full = cells.filter(pl.col("method") == "full")
     vs_full = against_full(cells)
-    with atomic_path(smk.output.csv) as tmp:
+    with atomic_path(csv) as tmp:
         marg.write_csv(tmp)
-    extras = {noise: render_extras(noise, vs_full, detections.get(noise), balances.get(noise)) for noise in runs}
-    md = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full, extras,
-                         chosen, choice)
-    if smk.params.get("regime"):
-        md = md.replace("\n", f"\n\nRegime: {smk.params.regime}.\n", 1)
-    with atomic_path(smk.output.md) as tmp:
-        tmp.write_text(md)
-    plot_quality(cells, pl.concat(noise_parts) if noise_parts else None, Path(smk.output.accuracy),
-                 Path(smk.output.compute), Path(smk.output.noise_plot), int(smk.params.batch_size))
-    if "margin" in smk.output.keys():
-        plot_margins(marg, Path(smk.output.margin), title=str(smk.params.get("regime") or ""))
-    if "class_mix" in smk.output.keys():
-        plot_class_mix(hists, Path(smk.output.class_mix), title=str(smk.params.get("regime") or "").split(":")[0])
-    log.info("\n%s", md)
+    extras = {n: render_extras(n, vs_full, detections.get(n), balances.get(n)) for n in runs}
+    text = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full,
+                           extras, chosen, choice)
+    if regime:
+        text = text.replace("\n", f"\n\nRegime: {regime}.\n", 1)
+    with atomic_path(md) as tmp:
+        tmp.write_text(text)
+    plot_quality(cells, pl.concat(noise_parts) if noise_parts else None, Path(accuracy), Path(compute),
+                 Path(noise_plot), int(batch_size))
+    if margin is not None:
+        plot_margins(marg, Path(margin), title=str(regime or ""))
+    if class_mix is not None:
+        plot_class_mix(hists, Path(class_mix), title=str(regime or "").split(":")[0])
+    log.info("\n%s", text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,32 +75,27 @@ def load_checkpoint(path: str | Path, meta: dict[str, Any], model_cfg: dict[str,
     return model
 
 
-def step_device(smk: Any) -> torch.device:
-    """The device ``compute.device`` asks for (auto: the GPU when one is visible)."""
-    compute = (getattr(smk, "config", None) or {}).get("compute", {})
-    return pick_device(compute.get("device", "auto"))
-
-
 def task_for_run(examples_path: str | Path, meta: dict[str, Any], model_cfg: dict[str, Any],
                  where: str = "proxy.model") -> Task:
     return make_task(read_table(examples_path, "examples"), meta, model_cfg, where)
 
 
-def run_proxy(smk: Any) -> None:
-    """Snakemake step: train proxy seed ``wildcards.seed`` and write one checkpoint per configured epoch."""
-    cfg = smk.params.proxy
-    seed = int(smk.wildcards.seed)
-    meta = json.loads(Path(smk.input.meta).read_text())
+def run_proxy(examples: str | Path, meta: str | Path, outputs: Sequence[str | Path], cfg: dict[str, Any], seed: int,
+              device: str = "auto") -> None:
+    """Train proxy ``seed`` with recipe ``cfg`` and write one checkpoint per configured epoch and the per-epoch
+    table, into the folder of ``outputs`` (the checkpoints and ``epochs.parquet``, all checked for at the end)."""
+    seed = int(seed)
+    meta_dict = json.loads(Path(meta).read_text())
     epochs = tuple(sorted(set(int(e) for e in cfg["checkpoints"])))
     if epochs and epochs[-1] > int(cfg["epochs"]):
         raise ConfigError(f"checkpoint epoch {epochs[-1]} is after the last epoch ({cfg['epochs']})",
                           field="proxy.checkpoints", fix="raise proxy.epochs or drop that checkpoint")
-    task = task_for_run(smk.input.examples, meta, cfg["model"])
+    task = task_for_run(examples, meta_dict, cfg["model"])
     train, val = task.split("train"), task.split("val")
     seed_everything(1000 + seed)
-    model = task.build_model("proxy.model").to(step_device(smk))
+    model = task.build_model("proxy.model").to(pick_device(device))
     train_cfg = {**cfg, "budget": {"unit": "epochs", "value": int(cfg["epochs"])}}
-    outdir = Path(smk.output[0]).parent
+    outdir = Path(outputs[0]).parent
 
     def on_checkpoint(epoch: int, m: nn.Module, opt: torch.optim.Optimizer) -> None:
         stats = evaluate(m, val.inputs, val.labels, loss_fn=task.per_example_loss)
@@ -114,7 +110,7 @@ def run_proxy(smk: Any) -> None:
                      on_checkpoint=on_checkpoint, desc=f"proxy seed {seed}", loss_fn=task.per_example_loss,
                      on_batch=recorder)
     recorder.write(outdir / "epochs.parquet", list(train.ids), seed)
-    missing = [str(p) for p in smk.output if not Path(p).exists()]
+    missing = [str(p) for p in outputs if not Path(p).exists()]
     if missing:
         raise DataError(f"checkpoints {missing} were not written", field="proxy.checkpoints",
                         fix="checkpoint epochs must not exceed proxy.epochs")

@@ -1,4 +1,4 @@
 from datasel.pipeline import catalog
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, catalog)  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, lambda s: catalog(s.output[0]))  # noqa: F821 (injected by Snakemake)

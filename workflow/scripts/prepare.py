@@ -1,4 +1,4 @@
 from datasel.pipeline import prepare
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, prepare)  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, lambda s: prepare(s.params.data, s.output.examples, s.output.meta))  # noqa: F821 (injected)

@@ -1,4 +1,13 @@
 from datasel.report.quality import quality_report
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, quality_report)  # noqa: F821 (injected by Snakemake)
+
+def step(s) -> None:
+    p, o = s.params, s.output
+    quality_report(p.noise, p.metrics, p.selections, p.examples, scores=p.get("scores"), regime=p.get("regime"),
+                   batch_size=int(p.batch_size), choose_on=p.get("choose_on"), md=o.md, csv=o.csv,
+                   accuracy=o.accuracy, compute=o.compute, noise_plot=o.noise_plot, margin=o.get("margin"),
+                   class_mix=o.get("class_mix"))
+
+
+run_step(snakemake, step)  # noqa: F821 (injected by Snakemake)

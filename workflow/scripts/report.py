@@ -1,4 +1,11 @@
 from datasel.report.build import report
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, report)  # noqa: F821 (injected by Snakemake)
+
+def step(s) -> None:
+    report(s.input.examples, s.input.metrics, s.input.selections, scores=s.input.get("scores", []),
+           meta=s.input.get("meta"), choose_on=s.params.get("choose_on"), csv=s.output.csv, md=s.output.md,
+           rst=s.output.rst, plot=s.output.plot, noise_plot=s.output.get("noise_plot"))
+
+
+run_step(snakemake, step)  # noqa: F821 (injected by Snakemake)
