@@ -20,8 +20,6 @@ ADAPTERS = {"datasel/snakemake_entry.py", "datasel/workflow_support.py", "datase
 PENDING = {
     "datasel/instruct/steps.py",
     "datasel/rl/loop.py",
-    "datasel/mixing/steps.py",
-    "datasel/pruning/pipeline.py",
 }
 
 # names under which a function would receive the object Snakemake injects into a script
