@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from datasel.rl.evaluate import accuracy
-from datasel.rl.policy import Policy, completion_nll
+from datasel.rl.policy import Policy
 from datasel.runtime import progress
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def warm_start(policy: Policy, questions: list[str], answers: list[str], cfg: di
     for step in progress(range(1, steps + 1), desc="warm start", total=steps, unit="step"):
         idx = rng.choice(len(train_q), size=min(bs, len(train_q)), replace=False)
         batch = policy.teacher_batch([train_q[i] for i in idx], [train_a[i] for i in idx])
-        loss = completion_nll(policy, batch.seqs, batch.attn, batch.comp)
+        loss = policy.completion_nll(batch).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.module.parameters(), 1.0)

@@ -1,4 +1,4 @@
-"""Tasks: one per data kind (vector, text), the seam every trainer and scorer goes through (see ``base``)."""
+"""Tasks: one per data kind (vector, text, causal_lm), the seam every trainer and scorer goes through (see ``base``)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,13 @@ def make_task(examples: pl.DataFrame, meta: dict[str, Any], model_cfg: dict[str,
         from datasel.tasks.vector import VectorTask
 
         return VectorTask(examples, meta, model_cfg)
+    if kind == "causal_lm":
+        from datasel.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask(examples, meta, model_cfg, where)
     if kind == "text":
         from datasel.tasks.text import TextTask
 
         return TextTask(examples, meta, model_cfg, where)
     raise ConfigError(f"data kind '{kind}' has no task", field="data",
-                      fix="use vector (x / feature_columns) or text (text_column) data")
+                      fix="use vector (x / feature_columns), text (text_column) or causal_lm (prompt/completion) data")
