@@ -18,18 +18,14 @@ import torch
 from torch import nn
 
 from datasel.errors import ConfigError
-from datasel.runtime import autocast, progress, resolve_precision
+from datasel.runtime import autocast
 from datasel.tasks.base import Inputs, batch_len, chunks, forward, per_example_cross_entropy, take, to_device
+from datasel.training.loop import LoopSettings, LoopState, model_device, train_loop, weighted_mean
 
 log = logging.getLogger(__name__)
 
 BatchSampler = Callable[[int, torch.Generator], Iterator[torch.Tensor]]
 PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def shuffled_batches(n: int, batch_size: int) -> BatchSampler:
@@ -44,19 +40,6 @@ def shuffled_batches(n: int, batch_size: int) -> BatchSampler:
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
-
-
-def _optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    name, lr, wd = cfg.get("optimizer", "adam"), float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 0.0))
-    # trainable parameters only (LoRA freezes the backbone); the feature store maps moments back in this order
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(cfg.get("momentum", 0.9)))
-    raise ConfigError(f"unknown optimizer '{name}'", field="optimizer", fix="use adam, adamw or sgd")
 
 
 def total_steps(n: int, cfg: dict[str, Any]) -> int:
@@ -93,55 +76,24 @@ def train_classifier(
     device = model_device(model)
     if n == 0:
         raise ConfigError("cannot train on zero examples", field="selection", fix="keep a larger fraction")
-    bs = int(cfg.get("batch_size", 128))
-    steps = total_steps(n, cfg)
-    sampler = sampler or shuffled_batches(n, bs)
-    gen = torch.Generator().manual_seed(seed)
-    opt = _optimizer(model, cfg)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        if cfg.get("schedule", "cosine") == "cosine"
-        else None
-    )
-    if on_checkpoint and 0 in checkpoint_epochs:
-        on_checkpoint(0, model, opt)
-    # fp16 (asked for) underflows small gradients without loss scaling; bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(device.type) if resolve_precision(device) == "fp16" else None
-    model.train()
-    step, epoch = 0, 0
-    bar = progress(range(steps), desc=desc, unit="step")
-    while step < steps:
-        for idx in sampler(epoch, gen):
-            xb, yb = to_device(take(x, idx), device), y[idx].to(device)
-            with autocast(device, purpose="training"):
-                logits = forward(model, xb)
-            logits = logits.float()  # the loss (and the on_batch hook) in fp32 whatever the forward ran in
-            loss = loss_fn(logits, yb)
-            if on_batch is not None:
-                on_batch(epoch, idx, logits.detach(), yb)
-            if weights is not None:
-                wb = weights[idx].to(device)
-                loss = (loss * wb).sum() / wb.sum()
-            else:
-                loss = loss.mean()
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            if sched:
-                sched.step()
-            step += 1
-            next(bar, None)
-            if step >= steps:
-                break
-        epoch += 1
-        if on_checkpoint and epoch in checkpoint_epochs:
-            on_checkpoint(epoch, model, opt)
-    model.eval()
+    settings = LoopSettings.from_cfg({"optimizer": "adam", "schedule": "cosine", **cfg}, total_steps(n, cfg))
+
+    def loss(batch: tuple[int, torch.Tensor]) -> torch.Tensor:
+        epoch, idx = batch
+        xb, yb = to_device(take(x, idx), device), y[idx].to(device)
+        logits = forward(model, xb).float()  # the loss (and the on_batch hook) in fp32 whatever the forward ran in
+        per_example = loss_fn(logits, yb)
+        if on_batch is not None:
+            on_batch(epoch, idx, logits.detach(), yb)
+        return weighted_mean(per_example, None if weights is None else weights[idx].to(device))
+
+    def checkpoint(state: LoopState) -> None:
+        if on_checkpoint and state.epoch in checkpoint_epochs:
+            on_checkpoint(state.epoch, model, state.optimizer)
+
+    order = sampler or shuffled_batches(n, int(cfg.get("batch_size", 128)))
+    train_loop(model, loss, lambda epoch, gen: ((epoch, idx) for idx in order(epoch, gen)), settings, seed,
+               desc=desc, on_epoch=checkpoint)
     return model
 
 
