@@ -7,6 +7,7 @@ by the importance-sampling baseline (the domain histogram of the specific set's 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,15 @@ def text_embeddings(texts: list[str], dim: int = 1024) -> np.ndarray:
     return vec.transform(texts).toarray().astype(np.float32)
 
 
-def row_embeddings(df: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any] | None = None) -> np.ndarray:
-    """Embeddings of examples rows: the input vector for vector data, hashed n-grams for text."""
+def row_embeddings(df: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any] | None = None,
+                   rows: Callable[[pl.DataFrame], tuple[torch.Tensor, torch.Tensor]] | None = None) -> np.ndarray:
+    """Embeddings of examples rows: the input vector for vector data (as ``rows`` encodes it: standardized like
+    the model's inputs; the raw column without it), hashed n-grams for text."""
     cfg = cfg or {}
     if meta.get("kind") == "text":
         return text_embeddings(df.get_column("text").to_list(), int(cfg.get("hash_dim", 1024)))
+    if rows is not None:
+        return rows(df)[0].numpy().astype(np.float32, copy=False)
     return np.asarray(df.get_column("x").to_list(), dtype=np.float32).reshape(df.height, -1)
 
 

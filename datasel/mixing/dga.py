@@ -20,9 +20,9 @@ No official code exists (METHODS.md §2); the choices below are ours and are all
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ from torch import nn
 
 from datasel.errors import ConfigError
 from datasel.mixing.task import IGNORE_INDEX, MixingTask, check_domains, token_ce, training_loss
-from datasel.runtime import pick_device, progress, seed_everything
+from datasel.runtime import pick_device, seed_everything
+from datasel.training.loop import LoopSettings, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +201,10 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
     gen = seed_everything(seed)
     model = build_model(dict(cfg.get("model") or {"name": "mlp"}), task.meta).to(device)
     loss_fn = training_loss(cfg.get("model"))
-    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     steps = int(tcfg["steps"])
-    if tcfg["schedule"] == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    elif tcfg["schedule"] == "constant":
-        sched = None
-    else:
-        raise ConfigError(f"unknown schedule '{tcfg['schedule']}'", field="dga.train.schedule",
-                          fix="use constant or cosine")
+    settings = LoopSettings.from_cfg({k: tcfg[k] for k in ("lr", "weight_decay", "schedule")}, steps,
+                                     where="dga.train", optimizer="adamw")
 
     if strategy == "specific_only":
         sampler = MixtureSampler([task.spe_x], [task.spe_y], gen)
@@ -241,32 +235,33 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
     eval_every = max(1, int(tcfg["eval_every"]))
     smooth = float(dcfg["smoothing"])
     B = int(tcfg["batch_size"])
-    for step in progress(range(steps), desc=f"mix[{strategy}]", total=steps, unit="step"):
-        if step % eval_every == 0:
-            res.curve.append((step, *evaluate_specific(model, task.eval_x, task.eval_y, int(tcfg["eval_batch"]))))
-        if strategy == "dga" and step % int(dcfg["update_every"]) == 0:
-            ab = int(dcfg["align_batch"])
-            g_spe = _flat_grad(model, params, *_subsample(task.spe_x, task.spe_y, ab, gen), loss_fn=loss_fn)
-            g_arms = [_flat_grad(model, params, *arm_sampler.batch(P[j], ab), loss_fn=loss_fn)
-                      for j in range(P.shape[0])]
-            a = alignment_scores(g_arms, g_spe, dcfg["normalize"])
-            w = eg_update(w, a, float(dcfg["eta"]), float(dcfg["beta"]),
-                          None if dcfg["clip"] is None else float(dcfg["clip"]))
-            alpha = w @ P
-            if res.weights[-1][0] == step:  # the update at step 0 replaces the initial mixture in the log
-                res.weights.pop()
-                res.arm_weights.pop()
-            res.arm_weights.append((step, w.copy()))
-            res.weights.append((step, alpha.copy()))
-            res.alignments.append((step, a))
-        probs = (1 - smooth) * alpha + smooth / len(alpha) if smooth else alpha
-        x, y = sampler.batch(probs, B)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+
+    def mixture_batches(_epoch: int, _gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless: before drawing step s's batch, measure the specific loss and (DGA) update the mixture, so
+        both see the model as step s - 1 left it."""
+        nonlocal w, alpha
+        for step in itertools.count():
+            if step % eval_every == 0:
+                res.curve.append((step, *evaluate_specific(model, task.eval_x, task.eval_y, int(tcfg["eval_batch"]))))
+            if strategy == "dga" and step % int(dcfg["update_every"]) == 0:
+                ab = int(dcfg["align_batch"])
+                g_spe = _flat_grad(model, params, *_subsample(task.spe_x, task.spe_y, ab, gen), loss_fn=loss_fn)
+                g_arms = [_flat_grad(model, params, *arm_sampler.batch(P[j], ab), loss_fn=loss_fn)
+                          for j in range(P.shape[0])]
+                a = alignment_scores(g_arms, g_spe, dcfg["normalize"])
+                w = eg_update(w, a, float(dcfg["eta"]), float(dcfg["beta"]),
+                              None if dcfg["clip"] is None else float(dcfg["clip"]))
+                alpha = w @ P
+                if res.weights[-1][0] == step:  # the update at step 0 replaces the initial mixture in the log
+                    res.weights.pop()
+                    res.arm_weights.pop()
+                res.arm_weights.append((step, w.copy()))
+                res.weights.append((step, alpha.copy()))
+                res.alignments.append((step, a))
+            yield sampler.batch((1 - smooth) * alpha + smooth / len(alpha) if smooth else alpha, B)
+
+    train_loop(model, lambda batch: loss_fn(model(batch[0]), batch[1]), mixture_batches, settings, gen,
+               params=params, desc=f"mix[{strategy}]")
     res.curve.append((steps, *evaluate_specific(model, task.eval_x, task.eval_y, int(tcfg["eval_batch"]))))
     if res.weights[-1][0] != steps:
         res.weights.append((steps, alpha.copy()))

@@ -1,7 +1,8 @@
 """Library side of the DGA rules (rules/dga.smk): build the domain data, train one run, score alignment, plot.
 
-Each ``*_step(smk)`` reads ``smk.input/output/params/wildcards`` only; the logic sits in the functions above them so
-the benchmark and tests call the same code without Snakemake.
+Each ``*_step`` takes typed arguments (paths, the rule's config slice, the seed) that the two-line scripts in
+``workflow/scripts/dga_*.py`` unpack from ``snakemake``; the logic sits in the functions above them so the benchmark
+and tests call the same code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datasel.errors import ConfigError
 from datasel.mixing.basis import make_basis
 from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_labels, row_embeddings
 from datasel.mixing.dga import MixtureResult, train_mixture
-from datasel.mixing.task import MixingTask, build_task, encode_rows, split_roles
+from datasel.mixing.task import MixingTask, build_task, row_encoder, split_roles
 from datasel.models.lm import text_encoder
 from datasel.runtime import pick_device, seed_everything
 from datasel.store import atomic_path, read_table, write_json, write_table
@@ -34,28 +35,29 @@ def prepare_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, An
     task_cfg = dict(cfg.get("task") or {})
     encoder = text_encoder(cfg.get("model"), examples.get_column("text").to_list(), "dga.model") \
         if meta.get("kind") == "text" else None
+    rows = row_encoder(examples, meta, encoder, cfg.get("model"))
     dom = {"method": "column", "k": 16, "on": "inputs", "niter": 25, **(cfg.get("domains") or {})}
     if dom["method"] == "column":
-        return build_task(examples, meta, task_cfg, source, encoder=encoder)
+        return build_task(examples, meta, task_cfg, source, rows=rows)
     if dom["method"] != "kmeans":
         raise ConfigError(f"unknown domain method '{dom['method']}'", field="dga.domains.method",
                           fix="use column or kmeans")
     pool = split_roles(examples, meta, task_cfg, source, need_column=False)[0]
     if dom["on"] == "inputs":
-        emb = row_embeddings(pool, meta, task_cfg)
+        emb = row_embeddings(pool, meta, task_cfg, rows)
     elif dom["on"] == "grads":
         from datasel.models import build_model
 
         seed_everything(seed)
         model = build_model(dict(cfg.get("model") or {"name": "mlp"}), meta)
-        x, y = encode_rows(pool, meta, encoder)
+        x, y = rows(pool)
         emb = grad_embeddings(model, x, y, dom.get("params", "last_layer"))
     else:
         raise ConfigError(f"unknown k-means input '{dom['on']}'", field="dga.domains.on", fix="use inputs or grads")
     k = int(dom["k"])
     labels = cluster_names(kmeans_labels(emb, k, seed=seed, niter=int(dom["niter"])), k)
     log.info("k-means: %d clusters over %d pool rows (%d non-empty)", k, pool.height, len(set(labels)))
-    return build_task(examples, meta, task_cfg, source, domain_labels=labels, encoder=encoder)
+    return build_task(examples, meta, task_cfg, source, domain_labels=labels, rows=rows)
 
 
 def task_basis(task: MixingTask, cfg: dict[str, Any], seed: int = 0) -> np.ndarray | None:
@@ -95,59 +97,63 @@ def curve_frame(res: MixtureResult, seed: int) -> pl.DataFrame:
                                 "accuracy": pl.Float64}, orient="row")
 
 
-# ------------------------------------------------------------------------------------------------- snakemake steps
+# -------------------------------------------------------------------------------------------------- workflow steps
 
-def _load(smk: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
-    return read_table(smk.input.examples, "examples"), json.loads(Path(smk.input.meta).read_text())
+def _load(examples: str | Path, meta: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    return read_table(examples, "examples"), json.loads(Path(meta).read_text())
 
 
-def data_step(smk: Any) -> None:
-    """Build (or take over) the multi-domain examples table and its meta."""
-    cfg = dict(smk.params.data)
+def data_step(cfg: dict[str, Any], examples_out: str | Path, meta_out: str | Path,
+              examples: str | Path | None = None, meta: str | Path | None = None) -> None:
+    """Build (``dga.data``) or take over (``source: examples``: the pipeline's ``examples`` and ``meta``) the
+    multi-domain examples table and its meta."""
     if cfg.get("source") == "examples":
-        df, meta = read_table(smk.input.examples, "examples"), json.loads(Path(smk.input.meta).read_text())
-        meta = {**meta, "specific": cfg.get("specific", meta.get("specific"))}
+        if examples is None or meta is None:
+            raise ConfigError("dga.data.source: examples needs the prepared examples table", field="dga.data.source",
+                              fix="run the data stage (data section) or use a builtin dga.data.source")
+        df, info = _load(examples, meta)
+        info = {**info, "specific": cfg.get("specific", info.get("specific"))}
     else:
         from datasel.data.domains import build_domain_examples
 
-        df, meta = build_domain_examples(cfg)
-    write_table(df, smk.output.examples, "examples")
-    write_json(smk.output.meta, meta, indent=1)
+        df, info = build_domain_examples(cfg)
+    write_table(df, examples_out, "examples")
+    write_json(meta_out, info, indent=1)
 
 
-def train_step(smk: Any) -> None:
+def train_step(cfg: dict[str, Any], strategy: str, seed: int, examples: str | Path, meta: str | Path,
+               model_out: str | Path, weights_out: str | Path, metrics_out: str | Path, curve_out: str | Path) -> None:
     """One run (strategy × seed): model, domain_weights table, metrics table, specific-loss curve."""
-    cfg = dict(smk.params.cfg)
-    strategy, seed = smk.wildcards.strategy, int(smk.wildcards.seed)
-    examples, meta = _load(smk)
-    task, res = run_strategy(examples, meta, cfg, strategy, seed, str(smk.input.examples))
+    cfg = dict(cfg)
+    df, info = _load(examples, meta)
+    task, res = run_strategy(df, info, cfg, strategy, seed, str(examples))
     run = f"dga_{strategy}_seed{seed}"
-    write_table(weights_frame(res, run), smk.output.weights, "domain_weights")
-    write_table(metrics_frame(res, seed), smk.output.metrics, "metrics")
-    with atomic_path(smk.output.curve) as tmp:  # JSON, not Parquet: a by-product, not a catalog table
+    write_table(weights_frame(res, run), weights_out, "domain_weights")
+    write_table(metrics_frame(res, seed), metrics_out, "metrics")
+    with atomic_path(curve_out) as tmp:  # JSON, not Parquet: a by-product, not a catalog table
         curve_frame(res, seed).write_json(tmp)
     # a pretrained LM's checkpoint holds its trainable weights only (the base comes back from the model source)
-    save_checkpoint(smk.output.model, res.model, model_cfg=cfg.get("model") or {"name": "mlp"}, meta=meta,
+    save_checkpoint(model_out, res.model, model_cfg=cfg.get("model") or {"name": "mlp"}, meta=info,
                     strategy=strategy, seed=seed, domains=res.domains)
 
 
-def alignment_step(smk: Any) -> None:
+def alignment_step(cfg: dict[str, Any], examples: str | Path, meta: str | Path, model: str | Path,
+                   scores_out: str | Path) -> None:
     """Per-example alignment of the pool with the specific set under the trained DGA model -> scores table."""
     from datasel.mixing.alignment import alignment_table
     from datasel.scoring.base import finalize_scores
 
-    cfg = dict(smk.params.cfg)
-    examples, meta = _load(smk)
-    task = prepare_task(examples, meta, cfg, str(smk.input.examples), seed=int(cfg.get("domain_seed", 0)))
-    model = load_checkpoint(smk.input.model, meta)
+    cfg = dict(cfg)
+    df, info = _load(examples, meta)
+    task = prepare_task(df, info, cfg, str(examples), seed=int(cfg.get("domain_seed", 0)))
+    net = load_checkpoint(model, info)
     device = pick_device(str(cfg.get("device", "auto")))
-    df = alignment_table(model.to(device), task.to(device), dict(cfg.get("alignment") or {}))
-    write_table(finalize_scores(df, "dga_alignment"), smk.output.scores, "scores")
+    table = alignment_table(net.to(device), task.to(device), dict(cfg.get("alignment") or {}))
+    write_table(finalize_scores(table, "dga_alignment"), scores_out, "scores")
 
 
-def plots_step(smk: Any) -> None:
+def plots_step(weights: list[str], curves: list[str], weights_out: str | Path, loss_out: str | Path) -> None:
     from datasel.report.dga_plots import plot_loss_curves, plot_weight_trajectories
 
-    weights = pl.concat([read_table(p, "domain_weights") for p in smk.input.weights])
-    plot_weight_trajectories(weights, smk.output.weights)
-    plot_loss_curves(pl.concat([pl.read_json(p) for p in smk.input.curves]), smk.output.loss)
+    plot_weight_trajectories(pl.concat([read_table(p, "domain_weights") for p in weights]), weights_out)
+    plot_loss_curves(pl.concat([pl.read_json(p) for p in curves]), loss_out)

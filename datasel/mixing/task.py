@@ -1,7 +1,8 @@
 """A mixing task: the generic pool split into domains, the small specific set, and its held-out evaluation split.
 
 Built from any examples table (vector ``x`` or ``text`` rows) with a domain column, or with domains made by
-k-means (:mod:`datasel.mixing.clusters`). Classification and character-level language modelling share one loss,
+k-means (:mod:`datasel.mixing.clusters`). Vector rows are read through the vector task, so a user's features are
+standardized with the training split's statistics as in every other stage. Classification and character-level language modelling share one loss,
 token-level cross-entropy, so the trainer, the alignment and the scores need no branch on the data kind.
 """
 
@@ -70,27 +71,46 @@ class MixingTask:
         return self
 
 
-def encode_rows(df: pl.DataFrame, meta: dict[str, Any], encoder: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vector rows -> (x float, label); text rows -> (chars[:-1], chars[1:]) over ``meta['vocab']``, or through
-    ``encoder`` (a causal LM's tokenizer, :class:`datasel.models.lm.LMTextEncoder`) when given."""
-    if meta.get("kind") == "text" and encoder is not None:
-        return encoder.encode(df.get_column("text").to_list())
+RowEncoder = Callable[[pl.DataFrame], tuple[torch.Tensor, torch.Tensor]]
+
+
+def row_encoder(examples: pl.DataFrame, meta: dict[str, Any], encoder: Any = None,
+                model_cfg: dict[str, Any] | None = None, where: str = "dga.model") -> RowEncoder:
+    """How rows of ``examples`` become (inputs, targets), the same for every domain and role.
+
+    Vector rows go through the vector task (:class:`datasel.tasks.vector.VectorTask`): the features as every other
+    stage sees them, standardized with the training split's mean and std when the meta says ``standardize`` (a
+    user's data). Text rows are next-token targets: characters over ``meta['vocab']``, or through ``encoder`` (a
+    causal LM's tokenizer, :class:`datasel.models.lm.LMTextEncoder`) when given.
+    """
     if meta.get("kind") == "text":
-        vocab = meta.get("vocab")
-        if not vocab:
-            raise DataError("text data needs meta['vocab']", field="vocab", fix="build the data with a vocabulary")
-        lut = {c: i for i, c in enumerate(vocab)}
-        unk = lut.get("?", 0)
-        texts = df.get_column("text").to_list()
-        lengths = {len(t) for t in texts}
-        if len(lengths) > 1:
-            raise DataError(f"text rows have different lengths {sorted(lengths)[:5]}", field="text",
-                            fix="cut the text into fixed-length chunks (block_size + 1 characters)")
-        idx = torch.tensor([[lut.get(c, unk) for c in t] for t in texts], dtype=torch.long).reshape(len(texts), -1)
-        return idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
-    x = torch.from_numpy(np.asarray(df.get_column("x").to_list(), dtype=np.float32).reshape(df.height, -1))
-    y = torch.from_numpy(df.get_column("label").to_numpy().astype(np.int64))
-    return x, y
+        return lambda df: _text_rows(df, meta, encoder)
+    from datasel.tasks import make_task
+
+    task = make_task(examples, {**meta, "kind": "vector"}, model_cfg or {}, where)
+
+    def vector_rows(df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = task.rows(df)
+        return rows.inputs, rows.labels  # type: ignore[return-value]
+
+    return vector_rows
+
+
+def _text_rows(df: pl.DataFrame, meta: dict[str, Any], encoder: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if encoder is not None:
+        return encoder.encode(df.get_column("text").to_list())
+    vocab = meta.get("vocab")
+    if not vocab:
+        raise DataError("text data needs meta['vocab']", field="vocab", fix="build the data with a vocabulary")
+    lut = {c: i for i, c in enumerate(vocab)}
+    unk = lut.get("?", 0)
+    texts = df.get_column("text").to_list()
+    lengths = {len(t) for t in texts}
+    if len(lengths) > 1:
+        raise DataError(f"text rows have different lengths {sorted(lengths)[:5]}", field="text",
+                        fix="cut the text into fixed-length chunks (block_size + 1 characters)")
+    idx = torch.tensor([[lut.get(c, unk) for c in t] for t in texts], dtype=torch.long).reshape(len(texts), -1)
+    return idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
 
 def split_roles(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
@@ -145,14 +165,17 @@ def split_roles(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any
 
 
 def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any], source: str = "examples",
-               domain_labels: np.ndarray | None = None, encoder: Any = None) -> MixingTask:
+               domain_labels: np.ndarray | None = None, encoder: Any = None,
+               rows: RowEncoder | None = None) -> MixingTask:
     """Split ``examples`` into generic domains, the specific set and its evaluation split.
 
     cfg (``dga.task``): ``domain_column`` (default ``domain``), ``specific`` (the specific domain's value; default
     ``meta['specific']``) or ``specific_split``, ``eval_split`` (default ``test``; falls back to ``val``).
     ``domain_labels`` overrides the column for the generic pool (k-means clusters), in the pool's row order.
-    ``encoder`` tokenizes text rows for a pretrained LM (:func:`datasel.models.lm.text_encoder`).
+    ``encoder`` tokenizes text rows for a pretrained LM (:func:`datasel.models.lm.text_encoder`); ``rows`` is the
+    row encoder (default :func:`row_encoder` of ``examples``).
     """
+    rows = rows or row_encoder(examples, meta, encoder)
     pool, spe_train, spe_eval, col = split_roles(examples, meta, cfg, source, need_column=domain_labels is None)
     specific = cfg.get("specific") or meta.get("specific") or f"split:{cfg.get('specific_split')}"
     if domain_labels is not None:
@@ -167,21 +190,21 @@ def build_task(examples: pl.DataFrame, meta: dict[str, Any], cfg: dict[str, Any]
 
     xs, ys, ids, embs = [], [], [], []
     for name in names:
-        rows = pool.filter(pl.col(col) == name)
-        x, y = encode_rows(rows, meta, encoder)
+        part = pool.filter(pl.col(col) == name)
+        x, y = rows(part)
         xs.append(x)
         ys.append(y)
-        ids.append(rows.get_column("example_id").to_list())
-        embs.append(row_embeddings(rows, meta, cfg))
+        ids.append(part.get_column("example_id").to_list())
+        embs.append(row_embeddings(part, meta, cfg, rows))
     if pool.get_column(col).null_count():
         raise DataError(f"{pool.get_column(col).null_count()} generic rows have no domain", file=source, field=col,
                         fix="fill the domain column or cluster with k-means")
-    sx, sy = encode_rows(spe_train, meta, encoder)
-    ex, ey = encode_rows(spe_eval, meta, encoder)
+    sx, sy = rows(spe_train)
+    ex, ey = rows(spe_eval)
     log.info("mixing task: %d domains (%d pool rows), specific '%s': %d train / %d eval",
              len(names), pool.height, specific, len(sy), len(ey))
     return MixingTask(names, xs, ys, ids, sx, sy, spe_train.get_column("example_id").to_list(), ex, ey, dict(meta),
-                      str(specific), embs, row_embeddings(spe_train, meta, cfg))
+                      str(specific), embs, row_embeddings(spe_train, meta, cfg, rows))
 
 
 def check_domains(task: MixingTask, where: str = "dga.domains") -> None:

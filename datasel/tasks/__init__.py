@@ -1,4 +1,4 @@
-"""Tasks: one per data kind (vector, text, causal_lm), the seam every trainer and scorer goes through (see ``base``)."""
+"""Tasks: one per data kind (vector, text, triplets, causal_lm), the seam every trainer and scorer goes through (see ``base``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def make_task(examples: pl.DataFrame, meta: dict[str, Any], model_cfg: dict[str,
     from datasel.models.registry import check_model_kind
 
     check_model_kind(model_cfg, meta, where)
-    kind = meta.get("kind") or ("text" if "text" in examples.columns else "vector")
+    kind = meta.get("kind") or ("text" if "text" in examples.columns else
+                                "triplets" if {"query", "positive"} <= set(examples.columns) else "vector")
     if kind == "vector":
         from datasel.tasks.vector import VectorTask
 
@@ -31,5 +32,10 @@ def make_task(examples: pl.DataFrame, meta: dict[str, Any], model_cfg: dict[str,
         from datasel.tasks.text import TextTask
 
         return TextTask(examples, meta, model_cfg, where)
+    if kind == "triplets":
+        from datasel.tasks.triplets import TripletTask
+
+        return TripletTask(examples, meta, model_cfg)
     raise ConfigError(f"data kind '{kind}' has no task", field="data",
-                      fix="use vector (x / feature_columns), text (text_column) or causal_lm (prompt/completion) data")
+                      fix="use vector (x / feature_columns), text (text_column), triplets (query, positive, negative) "
+                          "or causal_lm (prompt, completion) data")

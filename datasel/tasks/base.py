@@ -121,15 +121,19 @@ class Task:
 
     # -- data ------------------------------------------------------------------------------------------------------
     def _load(self, part: pl.DataFrame) -> Inputs:
-        """The model inputs of the rows of ``part`` (already sorted by ``example_id``)."""
+        """The model inputs of the rows of ``part``, in its order."""
         raise NotImplementedError
+
+    def rows(self, part: pl.DataFrame) -> Split:
+        """Any rows of the examples table (a domain, a role), in ``part``'s order, loaded as the splits are
+        (vector rows standardized with the training split's statistics)."""
+        labels = torch.tensor(part.get_column("label").to_list(), dtype=torch.long)
+        return Split(self._load(part), labels, part.get_column("example_id").to_list())
 
     def split(self, name: str) -> Split:
         """One split, in ``example_id`` order, loaded once per task."""
         if name not in self._splits:
-            part = self.examples.filter(pl.col("split") == name).sort("example_id")
-            labels = torch.tensor(part.get_column("label").to_list(), dtype=torch.long)
-            self._splits[name] = Split(self._load(part), labels, part.get_column("example_id").to_list())
+            self._splits[name] = self.rows(self.examples.filter(pl.col("split") == name).sort("example_id"))
         return self._splits[name]
 
     # -- loss ------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from datasel.data.triplets import Triplets
 from datasel.models.embedding import EmbeddingModel
-from datasel.runtime import progress, seed_everything
+from datasel.runtime import seed_everything
+from datasel.tasks.triplets import TripletTask
+from datasel.training.loop import LoopSettings, LoopState, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,15 @@ def info_nce_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor | None = Non
 
     Row i scores query i against [p_1..p_B, n_1..n_B] by cosine × scale; its target is column i.
     """
+    return F.cross_entropy(similarity_logits(q, p, n, scale), torch.arange(q.shape[0], device=q.device),
+                           reduction=reduction)
+
+
+def similarity_logits(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor | None = None,
+                      scale: float = 20.0) -> torch.Tensor:
+    """(B, B or 2B) logits of InfoNCE: cosine × ``scale`` of query i against every positive and hard negative."""
     docs = p if n is None or n.shape[0] == 0 else torch.cat([p, n], dim=0)
-    logits = F.normalize(q, dim=-1) @ F.normalize(docs, dim=-1).T * scale
-    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device), reduction=reduction)
+    return F.normalize(q, dim=-1) @ F.normalize(docs, dim=-1).T * scale
 
 
 def triplet_loss(model: EmbeddingModel, batch: Triplets, scale: float = 20.0, max_len: int | None = None,
@@ -56,14 +64,15 @@ def batches(triplets: Triplets, batch_size: int, seed: int, shuffle: bool = True
         yield triplets.subset(idx)
 
 
-def endless_batches(triplets: Triplets, batch_size: int, seed: int) -> Iterator[Triplets]:
-    """Epoch after epoch, each reshuffled with seed + epoch; batches of one (no in-batch negative) are skipped."""
-    epoch = 0
-    while True:
+def epoch_batches(triplets: Triplets, batch_size: int, seed: int) -> Callable[[int, torch.Generator], Iterator[Triplets]]:
+    """The training batch source: epoch e reshuffled with seed + e; batches of one (no in-batch negative) skipped."""
+
+    def sample(epoch: int, _gen: torch.Generator) -> Iterator[Triplets]:
         for b in batches(triplets, batch_size, seed + epoch, drop_last=len(triplets) >= batch_size):
             if len(b) > 1:
                 yield b
-        epoch += 1
+
+    return sample
 
 
 @torch.no_grad()
@@ -85,39 +94,35 @@ def train_embedding(model: EmbeddingModel, triplets: Triplets, cfg: dict[str, An
     if steps <= 0 or len(triplets) < 2:
         return []
     seed_everything(seed)
-    lr = float(cfg.get("lr", 2e-5))
-    warmup = max(1, int(float(cfg.get("warmup_ratio", 0.1)) * steps))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
     # linear warm-up then linear decay, as sentence-transformers' default schedule
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
-    )
+    settings = LoopSettings.from_cfg(
+        {"lr": cfg.get("lr", 2e-5), "weight_decay": cfg.get("weight_decay", 0.01),
+         "max_grad_norm": cfg.get("max_grad_norm", 1.0)},
+        steps, where="gaprune.retrain", optimizer="adamw", schedule="linear",
+        warmup_steps=max(1, int(float(cfg.get("warmup_ratio", 0.1)) * steps)))
     named = dict(model.named_parameters())
     masks = {k: v.to(named[k].device) for k, v in (masks or {}).items()}
     if masks:
         apply_masks(model, masks)
-    model.train()
-    data = endless_batches(triplets, int(cfg.get("batch_size", 16)), seed)
-    losses: list[float] = []
-    for _ in progress(range(steps), desc="retrain", total=steps, unit="step"):
-        batch = next(data)
-        loss = triplet_loss(model, batch, float(cfg.get("scale", 20.0)), cfg.get("max_seq_len"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def mask_gradients(_state: LoopState) -> None:
         for name, mask in masks.items():
             if named[name].grad is not None:
                 named[name].grad.mul_(mask)  # a pruned weight gets no update, not even from AdamW's moments
-        torch.nn.utils.clip_grad_norm_(params, float(cfg.get("max_grad_norm", 1.0)))
-        opt.step()
-        sched.step()
+
+    def after_step(state: LoopState) -> None:
         if masks:
             apply_masks(model, masks)  # decoupled weight decay and epsilon terms must not revive a pruned weight
-        value = float(loss.detach())
+        value = float(state.losses[-1])
         if not math.isfinite(value):
             raise FloatingPointError(f"retraining loss became {value}; lower gaprune.retrain.lr")
-        losses.append(value)
-    model.eval()
+
+    task = TripletTask(triplets, {"scale": float(cfg.get("scale", 20.0))}, {"max_seq_len": cfg.get("max_seq_len")})
+    # no autocast: the encoder trains in the float32 load_embedding_model gives it, the precision its gradient
+    # statistics (and so its mask) were computed in
+    losses = train_loop(model, lambda batch: task.batch_loss(model, batch),
+                        task.training_batches(triplets, int(cfg.get("batch_size", 16)), seed), settings, seed,
+                        desc="retrain", precision=None, on_gradients=mask_gradients, after_step=after_step).losses
     log.info("retrained %d steps: loss %.4f → %.4f", steps, losses[0], losses[-1])
     return losses
 
