@@ -260,7 +260,7 @@ class CausalLMTask(Task):
 
         return load_tokenizer(self._source(), self.where)
 
-    def rows(self, part: pl.DataFrame) -> tuple[list[list[str]], list[list[bool]]]:
+    def parts(self, part: pl.DataFrame) -> tuple[list[list[str]], list[list[bool]]]:
         """The text parts of each row and which of them carry the loss."""
         if {"parts", "trained"} <= set(part.columns):
             return part.get_column("parts").to_list(), part.get_column("trained").to_list()
@@ -270,21 +270,16 @@ class CausalLMTask(Task):
         raise DataError(f"causal-LM examples need parts/trained or prompt/completion columns, got {part.columns}",
                         field="examples", fix="give a prompt and a completion column")
 
-    def encode(self, part: pl.DataFrame) -> Encoded:
-        """The token rectangle of ``part``'s rows, in their order."""
-        parts, trained = self.rows(part)
-        return encode(self.tokenizer, parts, trained, self.max_length)[0]
+    def rows(self, part: pl.DataFrame) -> Split:
+        """``part``'s rows in its order: inputs ``{input_ids, attention_mask}`` and token ``labels``."""
+        enc = encode(self.tokenizer, *self.parts(part), self.max_length)[0]
+        return Split(enc.inputs(), enc.labels, part.get_column("example_id").to_list())
 
     def split(self, name: str) -> Split:
-        """One split in ``example_id`` order: inputs ``{input_ids, attention_mask}`` and token ``labels``."""
-        if name not in self._splits:
-            part = self.examples.filter(pl.col("split") == name).sort("example_id")
-            if part.height == 0:
-                raise ConfigError(f"split '{name}' has no examples", field=self.where,
-                                  fix="give every split the chain uses at least one row that survives max_length")
-            enc = self.encode(part)
-            self._splits[name] = Split(enc.inputs(), enc.labels, part.get_column("example_id").to_list())
-        return self._splits[name]
+        if name not in self._splits and self.examples.filter(pl.col("split") == name).height == 0:
+            raise ConfigError(f"split '{name}' has no examples", field=self.where,
+                              fix="give every split the chain uses at least one row that survives max_length")
+        return super().split(name)
 
     def per_example_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return example_nll(logits, y)
