@@ -61,8 +61,8 @@ def train_lora(model: nn.Module, data: Split, cfg: dict[str, Any], seed: int,
             return
         steps = range(state.step - per_epoch, state.step)
         mean_lr = float(np.mean([settings.lr * lr_factor(s, settings) for s in steps]))
-        history.append({"epoch": state.epoch, "loss": float(torch.stack(state.losses[-per_epoch:]).float().mean()),
-                        "lr": mean_lr})
+        losses = [float(v) for v in state.losses[-per_epoch:]]
+        history.append({"epoch": state.epoch, "loss": float(np.mean(losses)), "lr": mean_lr})
         log.info("%s epoch %d: loss %.4f, mean lr %.3g", desc, state.epoch, history[-1]["loss"], mean_lr)
         if on_epoch is not None:
             model.eval()
