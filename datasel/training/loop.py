@@ -23,7 +23,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -146,7 +146,9 @@ class LoopState:
 
 
 @dataclass
-class LoopResult(Generic[B]):
+class LoopResult:
+    """Steps taken, epochs completed (the last one may be partial), each step's loss, the optimizer."""
+
     steps: int
     epochs: int
     losses: list[float]
@@ -169,7 +171,7 @@ def train_loop(
     on_gradients: Hook | None = None,
     after_step: Hook | None = None,
     on_epoch: Hook | None = None,
-) -> LoopResult[B]:
+) -> LoopResult:
     """Take ``settings.steps`` optimizer steps on ``loss`` over ``batches`` and leave ``model`` in eval mode.
 
     ``seed`` seeds the generator handed to ``batches`` (or is that generator, when a trainer draws from it
