@@ -7,20 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "datasel"
 
 # the runner adapters: the bridge a script calls (run_step, over_outputs), the rule files' helpers, the CLI
 ADAPTERS = {"datasel/snakemake_entry.py", "datasel/workflow_support.py", "datasel/cli.py"}
-
-# Modules whose steps still take Snakemake's object, being converted to typed arguments. The test fails once one
-# of them is clean, so that it leaves this set: it only shrinks.
-PENDING = {
-    "datasel/instruct/steps.py",
-    "datasel/rl/loop.py",
-}
 
 # names under which a function would receive the object Snakemake injects into a script
 RUNNER_OBJECT_NAMES = {"smk", "snakemake"}
@@ -58,12 +49,7 @@ def test_the_checker_sees_imports_and_runner_parameters():
 
 def test_no_library_module_imports_snakemake_or_takes_its_object():
     modules = _modules()
-    assert ADAPTERS | PENDING <= set(modules), "a listed module was moved or renamed: update this test"
-    leaking = {m: leaks for m, leaks in modules.items() if leaks and m not in ADAPTERS | PENDING}
+    assert ADAPTERS <= set(modules), "a listed module was moved or renamed: update this test"
+    leaking = {m: leaks for m, leaks in modules.items() if leaks and m not in ADAPTERS}
     assert not leaking, ("steps take typed arguments (paths, config slices, seed, device); the script in "
                          f"workflow/scripts/ unpacks snakemake into them: {leaking}")
-
-
-@pytest.mark.parametrize("module", sorted(PENDING))
-def test_a_converted_module_leaves_the_pending_set(module):
-    assert runner_leaks((ROOT / module).read_text()), f"{module} takes typed arguments now: remove it from PENDING"
