@@ -30,6 +30,7 @@ from datasel.features.steps import PRECONDITIONED_SPLITS, fitted_basis, write_sh
 from datasel.features.store import gather
 from datasel.instruct.data import encode_split, prepare_examples, read_instructions, render
 from datasel.instruct.model import adapter_state, build_tiny_model, load_adapter, load_lm
+from datasel.instruct.target_only import is_target_policy, target_selection
 from datasel.instruct.train import completion_loss, evaluate, train_lora
 from datasel.runtime import pick_device, rng_for, seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
@@ -170,6 +171,9 @@ def select(smk: Any) -> None:
     # the tasks that match the target, not to keep the pool's task mix
     entry, name = {"stratify": False, **smk.params.policy}, smk.wildcards.policy
     table = pl.read_parquet(smk.input.examples)
+    if is_target_policy(entry):
+        write_table(target_selection(table, Path(smk.output[0]).stem, smk.input.examples), smk.output[0], "selections")
+        return
     scores = read_table(smk.input.scores, "scores") if smk.input.get("scores") else None
     sel = make_selection(table, scores, name, entry, float(smk.params.fraction), int(smk.params.seed),
                          score_source=smk.input.get("scores") or "scores")
@@ -181,7 +185,8 @@ def finetune(smk: Any) -> None:
     cfg = smk.params.instruct
     table = pl.read_parquet(smk.input.examples)
     chosen = read_table(smk.input.selection, "selections").filter(pl.col("selected")).get_column("example_id")
-    train = table.filter(pl.col("example_id").is_in(chosen.implode()))
+    # trained as the train split, whichever split the rows come from (the target-alone baseline's are val rows)
+    train = table.filter(pl.col("example_id").is_in(chosen.implode())).with_columns(split=pl.lit("train"))
     test = table.filter(pl.col("split") == "test").sort("example_id")
     rows = []
     for seed in cfg["finetune"]["seeds"]:
@@ -204,7 +209,8 @@ def finetune(smk: Any) -> None:
 
 def task_shares(table: pl.DataFrame, kept: dict[str, list[str]]
                 ) -> tuple[list[str] | None, float | None, dict[str, float | None]]:
-    """The target task(s), the pool's share of rows from them (the base rate) and each selection's share.
+    """The target task(s), the pool's share of rows from them (the base rate) and each selection's share (of pool
+    rows, or of target rows for the target-alone baseline).
 
     None throughout when the pool or the target file has no task column: a share is never computed from tasks
     that were not given.
@@ -215,14 +221,16 @@ def task_shares(table: pl.DataFrame, kept: dict[str, list[str]]
         return None, None, dict.fromkeys(kept)
     tasks = sorted(set(target.get_column("task")))
     hit = pool.select("example_id", pl.col("task").is_in(tasks).alias("hit"))
+    base = float(hit.get_column("hit").mean())
+    hit = pl.concat([hit, target.select("example_id", pl.col("task").is_in(tasks).alias("hit"))])
     shares = {}
     for name, ids in kept.items():
         part = hit.filter(pl.col("example_id").is_in(ids))
         if part.height != len(ids):
-            raise DataError(f"{len(ids) - part.height} rows of selection {name} are not pool rows",
+            raise DataError(f"{len(ids) - part.height} rows of selection {name} are neither pool nor target rows",
                             field="example_id", fix="the selection is stale: rerun the workflow")
         shares[name] = float(part.get_column("hit").mean()) if part.height else None
-    return tasks, float(hit.get_column("hit").mean()), shares
+    return tasks, base, shares
 
 
 def report(smk: Any) -> None:
