@@ -152,3 +152,34 @@ def test_the_smollm2_experiment_plans(tmp_path: Path) -> None:
     assert counts["instruct_features_shard"] == str(epochs * 2 * shards)
     assert counts["instruct_finetune"] == counts["instruct_select"] == "4"
     assert "instruct_model" not in counts and counts["instruct_export"] == "1"
+
+
+def _instruct_folder(tmp_path: Path) -> Path:
+    from datasel.store import write_table
+
+    folder = tmp_path / "results" / "instruct"
+    (folder / "selections").mkdir(parents=True)
+    table = _examples().with_columns(source_row=pl.Series([0, 1, 2, 3, 0, 1, 0]))
+    table.write_parquet(folder / "examples.parquet")
+    pl.DataFrame({"prompt": ["a", "b", "c", "d"], "completion": ["1", "2", "3", "4"]}).write_parquet(
+        folder / "source_pool.parquet")
+    write_table(target_selection(table, "target_keep0"), folder / "selections/target_keep0.parquet", "selections")
+    top = pl.DataFrame({"selection": "top_keep50", "example_id": ["p0", "p1", "p2", "p3"],
+                        "selected": [True, False, True, False], "weight": [1.0, 0.0, 1.0, 0.0], "position": None},
+                       schema_overrides={"position": pl.Int64})
+    write_table(top, folder / "selections/top_keep50.parquet", "selections")
+    return tmp_path / "results"
+
+
+def test_export_of_an_instruct_run_counts_its_rows_and_refuses_the_target_alone(tmp_path: Path) -> None:
+    from datasel.export import export_selection
+    from datasel.export.folder import read_marker
+
+    results = _instruct_folder(tmp_path)
+    out = export_selection(results, "top_keep50", "jsonl", tmp_path / "out")
+    assert pl.read_ndjson(out / "top_keep50.jsonl").get_column("prompt").to_list() == ["a", "c"]
+    marker = read_marker(out)
+    assert marker["rows_per_split"] == {"train": 2} and marker["train_rows_total"] == 4
+    with pytest.raises(DataError) as err:
+        export_selection(results, "target_keep0", "jsonl", tmp_path / "out2")
+    assert "target-alone" in err.value.problem and not (tmp_path / "out2").exists()
