@@ -127,7 +127,8 @@ def _days(rng: np.random.Generator, n: int) -> list[Pair]:
     out = []
     for d, a, b in zip(_dates(rng, n), rng.integers(1, 29, n).tolist(), rng.integers(1, 29, n).tolist()):
         lo, hi = d.replace(day=min(a, b)), d.replace(day=max(a, b))
-        out.append((_ask(f"How many days are there from {lo.isoformat()} to {hi.isoformat()}?"), str(hi.day - lo.day)))
+        question = f"How many days are there from {lo.isoformat()} to {hi.isoformat()}?"
+        out.append((_ask(question), str(hi.day - lo.day)))
     return out
 
 
@@ -202,7 +203,8 @@ def generate(cfg: dict[str, Any]) -> dict[str, pl.DataFrame]:
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or len(set(names)) != len(names):
         raise ConfigError(f"task families {unknown or names} are unknown or repeated",
-                          field="instruct.data.generate.families", fix=f"list some of {', '.join(FAMILIES)} once each")
+                          field="instruct.data.generate.families",
+                          fix=f"list some of {', '.join(FAMILIES)} once each")
     rng = np.random.default_rng(int(cfg.get("seed", 0)))
     per, n_target, n_test = int(cfg.get("per_family", 100)), int(cfg.get("target", 40)), int(cfg.get("test", 100))
     pool = []
