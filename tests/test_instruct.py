@@ -122,8 +122,8 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     sc = pl.read_parquet(scores)
     assert sc.height == table.filter(pl.col("split") == "train").height and sc.get_column("score").is_finite().all()
     sels = {}
-    for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0)):
-        entry = cfg["selection"]["policies"][name]
+    for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0), ("target", 0.0)):
+        entry = cfg["selection"]["policies"].get(name, {"policy": "target"})  # the target rows alone
         out = r / f"selections/{name}_keep{round(fraction * 100)}.parquet"
         inputs = IO(examples=str(ex), **({"scores": str(scores)} if entry.get("score") else {}))
         steps.select(Smk(input=inputs, output=IO(str(out)),
@@ -140,6 +140,7 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     summary = pl.read_csv(csv)
     by = {row["selection"]: row for row in summary.iter_rows(named=True)}
     assert by["full_keep100"]["target_share"] == pytest.approx(by["full_keep100"]["base_rate"])
+    assert by["target_keep0"]["kept"] == 8 and by["target_keep0"]["target_share"] == 1.0
     # the target set is all arithmetic: LESS's top quarter holds more of it than the pool does
     assert by["less_top_keep25"]["target_share"] > by["less_top_keep25"]["base_rate"]
     assert np.isfinite(summary.get_column("loss_mean").to_numpy()).all()
