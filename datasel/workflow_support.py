@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from datasel.errors import ConfigError
+from datasel.instruct.target_only import TARGET_POLICY
 from datasel.models.locate import lm_source, locate_model
 
 # selection policies that read gradient features (`features: <set>[/<ckpt>]`) instead of a score table
@@ -276,8 +277,10 @@ def ins_model_dir(ins: Mapping[str, Any]) -> str:
 
 
 def ins_fraction(ins: Mapping[str, Any], name: str) -> float:
-    """The fraction of the pool selection policy `name` keeps (a `full` policy keeps everything)."""
-    return 1.0 if ins["selection"]["policies"][name]["policy"] == "full" else ins["selection"]["fraction"]
+    """The fraction of the pool selection policy `name` keeps (a `full` policy keeps everything, the target-alone
+    baseline none: it trains on the target rows)."""
+    policy = ins["selection"]["policies"][name]["policy"]
+    return {"full": 1.0, TARGET_POLICY: 0.0}.get(policy, ins["selection"]["fraction"])
 
 
 def ins_selection(ins: Mapping[str, Any], name: str) -> str:
@@ -311,4 +314,7 @@ def ins_exports(ins: Mapping[str, Any]) -> list[str]:
         if n not in policies:
             raise ConfigError(f"names policy '{n}', which does not exist", field="instruct.export.selections",
                               fix=f"use some of: {', '.join(policies)}")
+        if policies[n]["policy"] == TARGET_POLICY:
+            raise ConfigError(f"policy '{n}' keeps the target rows, not pool rows: there is nothing of the pool to "
+                              "export", field="instruct.export.selections", fix=f"remove '{n}' from the list")
     return [f"{INSTRUCT_DIR}/export/{ins_selection(ins, n)}" for n in names]

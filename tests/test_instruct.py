@@ -35,7 +35,8 @@ TINY_CFG: dict[str, Any] = {
         "device": "cpu",
         "data": {"pool": "data/pool.jsonl", "target": "data/target.jsonl", "test": "data/test.jsonl",
                  "max_length": 40,
-                 "generate": {"per_family": 12, "target": 8, "test": 6, "target_family": "arith", "seed": 0}},
+                 "generate": {"per_family": 12, "target": 8, "test": 6, "target_family": "arith", "seed": 0,
+                              "families": ["arith", "docname", "reverse", "sort", "module"]}},
         "model": {"tiny": {"vocab_size": 300, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64},
                   "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]}},
         "warmup": {"fraction": 0.3, "epochs": 2, "batch_size": 8, "lr": 0.01},
@@ -100,8 +101,8 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     sc = pl.read_parquet(scores)
     assert sc.height == table.filter(pl.col("split") == "train").height and sc.get_column("score").is_finite().all()
     sels = {}
-    for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0)):
-        entry = cfg["selection"]["policies"][name]
+    for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0), ("target", 0.0)):
+        entry = cfg["selection"]["policies"].get(name, {"policy": "target"})  # the target rows alone
         out = r / f"selections/{name}_keep{round(fraction * 100)}.parquet"
         steps.select(str(ex), str(scores) if entry.get("score") else None, out=str(out), name=name, policy=entry,
                      fraction=fraction, seed=0)
@@ -115,6 +116,7 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     summary = pl.read_csv(csv)
     by = {row["selection"]: row for row in summary.iter_rows(named=True)}
     assert by["full_keep100"]["target_share"] == pytest.approx(by["full_keep100"]["base_rate"])
+    assert by["target_keep0"]["kept"] == 8 and by["target_keep0"]["target_share"] == 1.0
     # the target set is all arithmetic: LESS's top quarter holds more of it than the pool does
     assert by["less_top_keep25"]["target_share"] > by["less_top_keep25"]["base_rate"]
     assert np.isfinite(summary.get_column("loss_mean").to_numpy()).all()

@@ -65,8 +65,11 @@ def export_selection(results: str | Path, selection: str, fmt: str, out: str | P
             raise DataselError("an instruct run exports pool rows only", file=folder, field="--splits",
                                fix="leave --splits out (the target and test files are yours already)")
         rows, used = instruct_frame(folder, selection, order, internal)
+        pool_rows = pl.scan_parquet(folder / "examples.parquet").filter(pl.col("split") == "train").select(
+            pl.len()).collect().item()
         return write_export(rows, fmt, selection, out, overwrite,
-                            {"order": used, "internal": internal, "splits": ["train"]})
+                            {"order": used, "internal": internal, "splits": ["train"],
+                             "rows_per_split": {"train": rows.height}, "train_rows_total": pool_rows})
     inputs = load_inputs(results, selection)
     rows, used, counts = export_frame(inputs, order, internal, wanted)
     train_rows = int((inputs.examples.get_column("split") == "train").sum())

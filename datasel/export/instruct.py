@@ -30,6 +30,12 @@ def instruct_frame(folder: str | Path, name: str, order: str | None = None, inte
     pool = examples.filter(pl.col("split") == "train").select("example_id", pl.col("source_row")
                                                               .alias(HELPERS["source_row"]))
     rows = sel.join(pool, on="example_id", how="inner")
+    if rows.height == 0 and sel.height and sel.join(examples.filter(pl.col("split") == "val"), on="example_id",
+                                                    how="semi").height == sel.height:
+        raise DataError(f"selection {name} trains on the target rows (the target-alone baseline), not on pool rows: "
+                        "there is no pool row to export", file=path, field="SELECTION",
+                        fix="export a selection of the pool (e.g. less_top_keep5); the target rows are your "
+                            "target file")
     if rows.height != sel.height:
         raise DataError(f"{sel.height - rows.height} selected ids are not pool rows of the examples table",
                         file=path, field="example_id", fix="the selection is stale: rerun the workflow")

@@ -31,6 +31,7 @@ from datasel.features.steps import PRECONDITIONED_SPLITS, fitted_basis, write_sh
 from datasel.features.store import gather
 from datasel.instruct.data import prepare_examples, read_instructions, render
 from datasel.instruct.model import adapter_state, build_tiny_model, load_adapter, load_lm
+from datasel.instruct.target_only import is_target_policy, target_selection
 from datasel.instruct.train import evaluate, train_lora
 from datasel.runtime import pick_device, rng_for, seed_everything
 from datasel.scoring.base import SCORERS, ScoreInputs, finalize_scores
@@ -184,6 +185,9 @@ def select(examples: str, scores: str | None, out: str, name: str, policy: dict[
     # the tasks that match the target, not to keep the pool's task mix
     entry = {"stratify": False, **policy}
     table = pl.read_parquet(examples)
+    if is_target_policy(entry):
+        write_table(target_selection(table, Path(out).stem, examples), out, "selections")
+        return
     score_table = read_table(scores, "scores") if scores else None
     sel = make_selection(table, score_table, name, entry, float(fraction), int(seed), score_source=scores or "scores")
     write_table(sel, out, "selections")
@@ -194,7 +198,8 @@ def finetune(cfg: dict[str, Any], model_dir: str, examples: str, selection: str,
     the test split."""
     table = pl.read_parquet(examples)
     chosen = read_table(selection, "selections").filter(pl.col("selected")).get_column("example_id")
-    train = table.filter(pl.col("example_id").is_in(chosen.implode()))
+    # trained as the train split, whichever split the rows come from (the target-alone baseline's are val rows)
+    train = table.filter(pl.col("example_id").is_in(chosen.implode())).with_columns(split=pl.lit("train"))
     test = table.filter(pl.col("split") == "test").sort("example_id")
     rows = []
     for seed in cfg["finetune"]["seeds"]:
@@ -217,7 +222,8 @@ def finetune(cfg: dict[str, Any], model_dir: str, examples: str, selection: str,
 
 def task_shares(table: pl.DataFrame, kept: dict[str, list[str]]
                 ) -> tuple[list[str] | None, float | None, dict[str, float | None]]:
-    """The target task(s), the pool's share of rows from them (the base rate) and each selection's share.
+    """The target task(s), the pool's share of rows from them (the base rate) and each selection's share (of pool
+    rows, or of target rows for the target-alone baseline).
 
     None throughout when the pool or the target file has no task column: a share is never computed from tasks
     that were not given.
@@ -228,14 +234,16 @@ def task_shares(table: pl.DataFrame, kept: dict[str, list[str]]
         return None, None, dict.fromkeys(kept)
     tasks = sorted(set(target.get_column("task")))
     hit = pool.select("example_id", pl.col("task").is_in(tasks).alias("hit"))
+    base = float(hit.get_column("hit").mean())
+    hit = pl.concat([hit, target.select("example_id", pl.col("task").is_in(tasks).alias("hit"))])
     shares = {}
     for name, ids in kept.items():
         part = hit.filter(pl.col("example_id").is_in(ids))
         if part.height != len(ids):
-            raise DataError(f"{len(ids) - part.height} rows of selection {name} are not pool rows",
+            raise DataError(f"{len(ids) - part.height} rows of selection {name} are neither pool nor target rows",
                             field="example_id", fix="the selection is stale: rerun the workflow")
         shares[name] = float(part.get_column("hit").mean()) if part.height else None
-    return tasks, float(hit.get_column("hit").mean()), shares
+    return tasks, base, shares
 
 
 def report(examples: str, truncation: str, selections: Paths, metrics: Paths, md: str, csv: str) -> None:
