@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, AnyJob, recording, script_step
 
 from datasel.errors import ConfigError
 from datasel.scoring.base import finalize_scores
@@ -178,59 +178,9 @@ def test_score_step_scores_on_the_device_it_is_given(tmp_path, tiny_examples, mo
     assert seen[-1].device == "auto"  # the default, for a call from Python that names none
 
 
-class _Job:
-    """The object Snakemake hands a script, as far as a script unpacks it: every field answers, and the run's
-    config is a real dict."""
-
-    def __init__(self, config: dict | None = None) -> None:
-        self.config = config
-
-    def __getattr__(self, name: str) -> _Job:
-        return _Job()
-
-    def __getitem__(self, key) -> _Job:
-        return _Job()
-
-    def get(self, key, default=None) -> _Job:
-        return _Job()
-
-    def __iter__(self):
-        return iter([_Job()])
-
-    def __len__(self) -> int:
-        return 1
-
-    def __int__(self) -> int:
-        return 0
-
-    def __float__(self) -> float:
-        return 0.0
-
-    def __str__(self) -> str:  # a wildcard's value, e.g. a seed
-        return "0"
-
-
 SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "workflow" / "scripts").glob("*.py"))
 # a step whose device is its own stage's key rather than compute.device
 OWN_DEVICE = {"cures_train": "cures.policy.device"}
-
-
-def _step_of(script: Path):
-    import ast
-    import importlib
-
-    tree = ast.parse(script.read_text())
-    (module, name), = [(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom)
-                       for a in n.names if n.module != "datasel.snakemake_entry"]
-    return tree, importlib.import_module(module), name
-
-
-def _recording(real, calls: list):
-    """A stand-in for step ``real`` that records the arguments each call binds to its signature."""
-    import inspect
-
-    sig = inspect.signature(real)
-    return lambda *a, **k: calls.append(sig.bind(*a, **k))
 
 
 def test_each_script_hands_its_step_the_runs_compute_device(monkeypatch):
@@ -243,14 +193,14 @@ def test_each_script_hands_its_step_the_runs_compute_device(monkeypatch):
     monkeypatch.setattr(datasel.snakemake_entry, "run_step", lambda smk, fn, **kw: fn(smk))
     checked, wrong = set(), []
     for script in SCRIPTS:
-        tree, module, name = _step_of(script)
+        tree, module, name = script_step(script)
         real = getattr(module, name)
         if "device" not in inspect.signature(real).parameters or script.stem in OWN_DEVICE:
             continue
         bound = []
         with monkeypatch.context() as m:
-            m.setattr(module, name, _recording(real, bound))
-            exec(compile(tree, str(script), "exec"), {"snakemake": _Job({"compute": {"device": "cuda"}})})
+            m.setattr(module, name, recording(real, bound))
+            exec(compile(tree, str(script), "exec"), {"snakemake": AnyJob({"compute": {"device": "cuda"}})})
         checked.add(script.stem)
         if not bound or any(b.arguments.get("device") != "cuda" for b in bound):
             wrong.append(f"{script.name} does not pass compute.device to {name}(device=...)")
