@@ -113,6 +113,6 @@ def _build_run_folder_data(configfile: Path, run: Path) -> None:
 
 @pytest.mark.parametrize("configfile", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_snakemake_lint_of_each_experiment(configfile, tmp_path):
-    # about 5-10 s each on two cores: the Snakefile parsed under that config, no job run
+    # about 4 s of CPU each (the Snakefile parsed under that config, no job run), so one test per config
     _build_run_folder_data(configfile, tmp_path)
     _unexpected_lints(tmp_path, configfile)
