@@ -45,8 +45,9 @@ def prepare(data: dict[str, Any], examples_out: PathLike, meta_out: PathLike) ->
 def score(name: str, cfg: dict[str, Any], examples: PathLike, meta: PathLike, out: PathLike, *,
           checkpoints: Sequence[PathLike] = (), features: Sequence[PathLike] = (),
           epoch_tables: Sequence[PathLike] = (), model_cfg: dict[str, Any] | None = None,
-          proxy: dict[str, Any] | None = None) -> None:
-    """Score the training examples with scoring entry ``name`` (its config ``cfg``) and write its score table."""
+          proxy: dict[str, Any] | None = None, device: str = "auto") -> None:
+    """Score the training examples with scoring entry ``name`` (its config ``cfg``) on ``device`` (``compute.device``:
+    auto, cpu, cuda) and write its score table."""
     cfg = dict(cfg)
     scorer = SCORERS.get(cfg.get("method", name), where=f"scoring.{name}.method")(cfg)
     inputs = ScoreInputs(
@@ -58,6 +59,7 @@ def score(name: str, cfg: dict[str, Any], examples: PathLike, meta: PathLike, ou
         seed=int(cfg.get("seed", 0)),
         epoch_tables=[Path(p) for p in epoch_tables],
         proxy_cfg=dict(proxy or {}),
+        device=device,
     )
     seed_everything(inputs.seed)
     table = finalize_scores(scorer.score(inputs), name)

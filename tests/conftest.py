@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +31,55 @@ TINY = {
     "training": {"model": {"name": "mlp", "hidden": [32]}, "seeds": [0, 1], "budget": {"unit": "steps", "value": 40},
                  "batch_size": 64},
 }
+
+
+class AnyJob:
+    """Stands for the object Snakemake hands a script: every attribute, item, call and conversion answers (a wildcard
+    reads as "0", an output list has one entry); ``config`` is the run's config when one is given."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        if config is not None:
+            self.config = config
+
+    def __getattr__(self, name: str) -> AnyJob:
+        return AnyJob()
+
+    def __getitem__(self, key: object) -> AnyJob:
+        return AnyJob()
+
+    def __call__(self, *args: object, **kwargs: object) -> AnyJob:
+        return AnyJob()
+
+    def __iter__(self):
+        return iter([AnyJob()])
+
+    def __len__(self) -> int:
+        return 1
+
+    def __int__(self) -> int:
+        return 0
+
+    def __float__(self) -> float:
+        return 0.0
+
+    def __str__(self) -> str:
+        return "0"
+
+
+def script_step(script: Path) -> tuple[ast.Module, ModuleType, str]:
+    """A workflow script's parsed source, and the library module and name of the one step it calls."""
+    tree = ast.parse(script.read_text())
+    (module, name), = [(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom)
+                       for a in n.names if n.module != "datasel.snakemake_entry"]
+    return tree, importlib.import_module(module), name
+
+
+def recording(step: Any, calls: list) -> Any:
+    """A stand-in for ``step`` that records the arguments each call binds to its signature."""
+    import inspect
+
+    sig = inspect.signature(step)
+    return lambda *a, **k: calls.append(sig.bind(*a, **k))
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """The code and the workflow as their ecosystems expect them, enforced by the test suite (so by CI): ruff on the
-Python, snakefmt on the Snakefile and rule files, and Snakemake's own linter on the default config."""
+Python, snakefmt on the Snakefile and rule files, and Snakemake's own linter on the default config and on every experiment config."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -70,14 +71,48 @@ def test_parse_lint_reads_snakemakes_report():
     assert parse_lint(text) == {"snakefile rules/x.smk": [MIXED], "rule prepare": [next(iter(ACCEPTED))]}
 
 
-def test_snakemake_lint_finds_only_the_accepted_lint(tmp_path):
-    # the default config, parsed only (no job runs), in an empty run folder so nothing is written to the checkout
-    out = _run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                str(tmp_path), "--lint"])
+def _unexpected_lints(tmp_path: Path, configfile: Path | None = None) -> None:
+    """Snakemake's lint of one config, parsed only (no job runs), in an empty run folder so nothing is written to
+    the checkout; fails on any lint but the accepted one."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    out = _run([*cmd, "--lint"])
     text = out.stdout + out.stderr
     found = parse_lint(text)
     assert found, f"snakemake --lint printed no report (exit {out.returncode}):\n{text[-3000:]}"
-    assert any(f.startswith("rule ") for f in found), "the default config's rules were not linted"
+    assert any(f.startswith("rule ") for f in found), "the config's rules were not linted"
     unexpected = {w: [t for t in titles if t not in ACCEPTED] for w, titles in found.items()}
     unexpected = {w: t for w, t in unexpected.items() if t}
     assert not unexpected, f"snakemake --lint: {unexpected}\n{text[-6000:]}"
+
+
+def test_snakemake_lint_finds_only_the_accepted_lint(tmp_path):
+    _unexpected_lints(tmp_path)
+
+
+# Data files an experiment reads from its run folder, built there by the command its header gives, so the config
+# parses as it does for a user who followed that header.
+RUN_FOLDER_DATA = {"data/stdlib_docstrings.jsonl": "datasel.features.textdata"}
+EXPERIMENTS = sorted((ROOT / "config" / "experiments").glob("*.yaml"))
+
+
+def _build_run_folder_data(configfile: Path, run: Path) -> None:
+    from datasel.config import load_config
+
+    data = load_config([configfile]).config.get("data") or {}
+    path = data.get("path") if data.get("source") == "files" else None
+    if path is None or Path(path).is_absolute():
+        return
+    builder = RUN_FOLDER_DATA.get(str(path))
+    if builder is None:
+        pytest.fail(f"{configfile.name} reads {path} from its run folder: add the module that builds it to "
+                    "RUN_FOLDER_DATA in tests/test_lint.py")
+    importlib.import_module(builder).main([str(run / path)])
+
+
+@pytest.mark.parametrize("configfile", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_snakemake_lint_of_each_experiment(configfile, tmp_path):
+    # about 4 s of CPU each (the Snakefile parsed under that config, no job run), so one test per config
+    _build_run_folder_data(configfile, tmp_path)
+    _unexpected_lints(tmp_path, configfile)

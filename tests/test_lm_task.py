@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from conftest import AnyJob, recording, script_step
 from lm_models import CHAT_TEMPLATE, save_tiny_gpt2, save_tiny_llama
 
 from datasel.errors import ConfigError, DataError
@@ -202,28 +203,6 @@ def test_the_fine_tune_gives_the_same_adapter_bytes_for_the_same_seed(lms) -> No
     assert a == b and a != c
 
 
-class Anything:
-    """Stands for any part of the Snakemake object: every attribute, item, call and conversion answers."""
-
-    def __getattr__(self, name: str) -> Anything:
-        return Anything()
-
-    def __getitem__(self, key: object) -> Anything:
-        return Anything()
-
-    def __call__(self, *args: object, **kwargs: object) -> Anything:
-        return Anything()
-
-    def __iter__(self):
-        return iter([Anything()])
-
-    def __int__(self) -> int:
-        return 0
-
-    def __float__(self) -> float:
-        return 0.0
-
-
 STEP_SCRIPTS = sorted(p for p in (Path(__file__).parents[1] / "workflow" / "scripts").glob("*.py")
                       if p.name.startswith("instruct_") or p.stem in ("cures_prompts", "cures_warmstart", "cures_train"))
 
@@ -232,22 +211,17 @@ STEP_SCRIPTS = sorted(p for p in (Path(__file__).parents[1] / "workflow" / "scri
 def test_each_script_binds_its_steps_typed_arguments(script: Path, monkeypatch) -> None:
     """The two-line bridge: the script's lambda hands the step arguments its signature takes (no Snakemake object
     reaches the library)."""
-    import ast
-    import importlib
     import inspect
 
     import datasel.snakemake_entry
 
-    tree = ast.parse(script.read_text())
-    (module, name), = [(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom)
-                       for a in n.names if n.module != "datasel.snakemake_entry"]
-    real = getattr(importlib.import_module(module), name)
+    tree, module, name = script_step(script)
+    real = getattr(module, name)
     assert "smk" not in inspect.signature(real).parameters
     bound = []
-    monkeypatch.setattr(importlib.import_module(module), name,
-                        lambda *a, **k: bound.append(inspect.signature(real).bind(*a, **k)))
+    monkeypatch.setattr(module, name, recording(real, bound))
     monkeypatch.setattr(datasel.snakemake_entry, "run_step", lambda smk, fn: fn(smk))
-    exec(compile(tree, str(script), "exec"), {"snakemake": Anything()})
+    exec(compile(tree, str(script), "exec"), {"snakemake": AnyJob()})
     assert len(bound) == 1
     assert not {n for n, v in bound[0].arguments.items() if v is None} - {"scores"}
 

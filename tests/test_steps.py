@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, AnyJob, recording, script_step
 
 from datasel.errors import ConfigError
 from datasel.scoring.base import finalize_scores
@@ -152,3 +152,57 @@ def test_compute_device_reads_the_runs_compute_section():
     assert compute_device(SimpleNamespace(config={"compute": {"device": "cuda"}})) == "cuda"
     assert compute_device(SimpleNamespace(config={"compute": {"threads": 2}})) == "auto"
     assert compute_device(SimpleNamespace()) == "auto"  # a job object without a config (a test's)
+
+
+def test_score_step_scores_on_the_device_it_is_given(tmp_path, tiny_examples, monkeypatch):
+    """The scorer reads the step's ``device`` (the run's compute.device), not a fixed "auto"."""
+    import datasel.pipeline
+    from datasel.scoring.base import ScoreInputs, Scorer
+
+    seen: list[ScoreInputs] = []
+
+    class Recording(Scorer):
+        def score(self, inputs: ScoreInputs) -> pl.DataFrame:
+            seen.append(inputs)
+            return _noise_score(pl.read_parquet(inputs.examples)).select("example_id", "score")
+
+    monkeypatch.setattr(datasel.pipeline.SCORERS, "get", lambda name, where=None: Recording)
+    df, meta = tiny_examples
+    examples = _examples(tmp_path, df, meta)
+    for device in ("cpu", "cuda", "auto"):
+        out = tmp_path / "scores" / f"{device}.parquet"
+        datasel.pipeline.score("s", {"method": "s"}, examples, examples.with_name("meta.json"), out, device=device)
+        assert read_table(out, "scores").height == df.filter(pl.col("split") == "train").height
+    assert [i.device for i in seen] == ["cpu", "cuda", "auto"]
+    datasel.pipeline.score("s", {"method": "s"}, examples, examples.with_name("meta.json"), tmp_path / "d.parquet")
+    assert seen[-1].device == "auto"  # the default, for a call from Python that names none
+
+
+SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "workflow" / "scripts").glob("*.py"))
+# a step whose device is its own stage's key rather than compute.device
+OWN_DEVICE = {"cures_train": "cures.policy.device"}
+
+
+def test_each_script_hands_its_step_the_runs_compute_device(monkeypatch):
+    """A step that computes on a device gets the run's compute.device from its script (or, where listed, its own
+    stage's device key)."""
+    import inspect
+
+    import datasel.snakemake_entry
+
+    monkeypatch.setattr(datasel.snakemake_entry, "run_step", lambda smk, fn, **kw: fn(smk))
+    checked, wrong = set(), []
+    for script in SCRIPTS:
+        tree, module, name = script_step(script)
+        real = getattr(module, name)
+        if "device" not in inspect.signature(real).parameters or script.stem in OWN_DEVICE:
+            continue
+        bound = []
+        with monkeypatch.context() as m:
+            m.setattr(module, name, recording(real, bound))
+            exec(compile(tree, str(script), "exec"), {"snakemake": AnyJob({"compute": {"device": "cuda"}})})
+        checked.add(script.stem)
+        if not bound or any(b.arguments.get("device") != "cuda" for b in bound):
+            wrong.append(f"{script.name} does not pass compute.device to {name}(device=...)")
+    assert not wrong, wrong
+    assert {"proxy", "features_shard", "score", "train"} <= checked

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import ROOT
 
 from datasel.errors import DataselError
 from datasel.store import atomic_path, read_table, save_checkpoint_file, write_table
-from datasel.store.atomic import disk_error, verify_zip
+from datasel.store.atomic import disk_error, move_into_place, verify_zip
 from datasel.store.catalog import build_catalog, query
 from datasel.store.tables import verify_parquet
 
@@ -224,9 +225,8 @@ ALLOWED = {
     # the writer itself
     ("datasel/store/atomic.py", "*"),
     # `datasel export` has its own folder protocol: a lock, a marker of every file written, the previous export
-    # moved aside and removed by its marker only (never a file of the user's), fsync of the whole tree; its files
-    # are written into its own temporary folder before that folder is renamed into place
-    ("datasel/export/__init__.py", "rename"),
+    # removed by its marker only (never a file of the user's); its files are written into its own temporary folder,
+    # which atomic.move_into_place renames into place
     ("datasel/export/formats.py", "write"),
     ("datasel/export/folder.py", "write"),
     # a feature shard's preallocated features.f16 / done.u8 are written in place chunk by chunk (pwrite, then
@@ -330,3 +330,32 @@ def test_the_write_audit_catches_direct_writes(tmp_path):
         "        model.save_pretrained(tmp)\n")
     assert [(line, kind) for line, kind, _ in _write_findings(mod)] == [
         (5, "rename"), (6, "write"), (7, "write"), (8, "write"), (9, "write"), (10, "write"), (12, "rename")]
+
+
+def test_move_into_place_replaces_a_folder_whole_and_restores_it_when_the_move_fails(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new = tmp_path / ".tmp-new"
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    discarded = []
+
+    def discard(old):
+        discarded.append(sorted(p.name for p in old.iterdir()))
+        shutil.rmtree(old)
+
+    move_into_place(new, out, discard=discard)
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and discarded == [["old.txt"]]
+    # the new folder cannot be moved in: the folder that stepped aside comes back, nothing is discarded
+    with pytest.raises(FileNotFoundError):
+        move_into_place(tmp_path / ".tmp-missing", out, replace_folder=True, discard=discard)
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and len(discarded) == 1
+    # a folder the caller did not choose to replace is left alone: os.replace refuses a non-empty one
+    other = tmp_path / ".tmp-other"
+    other.mkdir()
+    (other / "x.txt").write_text("x")
+    with pytest.raises(OSError):
+        move_into_place(other, out, replace_folder=False)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other", "out"]

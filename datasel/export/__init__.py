@@ -20,19 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from datasel.errors import DataselError
-from datasel.export.folder import (
-    check_replaceable,
-    export_lock,
-    fsync_tree,
-    refuse_protected,
-    remove_export,
-    umask,
-    write_marker,
-)
-from datasel.export.formats import FORMATS, check_format, is_disk_full, require_format, verify, write_rows
+from datasel.export.folder import check_replaceable, export_lock, refuse_protected, remove_export, write_marker
+from datasel.export.formats import FORMATS, check_format, require_format, verify, write_rows
 from datasel.export.frame import DEFAULT_SPLITS, ORDERS, SPLITS, export_frame, parse_splits
 from datasel.export.inputs import available_selections, instruct_folder, load_inputs
 from datasel.export.instruct import instruct_frame
+from datasel.store.atomic import disk_error, follow_umask, fsync_path, fsync_tree, move_into_place
 
 __all__ = ["DEFAULT_SPLITS", "FORMATS", "ORDERS", "SPLITS", "available_selections", "export_selection",
            "parse_splits", "selected_rows", "write_export"]
@@ -98,52 +91,36 @@ def write_export(rows: pl.DataFrame, fmt: str, name: str, out: str | Path, overw
 def _write_and_place(rows: pl.DataFrame, fmt: str, stem: str, info: dict, out: Path, exists: bool) -> None:
     """Write into a temporary sibling folder, verify, mark and flush it, then swap it in for ``out``."""
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
-    old = None
     try:
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; an export folder follows the umask like any other
+        follow_umask(tmp)  # mkdtemp makes 0700; an export folder follows the umask like any other
         try:
             write_rows(rows, fmt, tmp, stem)
         except Exception as exc:
-            if is_disk_full(exc):  # polars reports a full disk as a ComputeError, not an OSError
+            if disk_error(exc):  # polars reports a full disk as a ComputeError, not an OSError
                 raise _write_error(exc, out) from None
             raise
         verify(rows, fmt, tmp, stem)
         write_marker(tmp, info)
         fsync_tree(tmp)
-        if exists:
-            # the previous export (checked under the lock) goes aside first, so `out` is always one whole export
-            old = out.parent / f".tmp-old-{tmp.name}"
-            out.rename(old)
         try:
-            tmp.rename(out)
+            # the previous export (checked under the lock) steps aside first, so `out` is always one whole export,
+            # and is removed by its marker only, never a file of the user's
+            move_into_place(tmp, out, replace_folder=exists, discard=remove_export)
         except OSError as exc:
-            if old is not None:
-                old.rename(out)
-                old = None
             raise DataselError(f"cannot move the export into place ({exc.strerror})", file=out, field="--out",
                                fix="another process created this folder meanwhile: choose a new one") from None
-        _fsync_dir(out.parent)
+        fsync_path(out.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, never the user's
-        if old is not None:
-            remove_export(old)
 
 
 def _write_error(exc: BaseException, out: Path) -> DataselError:
     """A failed write as a clear error; a full disk (or file size limit) is named as such."""
-    if is_disk_full(exc):
+    if disk_error(exc):
         return DataselError("disk full (or over the file size limit) while writing the export; nothing was "
                             "changed", file=out, field="--out", fix="free disk space, or export to another disk")
     what = getattr(exc, "strerror", None) or str(exc)
     where = getattr(exc, "filename", None) or out
     return DataselError(f"cannot write the export ({what})", file=where, field="--out",
                         fix="check that the folder is writable and retry")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

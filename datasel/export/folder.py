@@ -30,13 +30,6 @@ MARKER = ".datasel-export.json"
 PROJECT_SIGNS = (".git", "Snakefile", "results")
 
 
-def umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -168,17 +161,6 @@ def remove_export(folder: Path) -> None:
             os.rmdir(root)  # fails on a folder that still holds something: then it stays
     if folder.exists():
         log.warning("the previous export %s held files that appeared after it was checked; kept it", folder)
-
-
-def fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk, so a completed rename is a completed write."""
-    for root, _dirs, files in os.walk(folder):
-        for name in [*files, "."]:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 @contextlib.contextmanager

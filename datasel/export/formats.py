@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import re
 from pathlib import Path
 
 import polars as pl
@@ -11,15 +9,6 @@ import polars as pl
 from datasel.errors import DataselError
 
 FORMATS = ("parquet", "jsonl", "csv", "hf")
-# "disk full" as the OS reports it, including through polars, whose Rust errors carry the errno only in the text
-_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-_FULL_TEXT = re.compile(r"os error (28|27|122)\b|No space left on device|File too large|Disk quota exceeded")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return getattr(exc, "errno", None) in _FULL_ERRNOS or bool(_FULL_TEXT.search(str(exc)))
-
-
 def require_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise DataselError(f"unknown format '{fmt}'", field="--format", fix=f"use one of {', '.join(FORMATS)}")

@@ -1,6 +1,6 @@
 """Library side of the DGA rules (rules/dga.smk): build the domain data, train one run, score alignment, plot.
 
-Each ``*_step`` takes typed arguments (paths, the rule's config slice, the seed) that the two-line scripts in
+Each ``*_step`` takes typed arguments (paths, the rule's config slice, the seed) that the short scripts in
 ``workflow/scripts/dga_*.py`` unpack from ``snakemake``; the logic sits in the functions above them so the benchmark
 and tests call the same code.
 """

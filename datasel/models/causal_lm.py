@@ -91,7 +91,6 @@ def _converted(folder: Path) -> bool:
 
 def gguf_cache_folder(gguf: str | Path, field: str = "model") -> Path:
     """The safetensors folder of ``gguf``, converted now if the cache does not hold it yet."""
-    from datasel.export.folder import fsync_tree
     from datasel.store.atomic import atomic_path, incomplete
 
     gguf = Path(gguf)
@@ -115,13 +114,11 @@ def gguf_cache_folder(gguf: str | Path, field: str = "model") -> Path:
                 raise incomplete(tmp, "the converted folder has no config.json or safetensors weights")
 
         log.info("dequantizing %s once into %s (later jobs load the folder)", gguf, folder)
-        with atomic_path(folder, verify=verify) as tmp:
-            tmp.unlink()
+        with atomic_path(folder, verify=verify, folder=True) as tmp:
             model, tok = _load_gguf(gguf, field)
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / CONVERTED_MARK).write_text(json.dumps({"source": str(gguf), "sha256": digest}, indent=2))
-            fsync_tree(tmp)
     return folder
 
 

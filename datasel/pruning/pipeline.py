@@ -1,6 +1,6 @@
 """GAPrune end to end: triplets → gradient statistics → prune (DAI or a baseline) → evaluate → retrain → evaluate.
 
-Library functions used by the benchmark, plus the step functions (``step_*``) that the two-line scripts in
+Library functions used by the benchmark, plus the step functions (``step_*``) that the short scripts in
 ``workflow/scripts/gaprune_*.py`` call with the rule's paths, config slice and wildcards. The triplets are a task
 kind (:class:`datasel.tasks.triplets.TripletTask`): the model, the splits and the loss come from it.
 """

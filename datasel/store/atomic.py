@@ -86,7 +86,7 @@ def raise_disk_error(exc: BaseException, path: str | os.PathLike) -> None:
     ) from exc
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
     """Flush ``path`` (a file, or a folder's entries) to disk; best effort where the OS refuses a folder fsync."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -103,19 +103,27 @@ def fsync_tree(folder: str | os.PathLike) -> None:
     for root, dirs, files in os.walk(folder):
         for name in [*files, *dirs]:
             if not os.path.islink(os.path.join(root, name)):
-                _fsync(Path(root, name))
-    _fsync(Path(folder))
+                fsync_path(Path(root, name))
+    fsync_path(Path(folder))
 
 
-def _place(tmp: Path, path: Path, exclusive: bool) -> None:
-    """Rename (or, ``exclusive``, link) the finished temporary onto ``path``; a folder replaces a folder whole."""
-    if exclusive:
-        os.link(tmp, path)  # FileExistsError when the name is taken: nothing is replaced
-        return
+def _remove_tree(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def move_into_place(tmp: Path, path: Path, *, replace_folder: bool | None = None,
+                    discard: Callable[[Path], Any] = _remove_tree) -> None:
+    """Rename the finished ``tmp`` onto ``path``; a folder replaces a folder whole.
+
+    ``os.replace`` cannot replace a non-empty folder: the folder at ``path`` steps aside under a temporary name
+    first, so ``path`` is always one whole folder; it comes back if ``tmp`` cannot be moved in, else ``discard``
+    removes it (by default the whole tree). ``replace_folder`` is whether a folder at ``path`` is to be replaced: by
+    default, whether one is there; a caller that checked ``path`` under its own lock passes what it found.
+    """
+    if replace_folder is None:
+        replace_folder = tmp.is_dir() and path.is_dir() and not path.is_symlink()
     old = None
-    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
-        # os.replace cannot replace a non-empty folder: the old one steps aside under a temporary name, so `path`
-        # is always one whole folder, and it comes back if the new one cannot be moved in
+    if replace_folder:
         old = path.parent / f".tmp-old-{tmp.name}"
         os.replace(path, old)
     try:
@@ -127,7 +135,15 @@ def _place(tmp: Path, path: Path, exclusive: bool) -> None:
         raise
     finally:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            discard(old)
+
+
+def _place(tmp: Path, path: Path, exclusive: bool) -> None:
+    """Rename (or, ``exclusive``, link) the finished temporary onto ``path``."""
+    if exclusive:
+        os.link(tmp, path)  # FileExistsError when the name is taken: nothing is replaced
+        return
+    move_into_place(tmp, path)
 
 
 def publish_folder(src: str | os.PathLike, path: str | os.PathLike,
@@ -145,7 +161,7 @@ def publish_folder(src: str | os.PathLike, path: str | os.PathLike,
     path.parent.mkdir(parents=True, exist_ok=True)
     _place(src, path, exclusive=False)
     with contextlib.suppress(OSError):
-        _fsync(path.parent)
+        fsync_path(path.parent)
     return path
 
 
@@ -177,7 +193,7 @@ def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = 
             if tmp_path.is_dir():
                 fsync_tree(tmp_path)
             else:
-                _fsync(tmp_path)
+                fsync_path(tmp_path)
             if verify is not None:
                 verify(tmp_path)
             follow_umask(tmp_path)
@@ -190,7 +206,7 @@ def atomic_path(path: str | os.PathLike, verify: Callable[[Path], Any] | None = 
             raise
         _place(tmp_path, path, exclusive)
         with contextlib.suppress(OSError):
-            _fsync(path.parent)
+            fsync_path(path.parent)
     finally:
         if tmp_path.is_dir() and not tmp_path.is_symlink():
             shutil.rmtree(tmp_path, ignore_errors=True)
