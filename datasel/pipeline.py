@@ -73,6 +73,7 @@ def train(smk: Any) -> None:
     from datasel.selection.curriculum import paced_batches
     from datasel.tasks import make_task
     from datasel.training.classify import evaluate, total_steps, train_classifier
+    from datasel.training.curves import CurveRecorder, curve_points
     from datasel.training.proxy import step_device
 
     cfg, seed = smk.params.training, int(smk.wildcards.seed)
@@ -99,11 +100,14 @@ def train(smk: Any) -> None:
     if pacing and sel.get_column("position").null_count() == 0:
         order = torch.tensor(sel.get_column("position").to_list()).argsort()
         sampler = paced_batches(order, int(cfg.get("batch_size", 128)), total_steps(len(idx), cfg), pacing)
+    val = task.split("val")
+    curve = CurveRecorder(val.inputs, val.labels, curve_points(cfg), loss_fn=task.per_example_loss)
     seed_everything(seed)
     model = task.build_model("training.model").to(step_device(smk))
     train_classifier(model, subset.inputs, subset.labels, cfg, seed=seed,
                      weights=None if bool((weights == 1).all()) else weights, sampler=sampler,
-                     desc=f"train {smk.wildcards.selection} seed {seed}", loss_fn=task.per_example_loss)
+                     desc=f"train {smk.wildcards.selection} seed {seed}", loss_fn=task.per_example_loss,
+                     on_step=curve if curve.points and len(val) else None)
     rows = []
     for split in ("val", "test"):
         part = task.split(split)
@@ -120,6 +124,9 @@ def train(smk: Any) -> None:
         pl.lit(seed, dtype=pl.Int64).alias("seed"),
     )
     write_table(df, smk.output[0], "metrics")
+    if len(smk.output) > 1:  # the rule's curves output (no rows without a validation split or curve_points: 0)
+        write_table(curve.table(smk.wildcards.selection, info["method"], float(info["fraction"]), seed),
+                    smk.output[1], "curves")
 
 
 def catalog(smk: Any) -> None:

@@ -116,19 +116,22 @@ def over_outputs(fn: Callable[[Any], None], wildcard: str, values_param: str) ->
 
     The training rule makes one job per selection over all its seeds (``params.seeds`` lists them in output
     order): the process start and imports (seconds per job, more than a small model's training) are paid once,
-    not once per seed. ``fn`` sees what a one-seed job would: the seed as a wildcard and its own output only.
-    Each seed seeds every generator itself, so its result does not depend on the seeds run before it.
+    not once per seed. ``fn`` sees what a one-seed job would: the seed as a wildcard and its own outputs only.
+    A job with k outputs per value lists them in k blocks (every value's first output, then every value's second:
+    metrics, then curves); ``fn`` gets its k in that order. Each seed seeds every generator itself, so its result
+    does not depend on the seeds run before it.
     """
 
     def step(smk: Any) -> None:
         values = list(getattr(smk.params, values_param))
         outputs = [smk.output[i] for i in range(len(smk.output))]
-        if len(values) != len(outputs):
+        if not values or len(outputs) % len(values):
             raise RuntimeError(f"rule {smk.rule}: {len(outputs)} outputs but {values_param}={values}")
         items = getattr(getattr(smk, "wildcards", None), "items", None)
         base = dict(items()) if items else {}
-        for value, out in zip(values, outputs):
-            view = _StepView(smk, wildcards=_Wildcards({**base, wildcard: str(value)}), output=[out])
+        for i, value in enumerate(values):
+            own = outputs[i :: len(values)]
+            view = _StepView(smk, wildcards=_Wildcards({**base, wildcard: str(value)}), output=own)
             t0 = time.perf_counter()
             fn(view)
             log.info("step %s %s=%s: work %.2fs", smk.rule, wildcard, value, time.perf_counter() - t0)

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from datasel.report.curves import RISING_POINTS, plot_curves, rising_warning
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
 from datasel.report.subsets import class_balance, class_histograms, meta_classes, noise_detection
 from datasel.report.summary import (
@@ -20,7 +21,7 @@ from datasel.report.summary import (
     verdict_columns,
     write_summary,
 )
-from datasel.report.verdicts import Choice, recommendation
+from datasel.report.verdicts import Choice, recommendation, recommended
 from datasel.store import read_table
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ def report(smk: Any) -> None:
     warnings = run_warnings(metrics, scores)
     detection = noise_detection(examples, scores) if base > 0 else None
     best = best_against_random(metrics, choice)
+    curve_files = smk.input.get("curves", [])
+    curves = pl.concat([read_table(p, "curves") for p in curve_files], how="diagonal_relaxed") if curve_files else None
+    rising = rising_warning(curves, [("full", 1.0), *((b["method"], b["fraction"]) for b in best)],
+                            float(params.get("rising_points", RISING_POINTS)) if params is not None else RISING_POINTS)
+    warnings += [rising] if rising else []
     doc = build_document(table, best, warnings, base,
                          histograms=class_histograms(examples, selections, meta_classes(smk.input.get("meta"))),
                          detection=detection)
@@ -48,6 +54,12 @@ def report(smk: Any) -> None:
                   Path(smk.output.csv), Path(smk.output.md), Path(smk.output.rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(smk.output.plot),
                          full=table.filter(pl.col("method") == "full"))
+    if "curves_plot" in smk.output.keys():  # declared only when training.curve_points > 0
+        shown = recommended(best) or min(best, key=lambda b: abs(b["fraction"] - 0.5), default=None)
+        runs = [("full", 1.0)] + ([("random", shown["fraction"]), (shown["method"], shown["fraction"])] if shown else [])
+        plot_curves(curves if curves is not None else pl.DataFrame(), runs, Path(smk.output.curves_plot),
+                    title="full data, random and the chosen method" + (f" at kept {shown['fraction']:.0%}"
+                                                                       if shown else ""))
     if "noise_plot" in smk.output.keys():  # declared only when the config injects noise
         noise_share_bars(table, Path(smk.output.noise_plot), base)
     for w in warnings:

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
+from datasel.report.curves import RISING_POINTS, rising_warning
 from datasel.report.plots import save_figure
 from datasel.report.subsets import label_names, meta_classes
 from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped
@@ -182,12 +183,14 @@ def plot_class_mix(hists: dict[float, pl.DataFrame], out: Path, title: str = "")
 
 def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                     extras: dict[float, list[str]] | None = None, chosen: pl.DataFrame | None = None,
-                    choice: Choice = Choice()) -> str:
+                    choice: Choice = Choice(), curves: dict[float, pl.DataFrame] | None = None,
+                    rising_points: float = RISING_POINTS) -> str:
     """The quality report: per noise level a recommendation first, then the accuracy table, the per-fraction
     answer (chosen on ``choice``, judged on test, Holm-corrected) and the ``extras`` sections.
 
     ``chosen``: :func:`datasel.report.verdicts.choice_means` of the runs (None: no validation metrics, so the
-    choice falls back to test accuracy and the table says so).
+    choice falls back to test accuracy and the table says so). ``curves``: per noise level the training curves
+    (:mod:`datasel.training.curves`), for the "still rising" warning on full data and the chosen methods.
     """
     noises = sorted(cells.get_column("noise").unique().to_list())
     head, body = ["# Selection quality: test accuracy (%) by method and kept fraction", ""], []
@@ -200,10 +203,13 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                                           full.filter(pl.col("noise") == noise).select(
                                               pl.lit("full").alias("method"), pl.lit(1.0).alias("fraction"),
                                               "value")], how="vertical_relaxed"))
-        answer = recommendation(best, [warning] if warning else [])
+        rising = rising_warning((curves or {}).get(noise), [("full", 1.0), *((b["method"], b["fraction"])
+                                                                           for b in best)], rising_points)
+        warns = [w for w in (warning, rising) if w]
+        answer = recommendation(best, warns)
         head.append(f"**Recommendation at label noise {noise:.0%}:** {answer}")
-        if warning:
-            head.append(f"Warning at label noise {noise:.0%}: {warning}.")
+        for w in warns:
+            head.append(f"Warning at label noise {noise:.0%}: {w}.")
         head.append("")
         lines = [f"## label noise {noise:.0%}" + (f" — full data {100 * f.mean():.2f} ± {100 * f.std(ddof=1):.2f}"
                                                   if len(f) > 1 else ""), ""]
@@ -299,8 +305,11 @@ def quality_report(smk: Any) -> None:
     """Snakemake step: gather every quality run into the table, margins and plots."""
     from datasel.report.subsets import class_balance, class_histograms, noise_detection
 
-    runs, noise_parts, detections, balances, hists = {}, [], {}, {}, {}
+    runs, noise_parts, detections, balances, hists, curves = {}, [], {}, {}, {}, {}
     score_files = smk.params.get("scores") or [[] for _ in smk.params.noise]
+    for noise, files in zip(smk.params.noise, smk.params.get("curves") or []):
+        if files:
+            curves[noise] = pl.concat([read_table(p, "curves") for p in files], how="diagonal_relaxed")
     for noise, metrics_files, sel_files, examples, scores in zip(smk.params.noise, smk.params.metrics,
                                                                  smk.params.selections, smk.params.examples,
                                                                  score_files):
@@ -326,7 +335,7 @@ def quality_report(smk: Any) -> None:
         marg.write_csv(tmp)
     extras = {noise: render_extras(noise, vs_full, detections.get(noise), balances.get(noise)) for noise in runs}
     md = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full, extras,
-                         chosen, choice)
+                         chosen, choice, curves, float(smk.params.get("rising_points") or RISING_POINTS))
     if smk.params.get("regime"):
         md = md.replace("\n", f"\n\nRegime: {smk.params.regime}.\n", 1)
     with atomic_path(smk.output.md) as tmp:

@@ -80,6 +80,7 @@ def train_classifier(
     desc: str = "train",
     loss_fn: PerExampleLoss = per_example_cross_entropy,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place (on the device it is on) and return it.
 
@@ -87,7 +88,9 @@ def train_classifier(
     ``on_checkpoint(epoch, model, optimizer)`` fires at epoch 0 (initialization) and after each epoch in
     ``checkpoint_epochs``; ``loss_fn(logits, y)`` is the task's per-example loss. ``on_batch(epoch, idx, logits,
     y)`` sees each batch's training-time logits (detached) before the update: the presentation that forgetting
-    events and AUM are defined on (:mod:`datasel.training.dynamics`).
+    events and AUM are defined on (:mod:`datasel.training.dynamics`). ``on_step(step, total, model)`` fires after
+    every optimizer step (1-based): a training curve evaluates there (:mod:`datasel.training.curves`) and must leave
+    the model in training mode and the global RNG untouched.
     """
     n = batch_len(x)
     device = model_device(model)
@@ -136,6 +139,8 @@ def train_classifier(
                 sched.step()
             step += 1
             next(bar, None)
+            if on_step is not None:
+                on_step(step, steps, model)
             if step >= steps:
                 break
         epoch += 1
