@@ -133,3 +133,30 @@ def test_the_recommendation_tells_to_train_longer_when_accuracy_still_rises():
     text = recommendation(best, [warning])
     assert text.startswith("Train on `el2n_top_keep50`") and "still rising" in text and "train longer" in text
     assert "still rising" not in recommendation(best, [])
+
+
+def test_the_summary_warns_and_draws_the_curves_from_the_curve_tables(tmp_path, tiny_examples):
+    from types import SimpleNamespace
+
+    from test_report import _names, _report_files
+
+    from datasel.report.build import report
+
+    inputs, out = _report_files(tmp_path, tiny_examples[0])
+    rising = _curve_table("full", 1.0, [[0.5, 0.7, 0.8, 0.85, 0.88]] * 3)
+    flat = _curve_table("el2n_top", 0.3, [[0.5, 0.8, 0.8, 0.8, 0.8]] * 3)
+    for name, table in (("full", rising), ("el2n", flat)):
+        write_table(table, tmp_path / "curves" / f"{name}.parquet", "curves")
+    curves = [str(tmp_path / "curves" / "full.parquet"), str(tmp_path / "curves" / "el2n.parquet")]
+    out["curves_plot"] = str(tmp_path / "report" / "curves.png")
+    report(SimpleNamespace(input=_names(**inputs, curves=curves), output=_names(**out),
+                           params=_names(choose_on={}, rising_points=1.0)))
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "train longer (training.budget)" in md.split("## ")[0]  # the advice is in the recommendation
+    assert "`full_keep100` rose from 85.00% to 88.00%" in md
+    assert "el2n_top_keep30` rose" not in md
+    assert (tmp_path / "report" / "curves.png").stat().st_size > 1000
+    # the same full-data curve under a 5-point threshold: no warning, no advice
+    report(SimpleNamespace(input=_names(**inputs, curves=curves), output=_names(**out),
+                           params=_names(choose_on={}, rising_points=5.0)))
+    assert "still rising" not in (tmp_path / "report" / "summary.md").read_text()

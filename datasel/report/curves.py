@@ -78,8 +78,8 @@ def rising_warning(curves: pl.DataFrame | None, runs: Iterable[tuple[str, float]
     if not found:
         return None
     return (f"{RISING_PREFIX}: {'; '.join(found)}. The models had not converged, so a longer budget could reorder "
-            f"the subsets (rule: a mean rise of at least {points:g} points over the last curve interval, in most "
-            "seeds); raise training.budget (steps or epochs) and rerun")
+            f"the subsets (rule: a mean rise of at least {points:g} accuracy point{'' if points == 1 else 's'} over "
+            "the last curve interval, in most seeds); raise training.budget (steps or epochs) and rerun")
 
 
 def plot_curves(curves: pl.DataFrame, runs: Sequence[tuple[str, float]], out: Path, title: str = "") -> None:
