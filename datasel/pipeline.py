@@ -79,13 +79,16 @@ def select(policy: str, cfg: dict[str, Any], fraction: float, seed: int, example
 
 
 def train(examples: PathLike, meta: PathLike, selection: PathLike, out: PathLike, cfg: dict[str, Any], seed: int,
-          name: str, info: dict[str, Any], *, curriculum: dict[str, Any] | None = None, device: str = "auto") -> None:
-    """Train the target model on one selection with one seed and write its test/val metrics."""
+          name: str, info: dict[str, Any], *, curriculum: dict[str, Any] | None = None, device: str = "auto",
+          curves_out: PathLike | None = None) -> None:
+    """Train the target model on one selection with one seed and write its test/val metrics (and, to
+    ``curves_out``, its validation curve at ``training.curve_points`` steps)."""
     import torch
 
     from datasel.selection.curriculum import paced_batches
     from datasel.tasks import make_task
     from datasel.training.classify import evaluate, total_steps, train_classifier
+    from datasel.training.curves import CurveRecorder, curve_points
 
     seed = int(seed)
     meta_dict = json.loads(Path(meta).read_text())
@@ -110,11 +113,14 @@ def train(examples: PathLike, meta: PathLike, selection: PathLike, out: PathLike
     if curriculum and sel.get_column("position").null_count() == 0:
         order = torch.tensor(sel.get_column("position").to_list()).argsort()
         sampler = paced_batches(order, int(cfg.get("batch_size", 128)), total_steps(len(idx), cfg), curriculum)
+    val = task.split("val")
+    curve = CurveRecorder(val.inputs, val.labels, curve_points(cfg), loss_fn=task.per_example_loss)
     seed_everything(seed)
     model = task.build_model("training.model").to(pick_device(device))
     train_classifier(model, subset.inputs, subset.labels, cfg, seed=seed,
                      weights=None if bool((weights == 1).all()) else weights, sampler=sampler,
-                     desc=f"train {name} seed {seed}", loss_fn=task.per_example_loss)
+                     desc=f"train {name} seed {seed}", loss_fn=task.per_example_loss,
+                     on_step=curve if curve.points and len(val) else None)
     rows = []
     for split in ("val", "test"):
         part = task.split(split)
@@ -130,6 +136,8 @@ def train(examples: PathLike, meta: PathLike, selection: PathLike, out: PathLike
         pl.lit(seed, dtype=pl.Int64).alias("seed"),
     )
     write_table(df, out, "metrics")
+    if curves_out is not None:  # the rule's curves output (no rows without a validation split or curve_points: 0)
+        write_table(curve.table(name, info["method"], float(info["fraction"]), seed), curves_out, "curves")
 
 
 def catalog(out: PathLike) -> None:

@@ -114,23 +114,26 @@ def compute_device(smk: Any) -> str:
     return str(((getattr(smk, "config", None) or {}).get("compute") or {}).get("device", "auto"))
 
 
-def over_outputs(fn: Callable[[Any, str, str], None], wildcard: str, values_param: str) -> Callable[[Any], None]:
+def over_outputs(fn: Callable[[Any, str, list[str]], None], wildcard: str, values_param: str) -> Callable[[Any], None]:
     """Run a one-output step once per output of a job that gathers several, in one process.
 
     The training rule makes one job per selection over all its seeds (``params.seeds`` lists them in output
     order): the process start and imports (seconds per job, more than a small model's training) are paid once,
-    not once per seed. ``fn(smk, value, output)`` runs what a one-seed job would, for that value and its own output.
-    Each seed seeds every generator itself, so its result does not depend on the seeds run before it.
+    not once per seed. ``fn(smk, value, outputs)`` runs what a one-seed job would, for that value and its own
+    outputs. A job with k outputs per value lists them in k blocks (every value's first output, then every value's
+    second: metrics, then curves); ``fn`` gets its k in that order. Each seed seeds every generator itself, so its
+    result does not depend on the seeds run before it.
     """
 
     def step(smk: Any) -> None:
         values = list(getattr(smk.params, values_param))
         outputs = [smk.output[i] for i in range(len(smk.output))]
-        if len(values) != len(outputs):
+        if not values or len(outputs) % len(values):
             raise RuntimeError(f"rule {smk.rule}: {len(outputs)} outputs but {values_param}={values}")
-        for value, out in zip(values, outputs):
+        for i, value in enumerate(values):
+            own = outputs[i :: len(values)]
             t0 = time.perf_counter()
-            fn(smk, str(value), out)
+            fn(smk, str(value), own)
             log.info("step %s %s=%s: work %.2fs", smk.rule, wildcard, value, time.perf_counter() - t0)
 
     return step

@@ -175,6 +175,16 @@ def train_seed_outputs(seeds: Sequence[int]) -> list[str]:
     return [f"{{root}}/metrics/train/{{selection}}/seed{s}.parquet" for s in seeds]
 
 
+def train_curve_outputs(seeds: Sequence[int]) -> list[str]:
+    """One train job's training curves (datasel.training.curves): a table per seed, listed after the metrics."""
+    return [f"{{root}}/curves/{{selection}}/seed{s}.parquet" for s in seeds]
+
+
+def train_curves(run_config: Mapping[str, Any], root: str) -> list[str]:
+    return [f"{root}/curves/{name}/seed{s}.parquet" for name in selection_names(run_config)
+            for s in run_config["training"]["seeds"]]
+
+
 def train_metrics(run_config: Mapping[str, Any], root: str) -> list[str]:
     return [f"{root}/metrics/train/{name}/seed{s}.parquet" for name in selection_names(run_config)
             for s in run_config["training"]["seeds"]]

@@ -3,7 +3,14 @@
 import json
 
 from datasel import workflow_support as support
-from datasel.workflow_support import FEATURE_POLICIES, canon, selection_info, train_seed_outputs, without
+from datasel.workflow_support import (
+    FEATURE_POLICIES,
+    canon,
+    selection_info,
+    train_curve_outputs,
+    train_seed_outputs,
+    without,
+)
 
 SCRIPTS = str(Path(workflow.basedir, "workflow", "scripts"))
 
@@ -160,6 +167,10 @@ def select_inputs(wc):
 
 def train_metrics(root="results"):
     return support.train_metrics(run_cfg(root), root)
+
+
+def train_curves(root="results"):
+    return support.train_curves(run_cfg(root), root)
 
 
 def quality_roots():

@@ -14,6 +14,7 @@ if "quality" in config:
             lambda wc: [p for r in quality_roots() for p in train_metrics(r)],
             lambda wc: [f"{r}/selections/{s}.parquet" for r in quality_roots() for s in selection_names(r)],
             lambda wc: [p for r in quality_roots() for p in quality_scores(r)],
+            lambda wc: [p for r in quality_roots() for p in train_curves(r)],
         output:
             md=report(
                 "results/quality/report/quality.md", category="Quality", caption="../workflow/report/quality.rst"
@@ -56,6 +57,9 @@ if "quality" in config:
             regime=config["quality"].get("regime"),
             batch_size=config["training"]["batch_size"],
             choose_on=config.get("report", {}).get("choose_on", {}),
+            # validation accuracy during training, per run: the "still rising" warning
+            curves=lambda wc: [train_curves(r) for r in quality_roots()],
+            rising_points=config.get("report", {}).get("rising_points", 1.0),
         script:
             script_path("quality_report")
 

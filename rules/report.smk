@@ -20,6 +20,10 @@ REPORT_OUTPUTS = {
         "results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst", category="Selection"
     ),
 }
+if int(config.get("training", {}).get("curve_points", 0) or 0) > 0:
+    REPORT_OUTPUTS["curves_plot"] = report(
+        "results/report/training_curves.png", caption="../workflow/report/curves.rst", category="Selection"
+    )
 if float(config.get("data", {}).get("noise", {}).get("fraction", 0) or 0) > 0:
     REPORT_OUTPUTS["noise_plot"] = report(
         "results/report/noise_dropped.png", caption="../workflow/report/noise.rst", category="Selection"
@@ -40,6 +44,8 @@ rule report:
         selections=lambda wc: expand("results/selections/{s}.parquet", s=selection_names()),
         # read for the saturation warning (a score whose values pile up at one end)
         scores=lambda wc: expand("results/scores/{m}.parquet", m=config["scoring"]),
+        # validation accuracy during training: the "still rising" warning and the curves figure
+        curves=lambda wc: train_curves(),
     output:
         **REPORT_OUTPUTS,
     log:
@@ -47,6 +53,7 @@ rule report:
     params:
         # what the best method per kept fraction is chosen on (validation accuracy by default)
         choose_on=config.get("report", {}).get("choose_on", {}),
+        rising_points=config.get("report", {}).get("rising_points", 1.0),
     script:
         script_path("report")
 

@@ -11,6 +11,7 @@ rule train:
         selection="{root}/selections/{selection}.parquet",
     output:
         train_seed_outputs(config["training"]["seeds"]),
+        train_curve_outputs(config["training"]["seeds"]),
     log:
         "logs/{root}/train/{selection}.log",
     benchmark:
@@ -36,5 +37,6 @@ if "quality" in config:
     use rule train as train_quality with:
         output:
             train_seed_outputs(config["quality"]["seeds"]),
+            train_curve_outputs(config["quality"]["seeds"]),
         wildcard_constraints:
             root=r"results/quality/noise\d+",

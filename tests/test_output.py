@@ -120,8 +120,8 @@ def test_one_train_job_over_seeds_gives_each_seed_its_own_result(tmp_path, tiny_
     def run(seeds: list[int], tag: str) -> list[pl.DataFrame]:
         outs = [str(tmp_path / tag / f"seed{s}.parquet") for s in seeds]
         job = fake_job(tmp_path, f"train_{tag}", params=SimpleNamespace(seeds=seeds), output=outs)
-        run_step(job, over_outputs(lambda s, seed, out: train(
-            res / "examples.parquet", res / "meta.json", res / "sel.parquet", out, training, int(seed),
+        run_step(job, over_outputs(lambda s, seed, outs: train(
+            res / "examples.parquet", res / "meta.json", res / "sel.parquet", outs[0], training, int(seed),
             "random_keep50", {"method": "random", "fraction": 0.5}), "seed", "seeds"))
         return [pl.read_parquet(p) for p in outs]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from datasel.report.curves import RISING_POINTS, plot_curves, rising_warning
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
 from datasel.report.subsets import class_balance, class_histograms, meta_classes, noise_detection
 from datasel.report.summary import (
@@ -21,7 +22,7 @@ from datasel.report.summary import (
     verdict_columns,
     write_summary,
 )
-from datasel.report.verdicts import Choice, recommendation
+from datasel.report.verdicts import Choice, recommendation, recommended
 from datasel.store import PathLike, read_table
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,12 @@ log = logging.getLogger(__name__)
 def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence[PathLike], *, csv: PathLike,
            md: PathLike, rst: PathLike, plot: PathLike, noise_plot: PathLike | None = None,
            scores: Sequence[PathLike] = (), meta: PathLike | None = None,
-           choose_on: dict[str, Any] | None = None) -> None:
+           choose_on: dict[str, Any] | None = None, curves: Sequence[PathLike] = (),
+           curves_plot: PathLike | None = None, rising_points: float = RISING_POINTS) -> None:
     """The selection summary (``csv``, ``md``, ``rst``) and its figures (``plot``; ``noise_plot`` when given, which
-    the rule asks for only when the config injects noise) from the run's tables. ``meta`` (the examples' meta.json)
-    names the user's classes; ``choose_on`` is ``report.choose_on``."""
+    the rule asks for only when the config injects noise; ``curves_plot`` from the runs' validation ``curves``)
+    from the run's tables. ``meta`` (the examples' meta.json) names the user's classes; ``choose_on`` is
+    ``report.choose_on``; a curve that gained more than ``rising_points`` over its last interval warns."""
     examples = read_table(examples, "examples")
     metrics = pl.concat([read_table(p, "metrics") for p in metrics], how="diagonal_relaxed")
     selections = pl.concat([read_table(p, "selections") for p in selections], how="diagonal_relaxed")
@@ -46,6 +49,10 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     warnings = run_warnings(metrics, scores)
     detection = noise_detection(examples, scores) if base > 0 else None
     best = best_against_random(metrics, choice)
+    curves_df = pl.concat([read_table(p, "curves") for p in curves], how="diagonal_relaxed") if curves else None
+    rising = rising_warning(curves_df, [("full", 1.0), *((b["method"], b["fraction"]) for b in best)],
+                            float(rising_points))
+    warnings += [rising] if rising else []
     doc = build_document(table, best, warnings, base,
                          histograms=class_histograms(examples, selections, meta_classes(meta)),
                          detection=detection)
@@ -54,6 +61,12 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
                   Path(csv), Path(md), Path(rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(plot),
                          full=table.filter(pl.col("method") == "full"))
+    if curves_plot is not None:  # asked for only when training.curve_points > 0
+        shown = recommended(best) or min(best, key=lambda b: abs(b["fraction"] - 0.5), default=None)
+        runs = [("full", 1.0)] + ([("random", shown["fraction"]), (shown["method"], shown["fraction"])] if shown else [])
+        plot_curves(curves_df if curves_df is not None else pl.DataFrame(), runs, Path(curves_plot),
+                    title="full data, random and the chosen method" + (f" at kept {shown['fraction']:.0%}"
+                                                                       if shown else ""))
     if noise_plot is not None:
         noise_share_bars(table, Path(noise_plot), base)
     for w in warnings:

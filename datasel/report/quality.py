@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
+from datasel.report.curves import RISING_POINTS, rising_warning
 from datasel.report.plots import save_figure
 from datasel.report.subsets import label_names, meta_classes
 from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped
@@ -183,12 +184,14 @@ def plot_class_mix(hists: dict[float, pl.DataFrame], out: Path, title: str = "")
 
 def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                     extras: dict[float, list[str]] | None = None, chosen: pl.DataFrame | None = None,
-                    choice: Choice = Choice()) -> str:
+                    choice: Choice = Choice(), curves: dict[float, pl.DataFrame] | None = None,
+                    rising_points: float = RISING_POINTS) -> str:
     """The quality report: per noise level a recommendation first, then the accuracy table, the per-fraction
     answer (chosen on ``choice``, judged on test, Holm-corrected) and the ``extras`` sections.
 
     ``chosen``: :func:`datasel.report.verdicts.choice_means` of the runs (None: no validation metrics, so the
-    choice falls back to test accuracy and the table says so).
+    choice falls back to test accuracy and the table says so). ``curves``: per noise level the training curves
+    (:mod:`datasel.training.curves`), for the "still rising" warning on full data and the chosen methods.
     """
     noises = sorted(cells.get_column("noise").unique().to_list())
     head, body = ["# Selection quality: test accuracy (%) by method and kept fraction", ""], []
@@ -201,10 +204,13 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
                                           full.filter(pl.col("noise") == noise).select(
                                               pl.lit("full").alias("method"), pl.lit(1.0).alias("fraction"),
                                               "value")], how="vertical_relaxed"))
-        answer = recommendation(best, [warning] if warning else [])
+        rising = rising_warning((curves or {}).get(noise), [("full", 1.0), *((b["method"], b["fraction"])
+                                                                           for b in best)], rising_points)
+        warns = [w for w in (warning, rising) if w]
+        answer = recommendation(best, warns)
         head.append(f"**Recommendation at label noise {noise:.0%}:** {answer}")
-        if warning:
-            head.append(f"Warning at label noise {noise:.0%}: {warning}.")
+        for w in warns:
+            head.append(f"Warning at label noise {noise:.0%}: {w}.")
         head.append("")
         lines = [f"## label noise {noise:.0%}" + (f" — full data {100 * f.mean():.2f} ± {100 * f.std(ddof=1):.2f}"
                                                   if len(f) > 1 else ""), ""]
@@ -301,16 +307,20 @@ def quality_report(noise: Sequence[float], metrics: Sequence[Sequence[PathLike]]
                    md: PathLike, csv: PathLike, accuracy: PathLike, compute: PathLike, noise_plot: PathLike,
                    margin: PathLike | None = None, class_mix: PathLike | None = None,
                    scores: Sequence[Sequence[PathLike]] | None = None, regime: str | None = None,
-                   choose_on: dict[str, Any] | None = None) -> None:
+                   choose_on: dict[str, Any] | None = None, curves: Sequence[Sequence[PathLike]] | None = None,
+                   rising_points: float = RISING_POINTS) -> None:
     """Gather every quality run into the table, margins and plots.
 
     One entry per run (label-noise level ``noise[i]``): its metrics, selections and score tables and its examples
-    table; ``batch_size`` is the training batch size (the compute axis); ``margin`` and ``class_mix`` plots are drawn
-    when given."""
+    table, and its training ``curves`` (the "still rising" warning past ``rising_points``); ``batch_size`` is the
+    training batch size (the compute axis); ``margin`` and ``class_mix`` plots are drawn when given."""
     from datasel.report.subsets import class_balance, class_histograms, noise_detection
 
-    runs, noise_parts, detections, balances, hists = {}, [], {}, {}, {}
+    runs, noise_parts, detections, balances, hists, curve_tables = {}, [], {}, {}, {}, {}
     score_files = scores or [[] for _ in noise]
+    for level, files in zip(noise, curves or []):
+        if files:
+            curve_tables[level] = pl.concat([read_table(p, "curves") for p in files], how="diagonal_relaxed")
     for level, metrics_files, sel_files, run_examples, run_scores in zip(noise, metrics, selections, examples,
                                                                        score_files):
         runs[level] = pl.concat([read_table(p, "metrics") for p in metrics_files], how="diagonal_relaxed")
@@ -335,7 +345,7 @@ def quality_report(noise: Sequence[float], metrics: Sequence[Sequence[PathLike]]
         marg.write_csv(tmp)
     extras = {n: render_extras(n, vs_full, detections.get(n), balances.get(n)) for n in runs}
     text = render_markdown(cells.filter((pl.col("fraction") < 1) | (pl.col("method") == "full")), marg, full,
-                           extras, chosen, choice)
+                           extras, chosen, choice, curve_tables, float(rising_points))
     if regime:
         text = text.replace("\n", f"\n\nRegime: {regime}.\n", 1)
     with atomic_path(md) as tmp:

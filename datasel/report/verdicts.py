@@ -230,7 +230,7 @@ def recommendation(best: Sequence[Mapping[str, Any]], warnings: Sequence[str] = 
 
     Names a selection only when :func:`recommended` finds one; otherwise says no selection beats random, and which
     random subset to use instead (the kept fraction whose random subset scored best on the chosen-on metric). A
-    warning that changes the answer (under-training) is appended.
+    warning that changes the answer (under-training, accuracy still rising, saturation) is appended.
     """
     if not best:
         return ("No verdict: the run has no `random` selection to compare with (add `random: {policy: random}` "
@@ -250,6 +250,9 @@ def recommendation(best: Sequence[Mapping[str, Any]], warnings: Sequence[str] = 
                 f"{format_points(pick)} points against random on test ({pick['verdict']}).")
     if any(w.startswith("under-trained") for w in warnings):
         text += " But the model is under-trained (see the warnings): raise training.budget before acting on this."
+    elif any(w.startswith("accuracy still rising") for w in warnings):  # datasel.report.curves
+        text += (" But validation accuracy was still rising at the last step (see the warnings): train longer "
+                 "(training.budget) and rerun before acting on this.")
     elif any(w.startswith("saturated") for w in warnings):
         text += " The task is saturated (see the warnings): a random subset already matches the full data."
     return text

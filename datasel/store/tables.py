@@ -146,6 +146,23 @@ SCHEMAS: dict[str, TableSchema] = {
             files=("metrics/**/*.parquet",),
         ),
         TableSchema(
+            # a target run's validation accuracy and loss at training.curve_points evenly spaced steps
+            # (datasel.training.curves); beside metrics/, not under it, so the catalog's metrics view stays final
+            "curves",
+            {
+                "selection": pl.String,
+                "method": pl.String,
+                "fraction": pl.Float64,
+                "seed": pl.Int64,
+                "step": pl.Int64,
+                "steps": pl.Int64,
+                "split": pl.String,
+                "metric": pl.String,
+                "value": pl.Float64,
+            },
+            files=("curves/*/*.parquet",),
+        ),
+        TableSchema(
             # per example and epoch of a proxy run: correct at presentation, and the margin (datasel.training.dynamics)
             "proxy_epochs",
             {"example_id": pl.String, "seed": pl.Int64, "epoch": pl.Int64, "correct": pl.Boolean,

@@ -63,6 +63,7 @@ def train_classifier(
     desc: str = "train",
     loss_fn: PerExampleLoss = per_example_cross_entropy,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place (on the device it is on) and return it.
 
@@ -70,7 +71,9 @@ def train_classifier(
     ``on_checkpoint(epoch, model, optimizer)`` fires at epoch 0 (initialization) and after each epoch in
     ``checkpoint_epochs``; ``loss_fn(logits, y)`` is the task's per-example loss. ``on_batch(epoch, idx, logits,
     y)`` sees each batch's training-time logits (detached) before the update: the presentation that forgetting
-    events and AUM are defined on (:mod:`datasel.training.dynamics`).
+    events and AUM are defined on (:mod:`datasel.training.dynamics`). ``on_step(step, total, model)`` fires after
+    every optimizer step (1-based): a training curve evaluates there (:mod:`datasel.training.curves`) and must leave
+    the model in training mode and the global RNG untouched.
     """
     n = batch_len(x)
     device = model_device(model)
@@ -92,8 +95,9 @@ def train_classifier(
             on_checkpoint(state.epoch, model, state.optimizer)
 
     order = sampler or shuffled_batches(n, int(cfg.get("batch_size", 128)))
+    step_hook = None if on_step is None else (lambda state: on_step(state.step, settings.steps, model))
     train_loop(model, loss, lambda epoch, gen: ((epoch, idx) for idx in order(epoch, gen)), settings, seed,
-               desc=desc, on_epoch=checkpoint)
+               desc=desc, on_epoch=checkpoint, after_step=step_hook)
     return model
 
 
