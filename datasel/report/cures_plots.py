@@ -51,6 +51,18 @@ def summarize(acc: pl.DataFrame, baseline: str = "grpo") -> dict[str, dict[str, 
     return out
 
 
+def saturation(metrics: pl.DataFrame) -> dict[str, float]:
+    """Per run: the share of all its rollouts spent on prompts whose rollouts of that iteration were all right or all
+    wrong (the ``saturated_share`` rows, weighted by the rollouts each iteration spent; NaN rows skipped)."""
+    rows = metrics.filter((pl.col("metric") == "saturated_share") & pl.col("value").is_not_nan())
+    if rows.is_empty():
+        return {}
+    rows = rows.sort("selection", "seed", "iteration").with_columns(
+        pl.col("rollouts").diff().over("selection", "seed").fill_null(pl.col("rollouts")).alias("spent"))
+    agg = rows.group_by("selection").agg(((pl.col("value") * pl.col("spent")).sum() / pl.col("spent").sum()).alias("s"))
+    return {r["selection"]: float(r["s"]) for r in agg.iter_rows(named=True)}
+
+
 def plot_accuracy(acc: pl.DataFrame, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for (run,), part in sorted(acc.group_by("selection"), key=lambda kv: kv[0][0]):
@@ -109,8 +121,12 @@ def report_step(smk: Any) -> None:
     plot_accuracy(acc, smk.output.accuracy)
     plot_difficulty(stats, smk.output.difficulty)
     summary = summarize(acc, "grpo" if "grpo" in acc["selection"].to_list() else acc["selection"][0])
+    for run, share in saturation(metrics).items():
+        if run in summary:
+            summary[run]["saturated_rollout_share"] = share
     with atomic_path(smk.output.summary) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1))
     for run, s in summary.items():
-        log.info("%s: final held-out accuracy %.3f ± %.3f, rollouts to baseline's final %s", run, s["final_mean"],
-                 s["final_std"], s["rollouts_to_baseline_final"])
+        log.info("%s: final held-out accuracy %.3f ± %.3f, rollouts to baseline's final %s, rollouts on saturated "
+                 "prompts %s", run, s["final_mean"], s["final_std"], s["rollouts_to_baseline_final"],
+                 s.get("saturated_rollout_share"))

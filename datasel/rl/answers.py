@@ -1,8 +1,11 @@
 """Verifiable rewards: pull the final number out of a completion and compare it with the reference answer.
 
 Reference answers come in the common math formats: a bare number ("42"), GSM8K's rationale ending in "#### 42",
-or a LaTeX ``\\boxed{42}``. Completions are judged by their last number, so a policy that writes working before the
-answer is still scored on the answer.
+or a LaTeX ``\\boxed{42}``. A completion's answer is, in this order: the number after its last ``####``, inside its
+last ``\\boxed{}``, in its last "answer is N" / "answer: N" statement, else the last number of its first paragraph
+(the text before the first blank line). So working written before the answer is skipped ("47 + 38 = 85" -> 85), and
+so is what a small chat model rambles after it ("7 + 5 = 12\n\nThis is because 7 ..." -> 12). A completion that
+reasons over several paragraphs must close with one of the markers to be read right.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import re
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+# "The answer is 7", "the final answer: 7", "The answer to 352 + 479 is 831", 'The answer is "10".'
+_STATED = re.compile(r"answer\b[^.\n]{0,60}?(?:\bis\b|:|=|\bequals\b)\s*[\"'*$(\s]*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 def _to_float(token: str) -> float | None:
@@ -27,6 +33,22 @@ def extract_number(text: str) -> float | None:
     return _to_float(found[-1]) if found else None
 
 
+def completion_number(text: str) -> float | None:
+    """The number a completion gives as its answer (the order of the module docstring), or None."""
+    if "####" in text:
+        return extract_number(text.split("####")[-1])
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return extract_number(boxed[-1])
+    stated = _STATED.findall(text)
+    if stated:
+        return _to_float(stated[-1])
+    for part in _PARAGRAPH.split(text):
+        if _NUMBER.search(part):
+            return extract_number(part)
+    return None
+
+
 def reference_number(answer: str) -> float | None:
     """The number a reference answer states: after '####' when present, else inside \\boxed{}, else the last number."""
     if "####" in answer:
@@ -38,8 +60,8 @@ def reference_number(answer: str) -> float | None:
 
 
 def check_answer(completion: str, answer: str, rel_tol: float = 1e-6) -> bool:
-    """True when the completion's final number equals the reference's (to ``rel_tol``; integers compare exactly)."""
-    got = extract_number(completion)
+    """True when the completion's answer (:func:`completion_number`) equals the reference's (to ``rel_tol``; integers compare exactly)."""
+    got = completion_number(completion)
     want = reference_number(answer)
     if got is None or want is None:
         return False

@@ -31,6 +31,8 @@ def warm_start(policy: Policy, questions: list[str], answers: list[str], cfg: di
     probe_q, probe_a = questions[-probe_n:], answers[-probe_n:]
     train_q, train_a = questions[:-probe_n] if probe_n else questions, answers[:-probe_n] if probe_n else answers
     steps, bs = int(cfg.get("steps", 600)), min(int(cfg.get("batch_size", 64)), len(train_q))
+    if steps == 0:  # a model that already answers in the format (an instruct model): RL starts from it as it is
+        return []
     target, every = cfg.get("target_accuracy", 0.5), int(cfg.get("eval_every", 25))
     settings = LoopSettings(steps=steps, optimizer="adamw", lr=float(cfg.get("lr", 3e-3)),
                             weight_decay=float(cfg.get("weight_decay", 0.0)), schedule="constant",
