@@ -4,7 +4,7 @@
 difficulty level (``source: graded``, chat template, the answer checker of ``datasel.rl.answers``) and prints, per
 level, the mean accuracy and the share of prompts with p = 0, 0 < p < 1 and p = 1 (p: the prompt's share of correct
 samples). ``--out`` appends one JSON line per prompt (with its completions) so several short runs, e.g. with other
-``--seed`` values, can be pooled by ``--table`` files.
+``--seed`` values, can be pooled by ``--table`` files (which scores the stored completions again).
 
 ``--part iteration`` times one iteration of each curriculum of ``config/experiments/cures.yaml`` (uniform GRPO and
 CurES, LoRA adapters, the config's budget and GRPO settings) from the fresh model, plus the held-out evaluation.
@@ -27,7 +27,7 @@ import polars as pl
 import torch
 import yaml
 
-from datasel.rl.answers import completion_number
+from datasel.rl.answers import check_answer, completion_number
 from datasel.rl.evaluate import accuracy, rewards_for
 from datasel.rl.loop import new_policy, run_rl
 from datasel.rl.prompts import build_prompt_sets
@@ -62,6 +62,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(line) for f in args.table for line in Path(f).read_text().splitlines() if line.strip()]
+        for r in rows:  # scored again by the current answer reader
+            r["rewards"] = [float(check_answer(c, r["answer"])) for c in r["completions"]]
         print(spread_table(rows))
         return
     set_threads(args.threads)

@@ -93,6 +93,10 @@ def test_a_level_too_small_for_the_pool_is_refused() -> None:
         ("To add 47 and 38, we first need to add them together: 47 + 3", "85", False),
         ("8 - 3 is 5.", "5", True),
         ("I cannot answer that.", "5", False),
+        ("To solve this problem, you need to convert 9 to a mixed number and then multiply that by 2.\n\n9 × 2 = 18",
+         "18", True),
+        ("18\n\nIn mathematical terms, 9 × 4 can be represented as 9 + 9 = 18 + 18 = 36", "36", False),
+        ("Let's break it down step by step:\n\n1. 844 is a multiple of 3", "1189", False),
     ],
 )
 def test_answers_read_from_chat_completions(completion: str, answer: str, ok: bool) -> None:
@@ -101,7 +105,8 @@ def test_answers_read_from_chat_completions(completion: str, answer: str, ok: bo
 
 def test_the_first_paragraph_rule_keeps_single_paragraph_working() -> None:
     assert completion_number("Natalia sold 48/2 = 24 clips in May.\nAltogether 48+24 = 72 clips.") == 72.0
-    assert completion_number("5\n\nFor example 3 + 4 = 7") == 5.0
+    assert completion_number("5\n\nFor example 3 + 4 = 7") == 5.0  # a bare number is a stated answer
+    assert completion_number("Add 3 and 4.\n\nThat is 7 in all") == 4.0  # no result anywhere: the first paragraph
     assert completion_number("") is None
 
 
