@@ -199,3 +199,11 @@ def test_zero_warm_start_steps_leave_the_policy_as_it_is(chat_dir) -> None:
     before = {n: p.detach().clone() for n, p in pol.module.named_parameters()}
     assert warm_start(pol, ["What is 1+1?"] * 8, ["2"] * 8, {"steps": 0}, seed=0) == []
     assert all(torch.equal(p, before[n]) for n, p in pol.module.named_parameters())
+
+
+def test_warm_start_steps_without_prompts_are_refused(chat_dir) -> None:
+    from datasel.rl.warmstart import warm_start
+
+    with pytest.raises(ConfigError) as err:
+        warm_start(_policy(chat_dir), [], [], {"steps": 5}, seed=0)
+    assert err.value.field == "cures.prompts.sizes.warmstart"
