@@ -207,3 +207,19 @@ def test_warm_start_steps_without_prompts_are_refused(chat_dir) -> None:
     with pytest.raises(ConfigError) as err:
         warm_start(_policy(chat_dir), [], [], {"steps": 5}, seed=0)
     assert err.value.field == "cures.prompts.sizes.warmstart"
+
+
+def test_report_weights_the_saturated_share_by_the_rollouts_of_each_iteration() -> None:
+    import polars as pl
+
+    from datasel.report.cures_plots import saturation
+
+    rows = [("grpo", 0, 1, 32, 0.5), ("grpo", 0, 2, 64, 0.25), ("grpo", 1, 1, 32, 1.0), ("grpo", 1, 2, 64, 0.0),
+            ("cures", 0, 1, 10, 0.0), ("cures", 0, 2, 40, 1.0), ("cures", 0, 3, 40, float("nan"))]
+    m = pl.DataFrame(rows, schema=["selection", "seed", "iteration", "rollouts", "value"], orient="row")
+    m = m.with_columns(pl.lit("saturated_share").alias("metric"))
+    acc = pl.DataFrame({"selection": ["grpo"], "seed": [0], "iteration": [0], "rollouts": [0], "value": [0.3],
+                        "metric": ["accuracy"]})
+    got = saturation(pl.concat([m, acc]))
+    # grpo: (32·0.5 + 32·0.25 + 32·1 + 32·0) / 128; cures: (10·0 + 30·1) / 40, the NaN iteration skipped
+    assert got == {"grpo": pytest.approx(56 / 128), "cures": pytest.approx(30 / 40)}

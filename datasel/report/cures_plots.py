@@ -54,11 +54,12 @@ def summarize(acc: pl.DataFrame, baseline: str = "grpo") -> dict[str, dict[str, 
 def saturation(metrics: pl.DataFrame) -> dict[str, float]:
     """Per run: the share of all its rollouts spent on prompts whose rollouts of that iteration were all right or all
     wrong (the ``saturated_share`` rows, weighted by the rollouts each iteration spent; NaN rows skipped)."""
-    rows = metrics.filter((pl.col("metric") == "saturated_share") & pl.col("value").is_not_nan())
+    rows = metrics.filter(pl.col("metric") == "saturated_share").sort("selection", "seed", "iteration")
+    rows = rows.with_columns(
+        pl.col("rollouts").diff().over("selection", "seed").fill_null(pl.col("rollouts")).alias("spent")
+    ).filter(pl.col("value").is_not_nan())
     if rows.is_empty():
         return {}
-    rows = rows.sort("selection", "seed", "iteration").with_columns(
-        pl.col("rollouts").diff().over("selection", "seed").fill_null(pl.col("rollouts")).alias("spent"))
     agg = rows.group_by("selection").agg(((pl.col("value") * pl.col("spent")).sum() / pl.col("spent").sum()).alias("s"))
     return {r["selection"]: float(r["s"]) for r in agg.iter_rows(named=True)}
 
