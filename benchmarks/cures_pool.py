@@ -7,7 +7,8 @@ samples). ``--out`` appends one JSON line per prompt (with its completions) so s
 ``--seed`` values, can be pooled by ``--table`` files (which scores the stored completions again).
 
 ``--part iteration`` times one iteration of each curriculum of ``config/experiments/cures.yaml`` (uniform GRPO and
-CurES, LoRA adapters, the config's budget and GRPO settings) from the fresh model, plus the held-out evaluation.
+CurES, LoRA adapters, the config's budget and GRPO settings) from the fresh model, plus the held-out evaluation, in
+wall-clock and CPU seconds (on a shared machine the CPU seconds are what a run costs; wall-clock follows the load).
 
     DATASEL_PROGRESS=0 python benchmarks/cures_pool.py --part spread --per-level 8 --k 4 --out /tmp/spread.jsonl
     python benchmarks/cures_pool.py --table /tmp/spread.jsonl
@@ -117,16 +118,16 @@ def main() -> None:
         policy = new_policy(table, dict(cfg["policy"]), torch.device("cpu"))
         load_s = time.perf_counter() - t0
         if k == 0:  # every run starts from the same model: its held-out evaluation is timed once
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             acc = accuracy(policy, heldout["question"].to_list()[:held], heldout["answer"].to_list()[:held])
-            print(f"  load {load_s:.0f} s; held-out evaluation (greedy, {held} prompts) {time.perf_counter() - t0:.0f} s, "
-                  f"accuracy {acc:.3f}")
+            print(f"  load {load_s:.0f} s; held-out evaluation (greedy, {held} prompts) {time.perf_counter() - t0:.0f} s "
+                  f"(CPU {time.process_time() - c0:.0f} s), accuracy {acc:.3f}")
         one = {**cfg, "budget": {**cfg["budget"], "iterations": 1}, "eval": {"every": 10**6, "heldout_size": 1}}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metrics, _ = run_rl(policy, table, one, run, args.seed)
-        it_s = time.perf_counter() - t0
+        it_s, it_cpu = time.perf_counter() - t0, time.process_time() - c0
         info = {r["metric"]: round(r["value"], 3) for r in metrics.filter(pl.col("iteration") == 1).iter_rows(named=True)}
-        print(f"  {run}: one iteration {it_s:.0f} s (with 2 greedy evaluations of 1 prompt); {info}")
+        print(f"  {run}: one iteration {it_s:.0f} s, CPU {it_cpu:.0f} s (with 2 greedy evaluations of 1 prompt); {info}")
 
 
 if __name__ == "__main__":
