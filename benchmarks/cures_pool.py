@@ -74,7 +74,9 @@ def main() -> None:
     temperature = float(grpo.get("temperature", 1.0))
     seed_everything(args.seed)
     if args.part == "spread":
-        levels = pcfg.get("graded", {}).get("levels")
+        if pcfg.get("source") != "graded":
+            ap.error(f"--part spread needs cures.prompts.source: graded in {args.config}")
+        levels = pcfg.get("graded", {}).get("levels", ["add1", "add2", "sub2", "mul1", "add3", "mul2", "word"])
         n = args.per_level * len(levels)
         table = build_prompt_sets({**pcfg, "sizes": {"warmstart": 1, "pool": n, "heldout": 1}}, args.seed)
         pool = table.filter(pl.col("split") == "pool")
