@@ -31,7 +31,7 @@ import yaml
 from datasel.rl.answers import check_answer, completion_number
 from datasel.rl.evaluate import accuracy, rewards_for
 from datasel.rl.loop import new_policy, run_rl
-from datasel.rl.prompts import build_prompt_sets
+from datasel.rl.prompts import DEFAULT_LEVELS, build_prompt_sets
 from datasel.runtime import seed_everything, set_threads
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "experiments" / "cures.yaml"
@@ -76,7 +76,7 @@ def main() -> None:
     if args.part == "spread":
         if pcfg.get("source") != "graded":
             ap.error(f"--part spread needs cures.prompts.source: graded in {args.config}")
-        levels = pcfg.get("graded", {}).get("levels", ["add1", "add2", "sub2", "mul1", "add3", "mul2", "word"])
+        levels = pcfg.get("graded", {}).get("levels", DEFAULT_LEVELS)
         n = args.per_level * len(levels)
         table = build_prompt_sets({**pcfg, "sizes": {"warmstart": 1, "pool": n, "heldout": 1}}, args.seed)
         pool = table.filter(pl.col("split") == "pool")

@@ -139,6 +139,7 @@ def _goes_negative(operands: list[int], ops: list[str]) -> bool:
 LEVEL_OPS = {"add": "+", "sub": "-", "mul": "×"}
 WORD_LEVEL = "word"
 DEFAULT_INSTRUCTION = " Answer with just the number."
+DEFAULT_LEVELS = ("add1", "add2", "sub2", "mul1", "add3", "mul2", "word")
 
 # (template, the operation its answer is: a op b)
 WORD_TEMPLATES: tuple[tuple[str, str], ...] = (
@@ -189,7 +190,7 @@ def graded_problem(level: str, rng: np.random.Generator) -> dict[str, Any]:
 def generate_graded(n: int, cfg: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
     """``n`` distinct problems cycling through ``levels`` (equal shares, in order), each question followed by
     ``instruction`` (the answer format asked of a chat model)."""
-    levels = list(cfg.get("levels", ["add1", "add2", "sub2", "mul1", "add3", "mul2", "word"]))
+    levels = list(cfg.get("levels", DEFAULT_LEVELS))
     if not levels:
         raise ConfigError("no difficulty levels", field="cures.prompts.graded.levels", fix="e.g. [add1, add2, mul1, word]")
     for lv in levels:
