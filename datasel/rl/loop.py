@@ -60,7 +60,7 @@ def run_rl(
     n_eval = eval_cfg.get("heldout_size")
     if n_eval:
         held_q, held_a = held_q[: int(n_eval)], held_a[: int(n_eval)]
-    from datasel.rl.sampling import RolloutEnv
+    from datasel.rl.sampling import RolloutEnv, saturated_share
 
     env = RolloutEnv(policy, pool_q, pool_a, float(grpo_cfg.get("temperature", 1.0)), gen,
                      int(grpo_cfg.get("rollout_chunk_size", 512)))
@@ -87,6 +87,7 @@ def run_rl(
         record(it, "kl", train_stats.get("kl", 0.0))
         for k, v in res.info.items():
             record(it, k, v)
+        record(it, "saturated_share", saturated_share(*env.take_outcomes()))
         if it % every == 0 or it == iterations:
             record(it, "accuracy", accuracy(policy, held_q, held_a))
             log.info("%s seed %d iteration %d: rollouts %d, held-out accuracy %.3f, train reward %.3f", run, seed, it,

@@ -241,11 +241,20 @@ class HFPolicy(Policy):
     """A Hugging Face causal LM: a local folder (config, weights, tokenizer) or a GGUF file; never downloads."""
 
     def __init__(self, path: str, max_new_tokens: int, device: torch.device, dtype: str = "auto",
-                 field: str = "cures.policy.model") -> None:
+                 field: str = "cures.policy.model", chat_template: bool | None = False,
+                 lora: dict[str, Any] | None = None) -> None:
+        """``chat_template``: render each prompt as a user turn of the tokenizer's chat template (None: when it has
+        one); ``lora``: train fresh LoRA adapters (``r``, ``alpha``, ``target_modules``) instead of every weight."""
         from datasel.models.causal_lm import load_causal_lm
 
         # a folder, or a GGUF file read through its cached safetensors conversion (datasel.models.causal_lm)
         self.module, self.tok = load_causal_lm(path, device, dtype, field)
+        has_template = bool(getattr(self.tok, "chat_template", None))
+        if chat_template and not has_template:
+            raise ConfigError("the tokenizer has no chat template", file=path, field="cures.policy.chat_template",
+                              fix="set chat_template: false (prompts go in as plain text) or use a chat model")
+        self.chat_template = has_template if chat_template is None else bool(chat_template)
+        self._x0_grad = False
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
@@ -255,10 +264,23 @@ class HFPolicy(Policy):
         emb = self.module.get_input_embeddings()
         out = self.module.get_output_embeddings()
         self._cap: dict[str, torch.Tensor] = {}
-        emb.register_forward_hook(lambda _m, _i, o: self._cap.__setitem__("x0", o))
+        emb.register_forward_hook(lambda _m, _i, o: self._embedded(o))
         self._tied = out is not None and out.weight is emb.weight
         if self._tied:
             out.register_forward_hook(lambda _m, i, _o: self._cap.__setitem__("h", i[0]))
+        self.lora = dict(lora) if lora else None
+        if self.lora:
+            from datasel.models.causal_lm import add_lora
+
+            # the hooks above stay on the embedding and head, which peft wraps but does not replace
+            self.module = add_lora(self.module, self.lora, "cures.policy.lora.target_modules", file=path).to(device)
+
+    def _embedded(self, o: torch.Tensor) -> torch.Tensor:
+        # A frozen embedding (LoRA) outputs a tensor outside the graph; CurES's gradient norms still need ∂/∂x0.
+        if self._x0_grad and not o.requires_grad:
+            o = o.detach().requires_grad_(True)
+        self._cap["x0"] = o
+        return o
 
     @property
     def eos_id(self) -> int:
@@ -269,6 +291,9 @@ class HFPolicy(Policy):
         return int(self.tok.pad_token_id)
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.chat_template:
+            prompts = [self.tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                    add_generation_prompt=True) for p in prompts]
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         return enc["input_ids"], enc["attention_mask"]
 
@@ -303,10 +328,22 @@ class HFPolicy(Policy):
             ids = ids[: ids.index(self.eos_id)]
         return self.tok.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True)
 
+    def _emb_norms_chunk(self, seqs: torch.Tensor, attn: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
+        self._x0_grad = True
+        try:
+            return super()._emb_norms_chunk(seqs, attn, comp)
+        finally:
+            self._x0_grad = False
+
     def checkpoint(self) -> dict[str, Any]:
-        return {"kind": "hf", "path": self.path, "dtype": str(self.module.dtype).removeprefix("torch."),
-                "state_dict": self.module.state_dict(),
-                "max_new_tokens": self.max_new_tokens}
+        """The weights that can have changed: the LoRA adapters (the base is reread from ``path``), else all."""
+        out = {"kind": "hf", "path": self.path, "dtype": str(self.module.dtype).removeprefix("torch."),
+               "max_new_tokens": self.max_new_tokens, "chat_template": self.chat_template, "lora": self.lora}
+        if self.lora:
+            from datasel.instruct.model import adapter_state
+
+            return {**out, "adapters": adapter_state(self.module)}
+        return {**out, "state_dict": self.module.state_dict()}
 
 
 def build_policy(cfg: dict[str, Any], prompts: list[str], answers: list[str], device: torch.device) -> Policy:
@@ -324,7 +361,8 @@ def build_policy(cfg: dict[str, Any], prompts: list[str], answers: list[str], de
         # hf_path (a folder) is the older spelling of model: {path: ...}; model defaults to the packaged SmolLM2
         spec = {"path": cfg["hf_path"]} if cfg.get("hf_path") else cfg.get("model")
         source = lm_source(spec, "cures.policy.model")
-        return HFPolicy(source, int(cfg.get("max_new_tokens") or 256), device, cfg.get("dtype", "auto"))
+        return HFPolicy(source, int(cfg.get("max_new_tokens") or 256), device, cfg.get("dtype", "auto"),
+                        chat_template=cfg.get("chat_template"), lora=cfg.get("lora"))
     raise ConfigError(f"unknown policy kind {kind!r}", field="cures.policy.kind", fix="use 'tiny_gpt' or 'hf'")
 
 
@@ -334,6 +372,12 @@ def load_policy(ckpt: dict[str, Any], device: torch.device) -> Policy:
         pol: Policy = CharPolicy(CharTokenizer(ckpt["tokenizer"]["chars"]), ckpt["prompt_width"],
                                  ckpt["max_new_tokens"], ckpt["model_cfg"], device)
     else:
-        pol = HFPolicy(ckpt["path"], ckpt["max_new_tokens"], device, ckpt.get("dtype", "auto"))
+        pol = HFPolicy(ckpt["path"], ckpt["max_new_tokens"], device, ckpt.get("dtype", "auto"),
+                       chat_template=ckpt.get("chat_template", False), lora=ckpt.get("lora"))
+        if ckpt.get("lora"):
+            from datasel.instruct.model import load_adapter
+
+            load_adapter(pol.module, ckpt["adapters"], ckpt["path"])
+            return pol
     pol.module.load_state_dict(ckpt["state_dict"])
     return pol

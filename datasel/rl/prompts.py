@@ -8,6 +8,7 @@ never sees, the pool is what the curricula choose from, and held-out accuracy is
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,89 @@ def _goes_negative(operands: list[int], ops: list[str]) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- graded arithmetic and word problems
+# A level is an operation and an operand size: ``add2`` is a sum of two 2-digit numbers, ``mul1`` a product of two
+# 1-digit numbers, ``word`` a one-step word problem with small numbers. An instruct model's zero-shot accuracy falls
+# from near 1 (add1) to near 0 (add3, mul2), so a pool mixing levels holds easy, learnable and hopeless prompts.
+LEVEL_OPS = {"add": "+", "sub": "-", "mul": "×"}
+WORD_LEVEL = "word"
+DEFAULT_INSTRUCTION = " Answer with just the number."
+DEFAULT_LEVELS = ("add1", "add2", "sub2", "mul1", "add3", "mul2", "word")
+
+# (template, the operation its answer is: a op b)
+WORD_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("{name} has {a} apples and buys {b} more. How many apples does {name} have now?", "+"),
+    ("{name} had {a} stickers and gave {b} of them to a friend. How many stickers does {name} have left?", "-"),
+    ("There are {a} boxes with {b} pencils in each box. How many pencils are there in total?", "×"),
+    ("A baker made {a} cookies and sold {b} of them. How many cookies are left?", "-"),
+    ("{name} reads {a} pages every day for {b} days. How many pages does {name} read in all?", "×"),
+    ("A bus has {a} passengers. At the next stop {b} more get on. How many passengers are on the bus?", "+"),
+)
+NAMES = ("Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Yuki")
+
+
+def parse_level(level: str) -> tuple[str, int]:
+    """``(op symbol, digits)`` of a level name (``add2`` -> ("+", 2)); ``word`` -> ("word", 0)."""
+    if level == WORD_LEVEL:
+        return WORD_LEVEL, 0
+    m = re.fullmatch(r"(add|sub|mul)([1-9])", str(level))
+    if m is None:
+        raise ConfigError(f"unknown difficulty level {level!r}", field="cures.prompts.graded.levels",
+                          fix="use add<d>, sub<d>, mul<d> (d = operand digits, 1-9) or word, e.g. [add1, add2, mul1, word]")
+    return LEVEL_OPS[m.group(1)], int(m.group(2))
+
+
+def _operand(d: int, rng: np.random.Generator) -> int:
+    """A number with exactly ``d`` digits (1 digit: 1-9; a 0 operand is a give-away)."""
+    return int(rng.integers(10 ** (d - 1) if d > 1 else 1, 10**d))
+
+
+def graded_problem(level: str, rng: np.random.Generator) -> dict[str, Any]:
+    """One problem of ``level``: question text (no instruction), answer, level, digits."""
+    op, d = parse_level(level)
+    if op == WORD_LEVEL:
+        template, op = WORD_TEMPLATES[int(rng.integers(len(WORD_TEMPLATES)))]
+        a, b = int(rng.integers(2, 21)), int(rng.integers(2, 13))
+        if op == "-":
+            a, b = max(a, b) + int(rng.integers(1, 6)), min(a, b)  # never below zero: a child's word problem
+        question = template.format(name=NAMES[int(rng.integers(len(NAMES)))], a=a, b=b)
+    else:
+        a, b = _operand(d, rng), _operand(d, rng)
+        if op == "-" and b > a:
+            a, b = b, a
+        question = f"What is {a} {op} {b}?"
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    return {"question": question, "answer": str(value), "level": str(level), "digits": max(len(str(a)), len(str(b)))}
+
+
+def generate_graded(n: int, cfg: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``n`` distinct problems cycling through ``levels`` (equal shares, in order), each question followed by
+    ``instruction`` (the answer format asked of a chat model)."""
+    levels = list(cfg.get("levels", DEFAULT_LEVELS))
+    if not levels:
+        raise ConfigError("no difficulty levels", field="cures.prompts.graded.levels", fix="e.g. [add1, add2, mul1, word]")
+    for lv in levels:
+        parse_level(lv)
+    instruction = str(cfg.get("instruction", DEFAULT_INSTRUCTION))
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    tries = 0
+    while len(out) < n:
+        level = levels[len(out) % len(levels)]
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ConfigError(f"could only generate {len(out)} distinct problems of the {n} asked for",
+                              field="cures.prompts.graded.levels",
+                              fix="add levels with more digits (add1 and mul1 hold only 81 problems each) or ask for fewer prompts")
+        prob = graded_problem(level, rng)
+        prob["question"] += instruction
+        if prob["question"] in seen:
+            continue
+        seen.add(prob["question"])
+        out.append(prob)
+    return out
+
+
 # ---------------------------------------------------------------- files and HF datasets
 def load_math_file(path: str | Path, question_field: str = "question", answer_field: str = "answer") -> pl.DataFrame:
     """A (question, answer) table from JSONL / JSON / Parquet / CSV, e.g. GSM8K's format ("... #### 42")."""
@@ -182,7 +266,7 @@ def _math_frame(df: pl.DataFrame, qf: str, af: str, where: str) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- the prompt table
 def build_prompt_sets(cfg: dict[str, Any], seed: int = 0) -> pl.DataFrame:
-    """The prompt table (``PROMPTS_SCHEMA``) for ``cures.prompts``: ``source`` is arithmetic, file or hf."""
+    """The prompt table (``PROMPTS_SCHEMA``) for ``cures.prompts``: ``source`` is arithmetic, graded, file or hf."""
     sizes = {s: int(cfg.get("sizes", {}).get(s, d)) for s, d in zip(SPLITS, (2000, 500, 300))}
     total = sum(sizes.values())
     rng = np.random.default_rng(seed)
@@ -190,6 +274,9 @@ def build_prompt_sets(cfg: dict[str, Any], seed: int = 0) -> pl.DataFrame:
     if source == "arithmetic":
         rows = generate_arithmetic(total, cfg.get("arithmetic", {}), rng)
         df = pl.DataFrame(rows).with_columns(pl.lit("arithmetic").alias("source"))
+    elif source == "graded":
+        rows = generate_graded(total, cfg.get("graded", {}), rng)
+        df = pl.DataFrame(rows).with_columns(pl.lit("graded").alias("source"))
     elif source in ("file", "hf"):
         qf, af = cfg.get("question_field", "question"), cfg.get("answer_field", "answer")
         if source == "file":
@@ -204,11 +291,11 @@ def build_prompt_sets(cfg: dict[str, Any], seed: int = 0) -> pl.DataFrame:
         df = df[rng.permutation(df.height)[:total].tolist()].with_columns(pl.lit(name).alias("source"))
     else:
         raise ConfigError(f"unknown prompt source {source!r}", field="cures.prompts.source",
-                          fix="use 'arithmetic', 'file' or 'hf'")
+                          fix="use 'arithmetic', 'graded', 'file' or 'hf'")
     split = [s for s in SPLITS for _ in range(sizes[s])]
     df = df.with_columns(pl.Series("split", split))
     ids = content_ids(df["source"][0], (f"{q}\x00{a}".encode() for q, a in zip(df["question"], df["answer"])))
     df = df.with_columns(pl.Series("prompt_id", ids))
-    cols = ["prompt_id", "split", "source", "question", "answer"] + [c for c in ("digits", "n_ops", "carries") if c in df.columns]
+    cols = ["prompt_id", "split", "source", "question", "answer"] + [c for c in ("level", "digits", "n_ops", "carries") if c in df.columns]
     log.info("prompt sets: %s", {s: sizes[s] for s in SPLITS})
     return PROMPTS_SCHEMA.validate(df.select(cols), "cures.prompts")

@@ -82,6 +82,7 @@ class RolloutEnv:
         self.generator = generator
         self.chunk_size = int(chunk_size)
         self.consumed = 0
+        self._outcomes: list[tuple[np.ndarray, np.ndarray]] = []
 
     def rollout(self, idx: np.ndarray) -> GRPOBatch:
         """One rollout per entry of ``idx`` (repeat an index for a group)."""
@@ -92,7 +93,27 @@ class RolloutEnv:
             ro = self.policy.sample([self.questions[i] for i in chunk], self.temperature, generator=self.generator)
             parts.append(GRPOBatch(ro, torch.from_numpy(chunk), rewards_for(ro.texts, [self.answers[i] for i in chunk])))
         self.consumed += len(idx)
-        return cat_batches(parts, self.policy.pad_id)
+        out = cat_batches(parts, self.policy.pad_id)
+        self._outcomes.append((out.prompt_idx.numpy().copy(), out.rewards.numpy().copy()))
+        return out
+
+    def take_outcomes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prompt index, reward) of every rollout since the last call (an iteration's), estimation ones included."""
+        parts, self._outcomes = self._outcomes, []
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def saturated_share(idx: np.ndarray, rewards: np.ndarray) -> float:
+    """Share of rollouts spent on prompts whose rollouts (in this set) were all right or all wrong (p̂ = 0 or 1 on
+    the iteration's own evidence): rollouts that give GRPO no group-relative signal. NaN when there are none."""
+    if len(idx) == 0:
+        return float("nan")
+    _, inv, counts = np.unique(idx, return_inverse=True, return_counts=True)
+    hits = np.bincount(inv, weights=(np.asarray(rewards) > 0.5).astype(np.float64))
+    saturated = (hits == 0) | (hits == counts)
+    return float(counts[saturated].sum() / counts.sum())
 
 
 @dataclass

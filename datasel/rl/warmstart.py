@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from datasel.errors import ConfigError
 from datasel.rl.evaluate import accuracy
 from datasel.rl.policy import Policy, Rollouts
 from datasel.training.loop import LoopSettings, LoopState, train_loop
@@ -31,6 +32,12 @@ def warm_start(policy: Policy, questions: list[str], answers: list[str], cfg: di
     probe_q, probe_a = questions[-probe_n:], answers[-probe_n:]
     train_q, train_a = questions[:-probe_n] if probe_n else questions, answers[:-probe_n] if probe_n else answers
     steps, bs = int(cfg.get("steps", 600)), min(int(cfg.get("batch_size", 64)), len(train_q))
+    if steps == 0:  # a model that already answers in the format (an instruct model): RL starts from it as it is
+        return []
+    if not train_q:
+        raise ConfigError(f"{steps} warm-start steps but no warm-start prompts to train on",
+                          field="cures.prompts.sizes.warmstart",
+                          fix="raise cures.prompts.sizes.warmstart, or set cures.warmstart.steps: 0 to skip the warm start")
     target, every = cfg.get("target_accuracy", 0.5), int(cfg.get("eval_every", 25))
     settings = LoopSettings(steps=steps, optimizer="adamw", lr=float(cfg.get("lr", 3e-3)),
                             weight_decay=float(cfg.get("weight_decay", 0.0)), schedule="constant",

@@ -209,7 +209,7 @@ SCHEMAS: dict[str, TableSchema] = {
                 "question": pl.String,
                 "answer": pl.String,
             },
-            optional={"digits": pl.Int64, "n_ops": pl.Int64, "carries": pl.Int64},
+            optional={"level": pl.String, "digits": pl.Int64, "n_ops": pl.Int64, "carries": pl.Int64},
             unique=("prompt_id",),
             files=("rl_prompts/prompts.parquet",),
         ),
