@@ -147,8 +147,8 @@ def lm_check(rows: int = 32, dim: int = 512) -> None:
 
     from datasel.errors import DataselError
     from datasel.features.compute import featurize
-    from datasel.instruct.train import IGNORE, completion_loss
     from datasel.runtime import describe_device, pick_device, set_precision
+    from datasel.tasks.causal_lm import IGNORE, completion_loss
 
     device = pick_device("auto")
     texts = [f"Question {i}: what is {i} plus {i + 3}? Answer: {2 * i + 3}." for i in range(rows)]

@@ -66,12 +66,11 @@ def main() -> None:
 
     from datasel.features.compute import featurize
     from datasel.features.projectors import AdamPreconditioner
-    from datasel.instruct.data import encode
     from datasel.instruct.model import load_lm
-    from datasel.instruct.train import completion_loss
     from datasel.models.locate import lm_source
     from datasel.rl.policy import Policy
     from datasel.runtime import seed_everything, set_threads
+    from datasel.tasks.causal_lm import completion_loss, encode
 
     set_threads(args.threads)
     seed_everything(0)

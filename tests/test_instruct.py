@@ -23,9 +23,9 @@ from conftest import ROOT, snakemake, snakemake_cmd
 from datasel.config import check_config, load_config
 from datasel.errors import ConfigError, DataError
 from datasel.instruct import families, steps
-from datasel.instruct.data import IGNORE, encode, prepare_examples, render
+from datasel.instruct.data import prepare_examples, render
 from datasel.instruct.model import build_tiny_model, check_model_folder, load_lm
-from datasel.instruct.train import completion_loss
+from datasel.tasks.causal_lm import IGNORE, completion_loss, encode
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 
@@ -53,25 +53,6 @@ DATA_KEYS: dict[str, Any] = {"format": "auto", "prompt_column": "prompt", "compl
                              "task_column": "task", "ignore_columns": []}
 
 
-class IO(list):
-    """What a Snakemake rule hands a step: positional paths that are also named attributes."""
-
-    def __init__(self, *items: Any, **named: Any) -> None:
-        super().__init__([*items, *named.values()])
-        self.__dict__.update(named)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.__dict__.get(key, default)
-
-
-class Smk:
-    def __init__(self, input: IO | None = None, output: IO | None = None, params: dict | None = None,
-                 wildcards: dict | None = None) -> None:
-        self.input, self.output = input or IO(), output or IO()
-        self.params = IO(**(params or {}))
-        self.wildcards = IO(**(wildcards or {}))
-
-
 def _config(tmp: Path) -> dict[str, Any]:
     (tmp / "config.yaml").write_text(yaml.safe_dump(TINY_CFG))
     cfg = check_config(load_config([tmp / "config.yaml"]), ROOT / "workflow" / "schemas")["instruct"]
@@ -90,17 +71,17 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     r = tmp_path / "results/instruct"
     data = {k: cfg["data"][k] for k in ("pool", "target", "test")}
-    steps.generate_data(Smk(output=IO(**data), params={"generate": cfg["data"]["generate"]}))
+    steps.generate_data(cfg["data"]["generate"], **data)
     model = r / "base_model"
-    steps.build_model(Smk(output=IO(str(model)), params={"instruct": cfg}))
-    common = {"instruct": cfg, "model_dir": str(model)}
+    steps.build_model(cfg, str(model))
+    common = (cfg, str(model))
     ex = r / "examples.parquet"
-    steps.prepare(Smk(output=IO(examples=str(ex), truncation=str(r / "truncation.json")), params=common))
+    steps.prepare(*common, examples=str(ex), truncation=str(r / "truncation.json"))
     table = pl.read_parquet(ex)
     assert set(table.get_column("split")) == {"train", "val", "test"}
     assert set(table.filter(pl.col("split") == "val").get_column("task")) == {"arith"}
     ckpts = [r / f"warmup/epoch{e}.pt" for e in (1, 2)]
-    steps.warmup(Smk(input=IO(examples=str(ex)), output=IO(sample=str(r / "warmup/sample.parquet")), params=common))
+    steps.warmup(*common, examples=str(ex), sample=str(r / "warmup/sample.parquet"), checkpoints=[str(c) for c in ckpts])
     saved = torch.load(ckpts[1], weights_only=False)
     assert saved["optimizer"]["state"] and saved["lr"] > 0 and all("lora_" in k for k in saved["adapter"])
     indexes = []
@@ -108,34 +89,29 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
         for split in ("train", "val"):
             shards = [r / f"features/epoch{e}-{split}/shard_{i}" for i in range(2)]
             for i, out in enumerate(shards):
-                steps.features_shard(Smk(input=IO(examples=str(ex), checkpoint=str(ck)), output=IO(str(out)),
-                                         params=common, wildcards={"split": split, "shard": str(i)}))
+                steps.features_shard(*common, examples=str(ex), checkpoint=str(ck), out=str(out), split=split, shard=i)
             index = r / f"features/epoch{e}-{split}/index.json"
-            steps.features_gather(Smk(input=IO(shards=[str(s) for s in shards]), output=IO(str(index)),
-                                      wildcards={"epoch": str(e), "split": split}))
+            steps.features_gather([str(s) for s in shards], str(index), epoch=e, split=split)
             meta = json.loads((shards[0] / "meta.json").read_text())
             assert meta["precondition"] == ("adam" if split == "train" else "none")  # LESS: pool only
             indexes.append(str(index))
     scores = r / "scores/less.parquet"
-    steps.score(Smk(input=IO(examples=str(ex), features=indexes), output=IO(str(scores)), params=common))
+    steps.score(cfg["score"], examples=str(ex), features=indexes, out=str(scores))
     sc = pl.read_parquet(scores)
     assert sc.height == table.filter(pl.col("split") == "train").height and sc.get_column("score").is_finite().all()
     sels = {}
     for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0)):
         entry = cfg["selection"]["policies"][name]
         out = r / f"selections/{name}_keep{round(fraction * 100)}.parquet"
-        inputs = IO(examples=str(ex), **({"scores": str(scores)} if entry.get("score") else {}))
-        steps.select(Smk(input=inputs, output=IO(str(out)),
-                         params={"policy": entry, "fraction": fraction, "seed": 0}, wildcards={"policy": name}))
+        steps.select(str(ex), str(scores) if entry.get("score") else None, out=str(out), name=name, policy=entry,
+                     fraction=fraction, seed=0)
         sels[out.stem] = out
     for name, path in sels.items():
-        steps.finetune(Smk(input=IO(examples=str(ex), selection=str(path)), output=IO(str(r / f"metrics/{name}.parquet")),
-                           params=common, wildcards={"selection": name}))
+        steps.finetune(*common, examples=str(ex), selection=str(path), out=str(r / f"metrics/{name}.parquet"),
+                       name=name)
     md, csv = r / "report/summary.md", r / "report/summary.csv"
-    steps.report(Smk(input=IO(examples=str(ex), truncation=str(r / "truncation.json"),
-                              selections=[str(p) for p in sels.values()],
-                              metrics=[str(r / f"metrics/{n}.parquet") for n in sels]),
-                     output=IO(md=str(md), csv=str(csv))))
+    steps.report(str(ex), str(r / "truncation.json"), selections=[str(p) for p in sels.values()],
+                 metrics=[str(r / f"metrics/{n}.parquet") for n in sels], md=str(md), csv=str(csv))
     summary = pl.read_csv(csv)
     by = {row["selection"]: row for row in summary.iter_rows(named=True)}
     assert by["full_keep100"]["target_share"] == pytest.approx(by["full_keep100"]["base_rate"])
@@ -145,8 +121,7 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
     assert "share from target task" in md.read_text() and "Target task(s): arith" in md.read_text()
     # export: the user's own rows and columns, nothing datasel added, through the export writer (marker and all)
     out = r / "export" / "less_top_keep25"
-    steps.export(Smk(input=IO(examples=str(ex)), output=IO(str(out)), params={"format": "jsonl"},
-                     wildcards={"selection": "less_top_keep25"}))
+    steps.export(str(ex), out=str(out), selection="less_top_keep25", fmt="jsonl")
     back = pl.read_ndjson(out / "less_top_keep25.jsonl")
     assert back.columns == ["prompt", "completion", "task"] and (out / ".datasel-export.json").is_file()
     kept = pl.read_parquet(sels["less_top_keep25"]).filter(pl.col("selected")).height
@@ -319,19 +294,19 @@ def test_pool_and_target_features_share_one_fitted_basis(tmp_path: Path) -> None
     cfg = _config(tmp_path)
     cfg["features"] = {**cfg["features"], "projection": "factored", "factor_basis": "pca", "factor_fit_rows": 16}
     r = tmp_path / "results/instruct"
-    steps.generate_data(Smk(output=IO(**{k: cfg["data"][k] for k in ("pool", "target", "test")}),
-                            params={"generate": cfg["data"]["generate"]}))
-    common = {"instruct": cfg, "model_dir": str(r / "base_model")}
-    steps.build_model(Smk(output=IO(str(r / "base_model")), params={"instruct": cfg}))
+    steps.generate_data(cfg["data"]["generate"], **{k: cfg["data"][k] for k in ("pool", "target", "test")})
+    common = (cfg, str(r / "base_model"))
+    steps.build_model(cfg, str(r / "base_model"))
     ex = r / "examples.parquet"
-    steps.prepare(Smk(output=IO(examples=str(ex), truncation=str(r / "truncation.json")), params=common))
-    steps.warmup(Smk(input=IO(examples=str(ex)), output=IO(sample=str(r / "warmup/sample.parquet")), params=common))
+    steps.prepare(*common, examples=str(ex), truncation=str(r / "truncation.json"))
+    steps.warmup(*common, examples=str(ex), sample=str(r / "warmup/sample.parquet"),
+                 checkpoints=[str(r / "warmup/epoch1.pt"), str(r / "warmup/epoch2.pt")])
     metas = []
     for split in ("train", "val"):
         for i in range(2):
             out = r / f"features/epoch1-{split}/shard_{i}"
-            steps.features_shard(Smk(input=IO(examples=str(ex), checkpoint=str(r / "warmup/epoch1.pt")),
-                                     output=IO(str(out)), params=common, wildcards={"split": split, "shard": str(i)}))
+            steps.features_shard(*common, examples=str(ex), checkpoint=str(r / "warmup/epoch1.pt"), out=str(out),
+                                 split=split, shard=i)
             metas.append(json.loads((out / "meta.json").read_text()))
     assert {m["projection"] for m in metas} == {"factored"} and {m["projector"] for m in metas} == {"pca"}
     assert len({m["projection_sha"] for m in metas}) == 1

@@ -21,10 +21,11 @@ from datasel.cli import main
 from datasel.errors import ConfigError, DataError, DataselError
 from datasel.export import export_selection
 from datasel.instruct import steps
-from datasel.instruct.data import IGNORE, encode, encode_split, prepare_examples, render
+from datasel.instruct.data import prepare_examples, render
 from datasel.instruct.model import build_tiny_model
 from datasel.selection.make import make_selection
 from datasel.store import write_table
+from datasel.tasks.causal_lm import IGNORE, encode
 
 EOS = "<|endoftext|>"
 CFG: dict[str, Any] = {"format": "auto", "prompt_column": "prompt", "completion_column": "completion",
@@ -185,7 +186,7 @@ def test_prompt_ending_in_a_space_keeps_reply_tokens_whole(tok: Any) -> None:
 
 
 def test_retokenizing_from_the_last_special_token_changes_no_token(tok: Any, chat_tok: Any) -> None:
-    from datasel.instruct.data import tokenize_parts
+    from datasel.tasks.causal_lm import tokenize_parts
 
     long = CHAT + [t for k in range(6) for t in ({"role": "user", "content": f"Add {k} and 3 "},
                                                   {"role": "assistant", "content": f" {k + 3}"})]
@@ -222,7 +223,7 @@ def test_a_word_start_marker_is_not_added_at_a_reply(chat_tok: Any) -> None:
 def test_the_llama_learns_from_reply_tokens_only(llama_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from datasel.instruct.train import completion_loss
+    from datasel.tasks.causal_lm import CausalLMTask, completion_loss
 
     t = AutoTokenizer.from_pretrained(llama_dir)
     path = tmp_path / "chat.jsonl"
@@ -230,9 +231,9 @@ def test_the_llama_learns_from_reply_tokens_only(llama_dir: Path, tmp_path: Path
     table, report = prepare_examples({**CFG, "pool": str(path), "target": str(path), "test": str(path)}, t,
                                      tmp_path / "out")
     assert report["pool"]["format"] == "messages" and report["pool"]["task_column"]
-    ids, enc = encode_split(table, "train", t, 128)
+    enc = CausalLMTask(table, {}, {"max_length": 128}, "instruct.data", t).split("train")
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
-    logits = model(**enc.inputs()).logits.detach().requires_grad_(True)
+    logits = model(**enc.inputs).logits.detach().requires_grad_(True)
     completion_loss(logits, enc.labels).backward()
     # the loss reads the logits that predict trained tokens (position i-1 predicts token i) and nothing else
     read = logits.grad.abs().sum(-1) > 0
@@ -317,11 +318,9 @@ def _report(folder: Path, table: pl.DataFrame, picks: dict[str, list[int]]) -> t
         Path(metrics[-1]).parent.mkdir(exist_ok=True)
         pl.DataFrame({"selection": [name], "seed": [0], "loss_per_token": [1.5],
                       "exact_match": [0.25]}).write_parquet(metrics[-1])
-    from test_instruct import IO, Smk
-
     md, csv = folder / "report/summary.md", folder / "report/summary.csv"
-    steps.report(Smk(input=IO(examples=str(folder / "examples.parquet"), truncation=str(folder / "truncation.json"),
-                              selections=sels, metrics=metrics), output=IO(md=str(md), csv=str(csv))))
+    steps.report(str(folder / "examples.parquet"), str(folder / "truncation.json"), selections=sels, metrics=metrics,
+                 md=str(md), csv=str(csv))
     return pl.read_csv(csv), md.read_text()
 
 
@@ -385,9 +384,6 @@ def test_export_of_an_instruct_run_round_trips_the_users_rows(tmp_path: Path, to
     with pytest.raises(DataselError, match="refusing to export"):
         export_selection(folder, "random_keep50", "jsonl", folder / "export" / "x")
     # the chain's own export step writes through the same writer (marker included)
-    from test_instruct import IO, Smk
-
     chain = folder / "export" / "random_keep50"
-    steps.export(Smk(input=IO(examples=str(folder / "examples.parquet")), output=IO(str(chain)),
-                     params={"format": "jsonl"}, wildcards={"selection": "random_keep50"}))
+    steps.export(str(folder / "examples.parquet"), out=str(chain), selection="random_keep50", fmt="jsonl")
     assert pl.read_ndjson(chain / "random_keep50.jsonl").equals(want) and (chain / ".datasel-export.json").is_file()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from datasel.errors import DataError
-from datasel.models.causal_lm import check_model_folder, lora_targets, resolve_dtype  # noqa: F401 (check_model_folder: re-exported)
+from datasel.models.causal_lm import add_lora, check_model_folder, resolve_dtype  # noqa: F401 (check_model_folder: re-exported)
 from datasel.rl.policy import HFPolicy
 from datasel.store import atomic_path
 
@@ -55,20 +55,9 @@ def load_lm(path: str | Path, lora: dict[str, Any], device: torch.device, dtype:
             max_new_tokens: int = 32, where: str = "instruct.model.path") -> HFPolicy:
     """The base LM (a folder, or a GGUF file through its cached conversion) with fresh LoRA adapters (seeded by the
     caller), wrapped in a policy for generation. ``lora.target_modules`` null: the architecture's default."""
-    import peft
-
     resolve_dtype(dtype, device, "instruct.model.dtype")  # refused under its own key before anything loads
     policy = HFPolicy(str(path), max_new_tokens, device, dtype, field=where)
-    targets = lora_targets(policy.module, lora.get("target_modules"), "instruct.model.lora.target_modules", file=path)
-    for p in policy.module.parameters():
-        p.requires_grad_(False)
-    lcfg = peft.LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-                           target_modules=targets, task_type="CAUSAL_LM")
-    policy.module = peft.get_peft_model(policy.module, lcfg).to(device)
-    # adapters train in fp32 even on a half-precision base (their moments and updates are tiny numbers)
-    for p in policy.module.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+    policy.module = add_lora(policy.module, lora, "instruct.model.lora.target_modules", file=path).to(device)
     return policy
 
 

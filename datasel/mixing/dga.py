@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from datasel.errors import ConfigError
-from datasel.mixing.task import IGNORE_INDEX, MixingTask, check_domains, token_ce
+from datasel.mixing.task import IGNORE_INDEX, MixingTask, check_domains, token_ce, training_loss
 from datasel.runtime import pick_device, seed_everything
 from datasel.training.loop import LoopSettings, train_loop
 
@@ -109,8 +109,9 @@ def check_dga_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _flat_grad(model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    loss = token_ce(model(x), y)
+def _flat_grad(model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_ce) -> torch.Tensor:
+    loss = loss_fn(model(x), y)
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
 
@@ -199,6 +200,7 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
     k = len(task.domains)
     gen = seed_everything(seed)
     model = build_model(dict(cfg.get("model") or {"name": "mlp"}), task.meta).to(device)
+    loss_fn = training_loss(cfg.get("model"))
     params = [p for p in model.parameters() if p.requires_grad]
     steps = int(tcfg["steps"])
     settings = LoopSettings.from_cfg({k: tcfg[k] for k in ("lr", "weight_decay", "schedule")}, steps,
@@ -243,8 +245,9 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
                 res.curve.append((step, *evaluate_specific(model, task.eval_x, task.eval_y, int(tcfg["eval_batch"]))))
             if strategy == "dga" and step % int(dcfg["update_every"]) == 0:
                 ab = int(dcfg["align_batch"])
-                g_spe = _flat_grad(model, params, *_subsample(task.spe_x, task.spe_y, ab, gen))
-                g_arms = [_flat_grad(model, params, *arm_sampler.batch(P[j], ab)) for j in range(P.shape[0])]
+                g_spe = _flat_grad(model, params, *_subsample(task.spe_x, task.spe_y, ab, gen), loss_fn=loss_fn)
+                g_arms = [_flat_grad(model, params, *arm_sampler.batch(P[j], ab), loss_fn=loss_fn)
+                          for j in range(P.shape[0])]
                 a = alignment_scores(g_arms, g_spe, dcfg["normalize"])
                 w = eg_update(w, a, float(dcfg["eta"]), float(dcfg["beta"]),
                               None if dcfg["clip"] is None else float(dcfg["clip"]))
@@ -257,7 +260,7 @@ def train_mixture(task: MixingTask, cfg: dict[str, Any], strategy: str = "dga", 
                 res.alignments.append((step, a))
             yield sampler.batch((1 - smooth) * alpha + smooth / len(alpha) if smooth else alpha, B)
 
-    train_loop(model, lambda batch: token_ce(model(batch[0]), batch[1]), mixture_batches, settings, gen,
+    train_loop(model, lambda batch: loss_fn(model(batch[0]), batch[1]), mixture_batches, settings, gen,
                params=params, desc=f"mix[{strategy}]")
     res.curve.append((steps, *evaluate_specific(model, task.eval_x, task.eval_y, int(tcfg["eval_batch"]))))
     if res.weights[-1][0] != steps:

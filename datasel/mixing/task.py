@@ -30,6 +30,17 @@ def token_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
+def training_loss(model_cfg: dict[str, Any] | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss a mixture trains with: :func:`token_ce`, or for a pretrained causal LM (``model.name: causal_lm``)
+    the causal-LM task's per-example completion loss (:func:`datasel.tasks.causal_lm.shifted_loss`), the loss of
+    every other LM trainer."""
+    if (model_cfg or {}).get("name") == "causal_lm":
+        from datasel.tasks.causal_lm import shifted_loss
+
+        return shifted_loss
+    return token_ce
+
+
 @dataclass
 class MixingTask:
     """Tensors per generic domain, the specific set (aligned to) and its evaluation split (measured on)."""

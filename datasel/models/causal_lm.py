@@ -239,3 +239,22 @@ def lora_targets(model: Any, requested: list[str] | None, field: str, file: str 
                           fix=f"use some of this model's Linear modules: {', '.join(have)} (or leave "
                               f"{field} unset for the architecture's default)")
     return list(requested)
+
+
+def add_lora(model: Any, lora: dict[str, Any], field: str, file: str | Path | None = None) -> Any:
+    """``model`` with fresh LoRA adapters (a peft model; A is drawn now, so the caller seeds) and only those
+    trainable. ``lora``: ``r``, ``alpha``, ``dropout`` (default 0), ``target_modules`` (None: the architecture's
+    default, :func:`lora_targets`)."""
+    import peft
+
+    targets = lora_targets(model, lora.get("target_modules"), field, file=file)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lcfg = peft.LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora.get("dropout", 0.0)),
+                           target_modules=targets, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, lcfg)
+    # adapters train in fp32 even on a half-precision base (their moments and updates are tiny numbers)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model

@@ -5,7 +5,7 @@
 through :mod:`datasel.models.causal_lm` (the packaged SmolLM2-135M-Instruct by default; a folder, a .gguf file or a
 cached hub name with ``path``/``gguf_file``). ``lora: {r, alpha, target_modules}`` (targets default per
 architecture) trains adapters only; ``lora: null`` trains every weight. Text rows are tokenized with the model's own
-tokenizer (:class:`LMTextEncoder`), right-padded; padded targets are -100, which the cross-entropy ignores, and
+tokenizer (:class:`datasel.tasks.causal_lm.LMTextEncoder`), right-padded; padded targets are -100, which the cross-entropy ignores, and
 causal attention keeps real tokens from seeing the padding.
 
 Checkpoints hold only the trainable weights (``checkpoint_keys``): the base comes back from the model source.
@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from datasel.errors import DataError
-from datasel.mixing.task import IGNORE_INDEX as IGNORE
 from datasel.models.registry import register_model
+from datasel.tasks.causal_lm import LMTextEncoder
 
 LM_DEFAULTS: dict[str, Any] = {"source": None, "path": None, "gguf_file": None, "dtype": "auto",
                                "lora": {"r": 8, "alpha": 16, "target_modules": None}}
@@ -78,35 +77,6 @@ def build_causal_lm(cfg: dict[str, Any], meta: dict[str, Any], where: str = "mod
             if "lora_" in name:
                 p.data = p.data.float()  # adapters train in fp32 on a half-precision base
     return CausalLMLogits(lm)
-
-
-class LMTextEncoder:
-    """Text rows -> (ids[:-1], ids[1:]) with the LM's tokenizer, every row padded to one width (the longest row of
-    the table it was built on), so that batches drawn across domains stack."""
-
-    def __init__(self, tokenizer: Any, texts: list[str]) -> None:
-        self.tok = tokenizer
-        self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-        self.width = max((len(self._ids(t)) for t in texts), default=2)
-
-    def _ids(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        n, w = len(texts), self.width - 1
-        x = torch.full((n, w), self.pad, dtype=torch.long)
-        y = torch.full((n, w), IGNORE, dtype=torch.long)
-        for i, t in enumerate(texts):
-            ids = self._ids(t)
-            if len(ids) > self.width:
-                raise DataError(f"a text row has {len(ids)} tokens, more than the {self.width} this task was built "
-                                "for", field="text", fix="build the task from the table that holds every row")
-            if len(ids) < 2:
-                raise DataError(f"text row {t!r} has fewer than two tokens: nothing to predict", field="text",
-                                fix="drop empty rows or use longer chunks")
-            x[i, : len(ids) - 1] = torch.tensor(ids[:-1])
-            y[i, : len(ids) - 1] = torch.tensor(ids[1:])
-        return x, y
 
 
 def text_encoder(model_cfg: dict[str, Any] | None, texts: list[str], where: str) -> LMTextEncoder | None:

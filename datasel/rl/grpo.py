@@ -8,7 +8,9 @@ allows (min_group) the two differ by √2. Per completion token, with ratio = π
     ℓ = −min(ratio·A, clip(ratio, 1−ε_low, 1+ε_high)·A) + β·KL,   KL = exp(ref − logp) − (ref − logp) − 1
 
 (the k3 estimator, non-negative and unbiased for KL(π_θ‖π_ref)). Tokens are averaged per sequence, then over
-sequences (``seq_mean``, as in the GRPO paper) or over all tokens of the batch (``token_mean``).
+sequences (``seq_mean``, as in the GRPO paper) or over all tokens of the batch (``token_mean``). The log-probabilities
+are the causal-LM task's (:meth:`Policy.token_logprobs`, :func:`datasel.tasks.causal_lm.token_logprobs`), the ones
+the warm start's and the instruction fine-tune's per-example loss is built from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from datasel.rl.policy import Policy, Rollouts
+from datasel.tasks.causal_lm import masked_mean
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     kl = torch.exp(d) - d - 1
     per_tok = -surr + kl_coef * kl
     if agg == "seq_mean":
-        loss = ((per_tok * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+        loss = masked_mean(per_tok, mask).mean()
     elif agg == "token_mean":
         loss = (per_tok * mask).sum() / mask.sum().clamp_min(1)
     else:

@@ -1,7 +1,7 @@
 """The RL loop: per iteration a curriculum spends its rollout budget, GRPO trains, held-out accuracy is measured.
 
-Also the Snakemake entry points (``prompts_step``, ``warmstart_step``, ``train_step``) that read the rule's
-inputs/outputs/params and write the tables: ``metrics`` (held-out accuracy against rollouts consumed) and
+Also the rules' steps (``prompts_step``, ``warmstart_step``, ``train_step``), on typed arguments that
+``workflow/scripts/cures_*.py`` unpack from Snakemake, which write the tables: ``metrics`` (held-out accuracy against rollouts consumed) and
 ``prompt_stats`` (per iteration and prompt: α, β, p̂, σ, ρ, rollouts).
 """
 
@@ -102,44 +102,41 @@ def run_rl(
     return metrics, pl.concat(stats)
 
 
-# ---------------------------------------------------------------- Snakemake entry points
-def _device(cfg: dict[str, Any]) -> torch.device:
-    return pick_device(cfg.get("device", "auto"))
+# ---------------------------------------------------------------- the rules' steps (typed; workflow/scripts/cures_*.py)
+def prompts_step(prompts_cfg: dict[str, Any], seed: int, out: str) -> None:
+    """rule cures_prompts: the prompt table from ``cures.prompts``."""
+    write_table(build_prompt_sets(dict(prompts_cfg), int(seed)), out, PROMPTS_SCHEMA)
 
 
-def prompts_step(smk: Any) -> None:
-    """rule cures_prompts: params.prompts → output.prompts (the prompt table)."""
-    df = build_prompt_sets(dict(smk.params.prompts), int(smk.params.seed))
-    write_table(df, smk.output.prompts, PROMPTS_SCHEMA)
-
-
-def warmstart_step(smk: Any) -> None:
-    """rule cures_warmstart: a fresh policy trained on the warm-start split → output.ckpt (+ history json)."""
-    seed = int(smk.wildcards.seed)
+def warmstart_step(prompts: str, policy_cfg: dict[str, Any], warmstart_cfg: dict[str, Any], seed: int, ckpt: str,
+                   history: str) -> None:
+    """rule cures_warmstart: a fresh policy (``cures.policy`` with ``device``) trained on the warm-start split ->
+    ``ckpt`` (+ the ``history`` json)."""
+    seed = int(seed)
     seed_everything(seed)
-    prompts = read_table(smk.input.prompts, PROMPTS_SCHEMA)
-    policy = new_policy(prompts, dict(smk.params.policy), _device(dict(smk.params.policy)))
-    _, q, a = split_lists(prompts, "warmstart")
-    history = warm_start(policy, q, a, dict(smk.params.warmstart), seed)
-    save_checkpoint_file({**policy.checkpoint(), "warmstart": history, "seed": seed}, smk.output.ckpt)
-    write_json(smk.output.history, history, indent=1)
+    table = read_table(prompts, PROMPTS_SCHEMA)
+    policy = new_policy(table, dict(policy_cfg), pick_device(policy_cfg.get("device", "auto")))
+    _, q, a = split_lists(table, "warmstart")
+    hist = warm_start(policy, q, a, dict(warmstart_cfg), seed)
+    save_checkpoint_file({**policy.checkpoint(), "warmstart": hist, "seed": seed}, ckpt)
+    write_json(history, hist, indent=1)
 
 
-def train_step(smk: Any) -> None:
-    """rule cures_train: one (run, seed); writes metrics, prompt_stats, per-iteration and final checkpoints."""
-    cfg = {"runs": {smk.wildcards.run: dict(smk.params.run)}, "budget": dict(smk.params.budget),
-           "grpo": dict(smk.params.grpo), "eval": dict(smk.params.eval)}
-    seed = int(smk.wildcards.seed)
-    prompts = read_table(smk.input.prompts, PROMPTS_SCHEMA)
-    ckpt = torch.load(smk.input.ckpt, map_location="cpu", weights_only=False)
-    policy = load_policy(ckpt, _device(dict(smk.params.policy)))
-    iter_ckpts = {int(Path(p).stem.removeprefix("iter")): p for p in smk.output.iterations}
+def train_step(prompts: str, ckpt: str, run: str, seed: int, run_cfg: dict[str, Any], budget: dict[str, Any],
+               grpo: dict[str, Any], evaluation: dict[str, Any], device: str, metrics: str, prompt_stats: str,
+               iterations: list[str]) -> None:
+    """rule cures_train: one (run, seed) from the warm-start checkpoint ``ckpt``; writes the metrics and prompt_stats
+    tables and a checkpoint per iteration named in ``iterations`` (``.../iter<i>.pt``)."""
+    cfg = {"runs": {run: dict(run_cfg)}, "budget": dict(budget), "grpo": dict(grpo), "eval": dict(evaluation)}
+    seed = int(seed)
+    table = read_table(prompts, PROMPTS_SCHEMA)
+    policy = load_policy(torch.load(ckpt, map_location="cpu", weights_only=False), pick_device(device))
+    iter_ckpts = {int(Path(p).stem.removeprefix("iter")): p for p in iterations}
 
     def save(it: int, pol: Policy) -> None:
         if it in iter_ckpts:
-            save_checkpoint_file({**pol.checkpoint(), "iteration": it, "seed": seed, "run": smk.wildcards.run},
-                                 iter_ckpts[it])
+            save_checkpoint_file({**pol.checkpoint(), "iteration": it, "seed": seed, "run": run}, iter_ckpts[it])
 
-    metrics, stats = run_rl(policy, prompts, cfg, smk.wildcards.run, seed, on_iteration=save)
-    write_table(metrics, smk.output.metrics, "metrics")
-    write_table(stats, smk.output.prompt_stats, "prompt_stats")
+    frame, stats = run_rl(policy, table, cfg, run, seed, on_iteration=save)
+    write_table(frame, metrics, "metrics")
+    write_table(stats, prompt_stats, "prompt_stats")

@@ -16,14 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasel.errors import ConfigError
 from datasel.models.gpt import TinyGPT
 from datasel.rl.tokenizer import CharTokenizer
+from datasel.tasks import causal_lm as lm
 
 log = logging.getLogger(__name__)
+
+
+def completion_labels(seqs: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
+    """The rollout rectangle as causal-LM labels: its tokens on the completion, ``IGNORE`` elsewhere."""
+    return seqs.masked_fill(~comp.bool(), lm.IGNORE)
 
 
 @dataclass
@@ -85,9 +90,14 @@ class Policy(ABC):
                         comp.to(self.device), list(targets))
 
     def token_logprobs(self, seqs: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """(R, L-1): log π of token t+1 given tokens ≤ t; mask with ``comp[:, 1:]``."""
-        logp = torch.log_softmax(self.logits(seqs, attn)[:, :-1].float(), dim=-1)
-        return logp.gather(-1, seqs[:, 1:, None]).squeeze(-1)
+        """(R, L-1): log π of token t+1 given tokens ≤ t (the causal-LM task's :func:`~datasel.tasks.causal_lm.
+        token_logprobs`, GRPO's input); mask with ``comp[:, 1:]``."""
+        return lm.token_logprobs(self.logits(seqs, attn), seqs)[0]
+
+    def completion_nll(self, ro: Rollouts) -> torch.Tensor:
+        """(R,): each rollout's mean negative log-likelihood over its completion tokens (the causal-LM task's
+        per-example loss; the warm start's)."""
+        return lm.example_nll(self.logits(ro.seqs, ro.attn), completion_labels(ro.seqs, ro.comp))
 
     @torch.no_grad()
     def sample(self, prompts: list[str], temperature: float = 1.0, greedy: bool = False,
@@ -152,8 +162,8 @@ class Policy(ABC):
         seqs, attn, comp = seqs.to(self.device), attn.to(self.device), comp.to(self.device)
         with torch.enable_grad():
             logits, x0, h = self.forward_parts(seqs, attn)
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, seqs[:, 1:, None]).squeeze(-1)
-            total = (logp * comp[:, 1:]).sum()
+            logp, mask = lm.token_logprobs(logits, completion_labels(seqs, comp))
+            total = (logp * mask).sum()
             wrt = [x0, logits] + ([h] if h is not None else [])
             grads = torch.autograd.grad(total, wrt, allow_unused=True)
         dx = grads[0].float() if grads[0] is not None else torch.zeros_like(x0, dtype=torch.float32)
@@ -327,10 +337,3 @@ def load_policy(ckpt: dict[str, Any], device: torch.device) -> Policy:
         pol = HFPolicy(ckpt["path"], ckpt["max_new_tokens"], device, ckpt.get("dtype", "auto"))
     pol.module.load_state_dict(ckpt["state_dict"])
     return pol
-
-
-def completion_nll(policy: Policy, seqs: torch.Tensor, attn: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
-    """Mean token negative log-likelihood of the completion tokens (the warm start's loss)."""
-    logits = policy.logits(seqs, attn)[:, :-1]
-    tgt = seqs[:, 1:].masked_fill(~comp[:, 1:], -100)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-100)

@@ -8,42 +8,54 @@ slice reaches ``target_accuracy``, leaves it with partial accuracy: easy prompts
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from datasel.rl.evaluate import accuracy
-from datasel.rl.policy import Policy, completion_nll
-from datasel.runtime import progress
+from datasel.rl.policy import Policy, Rollouts
+from datasel.training.loop import LoopSettings, LoopState, train_loop
 
 log = logging.getLogger(__name__)
 
 
+class _TargetReached(Exception):
+    """Raised by the probe hook to end the loop early: the probe accuracy reached ``target_accuracy``."""
+
+
 def warm_start(policy: Policy, questions: list[str], answers: list[str], cfg: dict[str, Any], seed: int) -> list[dict]:
-    """Train ``policy`` in place on (question, answer) pairs; returns the (step, loss, probe accuracy) history."""
-    rng = np.random.default_rng(seed)
+    """Train ``policy`` in place on (question, answer) pairs with the one training loop and the causal-LM task's
+    per-example completion loss; returns the (step, loss, probe accuracy) history."""
     probe_n = min(int(cfg.get("probe_size", 200)), len(questions) // 4)
     probe_q, probe_a = questions[-probe_n:], answers[-probe_n:]
     train_q, train_a = questions[:-probe_n] if probe_n else questions, answers[:-probe_n] if probe_n else answers
-    steps, bs = int(cfg.get("steps", 600)), int(cfg.get("batch_size", 64))
+    steps, bs = int(cfg.get("steps", 600)), min(int(cfg.get("batch_size", 64)), len(train_q))
     target, every = cfg.get("target_accuracy", 0.5), int(cfg.get("eval_every", 25))
-    opt = torch.optim.AdamW(policy.module.parameters(), lr=float(cfg.get("lr", 3e-3)),
-                            weight_decay=float(cfg.get("weight_decay", 0.0)))
+    settings = LoopSettings(steps=steps, optimizer="adamw", lr=float(cfg.get("lr", 3e-3)),
+                            weight_decay=float(cfg.get("weight_decay", 0.0)), schedule="constant",
+                            max_grad_norm=1.0, where="cures.warmstart")
+
+    def batches(_epoch: int, gen: torch.Generator) -> Iterator[Rollouts]:
+        while True:  # a fresh random batch per step (no epochs)
+            idx = torch.randperm(len(train_q), generator=gen)[:bs].tolist()
+            yield policy.teacher_batch([train_q[i] for i in idx], [train_a[i] for i in idx])
+
     history: list[dict] = []
-    policy.module.train()
-    for step in progress(range(1, steps + 1), desc="warm start", total=steps, unit="step"):
-        idx = rng.choice(len(train_q), size=min(bs, len(train_q)), replace=False)
-        batch = policy.teacher_batch([train_q[i] for i in idx], [train_a[i] for i in idx])
-        loss = completion_nll(policy, batch.seqs, batch.attn, batch.comp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.module.parameters(), 1.0)
-        opt.step()
-        if step % every == 0 or step == steps:
-            acc = accuracy(policy, probe_q, probe_a) if probe_n else float("nan")
-            history.append({"step": step, "loss": float(loss.detach()), "probe_accuracy": acc})
-            log.info("warm start step %d loss %.3f probe accuracy %.3f", step, float(loss.detach()), acc)
-            if target is not None and acc >= float(target):
-                break
+
+    def probe(state: LoopState) -> None:
+        if state.step % every and state.step != steps:
+            return
+        loss = float(state.losses[-1])
+        acc = accuracy(policy, probe_q, probe_a) if probe_n else float("nan")
+        history.append({"step": state.step, "loss": loss, "probe_accuracy": acc})
+        log.info("warm start step %d loss %.3f probe accuracy %.3f", state.step, loss, acc)
+        if target is not None and acc >= float(target):
+            raise _TargetReached
+
+    try:
+        train_loop(policy.module, lambda batch: policy.completion_nll(batch).mean(), batches, settings, seed,
+                   desc="warm start", after_step=probe)
+    except _TargetReached:
+        policy.module.eval()
     return history

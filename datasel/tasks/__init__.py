@@ -1,4 +1,4 @@
-"""Tasks: one per data kind (vector, text, triplets), the seam every trainer and scorer goes through (see ``base``)."""
+"""Tasks: one per data kind (vector, text, triplets, causal_lm), the seam every trainer and scorer goes through (see ``base``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def make_task(examples: pl.DataFrame, meta: dict[str, Any], model_cfg: dict[str,
         from datasel.tasks.vector import VectorTask
 
         return VectorTask(examples, meta, model_cfg)
+    if kind == "causal_lm":
+        from datasel.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask(examples, meta, model_cfg, where)
     if kind == "text":
         from datasel.tasks.text import TextTask
 
@@ -33,4 +37,5 @@ def make_task(examples: pl.DataFrame, meta: dict[str, Any], model_cfg: dict[str,
 
         return TripletTask(examples, meta, model_cfg)
     raise ConfigError(f"data kind '{kind}' has no task", field="data",
-                      fix="use vector (x / feature_columns), text (text_column) or triplets (query, positive, negative) data")
+                      fix="use vector (x / feature_columns), text (text_column), triplets (query, positive, negative) "
+                          "or causal_lm (prompt, completion) data")

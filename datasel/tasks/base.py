@@ -8,7 +8,8 @@ Proxy training, every checkpoint scorer, the feature store and the training rule
 - ``per_example_loss(logits, y)`` → ``(B,)`` (cross-entropy for classification), and ``loss_fn`` its mean, the form
   the per-sample gradient code differentiates.
 
-A new data kind is one module in this package that subclasses :class:`Task` and is named in :func:`make_task`.
+Causal language modelling (``causal_lm``: prompt/completion pairs, token labels, the per-example completion loss)
+is one such kind, :mod:`datasel.tasks.causal_lm`. A new data kind is one module in this package that subclasses :class:`Task` and is named in :func:`make_task`.
 """
 
 from __future__ import annotations
@@ -172,7 +173,11 @@ class Task:
                               fix=f"the model is called as {self.call_contract}") from None
         finally:
             model.train(was_training)
-        want = (batch_len(probe), self.num_classes)
+        self.check_output(out, batch_len(probe), where)
+
+    def check_output(self, out: Any, rows: int, where: str) -> None:
+        """Refuse model outputs the loss cannot take (here: class logits)."""
+        want = (rows, self.num_classes)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ConfigError(f"the model returned {got} on a batch of {want[0]}; the loss needs logits of shape "

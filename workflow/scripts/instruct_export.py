@@ -1,4 +1,5 @@
 from datasel.instruct.steps import export
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, export)  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, lambda s: export(s.input.examples, out=s.output[0], selection=s.wildcards.selection,  # noqa: F821
+                                    fmt=s.params.format))

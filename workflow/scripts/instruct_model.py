@@ -1,4 +1,4 @@
 from datasel.instruct.steps import build_model
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, build_model)  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, lambda s: build_model(s.params.instruct, out=s.output[0]))  # noqa: F821 (injected by Snakemake)

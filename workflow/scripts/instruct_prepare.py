@@ -1,4 +1,5 @@
 from datasel.instruct.steps import prepare
 from datasel.snakemake_entry import run_step
 
-run_step(snakemake, prepare)  # noqa: F821 (injected by Snakemake)
+run_step(snakemake, lambda s: prepare(s.params.instruct, s.params.model_dir, examples=s.output.examples,  # noqa: F821
+                                     truncation=s.output.truncation))
