@@ -30,9 +30,7 @@ if stage_on("dga"):
         resources:
             **job_resources("dga_data"),
         params:
-            data=canon(
-                {**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})}
-            ),
+            data=canon(support.dga_data_params(DGA)),
         script:
             script_path("dga_data")
 
@@ -103,5 +101,5 @@ if stage_on("dga"):
             script_path("dga_plots")
 
     register_targets("dga", lambda: support.dga_tables(DGA) + [*rules.dga_plots.output])
-    if "dga" in DGA_STRATEGIES:
+    if support.dga_alignment_on(DGA):
         register_score_table("dga_alignment")  # selection policies may rank by it (score: dga_alignment)
