@@ -1,10 +1,10 @@
 """Sizing of config/experiments/dga_text.yaml (DGA on SmolLM2-135M-Instruct + LoRA): time its pieces once, add up.
 
-Builds the config's domain data and task, then times with the config's shapes: one training step (twice: the first
-warms up), one alignment gradient (a DGA update takes k + 1 of them: one per domain and one of the specific set),
-and one evaluation forward of ``batch_size`` rows. The estimate per run is
-``steps·t_step + evals·(n_test / batch_size)·t_fwd (+ updates·(k+1)·t_grad for DGA) + t_setup``, summed over
-strategies × seeds. Prints wall and CPU seconds of each piece: on a machine shared with other work wall time is
+Builds the config's domain data and task, then times with the config's shapes: one DGA update at the base model
+(k + 1 alignment gradients: one per domain, one of the specific set; it also warms the model up; its cosines and
+the weights after the step are printed), one training step, and one evaluation forward of ``batch_size`` rows. The
+estimate per run is ``t_setup + steps·t_step + evals·⌈n_test / batch_size⌉·t_fwd (+ updates·t_update for DGA)``,
+summed over strategies × seeds. Prints wall and CPU seconds of each piece: on a machine shared with other work wall time is
 inflated, CPU seconds / threads is what an idle machine would take (if the threads scale).
 
     DATASEL_PROGRESS=0 python benchmarks/dga_lm_sizing.py [--config config/experiments/dga_text.yaml] [--threads 2]
@@ -18,6 +18,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -35,11 +36,11 @@ class Clock:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(ROOT / "config" / "experiments" / "dga_text.yaml"))
+    ap.add_argument("--config", default="config/experiments/dga_text.yaml")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from datasel.data.domains import build_domain_examples
-    from datasel.mixing.dga import _flat_grad, evaluate_specific
+    from datasel.mixing.dga import _flat_grad, alignment_scores, eg_update, evaluate_specific
     from datasel.mixing.steps import prepare_task
     from datasel.mixing.task import token_ce
     from datasel.models import build_model
@@ -47,7 +48,7 @@ def main() -> None:
     from datasel.workflow_support import dga_data_params
 
     set_threads(args.threads)
-    cfg = yaml.safe_load(Path(args.config).read_text())["dga"]
+    cfg = yaml.safe_load((ROOT / args.config).read_text())["dga"]
     cfg.setdefault("task", {})
     t: dict[str, Clock] = {}
     with Clock() as t["data"]:
@@ -59,33 +60,36 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg["train"]["lr"]))
     B, ab = int(cfg["train"]["batch_size"]), int(cfg["dga"]["align_batch"])
+    k = len(task.domains)
+    # one whole DGA update first (it also warms the model up): k + 1 gradients, the cosines, the EG step
+    with Clock() as t["dga_update"]:
+        g_spe = _flat_grad(model, params, task.spe_x[:ab], task.spe_y[:ab])
+        g_arms = [_flat_grad(model, params, x[:ab], y[:ab]) for x, y in zip(task.xs, task.ys)]
+        a = alignment_scores(g_arms, g_spe, cfg["dga"].get("normalize", "cosine"))
+        w = eg_update(np.full(k, 1 / k), a, float(cfg["dga"]["eta"]), float(cfg["dga"]["beta"]))
     x, y = task.xs[0][:B], task.ys[0][:B]
-    for name in ("step_warm", "step"):
-        with Clock() as t[name]:
-            loss = token_ce(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-    with Clock() as t["align_grad"]:
-        _flat_grad(model, params, task.xs[1][:ab], task.ys[1][:ab])
+    with Clock() as t["step"]:
+        loss = token_ce(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
     with Clock() as t["eval_fwd"]:
         evaluate_specific(model, task.eval_x[:B], task.eval_y[:B])
 
     tr = cfg["train"]
     steps, every = int(tr["steps"]), int(tr["eval_every"])
     evals = len(range(0, steps, every)) + 1
-    k = len(task.domains)
     updates = len(range(0, steps, int(cfg["dga"]["update_every"])))
     fwd_batches = evals * math.ceil(len(task.eval_y) / B)
-    out: dict[str, object] = {"config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_absolute()
-                              and ROOT in Path(args.config).parents else args.config,
-                              "threads": args.threads, "domains": k, "tokens_per_step": int((y != -100).sum()),
+    out: dict[str, object] = {"config": args.config, "threads": args.threads, "domains": k, "tokens_per_step": int((y != -100).sum()),
+                              "first_update": {"domains": task.domains, "cosines": [round(float(v), 4) for v in a],
+                                               "weights": [round(float(v), 4) for v in w]},
                               "pieces": {n: {"wall_s": round(c.wall, 2), "cpu_s": round(c.cpu, 2)}
                                          for n, c in t.items()}}
     for kind in ("wall", "cpu"):
         g = {n: getattr(c, kind) for n, c in t.items()}
         base = g["setup"] + steps * g["step"] + fwd_batches * g["eval_fwd"]
-        per = {s: base + (updates * (k + 1) * g["align_grad"] if s == "dga" else 0) for s in cfg["strategies"]}
+        per = {s: base + (updates * g["dga_update"] if s == "dga" else 0) for s in cfg["strategies"]}
         total = g["data"] + len(cfg["seeds"]) * sum(per.values())
         out[f"run_{kind}_s"] = {s: round(v, 1) for s, v in per.items()}
         out[f"total_{kind}_s"] = round(total, 1)
