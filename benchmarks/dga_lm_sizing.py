@@ -2,12 +2,12 @@
 
 Builds the config's domain data and task, then times with the config's shapes: one DGA update at the base model
 (k + 1 alignment gradients: one per domain, one of the specific set; it also warms the model up; its cosines and
-the weights after the step are printed), one training step, and one evaluation forward of ``batch_size`` rows. The
+the weights after the step are printed), ``--steps`` training steps (the median counts), and one evaluation forward of ``batch_size`` rows. The
 estimate per run is ``t_setup + steps·t_step + evals·⌈n_test / batch_size⌉·t_fwd (+ updates·t_update for DGA)``,
 summed over strategies × seeds. Prints wall and CPU seconds of each piece: on a machine shared with other work wall time is
 inflated, CPU seconds / threads is what an idle machine would take (if the threads scale).
 
-    DATASEL_PROGRESS=0 python benchmarks/dga_lm_sizing.py [--config config/experiments/dga_text.yaml] [--threads 2]
+    DATASEL_PROGRESS=0 python benchmarks/dga_lm_sizing.py [--config config/experiments/dga_text.yaml] [--threads 2] [--steps 3]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="config/experiments/dga_text.yaml")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3, help="training steps timed (the median counts)")
     args = ap.parse_args()
     from datasel.data.domains import build_domain_examples
     from datasel.mixing.dga import _flat_grad, alignment_scores, eg_update, evaluate_specific
@@ -67,12 +68,16 @@ def main() -> None:
         g_arms = [_flat_grad(model, params, x[:ab], y[:ab]) for x, y in zip(task.xs, task.ys)]
         a = alignment_scores(g_arms, g_spe, cfg["dga"].get("normalize", "cosine"))
         w = eg_update(np.full(k, 1 / k), a, float(cfg["dga"]["eta"]), float(cfg["dga"]["beta"]))
-    x, y = task.xs[0][:B], task.ys[0][:B]
-    with Clock() as t["step"]:
-        loss = token_ce(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    step_clocks = []
+    for i in range(args.steps):  # a step's time on a shared machine moves: the median of a few
+        x, y = task.xs[i % k][:B], task.ys[i % k][:B]
+        with Clock() as c:
+            loss = token_ce(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        step_clocks.append(c)
+    t["step"] = sorted(step_clocks, key=lambda c: c.cpu)[len(step_clocks) // 2]
     with Clock() as t["eval_fwd"]:
         evaluate_specific(model, task.eval_x[:B], task.eval_y[:B])
 
@@ -84,6 +89,8 @@ def main() -> None:
     out: dict[str, object] = {"config": args.config, "threads": args.threads, "domains": k, "tokens_per_step": int((y != -100).sum()),
                               "first_update": {"domains": task.domains, "cosines": [round(float(v), 4) for v in a],
                                                "weights": [round(float(v), 4) for v in w]},
+                              "steps_cpu_s": [round(c.cpu, 2) for c in step_clocks],
+                              "steps_wall_s": [round(c.wall, 2) for c in step_clocks],
                               "pieces": {n: {"wall_s": round(c.wall, 2), "cpu_s": round(c.cpu, 2)}
                                          for n, c in t.items()}}
     for kind in ("wall", "cpu"):

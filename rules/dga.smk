@@ -18,6 +18,13 @@ if stage_on("dga"):
             "set dga.task.specific to the domain-column value of the specific rows, or dga.task.specific_split",
         )
 
+    if DGA["data"]["source"] == "installed_text" and DGA["model"].get("name") != "causal_lm":
+        fail(
+            "installed_text cuts the text in a language model's tokens, and dga.model is not one",
+            "dga.model.name",
+            "use model: {name: causal_lm, source: smollm2} (or stdlib_text for a character-level model)",
+        )
+
     rule dga_data:
         input:
             unpack(lambda wc: support.dga_data_inputs(DGA)),

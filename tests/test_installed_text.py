@@ -53,7 +53,10 @@ def _tree(root: Path) -> dict[str, str]:
     for i in range(8, 12):
         (man / "man7" / f"tool{i}.7").write_text(_roff(i))
     (man / "man1" / "gen_x.1").write_text(".TH GEN 1\nGENERATED TEMPLATE " * 20)
-    return {"site_packages": str(site), "man": str(man)}
+    ref = root / "stdlib" / "pydoc_data"
+    ref.mkdir(parents=True)
+    (ref / "topics.py").write_text("# generated\ntopics = " + repr({f"topic{i}": _prose(i + 60, 50) for i in range(6)}))
+    return {"site_packages": str(site), "man": str(man), "stdlib": str(root / "stdlib")}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,8 @@ def test_domains_hold_what_their_source_holds(built):
     # each domain records the files its chunks came from, relative to the source's root
     assert all(f.endswith("mod.py") for f in meta["files"]["code"]["train"])
     assert all(f.endswith("/LICENSE") for f in meta["files"]["licenses"]["train"])
-    assert all(f.startswith("pydoc_data/topics.py:") for f in meta["files"]["reference"]["train"])
+    # the reference is read from the chosen stdlib folder, not from the running interpreter's
+    assert {f.split(":")[1] for f in meta["files"]["reference"]["train"]} <= {f"topic{i}" for i in range(6)}
 
 
 def test_specific_rows_do_not_leak(built):
@@ -151,15 +155,28 @@ def test_rule_hands_the_models_tokenizer_to_the_data_step():
                                                "model": {"name": "tiny_gpt"}})
 
 
+def _plan(tmp: Path, configfile: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATASEL_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp),
+                           "--cores", "2", "-n", "--quiet", "rules", "--configfile", configfile], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("name", ["dga_text.yaml", "dga_text_large.yaml"])
 def test_smollm2_experiment_plans_without_a_model(tmp_path, name):
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    env = {**os.environ, "DATASEL_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-                           str(tmp_path), "--cores", "2", "-n", "--quiet", "rules", "--configfile",
-                           f"config/experiments/{name}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = _plan(tmp_path, f"config/experiments/{name}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith("dga_"))
     # 4 strategies x 2 seeds on one domain table; the per-example alignment is off on this model
     assert jobs == {"dga_data": "1", "dga_train": "8", "dga_plots": "1"}, proc.stdout
+
+
+def test_token_chunks_for_a_character_model_are_refused_at_plan_time(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    text = (tmp_path / "config" / "experiments" / "dga_text.yaml").read_text()
+    bad = tmp_path / "config" / "experiments" / "bad.yaml"
+    bad.write_text(text.replace("model: {name: causal_lm, source: smollm2, lora: {r: 8, alpha: 16}}",
+                                "model: {name: tiny_gpt, d_model: 16, n_layer: 1, n_head: 2}"))
+    proc = _plan(tmp_path, "config/experiments/bad.yaml")
+    assert proc.returncode != 0 and "dga.model.name" in proc.stderr + proc.stdout

@@ -20,6 +20,7 @@ pages would make a domain one template). ``meta['files']`` records, per domain a
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import gzip
 import hashlib
@@ -74,7 +75,8 @@ def _mined(site: Path, part: str) -> list[Doc]:
 
 def _licenses(site: Path) -> list[Doc]:
     files = sorted({p for d in site.glob("*.dist-info") for p in d.rglob("*") if p.is_file()
-                    and (p.name.upper().startswith(("LICENSE", "LICENCE", "COPYING")) or "licenses" in p.parts)})
+                    and (p.name.upper().startswith(("LICENSE", "LICENCE", "COPYING"))
+                         or "licenses" in p.relative_to(d).parts)})
     return [(str(p.relative_to(site)), lambda p=p: _read(p)) for p in files]
 
 
@@ -89,10 +91,17 @@ def _metadata(site: Path) -> list[Doc]:
             for p in sorted(site.glob("*.dist-info/METADATA"))]
 
 
-def _reference(_root: Path) -> list[Doc]:
-    import pydoc_data.topics as topics
-
-    return [(f"pydoc_data/topics.py:{k}", lambda k=k: topics.topics[k]) for k in sorted(topics.topics)]
+def _reference(stdlib: Path) -> list[Doc]:
+    """One document per topic of ``pydoc_data/topics.py`` (a dict literal, read without importing it, so the
+    ``stdlib`` root chosen is the one read)."""
+    path = stdlib / "pydoc_data" / "topics.py"
+    if not path.is_file():
+        return []
+    topics: dict[str, str] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "topics" for t in node.targets):
+            topics = ast.literal_eval(node.value)
+    return [(f"pydoc_data/topics.py:{k}", lambda k=k: topics[k]) for k in sorted(topics)]
 
 
 _ROFF_ESCAPE = re.compile(r"\\f(\(..|\[[^]]*\]|.)|\\\*(\(..|\[[^]]*\]|.)|\\s[-+]?\d+|\\[&|^%:]")
@@ -246,7 +255,7 @@ def installed_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str,
                 if not any(fnmatch.fnmatchcase(d[0], pat) for pat in exclude)]
         if not docs:
             raise DataError(f"no '{source}' material found under {root}", file=root,
-                            field=f"dga.data.roots.{key}" if source != "reference" else "dga.data.domains",
+                            field=f"dga.data.roots.{key}",
                             fix=f"point dga.data.roots.{key} at a folder that has it, or drop '{source}' "
                             "from dga.data.domains / dga.data.specific")
         return docs
