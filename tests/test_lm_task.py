@@ -250,3 +250,31 @@ def test_each_script_binds_its_steps_typed_arguments(script: Path, monkeypatch) 
     exec(compile(tree, str(script), "exec"), {"snakemake": Anything()})
     assert len(bound) == 1
     assert not {n for n, v in bound[0].arguments.items() if v is None} - {"scores"}
+
+
+def test_dga_alignment_on_a_pretrained_lm_uses_the_per_example_loss(lms) -> None:
+    """ℓ_spe is the mean of the specific rows' own losses (rows of unequal length), and each pool row's alignment
+    is its own loss's gradient against it."""
+    from datasel.mixing.alignment import example_alignment, specific_gradient
+    from datasel.models import build_model
+    from datasel.tasks.causal_lm import shifted_loss
+
+    torch.manual_seed(0)
+    model = build_model({"name": "causal_lm", "path": str(lms["gpt2"]), "lora": None}, {"kind": "text"}).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 200, (3, 6), generator=gen)
+    y = torch.randint(0, 200, (3, 6), generator=gen)
+    y[0, 2:] = IGNORE  # two trained tokens, then padding
+    y[1, 5:] = IGNORE
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad(rows: slice) -> torch.Tensor:
+        g = torch.autograd.grad(example_nll(model(x[rows]), y[rows], shifted=True).sum(), params)
+        return torch.cat([t.reshape(-1) for t in g])
+
+    own = torch.stack([grad(slice(i, i + 1)) for i in range(3)])
+    g_spe = specific_gradient(model, x, y, batch=2, loss_fn=shifted_loss)
+    flat = torch.cat([g_spe[n].reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
+    torch.testing.assert_close(flat, own.mean(0), rtol=1e-4, atol=1e-7)
+    dot, _ = example_alignment(model, x, y, g_spe, chunk_size=2, loss_fn=shifted_loss)
+    torch.testing.assert_close(dot, own @ flat, rtol=1e-4, atol=1e-7)

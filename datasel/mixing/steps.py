@@ -19,7 +19,7 @@ from datasel.errors import ConfigError
 from datasel.mixing.basis import make_basis
 from datasel.mixing.clusters import cluster_names, grad_embeddings, kmeans_labels, row_embeddings
 from datasel.mixing.dga import MixtureResult, train_mixture
-from datasel.mixing.task import MixingTask, build_task, row_encoder, split_roles
+from datasel.mixing.task import MixingTask, build_task, row_encoder, split_roles, training_loss
 from datasel.models.lm import text_encoder
 from datasel.runtime import pick_device, seed_everything
 from datasel.store import atomic_path, read_table, write_json, write_table
@@ -148,7 +148,8 @@ def alignment_step(cfg: dict[str, Any], examples: str | Path, meta: str | Path, 
     task = prepare_task(df, info, cfg, str(examples), seed=int(cfg.get("domain_seed", 0)))
     net = load_checkpoint(model, info)
     device = pick_device(str(cfg.get("device", "auto")))
-    table = alignment_table(net.to(device), task.to(device), dict(cfg.get("alignment") or {}))
+    table = alignment_table(net.to(device), task.to(device), dict(cfg.get("alignment") or {}),
+                            training_loss(cfg.get("model")))
     write_table(finalize_scores(table, "dga_alignment"), scores_out, "scores")
 
 
