@@ -2,12 +2,14 @@
 
 Builds the config's domain data and task, then times with the config's shapes: one DGA update at the base model
 (k + 1 alignment gradients: one per domain, one of the specific set; it also warms the model up; its cosines and
-the weights after the step are printed), ``--steps`` training steps (the median counts), and one evaluation forward of ``batch_size`` rows. The
-estimate per run is ``t_setup + steps·t_step + evals·⌈n_test / batch_size⌉·t_fwd (+ updates·t_update for DGA)``,
-summed over strategies × seeds. Prints wall and CPU seconds of each piece: on a machine shared with other work wall time is
-inflated, CPU seconds / threads is what an idle machine would take (if the threads scale).
+the weights after the step are printed), ``--steps`` training steps (the median counts), and one evaluation
+forward of ``batch_size`` rows. The estimate per run is
+``t_setup + steps·t_step + evals·⌈n_test / batch_size⌉·t_fwd (+ updates·t_update for DGA)``, summed over
+strategies × seeds. Prints wall and CPU seconds of each piece: on a machine shared with other work wall time is
+inflated; CPU seconds / threads is what an idle machine would take (if the threads scale).
 
-    DATASEL_PROGRESS=0 python benchmarks/dga_lm_sizing.py [--config config/experiments/dga_text.yaml] [--threads 2] [--steps 3]
+    DATASEL_PROGRESS=0 python benchmarks/dga_lm_sizing.py [--config config/experiments/dga_text.yaml] \
+        [--threads 2] [--steps 3]
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def main() -> None:
     evals = len(range(0, steps, every)) + 1
     updates = len(range(0, steps, int(cfg["dga"]["update_every"])))
     fwd_batches = evals * math.ceil(len(task.eval_y) / B)
-    out: dict[str, object] = {"config": args.config, "threads": args.threads, "domains": k, "tokens_per_step": int((y != -100).sum()),
+    out: dict[str, object] = {"config": args.config, "threads": args.threads, "domains": k,
+                              "tokens_per_step": int((y != -100).sum()),
                               "first_update": {"domains": task.domains, "cosines": [round(float(v), 4) for v in a],
                                                "weights": [round(float(v), 4) for v in w]},
                               "steps_cpu_s": [round(c.cpu, 2) for c in step_clocks],

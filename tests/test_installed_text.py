@@ -55,7 +55,8 @@ def _tree(root: Path) -> dict[str, str]:
     (man / "man1" / "gen_x.1").write_text(".TH GEN 1\nGENERATED TEMPLATE " * 20)
     ref = root / "stdlib" / "pydoc_data"
     ref.mkdir(parents=True)
-    (ref / "topics.py").write_text("# generated\ntopics = " + repr({f"topic{i}": _prose(i + 60, 50) for i in range(6)}))
+    topics = {f"topic{i}": _prose(i + 60, 50) for i in range(6)}
+    (ref / "topics.py").write_text(f"# generated\ntopics = {topics!r}\n")
     return {"site_packages": str(site), "man": str(man), "stdlib": str(root / "stdlib")}
 
 

@@ -15,7 +15,8 @@ spans two files and each one's origin is known; windows whose decoded text does 
 duplicates by content dropped (many packages ship the same license), then visited in a seeded order; at most
 ``per_file`` chunks come from one file, so a domain spreads over many files. The specific set's train and test
 chunks come from disjoint files; ``exclude`` drops files by name (a generated family of thousands of near-identical
-pages would make a domain one template). ``meta['files']`` records, per domain and split, the files the chunks came from.
+pages would make a domain one template). ``meta['files']`` records, per domain and split, the files the chunks came
+from.
 """
 
 from __future__ import annotations
