@@ -86,10 +86,22 @@ def test_domains_are_token_sized_and_deterministic(built, cfg, tok):
     # every row is exactly chunk_tokens of the LM's tokens (windows that do not round-trip are skipped)
     assert {len(tok(t, add_special_tokens=False)["input_ids"]) for t in df["text"]} == {12}
     assert meta["block_size"] == 11 and meta["specific"] == "manpages"
+    # so the LM's row encoder stacks them with no padding: every target is a real next token
+    from datasel.tasks.causal_lm import LMTextEncoder
+
+    x, y = LMTextEncoder(tok, df["text"].to_list()).encode(df["text"].to_list())
+    assert x.shape == (df.height, 11) and (y != -100).all()
     again, meta2 = installed_text_domains(dict(cfg))
     assert again.equals(df) and meta2 == meta
     other, _ = installed_text_domains({**cfg, "seed": 1})
     assert not other.equals(df)  # the seed picks the files
+    # a larger specific set keeps the same held-out chunks and contains the smaller one
+    big, _ = installed_text_domains({**cfg, "n_specific": 8})
+    spe = {s: set(df.filter((pl.col("domain") == "manpages") & (pl.col("split") == s))["text"])
+           for s in ("train", "test")}
+    spe_big = {s: set(big.filter((pl.col("domain") == "manpages") & (pl.col("split") == s))["text"])
+               for s in ("train", "test")}
+    assert spe_big["test"] == spe["test"] and spe["train"] < spe_big["train"] and len(spe_big["train"]) == 8
 
 
 def test_domains_hold_what_their_source_holds(built):

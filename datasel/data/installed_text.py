@@ -14,7 +14,8 @@ spans two files and each one's origin is known; windows whose decoded text does 
 ``chunk_tokens`` tokens (a cut inside a merged word) are skipped, so every row is one width. Files are listed sorted,
 duplicates by content dropped (many packages ship the same license), then visited in a seeded order; at most
 ``per_file`` chunks come from one file, so a domain spreads over many files. The specific set's train and test
-chunks come from disjoint files; ``exclude`` drops files by name (a generated family of thousands of near-identical
+chunks come from disjoint files, the test files first (so the held-out chunks do not change with ``n_specific``);
+``exclude`` drops files by name (a generated family of thousands of near-identical
 pages would make a domain one template). ``meta['files']`` records, per domain and split, the files the chunks came
 from.
 """
@@ -268,11 +269,12 @@ def installed_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str,
     by_file: dict[str, list[str]] = {}
     for name, chunk in spe:
         by_file.setdefault(name, []).append(chunk)
-    order = list(by_file)  # already in the seeded file order
+    # Test files first in the seeded order: configs that differ only in n_specific measure on the same held-out
+    # chunks, and a smaller specific set is the start of a larger one.
     train: list[tuple[str, str]] = []
     test: list[tuple[str, str]] = []
-    for name in order:
-        (train if len(train) < n_spe else test).extend((name, c) for c in by_file[name])
+    for name in by_file:  # already in the seeded file order
+        (test if len(test) < n_test else train).extend((name, c) for c in by_file[name])
     train, test = train[:n_spe], test[:n_test]
     if len(train) < n_spe or len(test) < n_test:
         raise DataError(f"only {len(spe)} chunks of '{specific}' found ({n_spe} + {n_test} asked, train and test "
