@@ -1,6 +1,6 @@
 """DGA against uniform, natural, specific-only and importance-sampling mixtures: final specific-set loss.
 
-Runs, on CPU, with the settings of config/experiments/dga_mnist1d.yaml and dga_text.yaml:
+Runs, on CPU, with the settings of config/experiments/dga_mnist1d.yaml and dga_text_tiny.yaml:
   1. MNIST-1D domains (6 generator settings; target = held-out setting, 100 examples), every strategy × seeds;
   2. stdlib text domains with a char-level TinyGPT (target = `>>>` sessions, 40 chunks), every strategy × seeds;
   3. regime "small generic pool": MNIST-1D with few examples per domain (importance sampling overfits);
@@ -108,7 +108,7 @@ def main() -> None:
 
     # 2. stdlib text domains, TinyGPT
     if not args.skip_text:
-        tcfg = exp_cfg("dga_text.yaml")
+        tcfg = exp_cfg("dga_text_tiny.yaml")
         if args.quick:
             tcfg["data"]["per_domain"] = 150
             tcfg["train"]["steps"] = 80

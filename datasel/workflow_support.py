@@ -225,9 +225,26 @@ def dga_tables(dga: Mapping[str, Any]) -> list[str]:
     runs = [(s, seed) for s in dga["strategies"] for seed in dga["seeds"]]
     out = [f"results/domain_weights/dga_{s}_seed{seed}.parquet" for s, seed in runs]
     out += [f"results/metrics/dga/{s}/seed{seed}.parquet" for s, seed in runs]
-    if "dga" in dga["strategies"]:
+    if dga_alignment_on(dga):
         out.append("results/scores/dga_alignment.parquet")
     return out
+
+
+def dga_alignment_on(dga: Mapping[str, Any]) -> bool:
+    """Whether the per-example alignment table is built (from the first DGA seed's model)."""
+    return "dga" in dga["strategies"] and bool((dga.get("alignment") or {}).get("enabled", True))
+
+
+def dga_data_params(dga: Mapping[str, Any]) -> dict[str, Any]:
+    """What the domain data depend on: ``dga.data``, the specific set's name, and for token-chunked text
+    (``installed_text``) the tokenizer — the causal LM's model source unless ``data.tokenizer`` names one."""
+    data = dict(dga["data"])
+    if "specific" in dga.get("task", {}):
+        data["specific"] = dga["task"]["specific"]
+    model = dga.get("model") or {}
+    if data.get("source") == "installed_text" and not data.get("tokenizer") and model.get("name") == "causal_lm":
+        data["tokenizer"] = {k: model[k] for k in ("source", "path", "gguf_file") if model.get(k)} or {}
+    return data
 
 
 def dga_data_inputs(dga: Mapping[str, Any]) -> dict[str, str]:

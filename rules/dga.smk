@@ -18,6 +18,13 @@ if stage_on("dga"):
             "set dga.task.specific to the domain-column value of the specific rows, or dga.task.specific_split",
         )
 
+    if DGA["data"]["source"] == "installed_text" and DGA["model"].get("name") != "causal_lm":
+        fail(
+            "installed_text cuts the text in a language model's tokens, and dga.model is not one",
+            "dga.model.name",
+            "use model: {name: causal_lm, source: smollm2} (or stdlib_text for a character-level model)",
+        )
+
     rule dga_data:
         input:
             unpack(lambda wc: support.dga_data_inputs(DGA)),
@@ -30,9 +37,7 @@ if stage_on("dga"):
         resources:
             **job_resources("dga_data"),
         params:
-            data=canon(
-                {**DGA["data"], **({"specific": DGA["task"]["specific"]} if "specific" in DGA["task"] else {})}
-            ),
+            data=canon(support.dga_data_params(DGA)),
         script:
             script_path("dga_data")
 
@@ -103,5 +108,5 @@ if stage_on("dga"):
             script_path("dga_plots")
 
     register_targets("dga", lambda: support.dga_tables(DGA) + [*rules.dga_plots.output])
-    if "dga" in DGA_STRATEGIES:
+    if support.dga_alignment_on(DGA):
         register_score_table("dga_alignment")  # selection policies may rank by it (score: dga_alignment)

@@ -327,7 +327,13 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
     return df, meta
 
 
-GENERATORS = {"mnist1d_domains": mnist1d_domains, "stdlib_text": stdlib_text_domains}
+def _installed_text(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
+    from datasel.data.installed_text import installed_text_domains  # imports this module's miner
+
+    return installed_text_domains(cfg)
+
+
+GENERATORS = {"mnist1d_domains": mnist1d_domains, "stdlib_text": stdlib_text_domains, "installed_text": _installed_text}
 
 
 def build_domain_examples(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
