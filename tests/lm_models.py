@@ -115,3 +115,27 @@ def write_llama_gguf(folder: Path, out: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+def save_digit_llama(out: Path, seed: int = 0, spread: float = 0.1) -> Path:
+    """The tiny llama, with the embeddings of the ten digits and of the last token of the chat template's generation
+    prompt moved onto one shared direction. At random init the first reply token is then almost always one of those
+    eleven, near uniformly (``spread`` sets how far each digit is from the shared direction), so a one-token rollout
+    on a one-digit question is right about one time in ten and GRPO sees groups with mixed rewards."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    save_tiny_llama(out, seed)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = LlamaForCausalLM.from_pretrained(out)
+    emb = model.get_input_embeddings().weight
+    gen = torch.Generator().manual_seed(seed)
+    shared = torch.randn(emb.shape[1], generator=gen)
+    text = tok.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True, tokenize=False)
+    last = tok(text, add_special_tokens=False)["input_ids"][-1]
+    digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    with torch.no_grad():
+        emb[last] = shared
+        for d in digits:
+            emb[d] = shared + spread * torch.randn(emb.shape[1], generator=gen)
+    model.save_pretrained(out)
+    return out
