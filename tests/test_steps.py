@@ -123,7 +123,22 @@ def test_cures_report_step_summarizes_each_run(tmp_path):
     summary = json.loads(out["summary"].read_text())
     assert summary["grpo"]["final_mean"] == pytest.approx(0.5)
     assert summary["cures"]["rollouts_to_baseline_final"] == 100.0  # reaches grpo's final 0.5 at 100 rollouts
+    assert summary["grpo"]["speedup_vs_baseline"] == 1.0 and summary["cures"]["speedup_vs_baseline"] == 2.0
     assert out["accuracy"].stat().st_size > 5_000 and out["difficulty"].stat().st_size > 5_000
+
+
+def test_cures_speedup_is_against_the_rollouts_grpo_itself_needed():
+    """GRPO reaching its final accuracy before its last iteration is the reference, not the whole budget: a
+    curriculum that gets there later is slower, whatever the budget."""
+    from datasel.report.cures_plots import summarize
+
+    curves = {"grpo": ((0, 0.3), (64, 0.5), (128, 0.5), (256, 0.5)), "cures": ((0, 0.3), (64, 0.4), (192, 0.5),
+                                                                               (256, 0.5))}
+    acc = pl.DataFrame([{"selection": run, "seed": 0, "rollouts": r, "value": v} for run, pts in curves.items()
+                        for r, v in pts])
+    s = summarize(acc)
+    assert s["grpo"]["rollouts_to_baseline_final"] == 64.0 and s["cures"]["rollouts_to_baseline_final"] == 192.0
+    assert s["grpo"]["speedup_vs_baseline"] == 1.0 and s["cures"]["speedup_vs_baseline"] == pytest.approx(0.33)
 
 
 def test_proxy_step_writes_a_checkpoint_per_epoch_and_refuses_a_late_one(tmp_path, tiny_examples):
