@@ -73,15 +73,24 @@ def saturation(metrics: pl.DataFrame) -> dict[str, float]:
 
 
 def plot_accuracy(acc: pl.DataFrame, path: str | Path) -> None:
+    """Each seed's curve (thin) and the mean over seeds (thick, ± std). A curriculum that drops prompts spends a
+    different number of rollouts per seed by the same evaluation, so the mean is taken per evaluation (the k-th of
+    every seed, which fall on the same iteration), at the seeds' mean rollouts, not per rollout count."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (run,), part in sorted(acc.group_by("selection"), key=lambda kv: kv[0][0]):
-        m = part.group_by("rollouts").agg(pl.col("value").mean().alias("m"), pl.col("value").std().alias("s")).sort("rollouts")
-        x, y, s = m["rollouts"].to_numpy(), m["m"].to_numpy(), np.nan_to_num(m["s"].to_numpy())
-        ax.plot(x, y, label=run)
-        ax.fill_between(x, y - s, y + s, alpha=0.15)
+    for i, ((run,), part) in enumerate(sorted(acc.group_by("selection"), key=lambda kv: kv[0][0])):
+        color = f"C{i}"
+        seeds = [g.sort("rollouts") for _, g in sorted(part.group_by("seed"), key=lambda kv: kv[0][0])]
+        for g in seeds:
+            ax.plot(g["rollouts"], g["value"], color=color, lw=0.8, alpha=0.35)
+        k = min(len(g) for g in seeds)
+        xs = np.array([g["rollouts"].to_numpy()[:k] for g in seeds], dtype=float)
+        ys = np.array([g["value"].to_numpy()[:k] for g in seeds], dtype=float)
+        x, y, sd = xs.mean(0), ys.mean(0), ys.std(0)
+        ax.plot(x, y, color=color, lw=2, label=f"{run} ({len(seeds)} seeds)")
+        ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.12)
     ax.set_xlabel("rollouts consumed")
     ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_title("accuracy vs rollouts (mean ± std over seeds)")
+    ax.set_title("accuracy vs rollouts: each seed, and the mean ± std per evaluation")
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
