@@ -231,6 +231,23 @@ def _chunks(text: str, length: int, limit: int, rng: random.Random) -> list[str]
     return chunks
 
 
+def text_domain_table(source: str, rows: list[tuple[str, str, str]]) -> pl.DataFrame:
+    """The domain examples table of text chunks: ``rows`` of (domain, split, text), ids from their content (so a
+    chunk keeps its id when other chunks change), no labels (a language model's targets are the text itself)."""
+    doms, splits, text = (list(col) for col in zip(*rows))
+    n = len(rows)
+    return pl.DataFrame({
+        "example_id": content_ids(source, (f"{d}\0{t}".encode() for d, t in zip(doms, text))),
+        "source": source,
+        "split": splits,
+        "label": pl.Series([0] * n, dtype=pl.Int64),
+        "label_orig": pl.Series([0] * n, dtype=pl.Int64),
+        "is_noisy": False,
+        "text": text,
+        "domain": doms,
+    })
+
+
 def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Character-level text domains mined from the installed Python standard library.
 
@@ -298,22 +315,9 @@ def stdlib_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, An
     order = list(range(len(spe_chunks)))
     rng.shuffle(order)
     rows += [(specific, "train" if r < n_spe else "test", spe_chunks[i]) for r, i in enumerate(order)]
-    doms, splits, text = (list(col) for col in zip(*rows))
+    df = text_domain_table("stdlib_text", rows)
+    text = df.get_column("text").to_list()
     vocab = "".join(sorted(set("".join(text)) | {"?"}))
-    ids = content_ids("stdlib_text", (f"{d}\0{t}".encode() for d, t in zip(doms, text)))
-    n = len(rows)
-    df = pl.DataFrame(
-        {
-            "example_id": ids,
-            "source": "stdlib_text",
-            "split": splits,
-            "label": pl.Series([0] * n, dtype=pl.Int64),
-            "label_orig": pl.Series([0] * n, dtype=pl.Int64),
-            "is_noisy": False,
-            "text": text,
-            "domain": doms,
-        }
-    )
     meta = {
         "kind": "text",
         "vocab": vocab,

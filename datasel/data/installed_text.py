@@ -36,8 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from datasel.data.domains import _mine_module, domain_sizes
-from datasel.data.ids import content_ids
+from datasel.data.domains import _mine_module, domain_sizes, text_domain_table
 from datasel.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -289,18 +288,7 @@ def installed_text_domains(cfg: dict[str, Any]) -> tuple[pl.DataFrame, dict[str,
                             field="dga.data.per_domain", fix="lower per_domain or raise max_files / per_file")
         rows += [(name, "train", c) for _, c in got]
         files[name] = {"train": sorted({f for f, _ in got})}
-    doms, splits, text = (list(col) for col in zip(*rows))
-    n = len(rows)
-    df = pl.DataFrame({
-        "example_id": content_ids("installed_text", (f"{d}\0{t}".encode() for d, t in zip(doms, text))),
-        "source": "installed_text",
-        "split": splits,
-        "label": pl.Series([0] * n, dtype=pl.Int64),
-        "label_orig": pl.Series([0] * n, dtype=pl.Int64),
-        "is_noisy": False,
-        "text": text,
-        "domain": doms,
-    })
+    df = text_domain_table("installed_text", rows)
     meta = {
         "kind": "text",
         "chunk_tokens": int(cfg["chunk_tokens"]),
