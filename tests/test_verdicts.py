@@ -156,6 +156,34 @@ def test_a_random_half_at_the_full_datas_ceiling_is_saturation_not_under_trainin
     assert text.endswith("The task is saturated (see the warnings): a random subset already matches the full data.")
 
 
+def test_a_random_half_matching_a_converged_full_run_is_redundancy_not_under_training():
+    # the full data's curve had flattened: more steps would not help, so the budget is not what the margin misses
+    means = {**WIN, ("full", 1.0): 0.74}
+    m = metrics(means, means)
+    flat_warnings = run_warnings(m, full_flat=True)
+    assert len(flat_warnings) == 1 and flat_warnings[0].startswith(
+        "redundant: a random 50% subset reaches 75.00% test accuracy, at least the full data's 74.00%, and the full "
+        "data's validation accuracy was flat")
+    text = recommendation(best_against_random(m), flat_warnings)
+    assert "under-trained" not in text and text.endswith("which had stopped improving.")
+    # a rising curve, or none, leaves the budget as the suspect
+    assert run_warnings(m, full_flat=False)[0].startswith("under-trained")
+    assert run_warnings(m, full_flat=None)[0].startswith("under-trained")
+
+
+def test_a_curve_is_flat_unless_it_rose_over_its_last_interval():
+    from datasel.report.curves import flat
+
+    def curve(values: list[float]) -> pl.DataFrame:
+        return pl.DataFrame([{"selection": "full_keep100", "method": "full", "fraction": 1.0, "seed": s,
+                              "step": 10 * (i + 1), "steps": 10 * len(values), "split": "val", "metric": "accuracy",
+                              "value": v} for s in range(3) for i, v in enumerate(values)])
+
+    assert flat(curve([0.5, 0.7, 0.72, 0.72]), "full", 1.0) is True
+    assert flat(curve([0.5, 0.6, 0.7, 0.8]), "full", 1.0) is False
+    assert flat(None, "full", 1.0) is None and flat(curve([0.5, 0.6]), "el2n", 0.5) is None
+
+
 def _examples(n: int = 60) -> pl.DataFrame:
     return pl.DataFrame({"example_id": [f"e{i:03d}" for i in range(n)], "split": "train",
                          "label": [i % 3 for i in range(n)]})

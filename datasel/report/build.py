@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from datasel.report.curves import RISING_POINTS, plot_curves, rising_warning
+from datasel.report.curves import RISING_POINTS, flat, plot_curves, rising_warning
 from datasel.report.plots import accuracy_vs_fraction, noise_share_bars
 from datasel.report.subsets import class_balance, class_histograms, meta_classes, noise_detection
 from datasel.report.summary import (
@@ -46,10 +46,10 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
     table = summarize(metrics, noise_dropped(examples, selections)).join(
         class_balance(examples, selections).select("selection", "class_share_max_gap"), on="selection", how="left")
-    warnings = run_warnings(metrics, scores)
     detection = noise_detection(examples, scores) if base > 0 else None
     best = best_against_random(metrics, choice)
     curves_df = pl.concat([read_table(p, "curves") for p in curves], how="diagonal_relaxed") if curves else None
+    warnings = run_warnings(metrics, scores, flat(curves_df, "full", 1.0, float(rising_points)))
     rising = rising_warning(curves_df, [("full", 1.0), *((b["method"], b["fraction"]) for b in best)],
                             float(rising_points))
     warnings += [rising] if rising else []

@@ -60,6 +60,15 @@ def is_rising(r: dict[str, float], points: float = RISING_POINTS) -> bool:
     return r["rise"] * 100 >= points and r["rose_share"] > 0.5
 
 
+def flat(curves: pl.DataFrame | None, method: str, fraction: float, points: float = RISING_POINTS) -> bool | None:
+    """Whether the run's validation curve was flat over its last interval (not rising by the rule above); None
+    when it has no curve."""
+    if curves is None or curves.height == 0:
+        return None
+    r = last_rise(curves, method, fraction)
+    return None if r is None else not is_rising(r, points)
+
+
 def rising_warning(curves: pl.DataFrame | None, runs: Iterable[tuple[str, float]],
                    points: float = RISING_POINTS) -> str | None:
     """The warning (starting with :data:`RISING_PREFIX`) naming every run of ``runs`` — (method, kept fraction)

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from datasel.report.curves import RISING_POINTS, rising_warning
+from datasel.report.curves import RISING_POINTS, flat, rising_warning
 from datasel.report.plots import save_figure
 from datasel.report.subsets import label_names, meta_classes
 from datasel.report.summary import CLASS_MIX_POINTS, noise_dropped
@@ -203,7 +203,8 @@ def render_markdown(cells: pl.DataFrame, marg: pl.DataFrame, full: pl.DataFrame,
         warning = undertrained(pl.concat([part.select("method", "fraction", "value"),
                                           full.filter(pl.col("noise") == noise).select(
                                               pl.lit("full").alias("method"), pl.lit(1.0).alias("fraction"),
-                                              "value")], how="vertical_relaxed"))
+                                              "value")], how="vertical_relaxed"),
+                               flat((curves or {}).get(noise), "full", 1.0, rising_points))
         rising = rising_warning((curves or {}).get(noise), [("full", 1.0), *((b["method"], b["fraction"])
                                                                            for b in best)], rising_points)
         warns = [w for w in (warning, rising) if w]

@@ -187,10 +187,13 @@ def format_points(row: Mapping[str, Any]) -> str:
     return f"{100 * row['margin']:+.2f} {bounds}"
 
 
-def undertrained(test: pl.DataFrame) -> str | None:
-    """A warning when a random subset of at most half the data reaches the full data's mean test accuracy: the
-    budget does not let the model use more data, so a margin between subsets says little about the data; or, with
-    the full data at the accuracy ceiling, the task is saturated.
+def undertrained(test: pl.DataFrame, full_flat: bool | None = None) -> str | None:
+    """A warning when a random subset of at most half the data reaches the full data's mean test accuracy.
+
+    Three readings, told apart by what else is known: with the full data at the accuracy ceiling the task is
+    *saturated*; when the full data's validation curve was flat over its last interval (``full_flat``: the model
+    had reached its plateau, so more steps would not help either) the data is *redundant* for this model; otherwise
+    (no curve, or a rising one) the budget may not let the model use more data: *under-trained*.
 
     ``test``: ``method, fraction, value`` test accuracies (one row per seed), ``full`` and ``random`` rows included.
     """
@@ -200,14 +203,19 @@ def undertrained(test: pl.DataFrame) -> str | None:
     if full.len() == 0:
         return None
     for fraction, mean in rand.iter_rows():
+        reached = (f"a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, at least the full "
+                   f"data's {100 * full.mean():.2f}%")
         if mean >= full.mean() >= SATURATED_ACCURACY:
             return (f"saturated: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, as the full "
                     f"data does ({100 * full.mean():.2f}%): the task is solved with less data, so no selection can "
                     "show an advantage here; compare on a smaller kept fraction or a harder task")
+        if mean >= full.mean() and full_flat:
+            return (f"redundant: {reached}, and the full data's validation accuracy was flat over the last interval "
+                    "of its training curve, so more steps would not help either: this model needs no more than "
+                    f"{fraction:.0%} of this data; a selection can only show an advantage at a smaller kept fraction")
         if mean >= full.mean():
-            return (f"under-trained: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, at "
-                    f"least the full data's {100 * full.mean():.2f}%, so with this budget more data does not help and no "
-                    "margin here says which data is better; raise training.budget (steps or epochs) and rerun")
+            return (f"under-trained: {reached}, so with this budget more data does not help and no margin here says "
+                    "which data is better; raise training.budget (steps or epochs) and rerun")
     return None
 
 
@@ -255,6 +263,9 @@ def recommendation(best: Sequence[Mapping[str, Any]], warnings: Sequence[str] = 
                  "(training.budget) and rerun before acting on this.")
     elif any(w.startswith("saturated") for w in warnings):
         text += " The task is saturated (see the warnings): a random subset already matches the full data."
+    elif any(w.startswith("redundant") for w in warnings):
+        text += (" The data is redundant for this model (see the warnings): a random subset already matches the "
+                 "full data, which had stopped improving.")
     return text
 
 
