@@ -34,10 +34,10 @@ RISING_POINTS = 1.0
 RISING_PREFIX = "accuracy still rising at the last step"
 
 
-def last_rise(curves: pl.DataFrame, method: str, fraction: float) -> dict[str, float] | None:
+def last_rise(curves: pl.DataFrame, method: str, fraction: float, since_half: bool = False) -> dict[str, float] | None:
     """For one (method, kept fraction): per seed, validation accuracy at the last curve point minus the one
-    before; returns the mean rise, the share of seeds that rose, the two mean accuracies and the steps between
-    (None with fewer than two curve points)."""
+    before (``since_half``: minus the first point at or past half the run's steps); returns the mean rise, the share
+    of seeds that rose, the two mean accuracies and the steps between (None with fewer than two curve points)."""
     part = curves.filter((pl.col("split") == "val") & (pl.col("metric") == "accuracy")
                          & (pl.col("method") == method) & ((pl.col("fraction") - fraction).abs() < 1e-9))
     rises, lasts, prevs, gaps = [], [], [], []
@@ -45,10 +45,14 @@ def last_rise(curves: pl.DataFrame, method: str, fraction: float) -> dict[str, f
         if seed.height < 2:
             continue
         values, steps = seed.get_column("value").to_list(), seed.get_column("step").to_list()
-        rises.append(values[-1] - values[-2])
+        i = len(steps) - 2
+        if since_half:
+            half = seed.get_column("steps").max() / 2
+            i = min(next(k for k, st in enumerate(steps) if st >= half), len(steps) - 2)
+        rises.append(values[-1] - values[i])
         lasts.append(values[-1])
-        prevs.append(values[-2])
-        gaps.append(steps[-1] - steps[-2])
+        prevs.append(values[i])
+        gaps.append(steps[-1] - steps[i])
     if not rises:
         return None
     n = len(rises)
@@ -61,11 +65,13 @@ def is_rising(r: dict[str, float], points: float = RISING_POINTS) -> bool:
 
 
 def flat(curves: pl.DataFrame | None, method: str, fraction: float, points: float = RISING_POINTS) -> bool | None:
-    """Whether the run's validation curve was flat over its last interval (not rising by the rule above); None
-    when it has no curve."""
+    """Whether the run's validation curve was flat over the second half of its training (not rising by the rule
+    above from its first point past half the steps to its last); None when it has no curve. The whole second half,
+    not the last interval: under a decaying learning rate the last interval is flat even when the model is far from
+    its plateau."""
     if curves is None or curves.height == 0:
         return None
-    r = last_rise(curves, method, fraction)
+    r = last_rise(curves, method, fraction, since_half=True)
     return None if r is None else not is_rising(r, points)
 
 

@@ -191,8 +191,8 @@ def undertrained(test: pl.DataFrame, full_flat: bool | None = None) -> str | Non
     """A warning when a random subset of at most half the data reaches the full data's mean test accuracy.
 
     Three readings, told apart by what else is known: with the full data at the accuracy ceiling the task is
-    *saturated*; when the full data's validation curve was flat over its last interval (``full_flat``: the model
-    had reached its plateau, so more steps would not help either) the data is *redundant* for this model; otherwise
+    *saturated*; when the full data's validation curve was flat over the second half of its training (``full_flat``:
+    the model had reached its plateau, so more steps would not help either) the data is *redundant* for this model; otherwise
     (no curve, or a rising one) the budget may not let the model use more data: *under-trained*.
 
     ``test``: ``method, fraction, value`` test accuracies (one row per seed), ``full`` and ``random`` rows included.
@@ -210,8 +210,8 @@ def undertrained(test: pl.DataFrame, full_flat: bool | None = None) -> str | Non
                     f"data does ({100 * full.mean():.2f}%): the task is solved with less data, so no selection can "
                     "show an advantage here; compare on a smaller kept fraction or a harder task")
         if mean >= full.mean() and full_flat:
-            return (f"redundant: {reached}, and the full data's validation accuracy was flat over the last interval "
-                    "of its training curve, so more steps would not help either: this model needs no more than "
+            return (f"redundant: {reached}, and the full data's validation accuracy was flat over the second half "
+                    "of its training, so more steps would not help either: this model needs no more than "
                     f"{fraction:.0%} of this data; a selection can only show an advantage at a smaller kept fraction")
         if mean >= full.mean():
             return (f"under-trained: {reached}, so with this budget more data does not help and no margin here says "
