@@ -158,7 +158,9 @@ def test_random_tables_read_as_their_schema_or_are_refused(tmp_path, schema, dat
     for name, dtype in spec.columns.items():
         assert df.schema[name] == dtype
     for key in spec.unique:
-        assert df.get_column(key).is_unique().all()
+        # a composite key ("draw+example_id") is unique as a tuple; an optional part the table lacks drops out
+        parts = [p for p in key.split("+") if p in df.columns]
+        assert not df.select(pl.struct(parts).is_duplicated()).to_series().any()
 
 
 @settings(max_examples=FUZZ or 40, deadline=None, derandomize=not FUZZ,
