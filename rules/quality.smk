@@ -59,7 +59,7 @@ if "quality" in config:
             choose_on=config.get("report", {}).get("choose_on", {}),
             # validation accuracy during training, per run: the "still rising" warning
             curves=lambda wc: [train_curves(r) for r in quality_roots()],
-            rising_points=config.get("report", {}).get("rising_points", 1.0),
+            rising_points=config["report"]["rising_points"],
         script:
             script_path("quality_report")
 

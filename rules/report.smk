@@ -20,7 +20,8 @@ REPORT_OUTPUTS = {
         "results/report/accuracy_vs_fraction.png", caption="../workflow/report/accuracy.rst", category="Selection"
     ),
 }
-if int(config.get("training", {}).get("curve_points", 0) or 0) > 0:
+# a config without a training section (a stage-only experiment) trains no target model, so draws no curve
+if config.get("training", {}).get("curve_points", 0) > 0:
     REPORT_OUTPUTS["curves_plot"] = report(
         "results/report/training_curves.png", caption="../workflow/report/curves.rst", category="Selection"
     )
@@ -53,7 +54,7 @@ rule report:
     params:
         # what the best method per kept fraction is chosen on (validation accuracy by default)
         choose_on=config.get("report", {}).get("choose_on", {}),
-        rising_points=config.get("report", {}).get("rising_points", 1.0),
+        rising_points=config["report"]["rising_points"],
     script:
         script_path("report")
 

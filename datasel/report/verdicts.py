@@ -191,9 +191,10 @@ def undertrained(test: pl.DataFrame, full_flat: bool | None = None) -> str | Non
     """A warning when a random subset of at most half the data reaches the full data's mean test accuracy.
 
     Three readings, told apart by what else is known: with the full data at the accuracy ceiling the task is
-    *saturated*; when the full data's validation curve was flat over the second half of its training (``full_flat``:
-    the model had reached its plateau, so more steps would not help either) the data is *redundant* for this model; otherwise
-    (no curve, or a rising one) the budget may not let the model use more data: *under-trained*.
+    *saturated*; when the full data's validation curve was flat over the second half of its training
+    (``full_flat``: the model had reached its plateau, so more steps would not help either) the data is *redundant*
+    for this model; otherwise (no curve, or a rising one) the budget may not let the model use more data:
+    *under-trained*.
 
     ``test``: ``method, fraction, value`` test accuracies (one row per seed), ``full`` and ``random`` rows included.
     """
