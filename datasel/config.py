@@ -415,6 +415,16 @@ def data_inputs(data: Mapping[str, Any], file: str | None = None) -> list[str]:
     ``data_files`` entry with a URL scheme (``hf://``, ``https://``) is remote.
     """
     source, paths = data.get("source"), data.get("path")
+    if source == "instruct":  # the three role files (written by a rule first when data.instruct.generate is set)
+        ins = data.get("instruct") or {}
+        roles = [str(ins[r]) for r in ("pool", "target", "test") if ins.get(r)]
+        if ins.get("generate") is None:
+            for role in ("pool", "target", "test"):
+                if ins.get(role) and not Path(ins[role]).expanduser().exists():
+                    raise ConfigError(f"data.instruct.{role} '{ins[role]}' does not exist (looked in {Path.cwd()})",
+                                      file=file, field=f"data.instruct.{role}",
+                                      fix="fix the path; relative paths start at the run folder")
+        return roles
     if source not in ("files", "hf"):
         return []
     out: list[str] = []

@@ -32,8 +32,19 @@ def _write_json(path: str | Path, obj: Any) -> None:
     write_json(path, obj, indent=2, sort_keys=True)
 
 
-def prepare(data: dict[str, Any], examples_out: PathLike, meta_out: PathLike) -> None:
-    """Build the examples table and its meta.json from the ``data`` config section."""
+def prepare(data: dict[str, Any], examples_out: PathLike, meta_out: PathLike, *, lm: str | None = None) -> None:
+    """Build the examples table and its meta.json from the ``data`` config section; instruction data
+    (``source: instruct``) is rendered and tokenized with the causal LM ``lm`` (a model folder or .gguf file)."""
+    if data.get("source") == "instruct":
+        from datasel.instruct.data import build_lm_examples
+        from datasel.models.causal_lm import load_tokenizer
+
+        if lm is None:  # a caller's slip: the rule always passes the model
+            raise TypeError("prepare: instruction data needs lm=")
+        df, meta = build_lm_examples(data["instruct"], load_tokenizer(lm, "training.model"), Path(examples_out).parent)
+        write_table(df, examples_out, "examples")
+        _write_json(meta_out, meta)
+        return
     df, meta = build_examples(data)
     if meta.get("kind") == "vector":
         # recorded, not applied: tasks standardize in memory with the training split's statistics
@@ -68,9 +79,20 @@ def score(name: str, cfg: dict[str, Any], examples: PathLike, meta: PathLike, ou
 
 def select(policy: str, cfg: dict[str, Any], fraction: float, seed: int, examples: PathLike, out: PathLike, *,
            scores: PathLike | None = None, order: PathLike | None = None,
-           draws: Sequence[int] | None = None) -> None:
-    """Apply selection policy entry ``policy`` (its config ``cfg``) at kept ``fraction``; write the selection."""
+           draws: Sequence[int] | None = None, meta: PathLike | None = None) -> None:
+    """Apply selection policy entry ``policy`` (its config ``cfg``) at kept ``fraction``; write the selection.
+
+    On causal-LM data a policy is not stratified by task unless its entry asks (LESS's point is to pick the tasks
+    that match the target, not to keep the pool's task mix), and ``policy: target`` keeps the target rows
+    themselves (the target-alone baseline, :mod:`datasel.instruct.target_only`)."""
+    from datasel.instruct.target_only import is_target_policy, target_selection
+
     examples_df = read_table(examples, "examples")
+    if is_target_policy(cfg):
+        write_table(target_selection(examples_df, f"{policy}_keep0", str(examples)), out, "selections")
+        return
+    if meta is not None and json.loads(Path(meta).read_text()).get("kind") == "causal_lm":
+        cfg = {"stratify": False, **cfg}
     scores_df = read_table(scores, "scores") if scores else None
     order_df = read_table(order, "scores") if order else None
     table = make_selection(examples_df, scores_df, policy, cfg, float(fraction), int(seed), order_scores=order_df,
@@ -96,6 +118,15 @@ def train(examples: PathLike, meta: PathLike, selection: PathLike, out: PathLike
     # a stochastic policy's table holds one draw per training seed: this seed trains on its own
     sel = one_draw(read_table(selection, "selections"), seed, str(selection))
     sel = sel.filter(pl.col("selected"))
+    if meta_dict.get("kind") == "causal_lm":  # LoRA fine-tuning, judged by greedy answers (datasel.training.lm)
+        from datasel.training.curves import CurveRecorder
+        from datasel.training.lm import train_lm
+
+        train_lm(examples, meta, sel, out, cfg, seed, name, info, device)
+        if curves_out is not None:  # no curve: each point would be a generation pass (training.curve_points: 0)
+            write_table(CurveRecorder(None, None, 0).table(name, info["method"], float(info["fraction"]), seed),
+                        curves_out, "curves")
+        return
     task = make_task(examples_df, meta_dict, cfg["model"], where="training.model")
     train_split = task.split("train")
     row = {eid: i for i, eid in enumerate(train_split.ids)}

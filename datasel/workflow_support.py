@@ -139,7 +139,10 @@ def score_inputs(config: Mapping[str, Any], wc: Any) -> dict[str, Any]:
 def selection_names(run_config: Mapping[str, Any]) -> list[str]:
     """Every selection table of one run: <policy>_keep<percent> per policy entry and kept fraction."""
     sel = run_config["selection"]
-    names = [f"{p}_keep{round(f * 100)}" for p in sel["policies"] for f in sel["fractions"]]
+    # the target-alone baseline keeps no pool row at any fraction: one selection, <name>_keep0
+    names = [f"{p}_keep{round(f * 100)}" for p, e in sel["policies"].items() for f in sel["fractions"]
+             if e.get("policy") != TARGET_POLICY]
+    names += [f"{p}_keep0" for p, e in sel["policies"].items() if e.get("policy") == TARGET_POLICY]
     # a filter entry also runs at kept fraction 1 (all it does not flag), to compare with the full noisy set
     names += [f"{p}_keep100" for p, e in sel["policies"].items()
               if e.get("policy") == "filter" and f"{p}_keep100" not in names]
@@ -155,7 +158,7 @@ def policy_entry(config: Mapping[str, Any], run_config: Mapping[str, Any], name:
 
 def select_inputs(entry: Mapping[str, Any], root: str) -> dict[str, str]:
     """Inputs of one select job, from its (resolved) policy entry."""
-    inputs = {"examples": f"{root}/examples/examples.parquet"}
+    inputs = {"examples": f"{root}/examples/examples.parquet", "meta": f"{root}/examples/meta.json"}
     if entry.get("score"):
         inputs["scores"] = f"{root}/scores/{entry['score']}.parquet"
     if entry.get("curriculum", {}).get("score"):
@@ -290,58 +293,51 @@ def cures_tables(cures: Mapping[str, Any], kind: str) -> list[str]:
     return [f"results/{folder}/{run}__seed{seed}.parquet" for run in cures["runs"] for seed in cures["seeds"]]
 
 
-# ---- instruct (rules/instruct.smk): functions of the config's `instruct` section ----
-INSTRUCT_DIR = "results/instruct"
+# ---- causal-LM data (data.source: instruct): the chain's LM ----
+TINY_LM_DIR = "results/lm/base_model"
+LM_SCORERS = ("target_alignment",)  # the scorers that read gradient features rather than class logits
 
 
-def ins_model_dir(ins: Mapping[str, Any]) -> str:
-    """The base model: the tiny model the workflow builds, else a folder or .gguf file (a hub name becomes its
-    folder in the local cache; default: the packaged SmolLM2)."""
-    if ins["model"].get("tiny") is not None:
-        return f"{INSTRUCT_DIR}/base_model"
-    spec = {k: ins["model"][k] for k in ("source", "path", "gguf_file") if ins["model"].get(k)}
-    return lm_source(spec, "instruct.model")
+def lm_data(config: Mapping[str, Any]) -> bool:
+    """Whether the run selects instruction data for a causal LM."""
+    return config.get("data", {}).get("source") == "instruct"
 
 
-def ins_fraction(ins: Mapping[str, Any], name: str) -> float:
-    """The fraction of the pool selection policy `name` keeps (a `full` policy keeps everything, the target-alone
-    baseline none: it trains on the target rows)."""
-    policy = ins["selection"]["policies"][name]["policy"]
-    return {"full": 1.0, TARGET_POLICY: 0.0}.get(policy, ins["selection"]["fraction"])
+def resolve_lm_models(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with each causal-LM model that asks for a tiny random-init model pointed at the folder the
+    workflow builds (``path``; the ``tiny`` settings stay, so changing them reruns what used the model)."""
+    for section in ("proxy", "training"):
+        model = config.get(section, {}).get("model") or {}
+        if model.get("name") == "causal_lm" and model.get("tiny") is not None:
+            config[section]["model"] = {**model, "path": TINY_LM_DIR}
+    return config
 
 
-def ins_selection(ins: Mapping[str, Any], name: str) -> str:
-    """A selection's name: policy and kept percentage, e.g. `less_keep5`."""
-    return f"{name}_keep{round(ins_fraction(ins, name) * 100)}"
+def lm_model_path(model: Mapping[str, Any], field: str) -> str:
+    """The chain's LM on disk: the tiny model's folder, a folder or .gguf file, a cached hub name's folder, or the
+    packaged SmolLM2 (the default)."""
+    if model.get("tiny") is not None:
+        return TINY_LM_DIR
+    return lm_source({k: model[k] for k in ("source", "path", "gguf_file") if model.get(k)}, field)
 
 
-def ins_selections(ins: Mapping[str, Any]) -> list[str]:
-    return [ins_selection(ins, n) for n in ins["selection"]["policies"]]
-
-
-def ins_params(ins: Mapping[str, Any], *sections: str) -> Any:
-    """The slices of the instruct section one rule reads (a change elsewhere does not rerun it)."""
-    out = {"device": ins["device"], "model": ins["model"], "data": {"max_length": ins["data"]["max_length"]}}
-    return canon(out | {s: ins[s] for s in sections})
-
-
-def ins_select_inputs(ins: Mapping[str, Any], wc: Any) -> dict[str, str]:
-    """instruct_select's inputs: the examples, and the LESS scores when the policy reads a score."""
-    inputs = {"examples": f"{INSTRUCT_DIR}/examples.parquet"}
-    if ins["selection"]["policies"][wc.policy].get("score"):
-        inputs["scores"] = f"{INSTRUCT_DIR}/scores/less.parquet"
-    return inputs
-
-
-def ins_exports(ins: Mapping[str, Any]) -> list[str]:
-    """The export folders: instruct.export.selections, else every policy that reads a score."""
-    policies = ins["selection"]["policies"]
-    names = ins["export"].get("selections") or [n for n, e in policies.items() if e.get("score")]
-    for n in names:
-        if n not in policies:
-            raise ConfigError(f"names policy '{n}', which does not exist", field="instruct.export.selections",
-                              fix=f"use some of: {', '.join(policies)}")
-        if policies[n]["policy"] == TARGET_POLICY:
-            raise ConfigError(f"policy '{n}' keeps the target rows, not pool rows: there is nothing of the pool to "
-                              "export", field="instruct.export.selections", fix=f"remove '{n}' from the list")
-    return [f"{INSTRUCT_DIR}/export/{ins_selection(ins, n)}" for n in names]
+def check_lm_models(config: Mapping[str, Any]) -> None:
+    """Causal-LM data: the proxy and the target runs are causal LMs (a smaller proxy may select for a larger target,
+    LESS-T; the rows are rendered with the target's chat template), and record no training curve."""
+    models = {s: config[s]["model"] for s in ("proxy", "training") if s in config}
+    for section, model in models.items():
+        if model.get("name") != "causal_lm":
+            raise ConfigError(f"instruction data trains a causal LM, not '{model.get('name')}'",
+                              field=f"{section}.model.name", fix="use name: causal_lm (see config/experiments/instruct.yaml)")
+        if "lora" in model and model["lora"] is None:
+            raise ConfigError("instruction data trains LoRA adapters (their gradients are LESS's features and "
+                              "their moments its preconditioner); full fine-tuning is not offered",
+                              field=f"{section}.model.lora", fix="give lora: {r: 8, alpha: 16} (or leave it out)")
+    for name, entry in config.get("scoring", {}).items():
+        if entry.get("method", name) not in LM_SCORERS:
+            raise ConfigError(f"scoring method '{entry.get('method', name)}' scores class predictions; on instruction "
+                              f"data the chain scores with {', '.join(LM_SCORERS)}", field=f"scoring.{name}.method",
+                              fix="use method: target_alignment over a features set (LESS; config/experiments/instruct.yaml)")
+    if int(config.get("training", {}).get("curve_points", 0)) > 0:
+        raise ConfigError("causal-LM runs record no training curve (each point would be a pass of greedy answers)",
+                          field="training.curve_points", fix="set training.curve_points: 0")

@@ -65,6 +65,14 @@ def check_selection_config():
                 f"use one of: {', '.join(SCORERS.names())}",
             )
     for name, entry in config["selection"]["policies"].items():
+        if entry["policy"] == support.TARGET_POLICY:
+            if not support.lm_data(config):
+                fail(
+                    "policy 'target' (training on the target rows alone) is a baseline for instruction data",
+                    f"selection.policies.{name}.policy",
+                    "remove it, or use data.source: instruct",
+                )
+            continue
         if entry["policy"] not in POLICIES.names():
             fail(
                 f"unknown selection policy '{entry['policy']}'",

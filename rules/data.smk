@@ -1,7 +1,21 @@
 # Data preparation: source -> validated examples table with stable ids, splits and (when asked) injected label noise.
+# Instruction data (data.source: instruct) is rendered and tokenized with the chain's causal LM, which is therefore
+# an input of prepare; its files may be generated first (data.instruct.generate) and its LM may be a tiny model the
+# workflow builds (model.tiny, for tests).
 from datasel.store.fingerprint import data_fingerprint
 
 data_files()  # a missing path is refused now, in `snakemake -n`, not when the prepare job starts
+LM_DATA = support.lm_data(config)
+if LM_DATA:  # the chain's LM, found now: a missing model is one refusal before any job, naming its field
+    LM_PATH = support.refusing(fail, support.lm_model_path, config["training"]["model"], "training.model")
+    if config["proxy"]["model"] != config["training"]["model"]:
+        support.refusing(fail, support.lm_model_path, config["proxy"]["model"], "proxy.model")
+
+
+def prepare_inputs(wc):
+    if LM_DATA:  # the role files by mtime (a generated file's digest is unknown before the run)
+        return {"data": data_files(wc.root), "model": LM_PATH}
+    return {"data": ancient(data_files(wc.root))}
 
 
 # Content, not mtime, decides whether the data changed: the files are `ancient` (a `touch` or a fresh checkout of
@@ -9,7 +23,7 @@ data_files()  # a missing path is refused now, in `snakemake -n`, not when the p
 # and so everything downstream, when any byte, file name or the set of files differs (datasel/store/fingerprint.py).
 rule prepare:
     input:
-        data=lambda wc: ancient(data_files(wc.root)),
+        unpack(prepare_inputs),
     output:
         examples="{root}/examples/examples.parquet",
         meta="{root}/examples/meta.json",
@@ -24,6 +38,51 @@ rule prepare:
         **job_resources("prepare"),
     params:
         data=lambda wc: data_params(wc.root),
-        data_sha256=lambda wc: data_fingerprint(data_files(wc.root)),
+        data_sha256=lambda wc: None if LM_DATA else data_fingerprint(data_files(wc.root)),
     script:
         script_path("prepare")
+
+
+if LM_DATA:
+    INS_FILES = {role: config["data"]["instruct"][role] for role in ("pool", "target", "test")}
+    if config["data"]["instruct"].get("generate") is not None:
+        from datasel.errors import ConfigError
+        from datasel.instruct.families import check_replaceable
+
+        try:  # the rule would delete and regenerate the user's own files when one is missing: refuse now
+            check_replaceable(INS_FILES)
+        except ConfigError as exc:
+            fail(exc.problem, exc.field, exc.fix)
+
+        # writes three small files: on a cluster, on the submitting host
+        localrules:
+            generate_instructions,
+
+        rule generate_instructions:
+            output:
+                **INS_FILES,
+            log:
+                "logs/data/generate.log",
+            params:
+                generate=canon(config["data"]["instruct"]["generate"]),
+            script:
+                script_path("generate_instructions")
+
+    if config["training"]["model"].get("tiny") is not None:
+
+        rule tiny_lm:
+            input:
+                pool=INS_FILES["pool"],
+                target=INS_FILES["target"],
+            output:
+                directory(support.TINY_LM_DIR),
+            log:
+                "logs/data/tiny_lm.log",
+            threads: THREADS
+            resources:
+                **job_resources("tiny_lm"),
+            params:
+                data=canon(config["data"]["instruct"]),
+                tiny=canon(config["training"]["model"]["tiny"]),
+            script:
+                script_path("tiny_lm")

@@ -1,4 +1,5 @@
-# Proxy runs: K models (seeds differ in init and data order), checkpointed at proxy.checkpoints epochs.
+# Proxy runs: K models (seeds differ in init and data order), checkpointed at proxy.checkpoints epochs (on causal-LM
+# data, LESS's LoRA warm-up on a random proxy.fraction of the pool, datasel/training/lm.py).
 
 
 rule proxy:
@@ -7,8 +8,9 @@ rule proxy:
         meta="{root}/examples/meta.json",
     output:
         expand("{{root}}/proxy/seed{{seed}}/epoch{epoch}.pt", epoch=sorted(set(config["proxy"]["checkpoints"])))
-        # per-example, per-epoch correctness and margin (forgetting events, AUM)
-        + ["{root}/proxy/seed{seed}/epochs.parquet"],
+        # per-example, per-epoch correctness and margin (forgetting events, AUM); on causal-LM data, the pool rows
+        # LESS's warm-up trained on
+        + ["{root}/proxy/seed{seed}/" + ("sample.parquet" if support.lm_data(config) else "epochs.parquet")],
     log:
         "logs/{root}/proxy/seed{seed}.log",
     benchmark:

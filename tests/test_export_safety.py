@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,38 +282,6 @@ def test_missing_meta_json_is_a_clear_error(project, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "meta.json is missing" in err and "prepare" in err and "Traceback" not in err
     assert not (tmp_path / "subset").exists()
-
-
-def test_an_instruct_results_folder_exports_the_pool_rows_as_given(project, tmp_path, capsys):
-    # rules/instruct.smk: examples.parquet and source_pool.parquet at the top, no examples/meta.json; its rows are
-    # the pool file's own, every column in its order, nothing added
-    proj, res, _ = project
-    ins = res / "instruct"
-    (ins / "selections").mkdir(parents=True)
-    pool = pl.DataFrame({"instruction": ["a", "b", "c"], "input": ["", "x", ""], "output": ["1", "2", "3"],
-                         "n": [7, 8, 9]})
-    pool.write_parquet(ins / "source_pool.parquet")
-    ids = ["pool-0", "pool-1", "pool-2"]
-    examples = pl.DataFrame({"example_id": ids, "split": "train", "source_row": [0, 1, 2]})
-    examples.write_parquet(ins / "examples.parquet")
-    sel = pl.DataFrame({"example_id": ids, "selection": "less_top_keep50", "selected": [True, False, True],
-                        "weight": 1.0, "position": pl.Series([None] * 3, dtype=pl.Int64)})
-    write_table(sel, ins / "selections" / "less_top_keep50.parquet", "selections")
-    assert main(["export", "less_top_keep50", "--out", str(tmp_path / "subset"), "--results", str(ins),
-                 "--format", "jsonl"]) == 0
-    assert pl.read_ndjson(tmp_path / "subset" / "less_top_keep50.jsonl").equals(pool[[0, 2]])
-    # the run's results/ names the instruct chain's selection too when the run has none of its own
-    top = tmp_path / "instruct_only" / "results"
-    shutil.copytree(ins, top / "instruct")
-    assert main(["export", "less_top_keep50", "--out", str(tmp_path / "subset2"), "--results", str(top)]) == 0
-    assert pl.read_parquet(tmp_path / "subset2" / "less_top_keep50.parquet").equals(pool[[0, 2]])
-    # a run with both chains: the selection chain's results/ points at the instruct chain's for its names
-    assert main(["export", "less_top_keep50", "--out", str(tmp_path / "subset3"), "--results", str(res)]) == 1
-    err = capsys.readouterr().err
-    assert f"--results {ins}" in err and "Traceback" not in err and not (tmp_path / "subset3").exists()
-    assert main(["show", "less_top_keep50", "--results", str(top)]) == 1
-    err = capsys.readouterr().err
-    assert "instruct run" in err and "datasel export" in err and "prepare" not in err
 
 
 @pytest.mark.parametrize("mask", [0o002, 0o022, 0o077])

@@ -1,8 +1,6 @@
-"""The instruction-data chain (LESS for a causal LM): data handling, the whole chain on a tiny GPT-2, bad input.
-
-The chain test calls the rule steps in one process (each Snakemake job would pay seconds of torch/transformers
-imports); the dry run checks that rules/instruct.smk wires the same steps together.
-"""
+"""Instruction data for a causal LM (LESS): data handling, the selection chain on a tiny GPT-2 and a tiny llama, bad
+input. The chain runs its rule steps in one process (tests/lm_chain.py); the dry run checks that the Snakefile wires
+the same steps together."""
 
 from __future__ import annotations
 
@@ -18,50 +16,23 @@ import polars as pl
 import pytest
 import torch
 import yaml
-from conftest import ROOT, snakemake, snakemake_cmd
+from conftest import snakemake, snakemake_cmd
+from lm_chain import CONFIG, run_chain
 from lm_models import save_tiny_llama
 
-from datasel.config import check_config, load_config
 from datasel.errors import ConfigError, DataError
-from datasel.instruct import families, steps
+from datasel.export import export_selection
+from datasel.instruct import families
 from datasel.instruct.data import prepare_examples, render
 from datasel.instruct.model import build_tiny_model, check_model_folder, load_lm
 from datasel.tasks.causal_lm import IGNORE, completion_loss, encode
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 
-TINY_CFG: dict[str, Any] = {
-    "stages": ["instruct"],
-    "instruct": {
-        "device": "cpu",
-        "data": {"pool": "data/pool.jsonl", "target": "data/target.jsonl", "test": "data/test.jsonl",
-                 "max_length": 40,
-                 "generate": {"per_family": 12, "target": 8, "test": 6, "target_family": "arith", "seed": 0,
-                              "families": ["arith", "docname", "reverse", "sort", "module"]}},
-        "model": {"tiny": {"vocab_size": 300, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64},
-                  "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]}},
-        "warmup": {"fraction": 0.3, "epochs": 2, "batch_size": 8, "lr": 0.01},
-        "features": {"dim": 64, "shards": 2, "chunk_size": 8},
-        "selection": {"fraction": 0.25},
-        "finetune": {"seeds": [0], "epochs": 1, "batch_size": 8},
-        "eval": {"max_new_tokens": 3},
-    },
-}
-
-
-# the data keys with their schema defaults (instruct.schema.yaml)
+# the data keys with their schema defaults (data.instruct in config.schema.yaml)
 DATA_KEYS: dict[str, Any] = {"format": "auto", "prompt_column": "prompt", "completion_column": "completion",
                              "messages_column": "messages", "conversations_column": "conversations",
                              "task_column": "task", "ignore_columns": []}
-
-
-def _config(tmp: Path, **instruct: Any) -> dict[str, Any]:
-    """TINY_CFG's instruct section, keys of ``instruct`` replacing its own, checked and filled by the schema."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "config.yaml").write_text(yaml.safe_dump({**TINY_CFG, "instruct": {**TINY_CFG["instruct"], **instruct}}))
-    cfg = check_config(load_config([tmp / "config.yaml"]), ROOT / "workflow" / "schemas")["instruct"]
-    cfg["data"] = {**cfg["data"], **{r: str(tmp / cfg["data"][r]) for r in ("pool", "target", "test")}}
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -71,123 +42,126 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             {"vocab_size": 300, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64, "seed": 0})
 
 
-def _select_chain(tmp: Path, warmup_seed: int = 0, model_dir: Path | None = None, **instruct: Any) -> dict[str, Any]:
-    """The chain up to the selections, in ``tmp``: data, base model (the tiny GPT-2 built from the pool, or the
-    model in ``model_dir``), examples, warm-up, features, LESS scores, and the four selections (less_top and random
-    25%, the full pool, the target rows)."""
-    cfg = _config(tmp, **instruct)
-    cfg["warmup"]["seed"] = warmup_seed
-    r = tmp / "results/instruct"
-    data = {k: cfg["data"][k] for k in ("pool", "target", "test")}
-    steps.generate_data(cfg["data"]["generate"], **data)
-    model = model_dir or r / "base_model"
-    if model_dir is None:
-        steps.build_model(cfg, str(model))
-    common = (cfg, str(model))
-    ex = r / "examples.parquet"
-    steps.prepare(*common, examples=str(ex), truncation=str(r / "truncation.json"))
-    ckpts = [r / f"warmup/epoch{e}.pt" for e in (1, 2)]
-    steps.warmup(*common, examples=str(ex), sample=str(r / "warmup/sample.parquet"),
-                 checkpoints=[str(c) for c in ckpts])
-    indexes = []
-    for e, ck in zip((1, 2), ckpts):
-        for split in ("train", "val"):
-            shards = [r / f"features/epoch{e}-{split}/shard_{i}" for i in range(2)]
-            for i, out in enumerate(shards):
-                steps.features_shard(*common, examples=str(ex), checkpoint=str(ck), out=str(out), split=split,
-                                     shard=i)
-            index = r / f"features/epoch{e}-{split}/index.json"
-            steps.features_gather([str(s) for s in shards], str(index), epoch=e, split=split)
-            indexes.append(str(index))
-    scores = r / "scores/less.parquet"
-    steps.score(cfg["score"], examples=str(ex), features=indexes, out=str(scores))
-    sels = {}
-    for name, fraction in (("less_top", 0.25), ("random", 0.25), ("full", 1.0), ("target", 0.0)):
-        entry = cfg["selection"]["policies"].get(name, {"policy": "target"})  # the target rows alone
-        out = r / f"selections/{name}_keep{round(fraction * 100)}.parquet"
-        steps.select(str(ex), str(scores) if entry.get("score") else None, out=str(out), name=name, policy=entry,
-                     fraction=fraction, seed=0)
-        sels[out.stem] = out
-    return {"cfg": cfg, "r": r, "data": data, "common": common, "examples": ex, "checkpoints": ckpts,
-            "features": indexes, "scores": scores, "selections": sels}
-
-
-def test_whole_chain_on_a_tiny_model(tmp_path: Path) -> None:
-    chain = _select_chain(tmp_path)
-    r, data, common, ex, sels = chain["r"], chain["data"], chain["common"], chain["examples"], chain["selections"]
-    table = pl.read_parquet(ex)
-    assert set(table.get_column("split")) == {"train", "val", "test"}
+def test_whole_chain_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    chain = run_chain(tmp_path)
+    table = pl.read_parquet(chain["examples"])
+    meta = json.loads(chain["meta"].read_text())
+    assert meta["kind"] == "causal_lm" and set(table.get_column("split")) == {"train", "val", "test"}
     assert set(table.filter(pl.col("split") == "val").get_column("task")) == {"arith"}
     saved = torch.load(chain["checkpoints"][1], weights_only=False)
     assert saved["optimizer"]["state"] and saved["lr"] > 0 and all("lora_" in k for k in saved["adapter"])
+    warm = pl.read_parquet("results/proxy/seed0/sample.parquet")
+    assert warm.height == round(0.3 * table.filter(pl.col("split") == "train").height)
     for index in chain["features"]:
-        split = Path(index).parent.name.split("-")[1]
-        meta = json.loads((Path(index).parent / "shard_0" / "meta.json").read_text())
-        assert meta["precondition"] == ("adam" if split == "train" else "none")  # LESS: pool only
+        split = Path(index).parent.name.split("-")[-1]
+        shard = json.loads((Path(index).parent / "shard_0" / "meta.json").read_text())
+        assert shard["precondition"] == ("adam" if split == "train" else "none")  # LESS: pool only
+        assert shard["lr"] == pytest.approx(torch.load(f"results/proxy/seed0/epoch{shard['checkpoint'][-1]}.pt",
+                                                        weights_only=False)["lr"])
     sc = pl.read_parquet(chain["scores"])
     assert sc.height == table.filter(pl.col("split") == "train").height and sc.get_column("score").is_finite().all()
-    for name, path in sels.items():
-        steps.finetune(*common, examples=str(ex), selection=str(path), out=str(r / f"metrics/{name}.parquet"),
-                       name=name)
-    md, csv = r / "report/summary.md", r / "report/summary.csv"
-    steps.report(str(ex), str(r / "truncation.json"), selections=[str(p) for p in sels.values()],
-                 metrics=[str(r / f"metrics/{n}.parquet") for n in sels], md=str(md), csv=str(csv))
-    summary = pl.read_csv(csv)
+    summary = pl.read_csv(chain["report"] / "summary.csv")
     by = {row["selection"]: row for row in summary.iter_rows(named=True)}
+    assert set(by) == {"less_top_keep25", "random_keep25", "target_keep0", "full_keep100"}
     assert by["full_keep100"]["target_share"] == pytest.approx(by["full_keep100"]["base_rate"])
-    assert by["target_keep0"]["kept"] == 8 and by["target_keep0"]["target_share"] == 1.0
+    assert by["target_keep0"]["target_share"] == 1.0
     # the target set is all arithmetic: LESS's top quarter holds more of it than the pool does
     assert by["less_top_keep25"]["target_share"] > by["less_top_keep25"]["base_rate"]
-    assert np.isfinite(summary.get_column("loss_mean").to_numpy()).all()
-    assert "share from target task" in md.read_text() and "Target task(s): arith" in md.read_text()
+    assert np.isfinite(summary.get_column("accuracy_mean").to_numpy()).all()
+    md = (chain["report"] / "summary.md").read_text()
+    assert "Target task(s): arith" in md and "exact match" in md and "`target_keep0`" in md
+    metrics = pl.concat([pl.read_parquet(p) for p in chain["metrics"]])
+    assert set(metrics.filter(pl.col("metric") == "accuracy").get_column("split")) == {"val", "test"}
+    assert metrics.filter(pl.col("metric") == "accuracy").get_column("value").is_between(0, 1).all()
+    # the target-alone baseline trains on the target rows and is never the one chosen on them
+    assert not summary.filter(pl.col("selection") == "target_keep0").get_column("chosen_on_validation").any()
     # export: the user's own rows and columns, nothing datasel added, through the export writer (marker and all)
-    out = r / "export" / "less_top_keep25"
-    steps.export(str(ex), out=str(out), selection="less_top_keep25", fmt="jsonl")
+    out = export_selection(Path("results"), "less_top_keep25", "jsonl", tmp_path / "export")
     back = pl.read_ndjson(out / "less_top_keep25.jsonl")
     assert back.columns == ["prompt", "completion", "task"] and (out / ".datasel-export.json").is_file()
-    kept = pl.read_parquet(sels["less_top_keep25"]).filter(pl.col("selected")).height
+    kept = pl.read_parquet(chain["selections"]["less_top_keep25"]).filter(pl.col("selected")).height
     assert back.height == kept
-    pool = pl.read_ndjson(data["pool"])
+    pool = pl.read_ndjson("data/pool.jsonl")
     assert back.join(pool, on=["prompt", "completion", "task"], how="semi").height == back.height
+    with pytest.raises(DataError, match="trains on the target rows"):
+        export_selection(Path("results"), "target_keep0", "jsonl", tmp_path / "export-target")
 
 
 @pytest.mark.parametrize("model", ["tiny_gpt2", "llama"])
-def test_the_chain_selects_the_same_rows_again_from_scratch(tmp_path: Path, model: str) -> None:
+def test_the_chain_selects_the_same_rows_again_from_scratch(tmp_path: Path, model: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Same config and seeds in a fresh folder: the same LESS scores and the same selected ids, bit for bit. On the
     chain test's tiny GPT-2, and on a llama folder set up as config/experiments/instruct.yaml sets up SmolLM2 (LoRA
     on the architecture's default q_proj/v_proj, factored projection)."""
-    kw: dict[str, Any] = {}
+    cfg = copy.deepcopy(CONFIG)
+    lm = None
     if model == "llama":
-        llama = save_tiny_llama(tmp_path / "llama")
-        kw = {"model": {"path": str(llama), "lora": {"r": 4, "alpha": 8}}, "model_dir": llama,
-              "features": {"dim": 64, "projection": "factored", "shards": 2, "chunk_size": 8}}
-    first, again = _select_chain(tmp_path / "a", **kw), _select_chain(tmp_path / "b", **kw)
-    scores = pl.read_parquet(first["scores"])
+        lm = save_tiny_llama(tmp_path / "llama")
+        for section in ("proxy", "training"):
+            cfg[section]["model"] = {"name": "causal_lm", "path": str(lm), "lora": {"r": 4, "alpha": 8}}
+        cfg["features"]["sets"]["less"]["projection"] = "factored"
+    runs = {}
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        if name == "c":  # another warm-up (its learning rate): the comparison below is not vacuous
+            cfg["proxy"]["lr"] = 0.02
+        runs[name] = run_chain(tmp_path / name, cfg, train_too=False, lm=lm)
+    first, again = runs["a"], runs["b"]
+    scores = pl.read_parquet(tmp_path / "a" / first["scores"])
     assert scores.get_column("score").n_unique() > 1
-    assert scores.equals(pl.read_parquet(again["scores"]))
+    assert scores.equals(pl.read_parquet(tmp_path / "b" / again["scores"]))
     for name, path in first["selections"].items():
-        assert pl.read_parquet(path).equals(pl.read_parquet(again["selections"][name])), name
-    kept = pl.read_parquet(first["selections"]["less_top_keep25"]).filter(pl.col("selected"))
+        assert pl.read_parquet(tmp_path / "a" / path).equals(pl.read_parquet(tmp_path / "b" / path)), name
+    kept = pl.read_parquet(tmp_path / "a" / first["selections"]["less_top_keep25"]).filter(pl.col("selected"))
     assert 0 < kept.height < scores.height
-    # the warm-up seed reaches the scores (LoRA init and batch order): the comparison above is not vacuous
-    other = _select_chain(tmp_path / "c", warmup_seed=1, **kw)
-    assert not scores.equals(pl.read_parquet(other["scores"]))
+    assert not scores.equals(pl.read_parquet(tmp_path / "c" / runs["c"]["scores"]))
+
+
+def _write(tmp: Path, cfg: dict[str, Any]) -> None:
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
 def test_workflow_wires_the_chain(tmp_path: Path) -> None:
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CFG))
+    _write(tmp_path, CONFIG)
     proc = snakemake(tmp_path, "-n")
     text = proc.stdout + proc.stderr
-    for rule in ("instruct_generate", "instruct_model", "instruct_prepare", "instruct_warmup",
-                 "instruct_features_shard", "instruct_features_gather", "instruct_score", "instruct_select",
-                 "instruct_finetune", "instruct_report", "instruct_export"):
-        assert rule in text, rule
+    for rule in ("generate_instructions", "tiny_lm", "prepare", "proxy", "features_shard", "features_gather",
+                 "score", "select", "train", "report"):
+        assert f"rule {rule}:" in text, rule
+    assert "results/selections/target_keep0.parquet" in text and "results/proxy/seed0/sample.parquet" in text
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"training": {**CONFIG["training"], "curve_points": 5}}, "training.curve_points", "no training curve"),
+    ({"scoring": {"el2n": {"method": "el2n", "epoch": 1}}}, "scoring.el2n.method", "scores class predictions"),
+    ({"training": {**CONFIG["training"], "model": {"name": "mlp"}}}, "training.model.name", "trains a causal LM"),
+])
+def test_settings_that_do_not_fit_instruction_data_are_refused(tmp_path: Path, change: dict, field: str,
+                                                               words: str) -> None:
+    _write(tmp_path, {**CONFIG, **change})
+    proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"field '{field}'" in out and words in out, out[-2000:]
+    assert "config.yaml" in out and "Traceback" not in out
+
+
+def test_target_policy_is_refused_on_classification_data(tmp_path: Path) -> None:
+    from conftest import write_config
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())
+    cfg["selection"]["policies"]["target"] = {"policy": "target"}
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "selection.policies.target.policy" in out and "instruction data" in out
 
 
 def test_generate_never_replaces_the_users_own_data_files(tmp_path: Path) -> None:
     # a user's run folder from the instruct template: their pool and target in place, `generate` left in, the
     # test file not yet there; Snakemake would rerun the generate rule and replace all three files
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CFG))
+    _write(tmp_path, CONFIG)
     (tmp_path / "data").mkdir()
     mine = {"pool": '{"prompt": "What is 1 + 1?", "completion": "2"}\n',
             "target": '{"prompt": "What is 2 + 2?", "completion": "4"}\n'}
@@ -197,29 +171,30 @@ def test_generate_never_replaces_the_users_own_data_files(tmp_path: Path) -> Non
                           env={**os.environ, "DATASEL_PROGRESS": "0"})
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    assert "instruct.data.generate" in text and "data/pool.jsonl" in text and "remove instruct.data.generate" in text
-    assert "rule instruct_generate" not in text  # refused before any job is planned
+    assert "data.instruct.generate" in text and "data/pool.jsonl" in text and "remove data.instruct.generate" in text
+    assert "rule generate_instructions" not in text  # refused before any job is planned
     for role, text in mine.items():
         assert (tmp_path / "data" / f"{role}.jsonl").read_text() == text
     # files the generator wrote itself are its own: regenerating them (a missing one, --forceall) is allowed
     paths = {r: tmp_path / "gen" / f"{r}.jsonl" for r in ("pool", "target", "test")}
-    families.write(TINY_CFG["instruct"]["data"]["generate"], paths)
+    families.write(CONFIG["data"]["instruct"]["generate"], paths)
     families.check_replaceable(paths)
     paths["pool"].write_text(paths["pool"].read_text() + '{"prompt": "mine", "completion": "too"}\n')
-    with pytest.raises(ConfigError, match="was not written by instruct.data.generate"):
+    with pytest.raises(ConfigError, match="was not written by data.instruct.generate"):
         families.check_replaceable(paths)  # an edited pool is the user's now
 
 
 def test_a_missing_local_model_is_one_config_error(tmp_path: Path) -> None:
-    """A model path that does not exist is refused when the Snakefile is read, naming instruct.model.path, the path
+    """A model path that does not exist is refused when the Snakefile is read, naming the model's field, the path
     and the fix, not by Snakemake as a missing input file of the first rule that reads the model."""
-    cfg = copy.deepcopy(TINY_CFG)
+    cfg = copy.deepcopy(CONFIG)
     missing = tmp_path / "models" / "my-causal-lm"
-    cfg["instruct"]["model"] = {"path": str(missing), "lora": cfg["instruct"]["model"]["lora"]}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for section in ("proxy", "training"):
+        cfg[section]["model"] = {"name": "causal_lm", "path": str(missing), "lora": {"r": 4, "alpha": 8}}
+    _write(tmp_path, cfg)
     proc = snakemake(tmp_path, "-n", check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and out.count("config field 'instruct.model.path'") == 1, out[-3000:]
+    assert proc.returncode != 0 and out.count("config field 'training.model.path'") == 1, out[-3000:]
     assert f"model folder '{missing}' does not exist" in out and "fix: point it at a folder" in out
     assert "MissingInput" not in out and "Missing input files" not in out
 
@@ -288,13 +263,13 @@ def test_no_completion_column_is_refused(tmp_path: Path, tiny_model: Path) -> No
     with pytest.raises(DataError) as exc:
         prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
     msg = str(exc.value)
-    assert str(path) in msg and "field 'instruct.data.completion_column'" in msg
+    assert str(path) in msg and "field 'data.instruct.completion_column'" in msg
     assert "needs column(s) ['completion']" in msg
     assert "fix" in msg
     with pytest.raises(DataError) as exc:  # detected: no format fits, each format's columns listed
         prepare_examples({**cfg, "format": "auto"}, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
     msg = str(exc.value)
-    assert "no instruction format fits the columns (prompt, answer)" in msg and "instruct.data.format" in msg
+    assert "no instruction format fits the columns (prompt, answer)" in msg and "data.instruct.format" in msg
     assert "instruction, input, output" in msg
 
 
@@ -307,8 +282,8 @@ def test_every_completion_truncated_away_is_refused(tmp_path: Path, tiny_model: 
     with pytest.raises(DataError) as exc:
         prepare_examples(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "out")
     msg = str(exc.value)
-    assert "every completion was truncated away" in msg and "instruct.data.max_length" in msg
-    assert str(path) in msg and "raise instruct.data.max_length" in msg
+    assert "every completion was truncated away" in msg and "data.instruct.max_length" in msg
+    assert str(path) in msg and "raise data.instruct.max_length" in msg
 
 
 def test_model_folder_without_tokenizer_is_refused(tmp_path: Path, tiny_model: Path) -> None:
@@ -318,9 +293,9 @@ def test_model_folder_without_tokenizer_is_refused(tmp_path: Path, tiny_model: P
         if not f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
             (bare / f.name).write_bytes(f.read_bytes())
     with pytest.raises(DataError) as exc:
-        check_model_folder(bare, "instruct.model.path")
+        check_model_folder(bare, "training.model.path")
     msg = str(exc.value)
-    assert "no tokenizer" in msg and str(bare) in msg and "instruct.model.path" in msg
+    assert "no tokenizer" in msg and str(bare) in msg and "training.model.path" in msg
     assert "tokenizer.save_pretrained" in msg
 
 
@@ -328,29 +303,19 @@ def test_missing_lora_target_module_is_refused(tiny_model: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_lm(tiny_model, {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]}, torch.device("cpu"))
     msg = str(exc.value)
-    assert "['q_proj'] do not exist" in msg and "instruct.model.lora.target_modules" in msg
+    assert "['q_proj'] do not exist" in msg and "training.model.lora.target_modules" in msg
     assert str(tiny_model) in msg and "c_attn" in msg  # the fix lists modules that do exist
 
 
-def test_pool_and_target_features_share_one_fitted_basis(tmp_path: Path) -> None:
+def test_pool_and_target_features_share_one_fitted_basis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """factor_basis pca in the LESS chain: every shard of the pool and of the target set uses the basis fitted on
     pool rows spread over the pool, so their features are comparable (the store compares projection digests)."""
-    cfg = _config(tmp_path)
-    cfg["features"] = {**cfg["features"], "projection": "factored", "factor_basis": "pca", "factor_fit_rows": 16}
-    r = tmp_path / "results/instruct"
-    steps.generate_data(cfg["data"]["generate"], **{k: cfg["data"][k] for k in ("pool", "target", "test")})
-    common = (cfg, str(r / "base_model"))
-    steps.build_model(cfg, str(r / "base_model"))
-    ex = r / "examples.parquet"
-    steps.prepare(*common, examples=str(ex), truncation=str(r / "truncation.json"))
-    steps.warmup(*common, examples=str(ex), sample=str(r / "warmup/sample.parquet"),
-                 checkpoints=[str(r / "warmup/epoch1.pt"), str(r / "warmup/epoch2.pt")])
-    metas = []
-    for split in ("train", "val"):
-        for i in range(2):
-            out = r / f"features/epoch1-{split}/shard_{i}"
-            steps.features_shard(*common, examples=str(ex), checkpoint=str(r / "warmup/epoch1.pt"), out=str(out),
-                                 split=split, shard=i)
-            metas.append(json.loads((out / "meta.json").read_text()))
+    cfg = copy.deepcopy(CONFIG)
+    cfg["features"]["sets"]["less"] |= {"projection": "factored", "factor_basis": "pca", "factor_fit_rows": 16}
+    cfg["proxy"]["checkpoints"] = [1]
+    monkeypatch.chdir(tmp_path)
+    chain = run_chain(tmp_path, cfg, train_too=False)
+    metas = [json.loads(p.read_text()) for idx in chain["features"] for p in Path(idx).parent.glob("shard_*/meta.json")]
+    assert len(metas) == 4
     assert {m["projection"] for m in metas} == {"factored"} and {m["projector"] for m in metas} == {"pca"}
     assert len({m["projection_sha"] for m in metas}) == 1

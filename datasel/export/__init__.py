@@ -1,7 +1,7 @@
 """Export a selection to a folder a trainer (or a spreadsheet) can read: Parquet, JSON lines, CSV or a Hugging Face
 ``datasets`` folder.
 
-Rows are the kept examples in the user's terms (``frame.py``; an instruct run's: the pool file's own rows,
+Rows are the kept examples in the user's terms (``frame.py``; on instruction data: the pool file's own rows,
 ``instruct.py``). The folder is written under a temporary name next
 to ``--out``, read back and checked, marked as an export, flushed to disk and only then renamed into place, so
 ``--out`` is always either absent, the whole previous export or the whole new one. What ``--out`` may be and what
@@ -23,7 +23,7 @@ from datasel.errors import DataselError
 from datasel.export.folder import check_replaceable, export_lock, refuse_protected, remove_export, write_marker
 from datasel.export.formats import FORMATS, check_format, require_format, verify, write_rows
 from datasel.export.frame import DEFAULT_SPLITS, ORDERS, SPLITS, export_frame, parse_splits
-from datasel.export.inputs import available_selections, instruct_folder, load_inputs
+from datasel.export.inputs import available_selections, load_inputs
 from datasel.export.instruct import instruct_frame
 from datasel.store.atomic import disk_error, follow_umask, fsync_path, fsync_tree, move_into_place
 
@@ -45,25 +45,23 @@ def export_selection(results: str | Path, selection: str, fmt: str, out: str | P
     """Write the kept rows of ``selection`` (and, with ``splits``, every row of the validation or test split) into
     the folder ``out``; returns ``out`` once it is complete on disk. Its marker records the splits it holds.
 
-    ``results`` is a run's results folder, or the instruct chain's (``results/instruct``), whose rows are the pool
-    file's own (:mod:`datasel.export.instruct`; the pool is its only split).
+    ``results`` is a run's results folder; on instruction data the rows are the pool file's own
+    (:mod:`datasel.export.instruct`; the pool is its only split).
     """
     results, out = Path(results), Path(os.path.abspath(out))
     require_format(fmt)
     wanted = parse_splits(splits)
     refuse_protected(out, results)
-    folder = instruct_folder(results)
-    if folder is not None:
+    inputs = load_inputs(results, selection)
+    if inputs.meta.get("kind") == "causal_lm":  # instruction data: the pool file's own rows
         if wanted != DEFAULT_SPLITS:
-            raise DataselError("an instruct run exports pool rows only", file=folder, field="--splits",
+            raise DataselError("instruction data exports pool rows only", file=inputs.path, field="--splits",
                                fix="leave --splits out (the target and test files are yours already)")
-        rows, used = instruct_frame(folder, selection, order, internal)
-        pool_rows = pl.scan_parquet(folder / "examples.parquet").filter(pl.col("split") == "train").select(
-            pl.len()).collect().item()
+        rows, used = instruct_frame(inputs, order, internal)
+        pool_rows = int((inputs.examples.get_column("split") == "train").sum())
         return write_export(rows, fmt, selection, out, overwrite,
                             {"order": used, "internal": internal, "splits": ["train"],
                              "rows_per_split": {"train": rows.height}, "train_rows_total": pool_rows})
-    inputs = load_inputs(results, selection)
     rows, used, counts = export_frame(inputs, order, internal, wanted)
     train_rows = int((inputs.examples.get_column("split") == "train").sum())
     return write_export(rows, fmt, inputs.name, out, overwrite,

@@ -21,7 +21,7 @@ from datasel.store import read_table
 
 # what a selection file stem looks like (the select rule's `{policy}_keep{pct}`); anything else is refused by name
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-INSTRUCT_SOURCE = "source_pool.parquet"  # the pool file as the instruct chain read it
+LM_POOL_SOURCE = "source_pool.parquet"  # instruction data: the pool file as read, beside examples.parquet
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,6 @@ def available_selections(results: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
 
 
-def is_instruct_folder(folder: Path) -> bool:
-    """A folder the instruct chain (rules/instruct.smk) wrote: its examples table and pool beside its selections."""
-    return ((folder / INSTRUCT_SOURCE).is_file() and (folder / "examples.parquet").is_file()
-            and (folder / "selections").is_dir())
-
-
-def instruct_folder(results: Path) -> Path | None:
-    """The instruct chain's folder that ``--results`` names: ``results/instruct`` itself, or a run's ``results``
-    whose only selections are the instruct chain's."""
-    results = Path(results)
-    if is_instruct_folder(results):
-        return results
-    if not (results / "selections").is_dir() and is_instruct_folder(results / "instruct"):
-        return results / "instruct"
-    return None
-
-
 def selection_path(results: str | Path, name: str) -> Path:
     """The table of the selection called ``name``, refusing anything that is not one of the listed names."""
     results = Path(results)
@@ -72,23 +55,11 @@ def selection_path(results: str | Path, name: str) -> Path:
         raise DataselError(f"'{name}' is not a selection name (a name, not a path: no '/', '..' or leading '.')",
                            field="SELECTION", fix=listing)
     if name not in names:
-        if name in available_selections(results / "instruct"):
-            listing = f"it is the instruct chain's: add --results {results / 'instruct'}"
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         raise DataselError(f"unknown selection '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
                            file=results / "selections", field="SELECTION", fix=listing)
     # built from the folder and a listed stem, so the path cannot leave results/selections
     return results / "selections" / f"{name}.parquet"
-
-
-def _refuse_instruct_run(results: Path) -> None:
-    """An instruct run keeps no examples/meta.json: "rerun the prepare step" would send the user the wrong way."""
-    folder = instruct_folder(results)
-    if folder is None or (results / "examples" / "meta.json").exists():
-        return
-    raise DataselError("this is an instruct run's results folder, which `datasel show` does not read", file=folder,
-                       field="--results", fix=f"see {folder / 'report' / 'summary.md'}, or write the selected rows "
-                                              f"with `datasel export SELECTION --results {folder} --out DIR`")
 
 
 def read_meta(results: Path) -> dict[str, Any]:
@@ -108,7 +79,6 @@ def read_meta(results: Path) -> dict[str, Any]:
 def load_inputs(results: str | Path, name: str) -> Inputs:
     """Read one selection, the examples table and meta.json, each refused with a clear error when missing."""
     results = Path(results)
-    _refuse_instruct_run(results)
     path = selection_path(results, name)
     # a stochastic policy's table holds one subset per training seed: export and show the smallest seed's
     selection = one_draw(read_table(path, "selections"), source=str(path))

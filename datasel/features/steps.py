@@ -136,6 +136,7 @@ def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: st
     ids = part.get_column("example_id").to_list()
     y_all = torch.from_numpy(part.get_column("label").to_numpy().astype("int64"))
     identity: dict[str, Any] = {"split": split}
+    loss_fn = None  # the features' default (cross-entropy of class logits)
     preconditioner: AdamPreconditioner | None = None
     fit: tuple[Any, torch.Tensor] | None = None  # a fitted basis learns from the same train rows in every shard
     n_fit = int(fset.get("factor_fit_rows", 2048)) if fitted_basis(fset) else 0
@@ -167,9 +168,20 @@ def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: st
         if checkpoint is None or proxy is None:  # a caller's slip, not the user's: the rule always passes both
             raise TypeError(f"features_shard: checkpoint '{ckpt}' needs checkpoint= and proxy=")
         epoch = int(ckpt.split("-epoch")[1])
-        model = load_checkpoint(checkpoint, meta_dict, proxy["model"])
-        task = make_task(examples_df, meta_dict, proxy["model"], where="proxy.model")
-        data = task.split(split)  # the proxy's own batching: standardized vectors or token ids
+        lr = checkpoint_lr(proxy, epoch)
+        if meta_dict.get("kind") == "causal_lm":  # the warm-up's adapters; gradients of the LoRA weights
+            from datasel.tasks.causal_lm import CausalLMTask
+            from datasel.training.lm import load_lm_checkpoint
+
+            policy, saved = load_lm_checkpoint(checkpoint, proxy["model"], "cpu")
+            model, lr = policy.module, float(saved["lr"])  # the epoch's mean lr under the warm-up's own schedule
+            task = CausalLMTask(examples_df, meta_dict, proxy["model"], "proxy.model", policy.tok)
+            fset = {**fset, "params": "lora"}
+            loss_fn = task.loss_fn
+        else:
+            model = load_checkpoint(checkpoint, meta_dict, proxy["model"])
+            task = make_task(examples_df, meta_dict, proxy["model"], where="proxy.model")
+        data = task.split(split)  # the proxy's own batching: standardized vectors, token ids, prompt/completion
         y_all, ids = data.labels, data.ids
         inputs = take(data.inputs, slice(lo, hi))
         if n_fit:
@@ -178,15 +190,16 @@ def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: st
             fit = (take(train_data.inputs, rows), train_data.labels[rows])
         identity |= {"model": json.dumps(proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "checkpoint_sha": file_sha256(checkpoint)[:16],  # weights and optimizer moments
-                     "lr": checkpoint_lr(proxy, epoch)}
+                     "lr": lr}
         if split not in PRECONDITIONED_SPLITS:
             fset = {**fset, "precondition": "none"}  # target gradients stay plain (LESS), recorded so in the shard
         preconditioner = split_preconditioner(fset, split, checkpoint, model)
     model.to(torch_device)
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
+    extra = {} if loss_fn is None else {"loss_fn": loss_fn}
     write_shard(out, settings, lambda work: featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi],
                                                        identity=identity, device=torch_device,
-                                                       preconditioner=preconditioner, fit=fit))
+                                                       preconditioner=preconditioner, fit=fit, **extra))
     log.info("shard %s: rows %d..%d of %s", out, lo, hi, split)
 
 

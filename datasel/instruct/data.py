@@ -35,7 +35,7 @@ def read_instructions(path: str | Path, role: str) -> pl.DataFrame:
     """One role's file as read (row order kept), from jsonl / Parquet / csv or a ``save_to_disk`` folder."""
     p = Path(path)
     if not p.exists():
-        raise DataError("the instruction data file does not exist", file=p, field=f"instruct.data.{role}",
+        raise DataError("the instruction data file does not exist", file=p, field=f"data.instruct.{role}",
                         fix="point the path (relative to the run folder) at a jsonl, Parquet or datasets folder")
     if p.is_dir():
         import datasets
@@ -44,14 +44,14 @@ def read_instructions(path: str | Path, role: str) -> pl.DataFrame:
             ds = datasets.load_from_disk(str(p))
         except Exception as exc:
             raise DataError(f"cannot load as a datasets folder ({type(exc).__name__})", file=p,
-                            field=f"instruct.data.{role}", fix="give a folder written by Dataset.save_to_disk") from None
+                            field=f"data.instruct.{role}", fix="give a folder written by Dataset.save_to_disk") from None
         if isinstance(ds, datasets.DatasetDict):
-            raise DataError(f"a DatasetDict with splits {list(ds)}", file=p, field=f"instruct.data.{role}",
+            raise DataError(f"a DatasetDict with splits {list(ds)}", file=p, field=f"data.instruct.{role}",
                             fix="save one split (ds['train'].save_to_disk(...)) per role")
         return pl.from_arrow(ds.data.table)
     df = read_data_file(p)
     if df.height == 0:
-        raise DataError("the instruction data has no rows", file=p, field=f"instruct.data.{role}",
+        raise DataError("the instruction data has no rows", file=p, field=f"data.instruct.{role}",
                         fix="give a file with at least one example")
     return df
 
@@ -76,7 +76,7 @@ def _tasks(raw: pl.DataFrame, col: str, where: str) -> list[str | None]:
     nulls = [i for i, v in enumerate(values) if v is None]
     if nulls:
         raise DataError(f"the task column '{col}' is empty in {len(nulls)} row(s) (first: row {nulls[0] + 1})",
-                        file=where, field="instruct.data.task_column",
+                        file=where, field="data.instruct.task_column",
                         fix="give every row its task, or remove the column (then no task share is reported)")
     return [str(v) for v in values]
 
@@ -96,8 +96,8 @@ def prepare_examples(cfg: dict[str, Any], tokenizer: Any, out_dir: Path) -> tupl
         emptied = set(dropped)
         if len(emptied) == len(rendered):
             raise DataError(f"every completion was truncated away: all {len(rendered)} prompts are at least "
-                            f"max_length={cfg['max_length']} tokens", file=path, field="instruct.data.max_length",
-                            fix="raise instruct.data.max_length or shorten the prompts")
+                            f"max_length={cfg['max_length']} tokens", file=path, field="data.instruct.max_length",
+                            fix="raise data.instruct.max_length or shorten the prompts")
         if emptied:
             log.warning("%s: %d of %d rows lost their whole completion to max_length=%d and are left out",
                         path, len(emptied), len(rendered), cfg["max_length"])
@@ -129,3 +129,31 @@ def prepare_examples(cfg: dict[str, Any], tokenizer: Any, out_dir: Path) -> tupl
     table = table.with_columns(pl.col("task").replace_strict({t: k for k, t in enumerate(tasks)}, default=len(tasks),
                                                              return_dtype=pl.Int64).alias("label"))
     return table, report
+
+
+NO_TASK = "(no task)"  # the class of rows whose file has no task column: never a made-up task name
+
+
+def build_lm_examples(cfg: dict[str, Any], tokenizer: Any, out_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The examples table of causal-LM data (``data.instruct``) in the selection chain's layout, and its meta.
+
+    Pool rows are the ``train`` split, target rows ``val`` and test rows ``test``; the ``label`` is the task's index
+    (rows without a task share the class ``(no task)``), so class-balance tables show each selection's task mix.
+    The three files as read go to ``out_dir/source_<role>.parquet`` for the export.
+    """
+    table, report = prepare_examples(cfg, tokenizer, out_dir)
+    tasks = sorted(set(table.get_column("task").drop_nulls()))
+    classes = tasks + ([NO_TASK] if table.get_column("task").null_count() else [])
+    table = table.with_columns(pl.lit("instruct").alias("source"), pl.col("label").alias("label_orig"),
+                               pl.lit(False).alias("is_noisy"))
+    first = ["example_id", "source", "split", "label", "label_orig", "is_noisy", "source_row"]
+    table = table.select(first + [c for c in table.columns if c not in first])
+    sizes = {s: int((table.get_column("split") == s).sum()) for s in ROLES.values()}
+    meta = {"kind": "causal_lm", "source": "instruct", "num_classes": len(classes), "classes": classes,
+            "label_dtype": "str", "sizes": sizes, "noisy": 0, "truncation": report,
+            "max_length": int(cfg["max_length"]),
+            "task_column": {role: rep["task_column"] for role, rep in report.items()},
+            "columns": {"label": None, "id": None, "text": None, "features": None, "split": None, "domain": None},
+            "fields": [], "input_dim": None, "duplicates_across_splits": {}}
+    log.info("instruction examples: %s; tasks %s", sizes, tasks or "none given")
+    return table, meta

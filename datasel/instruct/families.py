@@ -197,13 +197,13 @@ def generate(cfg: dict[str, Any]) -> dict[str, pl.DataFrame]:
     from each other and from the pool's rows by prompt)."""
     fam = cfg.get("target_family", "arith")
     if fam not in FAMILIES:
-        raise ConfigError(f"unknown task family {fam!r}", field="instruct.data.generate.target_family",
+        raise ConfigError(f"unknown task family {fam!r}", field="data.instruct.generate.target_family",
                           fix=f"use one of {', '.join(FAMILIES)}")
     names = list(cfg.get("families") or FAMILIES)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or len(set(names)) != len(names):
         raise ConfigError(f"task families {unknown or names} are unknown or repeated",
-                          field="instruct.data.generate.families",
+                          field="data.instruct.generate.families",
                           fix=f"list some of {', '.join(FAMILIES)} once each")
     rng = np.random.default_rng(int(cfg.get("seed", 0)))
     per, n_target, n_test = int(cfg.get("per_family", 100)), int(cfg.get("target", 40)), int(cfg.get("test", 100))
@@ -218,7 +218,7 @@ def generate(cfg: dict[str, Any]) -> dict[str, pl.DataFrame]:
             held.append({"prompt": p, "completion": c, "task": fam})
     if len(held) < n_target + n_test:
         raise ConfigError(f"family {fam!r} has only {len(held)} prompts outside the pool",
-                          field="instruct.data.generate", fix="lower per_family, target or test")
+                          field="data.instruct.generate", fix="lower per_family, target or test")
     order = rng.permutation(len(pool))
     return {"pool": pl.DataFrame([pool[i] for i in order]), "target": pl.DataFrame(held[:n_target]),
             "test": pl.DataFrame(held[n_target:])}
@@ -240,17 +240,17 @@ def written_by_generate(path: str | Path) -> bool:
 def check_replaceable(paths: dict[str, str | Path]) -> None:
     """Refuse to generate over a file :func:`write` did not write.
 
-    With ``instruct.data.generate`` in the config the three files are outputs of a rule, so Snakemake reruns it
+    With ``data.instruct.generate`` in the config the three files are outputs of a rule, so Snakemake reruns it
     (deleting all three first) as soon as one is missing or ``--forceall`` is given: a user's own pool and target
     would be replaced by generated data without a word. This runs when the rule file is read, before any job.
     """
     for role, path in paths.items():
         path = Path(path)
         if path.exists() and not written_by_generate(path):
-            raise ConfigError(f"instruct.data.{role} '{path}' exists and was not written by instruct.data.generate, "
+            raise ConfigError(f"data.instruct.{role} '{path}' exists and was not written by data.instruct.generate, "
                               "which would replace it (and the other data files) with generated data",
-                              file=path, field="instruct.data.generate",
-                              fix="to use your own files, remove instruct.data.generate from the config; to "
+                              file=path, field="data.instruct.generate",
+                              fix="to use your own files, remove data.instruct.generate from the config; to "
                                   f"generate new data, move '{path}' away first")
 
 

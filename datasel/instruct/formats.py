@@ -1,7 +1,7 @@
 """Instruction file formats: which columns a file's format reads, and each row rendered into the text the model sees
 with the parts that carry the loss marked.
 
-Four formats, detected from the columns (``instruct.data.format: auto``) or named:
+Four formats, detected from the columns (``data.instruct.format: auto``) or named:
 
 - ``alpaca``: ``instruction``, ``input`` (optional; empty or null adds nothing), ``output``. With a chat template the
   user turn is the instruction, a blank line and the input; without one the prompt is Stanford Alpaca's layout
@@ -61,7 +61,7 @@ class Rendered:
 
 
 def _key(name: str) -> str:
-    return f"instruct.data.{name}"
+    return f"data.instruct.{name}"
 
 
 def reads(fmt: str, cfg: dict[str, Any]) -> dict[str, str]:
@@ -80,7 +80,7 @@ def _required(fmt: str, cfg: dict[str, Any]) -> list[str]:
 
 
 def detect_format(columns: list[str], cfg: dict[str, Any], where: str) -> str:
-    """The format named in ``instruct.data.format``, or the one format whose columns the file has."""
+    """The format named in ``data.instruct.format``, or the one format whose columns the file has."""
     fmt = cfg.get("format", "auto")
     if fmt != "auto":
         if fmt not in FORMATS:

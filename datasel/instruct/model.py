@@ -1,4 +1,4 @@
-"""The causal LM of the instruction chain: the packaged SmolLM2-135M-Instruct (the default), a local Hugging Face
+"""The causal LM of instruction-data runs: the packaged SmolLM2-135M-Instruct (the default), a local Hugging Face
 folder, a GGUF file or a hub name in the local cache (resolved by :mod:`datasel.models.locate`, loaded through
 :mod:`datasel.models.causal_lm` by :class:`datasel.rl.policy.HFPolicy`, never downloaded) with LoRA adapters
 from peft; or, for tests and the embedded experiment, a small GPT-2 built from a ``transformers`` config with random
@@ -52,12 +52,13 @@ def build_tiny_model(texts: list[str], out: Path, cfg: dict[str, Any]) -> Path:
 
 
 def load_lm(path: str | Path, lora: dict[str, Any], device: torch.device, dtype: str = "auto",
-            max_new_tokens: int = 32, where: str = "instruct.model.path") -> HFPolicy:
+            max_new_tokens: int = 32, where: str = "training.model") -> HFPolicy:
     """The base LM (a folder, or a GGUF file through its cached conversion) with fresh LoRA adapters (seeded by the
-    caller), wrapped in a policy for generation. ``lora.target_modules`` null: the architecture's default."""
-    resolve_dtype(dtype, device, "instruct.model.dtype")  # refused under its own key before anything loads
-    policy = HFPolicy(str(path), max_new_tokens, device, dtype, field=where)
-    policy.module = add_lora(policy.module, lora, "instruct.model.lora.target_modules", file=path).to(device)
+    caller), wrapped in a policy for generation; ``where`` is the model's config section (named in errors).
+    ``lora.target_modules`` null: the architecture's default."""
+    resolve_dtype(dtype, device, f"{where}.dtype")  # refused under its own key before anything loads
+    policy = HFPolicy(str(path), max_new_tokens, device, dtype, field=f"{where}.path")
+    policy.module = add_lora(policy.module, lora, f"{where}.lora.target_modules", file=path).to(device)
     return policy
 
 
@@ -70,7 +71,26 @@ def load_adapter(model: nn.Module, state: dict[str, torch.Tensor], file: str | P
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(named) != set(state):
         raise DataError(f"checkpoint adapters do not fit the model ({len(state)} saved, {len(named)} expected)",
-                        file=file, fix="rerun the warm-up / fine-tune step with the current instruct.model config")
+                        file=file, fix="rerun the proxy step with the current model config")
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(state[n].to(p))
+
+
+def build_tiny_lm(data: dict[str, Any], tiny: dict[str, Any], out: str | Path) -> Path:
+    """The tiny GPT-2 of ``model.tiny`` with its tokenizer trained on the pool and target texts of ``data``
+    (``data.instruct``), rendered without a chat template; long enough for ``data.max_length`` tokens."""
+    from datasel.instruct.data import read_instructions, render
+
+    texts = []
+    for role in ("pool", "target"):
+        _, rendered = render(read_instructions(data[role], role), data, None, data[role])
+        texts += ["".join(r.parts) for r in rendered]
+    settings = {**tiny, "n_positions": max(int(tiny["n_positions"]), int(data["max_length"]))}
+    folder = Path(out)
+    if folder.exists():  # the workflow's own output (Snakemake removes it before the job; a direct call may not)
+        import shutil
+
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return build_tiny_model(texts, folder, settings)

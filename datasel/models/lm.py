@@ -52,7 +52,7 @@ class CausalLMLogits(nn.Module):
         return {n for n, p in self.named_parameters() if p.requires_grad}
 
 
-@register_model("causal_lm", kinds=("text",))
+@register_model("causal_lm", kinds=("text", "causal_lm"))
 def build_causal_lm(cfg: dict[str, Any], meta: dict[str, Any], where: str = "model") -> nn.Module:
     from datasel.models.causal_lm import load_causal_lm, lora_targets
     from datasel.runtime import pick_device

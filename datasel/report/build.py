@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,8 +45,11 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     choice = Choice.from_config(choose_on)
     train = examples.filter(pl.col("split") == "train")
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
-    table = summarize(metrics, noise_dropped(examples, selections)).join(
-        class_balance(examples, selections).select("selection", "class_share_max_gap"), on="selection", how="left")
+    lm = meta is not None and json.loads(Path(meta).read_text()).get("kind") == "causal_lm"
+    table = summarize(metrics, noise_dropped(examples, selections))
+    if not lm:  # instruction data: each selection's share from the target task(s) tells more (datasel.report.lm)
+        table = table.join(class_balance(examples, selections).select("selection", "class_share_max_gap"),
+                           on="selection", how="left")
     detection = noise_detection(examples, scores) if base > 0 else None
     best = best_against_random(metrics, choice)
     curves_df = pl.concat([read_table(p, "curves") for p in curves], how="diagonal_relaxed") if curves else None
@@ -54,11 +58,16 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
                             float(rising_points))
     warnings += [rising] if rising else []
     doc = build_document(table, best, warnings, base,
-                         histograms=class_histograms(examples, selections, meta_classes(meta)),
+                         histograms=None if lm else class_histograms(examples, selections, meta_classes(meta)),
                          detection=detection)
     answer = recommendation(best, warnings)
-    write_summary(verdict_columns(table, margins_on_test(metrics), best, answer, warnings), doc,
-                  Path(csv), Path(md), Path(rst))
+    columns = verdict_columns(table, margins_on_test(metrics), best, answer, warnings)
+    if lm:  # what the accuracy is, and each selection's share from the target task(s)
+        from datasel.report.lm import lm_section
+
+        shares = lm_section(doc, examples, selections, json.loads(Path(meta).read_text()))
+        columns = columns.join(shares.select("selection", "target_share", "base_rate"), on="selection", how="left")
+    write_summary(columns, doc, Path(csv), Path(md), Path(rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(plot),
                          full=table.filter(pl.col("method") == "full"))
     if curves_plot is not None:  # asked for only when training.curve_points > 0

@@ -40,7 +40,7 @@ def policy_draws(entry: dict[str, Any], training_seeds: Sequence[int] | None) ->
     ``training.seeds``."""
     from datasel.selection.base import POLICIES
 
-    if not training_seeds:
+    if not training_seeds or entry.get("policy") == "target":  # the target rows: no draw
         return None
     policy = POLICIES.get(entry["policy"], where="selection.policies")({"name": "", **entry})
     return sorted({int(s) for s in training_seeds}) if policy.stochastic() else None

@@ -245,7 +245,8 @@ class CausalLMTask(Task):
                  where: str = "model", tokenizer: Any = None) -> None:
         self.examples, self.meta, self.model_cfg = examples, meta, dict(model_cfg)
         self.where = where
-        self.max_length = int(self.model_cfg.get("max_length", 512))
+        # the data's cut (instruction data records it in meta), else the model config's
+        self.max_length = int(meta.get("max_length") or self.model_cfg.get("max_length", 512))
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer()
         self._splits: dict[str, Split] = {}
 

@@ -43,10 +43,12 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def total_steps(n: int, cfg: dict[str, Any]) -> int:
-    """Optimizer steps for ``n`` examples: ``budget.unit`` epochs scales with n; steps is fixed (equal compute)."""
+    """Optimizer steps for ``n`` examples: ``budget.unit`` epochs scales with n (at least ``budget.min_steps``);
+    steps is fixed (equal compute)."""
     budget = cfg.get("budget", {"unit": "epochs", "value": 10})
     if budget["unit"] == "epochs":
-        return int(budget["value"]) * steps_per_epoch(n, int(cfg.get("batch_size", 128)))
+        steps = int(budget["value"]) * steps_per_epoch(n, int(cfg.get("batch_size", 128)))
+        return max(steps, int(budget.get("min_steps") or 0))
     return int(budget["value"])
 
 

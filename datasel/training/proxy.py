@@ -86,6 +86,14 @@ def run_proxy(examples: str | Path, meta: str | Path, outputs: Sequence[str | Pa
     table, into the folder of ``outputs`` (the checkpoints and ``epochs.parquet``, all checked for at the end)."""
     seed = int(seed)
     meta_dict = json.loads(Path(meta).read_text())
+    if meta_dict.get("kind") == "causal_lm":  # LESS's LoRA warm-up (datasel.training.lm)
+        from datasel.training.lm import run_lm_proxy
+
+        return run_lm_proxy(examples, meta, outputs, cfg, seed, device)
+    if float(cfg.get("fraction", 1.0)) < 1.0:
+        raise ConfigError(f"proxy.fraction {cfg['fraction']} applies to causal-LM data only (LESS's warm-up); a "
+                          "classifier's proxies train on the whole training split, which their per-example scores "
+                          "need", field="proxy.fraction", fix="remove proxy.fraction")
     epochs = tuple(sorted(set(int(e) for e in cfg["checkpoints"])))
     if epochs and epochs[-1] > int(cfg["epochs"]):
         raise ConfigError(f"checkpoint epoch {epochs[-1]} is after the last epoch ({cfg['epochs']})",
