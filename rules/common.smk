@@ -145,6 +145,21 @@ def data_files(root="results"):
         raise WorkflowError(str(exc)) from None
 
 
+LM_DATA = support.lm_data(config)
+if LM_DATA and "training" in config:  # the chain's LM, found now: a missing model is one refusal before any job
+    LM_PATH = support.refusing(fail, support.lm_model_path, config["training"]["model"], "training.model")
+    if config["proxy"]["model"] != config["training"]["model"]:
+        support.refusing(fail, support.lm_model_path, config["proxy"]["model"], "proxy.model")
+
+
+def prepare_inputs(wc):
+    """The prepare job's inputs: the data files (content-checked, so `ancient`), or instruction data's role files by
+    mtime (a generated file's digest is unknown before the run) and the LM that renders and tokenizes them."""
+    if LM_DATA:
+        return {"data": data_files(wc.root), "model": LM_PATH}
+    return {"data": ancient(data_files(wc.root))}
+
+
 def data_params(root):
     return support.data_params(run_cfg(root)["data"])
 

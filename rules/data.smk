@@ -5,17 +5,6 @@
 from datasel.store.fingerprint import data_fingerprint
 
 data_files()  # a missing path is refused now, in `snakemake -n`, not when the prepare job starts
-LM_DATA = support.lm_data(config)
-if LM_DATA:  # the chain's LM, found now: a missing model is one refusal before any job, naming its field
-    LM_PATH = support.refusing(fail, support.lm_model_path, config["training"]["model"], "training.model")
-    if config["proxy"]["model"] != config["training"]["model"]:
-        support.refusing(fail, support.lm_model_path, config["proxy"]["model"], "proxy.model")
-
-
-def prepare_inputs(wc):
-    if LM_DATA:  # the role files by mtime (a generated file's digest is unknown before the run)
-        return {"data": data_files(wc.root), "model": LM_PATH}
-    return {"data": ancient(data_files(wc.root))}
 
 
 # Content, not mtime, decides whether the data changed: the files are `ancient` (a `touch` or a fresh checkout of
