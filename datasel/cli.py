@@ -96,11 +96,13 @@ def _init(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
+    from datasel.instruct.target_only import TARGET_POLICY
     from datasel.scoring import SCORERS
     from datasel.selection import POLICIES
 
     print("scoring methods:   ", ", ".join(SCORERS.names()))
     print("selection policies:", ", ".join(POLICIES.names()))
+    print(f"instruction data:   {TARGET_POLICY} (the target rows alone, a baseline)")
 
 
 def build_parser() -> argparse.ArgumentParser:
