@@ -261,6 +261,13 @@ def test_an_unused_text_column_is_refused_naming_it(tok: Any) -> None:
         render(alpaca.with_columns(pl.lit("pre-rendered").alias("text")), CFG, tok, "pool.jsonl")
     fmt, rows = render(alpaca.with_columns(pl.lit("x").alias("text")), {**CFG, "ignore_columns": ["text"]}, tok, "f")
     assert fmt == "alpaca" and len(rows) == 1
+    # a task column under another name: the fix points at task_column (only when the file has no `task` column)
+    with pytest.raises(DataError) as exc:
+        render(alpaca.with_columns(pl.lit("add").alias("category")), CFG, tok, "pool.jsonl")
+    assert "data.instruct.task_column: category" in str(exc.value)
+    with pytest.raises(DataError) as exc:
+        render(alpaca.with_columns(pl.lit("add").alias("task"), pl.lit("n").alias("note")), CFG, tok, "pool.jsonl")
+    assert "['note']" in str(exc.value) and "task_column" not in str(exc.value)
     # columns without text need no role; the task column is one
     fmt, _ = render(alpaca.with_columns(pl.lit(7).alias("id"), pl.lit("arith").alias("task")), CFG, tok, "f")
     assert fmt == "alpaca"

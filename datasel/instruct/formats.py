@@ -145,10 +145,14 @@ def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -
         others = [f for f in FORMATS if f != fmt and any(c in reads(f, cfg) for c in unused)
                   and all(c in df.columns for c in _required(f, cfg))]
         hint = f"set {_key('format')}: {others[0]} to train on it, or, " if others else ""
+        # the file has no column under the task key's name: one of these may be its task, under another name
+        task_hint = ("" if cfg.get("task_column") in df.columns else
+                     f"; a column that names each row's task goes in {_key('task_column')} instead (e.g. "
+                     f"{_key('task_column')}: {unused[0]})")
         raise DataError(f"text column(s) {unused} would be left out: format {fmt} reads {read}", file=where,
                         field=_key("ignore_columns"),
                         fix=f"{hint}when the column is not for training (an id, a note), list it in "
-                            f"{_key('ignore_columns')}: [{', '.join(unused)}]")
+                            f"{_key('ignore_columns')}: [{', '.join(unused)}]" + task_hint)
     return roles
 
 
