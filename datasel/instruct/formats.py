@@ -146,9 +146,10 @@ def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -
                   and all(c in df.columns for c in _required(f, cfg))]
         hint = f"set {_key('format')}: {others[0]} to train on it, or, " if others else ""
         # the file has no column under the task key's name: one of these may be its task, under another name
-        task_hint = ("" if cfg.get("task_column") in df.columns else
+        loose = [c for c in unused if not any(c in reads(f, cfg) for f in FORMATS)]
+        task_hint = ("" if cfg.get("task_column") in df.columns or not loose else
                      f"; a column that names each row's task goes in {_key('task_column')} instead (e.g. "
-                     f"{_key('task_column')}: {unused[0]})")
+                     f"{_key('task_column')}: {loose[0]})")
         raise DataError(f"text column(s) {unused} would be left out: format {fmt} reads {read}", file=where,
                         field=_key("ignore_columns"),
                         fix=f"{hint}when the column is not for training (an id, a note), list it in "
