@@ -173,7 +173,8 @@ def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: st
             from datasel.tasks.causal_lm import CausalLMTask
             from datasel.training.lm import load_lm_checkpoint
 
-            policy, saved = load_lm_checkpoint(checkpoint, proxy["model"], "cpu")
+            # loaded on the job's device, so dtype auto gives a bf16 base on a GPU (fp32 on the CPU)
+            policy, saved = load_lm_checkpoint(checkpoint, proxy["model"], device)
             model, lr = policy.module, float(saved["lr"])  # the epoch's mean lr under the warm-up's own schedule
             task = CausalLMTask(examples_df, meta_dict, proxy["model"], "proxy.model", policy.tok)
             fset = {**fset, "params": "lora"}
