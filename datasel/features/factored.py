@@ -48,7 +48,13 @@ from datasel.errors import ConfigError
 from datasel.features.grads import Inputs, PerSampleGrads, _call, agreement_tol, batch_len, slice_inputs
 from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _outer_sum, _owner, _unfold
 from datasel.features.pca_basis import SideMoments, keep_columns, top_directions
-from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
+from datasel.features.projectors import (
+    AdamPreconditioner,
+    Projector,
+    block_seed,
+    make_flat_projector,
+    random_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +220,10 @@ class FactoredProjector(Projector):
         for layer in self.layers.values():
             if layer.weight_cols is not None:
                 c, k = layer.weight_cols
-                w = grads[:, c : c + k].reshape(n, layer.fan_out, layer.fan_in)
-                if layer.p_out is not None:
-                    w = torch.matmul(layer.p_out.to(dtype), w)
-                if layer.p_in is not None:
-                    w = torch.matmul(w, layer.p_in.to(dtype).T)
-                mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] = w.reshape(n, -1)
+                _put_weight(mid, layer, grads[:, c : c + k].reshape(n, layer.fan_out, layer.fan_in))
             if layer.bias_cols is not None:
                 c, k = layer.bias_cols
-                bias = grads[:, c : c + k]
-                mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] = (
-                    bias @ layer.p_out.to(dtype).T if layer.p_out is not None else bias)
+                _put_bias(mid, layer, grads[:, c : c + k])
         rest = torch.cat([grads[:, c : c + k] for c, k in self.rest_cols], 1) if self.rest_cols else None
         return mid, rest
 
@@ -239,6 +238,43 @@ class FactoredProjector(Projector):
         if self.rest is not None and rest is not None:
             out += self.rest.project(rest)
         return out
+
+    # -- Adam-preconditioned: one layer's gradient at a time --------------------------------------------------------
+    def preconditioned(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor,
+                       pre: AdamPreconditioner) -> torch.Tensor:
+        """Features of one chunk's Adam-preconditioned gradients, the map of :meth:`project` applied to
+        ``pre(comp(x, y))``. Once ``comp`` runs on its per-layer path (``mode: layers``, or ``auto`` after its first
+        chunk's check), each layer's per-example gradient is formed from the taps, preconditioned and projected in
+        turn, so the ``(B, D)`` gradient and the preconditioner's temporaries of its size never exist; the products
+        and operations per layer are those of the flat route, which the other cases take."""
+        self._check_fitted()
+        taps = comp.layer_path
+        if (taps is None or self.rest_cols or not self.layers or not _same_device(self.device, comp.device)
+                or taps.dtype not in (torch.float32, torch.float64)):
+            return super().preconditioned(comp, x, y, pre)
+        x, y = comp.on_device(x, y)
+        b, dtype = int(y.shape[0]), taps.dtype
+        calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for path, a, g in taps.taps(x, y, lambda inp: _call(self.model, None, inp)):
+            calls.setdefault(path, []).append(LayerGrads.sides(taps.modules[path], a, g))
+        mid = torch.empty(b, self.dim_mid, dtype=dtype, device=self.device)
+        with torch.no_grad():
+            for path, layer in self.layers.items():
+                sides = calls.pop(path, [])  # none: the layer never reached the loss, its gradient is zero
+                if layer.weight_cols is not None:
+                    # contiguous, in the parameters' dtype: the block the flat route slices out of its (B, D) buffer
+                    w = (_outer_sum(sides[0][1], sides[0][0]).contiguous().to(dtype) if sides else
+                         torch.zeros(b, layer.fan_out, layer.fan_in, dtype=dtype, device=self.device))
+                    for a3, g3 in sides[1:]:  # a shared layer's calls add up, as in LayerGrads
+                        w.add_(_outer_sum(g3, a3))
+                    _put_weight(mid, layer, pre.apply_(w, layer.weight_cols[0]))
+                if layer.bias_cols is not None:
+                    bias = (sides[0][1].sum(1, dtype=dtype) if sides else
+                            torch.zeros(b, layer.fan_out, dtype=dtype, device=self.device))
+                    for _, g3 in sides[1:]:
+                        bias.add_(g3.sum(1))
+                    _put_bias(mid, layer, pre.apply_(bias, layer.bias_cols[0]))
+        return self._finish(mid, None, b, dtype)
 
     # -- from the layer taps: the D-dim gradient is never formed ---------------------------------------------------
     def _mid_from_taps(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
@@ -423,6 +459,27 @@ class FactoredProjector(Projector):
                 "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
                 "stage2": self.stage2.fingerprint() if self.stage2 is not None else None,
                 "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """One device, where one of them may leave the index out (``cuda`` and ``cuda:0``)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _put_weight(mid: torch.Tensor, layer: _Layer, w: torch.Tensor) -> None:
+    """A layer's per-example weight gradients ``(n, fan_out, fan_in)`` sketched into their slots of ``mid``."""
+    dtype = mid.dtype
+    if layer.p_out is not None:
+        w = torch.matmul(layer.p_out.to(dtype), w)
+    if layer.p_in is not None:
+        w = torch.matmul(w, layer.p_in.to(dtype).T)
+    mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] = w.reshape(w.shape[0], -1)
+
+
+def _put_bias(mid: torch.Tensor, layer: _Layer, bias: torch.Tensor) -> None:
+    """A layer's per-example bias gradients ``(n, fan_out)`` sketched into their slots of ``mid``."""
+    mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] = (
+        bias @ layer.p_out.to(mid.dtype).T if layer.p_out is not None else bias)
 
 
 def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:
