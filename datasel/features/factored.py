@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 BASES = ("random", "pca")
 CHECK_ROWS = 2  # rows of the first chunk checked against the per-example loop (as PerSampleGrads checks its layers)
 AUTO_DIVISOR, AUTO_MIN, AUTO_MAX = 8, 256, 16384  # factor_dim: auto = clamp(weight count / 8, 256, 16384) per layer
+# per-example gradients of one group of same-shaped layers formed at once by the preconditioned path (bytes)
+GROUP_BYTES = 64 << 20
 
 
 def layer_budget(factor_dim: int | str, numel: int) -> int:
@@ -85,6 +87,44 @@ class _Layer:
     bias_cols: tuple[int, int] | None = None
     weight_mid: int = -1  # start in the stage-1 sketch
     bias_mid: int = -1
+
+
+@dataclass
+class _Group:
+    """Layers of one shape whose preconditioned gradients are formed and projected together: the flat-gradient
+    columns of their entries (broadcasting over the rows), their stacked sketch sides, and their slots in ``mid``."""
+
+    layers: list[_Layer]
+    weight_cols: torch.Tensor | None  # (n, 1, fan_out, fan_in)
+    bias_cols: torch.Tensor | None  # (n, 1, fan_out)
+    p_out: torch.Tensor | None  # (n, 1, k_out, fan_out)
+    p_in_t: torch.Tensor | None  # (n, 1, fan_in, k_in)
+    weight_mid: torch.Tensor | None  # (n · k_out · k_in,) columns of mid, layer by layer
+    bias_mid: torch.Tensor | None
+
+    @classmethod
+    def of(cls, layers: list[_Layer], dtype: torch.dtype, device: torch.device) -> _Group:
+        first = layers[0]
+
+        def cols(which: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+            if getattr(first, which) is None:
+                return None
+            return torch.stack([torch.arange(getattr(lay, which)[0], getattr(lay, which)[0] + math.prod(shape))
+                                .view(1, *shape) for lay in layers]).to(device)
+
+        def slots(start: str, width: int) -> torch.Tensor:
+            return torch.cat([torch.arange(getattr(lay, start), getattr(lay, start) + width) for lay in layers]).to(device)
+
+        return cls(
+            layers,
+            cols("weight_cols", (first.fan_out, first.fan_in)),
+            cols("bias_cols", (first.fan_out,)),
+            torch.stack([lay.p_out for lay in layers]).unsqueeze(1).to(device, dtype) if first.p_out is not None else None,
+            (torch.stack([lay.p_in.T for lay in layers]).unsqueeze(1).to(device, dtype)
+             if first.p_in is not None else None),
+            slots("weight_mid", first.k_out * first.k_in) if first.weight_cols is not None else None,
+            slots("bias_mid", first.k_out) if first.bias_cols is not None else None,
+        )
 
 
 def side_dims(fan_out: int, fan_in: int, layer_dim: int, out_share: float) -> tuple[int, int]:
@@ -167,6 +207,7 @@ class FactoredProjector(Projector):
         self._taps: LayerGrads | None = None
         self._rest_comp: PerSampleGrads | None = None
         self._path = "auto"  # "taps" once the tapped path is verified, "flat" when it is not used
+        self._group_cache: dict[tuple[int, torch.dtype], list[_Group]] = {}
 
     def _lay_out(self) -> int:
         """Place every layer's weight and bias slots in the stage-1 sketch; returns its width."""
@@ -244,9 +285,12 @@ class FactoredProjector(Projector):
                        pre: AdamPreconditioner) -> torch.Tensor:
         """Features of one chunk's Adam-preconditioned gradients, the map of :meth:`project` applied to
         ``pre(comp(x, y))``. Once ``comp`` runs on its per-layer path (``mode: layers``, or ``auto`` after its first
-        chunk's check), each layer's per-example gradient is formed from the taps, preconditioned and projected in
-        turn, so the ``(B, D)`` gradient and the preconditioner's temporaries of its size never exist; the products
-        and operations per layer are those of the flat route, which the other cases take."""
+        chunk's check), the per-example gradients are formed from the taps a group of same-shaped layers at a time
+        (the 30 ``q_proj.lora_A`` of a 30-layer transformer, say, at most :data:`GROUP_BYTES` of gradients),
+        preconditioned and projected with one batched operation per step for the whole group. The ``(B, D)``
+        gradient is never formed, and the few large operations, not hundreds of small ones per chunk, keep the cost
+        at the plain backward pass's also where other processes share the CPU. The other cases take the flat route.
+        """
         self._check_fitted()
         taps = comp.layer_path
         if (taps is None or self.rest_cols or not self.layers or not _same_device(self.device, comp.device)
@@ -259,22 +303,61 @@ class FactoredProjector(Projector):
             calls.setdefault(path, []).append(LayerGrads.sides(taps.modules[path], a, g))
         mid = torch.empty(b, self.dim_mid, dtype=dtype, device=self.device)
         with torch.no_grad():
-            for path, layer in self.layers.items():
-                sides = calls.pop(path, [])  # none: the layer never reached the loss, its gradient is zero
-                if layer.weight_cols is not None:
-                    # contiguous, in the parameters' dtype: the block the flat route slices out of its (B, D) buffer
-                    w = (_outer_sum(sides[0][1], sides[0][0]).contiguous().to(dtype) if sides else
-                         torch.zeros(b, layer.fan_out, layer.fan_in, dtype=dtype, device=self.device))
-                    for a3, g3 in sides[1:]:  # a shared layer's calls add up, as in LayerGrads
-                        w.add_(_outer_sum(g3, a3))
-                    _put_weight(mid, layer, pre.apply_(w, layer.weight_cols[0]))
-                if layer.bias_cols is not None:
-                    bias = (sides[0][1].sum(1, dtype=dtype) if sides else
-                            torch.zeros(b, layer.fan_out, dtype=dtype, device=self.device))
-                    for _, g3 in sides[1:]:
-                        bias.add_(g3.sum(1))
-                    _put_bias(mid, layer, pre.apply_(bias, layer.bias_cols[0]))
+            for group in self._groups(b, dtype):
+                self._group_mid(mid, group, calls, pre)
         return self._finish(mid, None, b, dtype)
+
+    def _groups(self, b: int, dtype: torch.dtype) -> list[_Group]:
+        """The layers in groups of one shape, each group's gradients within :data:`GROUP_BYTES` for ``b`` rows."""
+        key = (b, dtype)
+        hit = self._group_cache.get(key)
+        if hit is not None:
+            return hit
+        by_shape: dict[tuple[Any, ...], list[_Layer]] = {}
+        for lay in self.layers.values():
+            shape = (lay.fan_out, lay.fan_in, lay.k_out, lay.k_in, lay.p_out is None, lay.p_in is None,
+                     lay.weight_cols is None, lay.bias_cols is None)
+            by_shape.setdefault(shape, []).append(lay)
+        item = torch.empty((), dtype=dtype).element_size()
+        groups = []
+        for same in by_shape.values():
+            per_layer = b * same[0].fan_out * (same[0].fan_in * (same[0].weight_cols is not None) + 1) * item
+            size = max(1, GROUP_BYTES // per_layer)
+            groups += [_Group.of(same[i : i + size], dtype, self.device) for i in range(0, len(same), size)]
+        self._group_cache = {key: groups}  # one chunk size (and a tail) per shard: no need to keep more
+        return groups
+
+    def _group_mid(self, mid: torch.Tensor, group: _Group, calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+                   pre: AdamPreconditioner) -> None:
+        """One group's preconditioned, projected gradients into their slots of ``mid``."""
+        b, dtype, first = mid.shape[0], mid.dtype, group.layers[0]
+        n = len(group.layers)
+        sides = [calls.pop(lay.path, []) for lay in group.layers]  # none: never reached the loss, a zero gradient
+        if first.weight_cols is not None:
+            w = torch.empty(n, b, first.fan_out, first.fan_in, dtype=dtype, device=self.device)
+            for wi, layer_sides in zip(w, sides):
+                if not layer_sides:
+                    wi.zero_()
+                for j, (a3, g3) in enumerate(layer_sides):  # a shared layer's calls add up, as in LayerGrads
+                    prod = _outer_sum(g3, a3)
+                    wi.copy_(prod) if j == 0 else wi.add_(prod)
+            pre.apply_(w, group.weight_cols)
+            if group.p_out is not None:
+                w = torch.matmul(group.p_out, w)
+            if group.p_in_t is not None:
+                w = torch.matmul(w, group.p_in_t)
+            mid[:, group.weight_mid] = w.reshape(n, b, -1).transpose(0, 1).reshape(b, -1)
+        if first.bias_cols is not None:
+            bias = torch.empty(n, b, first.fan_out, dtype=dtype, device=self.device)
+            for bi, layer_sides in zip(bias, sides):
+                if not layer_sides:
+                    bi.zero_()
+                for j, (_, g3) in enumerate(layer_sides):
+                    torch.sum(g3, 1, out=bi) if j == 0 else bi.add_(g3.sum(1))
+            pre.apply_(bias, group.bias_cols)
+            if group.p_out is not None:
+                bias = torch.matmul(bias, group.p_out.squeeze(1).transpose(1, 2))  # (n, b, fan_out) @ (n, fan_out, k_out)
+            mid[:, group.bias_mid] = bias.transpose(0, 1).reshape(b, -1)
 
     # -- from the layer taps: the D-dim gradient is never formed ---------------------------------------------------
     def _mid_from_taps(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
@@ -373,6 +456,7 @@ class FactoredProjector(Projector):
         if self.basis != "pca":
             return
         batches = list(batches)
+        self._group_cache = {}
         taps = self._fit_taps()
         try:
             moments = self._moments(comp, batches, taps)

@@ -305,16 +305,21 @@ class AdamPreconditioner:
         """The preconditioned copy of flattened gradients ``(n, D)``."""
         return self.apply_(grads.clone())
 
-    def apply_(self, grads: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Precondition ``grads`` in place and return it: ``(n, ...)``, whose per-example entries, flattened, are the
-        columns ``[start, start + numel)`` of the flat gradient (one layer's block, or all of it).
+    def apply_(self, grads: torch.Tensor, cols: int | torch.Tensor = 0) -> torch.Tensor:
+        """Precondition ``grads`` in place and return it. ``cols`` says which columns of the flat gradient its entries
+        are: a start (``grads`` is ``(n, ...)`` and each example's entries, flattened, are the columns
+        ``[start, start + numel)``: one layer's block, or all of it), or the column of every entry as an index tensor
+        that broadcasts against ``grads``.
 
         The same operations per entry as ``m'/sqrt(v'+eps)`` written out, with one temporary of the size of
         ``grads`` (the written-out form makes five)."""
         mb, vb = self._moments(grads.dtype, grads.device)
-        shape = grads.shape[1:]
-        n = shape.numel()
-        mb, vb = mb[start : start + n].view(shape), vb[start : start + n].view(shape)
+        if isinstance(cols, torch.Tensor):
+            mb, vb = mb[cols], vb[cols]
+        else:
+            shape = grads.shape[1:]
+            n = shape.numel()
+            mb, vb = mb[cols : cols + n].view(shape), vb[cols : cols + n].view(shape)
         den = torch.mul(grads, grads).mul_(1 - self.b2).add_(vb)  # v' = b2 v + (1-b2) g²
         den.add_(self.eps).sqrt_()  # LESS puts eps inside the root (not torch Adam's sqrt(v)+eps)
         return grads.mul_(1 - self.b1).add_(mb).div_(den)  # m' = b1 m + (1-b1) g, over the root
