@@ -113,13 +113,15 @@ class _Group:
                                 .view(1, *shape) for lay in layers]).to(device)
 
         def slots(start: str, width: int) -> torch.Tensor:
-            return torch.cat([torch.arange(getattr(lay, start), getattr(lay, start) + width) for lay in layers]).to(device)
+            return torch.cat([torch.arange(getattr(lay, start), getattr(lay, start) + width)
+                              for lay in layers]).to(device)
 
         return cls(
             layers,
             cols("weight_cols", (first.fan_out, first.fan_in)),
             cols("bias_cols", (first.fan_out,)),
-            torch.stack([lay.p_out for lay in layers]).unsqueeze(1).to(device, dtype) if first.p_out is not None else None,
+            (torch.stack([lay.p_out for lay in layers]).unsqueeze(1).to(device, dtype)
+             if first.p_out is not None else None),
             (torch.stack([lay.p_in.T for lay in layers]).unsqueeze(1).to(device, dtype)
              if first.p_in is not None else None),
             slots("weight_mid", first.k_out * first.k_in) if first.weight_cols is not None else None,
@@ -280,16 +282,16 @@ class FactoredProjector(Projector):
             out += self.rest.project(rest)
         return out
 
-    # -- Adam-preconditioned: one layer's gradient at a time --------------------------------------------------------
+    # -- Adam-preconditioned: the gradients of a group of layers at a time ------------------------------------------
     def preconditioned(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor,
                        pre: AdamPreconditioner) -> torch.Tensor:
         """Features of one chunk's Adam-preconditioned gradients, the map of :meth:`project` applied to
         ``pre(comp(x, y))``. Once ``comp`` runs on its per-layer path (``mode: layers``, or ``auto`` after its first
         chunk's check), the per-example gradients are formed from the taps a group of same-shaped layers at a time
         (the 30 ``q_proj.lora_A`` of a 30-layer transformer, say, at most :data:`GROUP_BYTES` of gradients),
-        preconditioned and projected with one batched operation per step for the whole group. The ``(B, D)``
-        gradient is never formed, and the few large operations, not hundreds of small ones per chunk, keep the cost
-        at the plain backward pass's also where other processes share the CPU. The other cases take the flat route.
+        preconditioned and projected with one batched operation per step for the whole group: the ``(B, D)``
+        gradient and its preconditioning temporaries are never formed, and a chunk runs a few operations per group
+        on top of the backward pass instead of several per layer. The other cases take the flat route.
         """
         self._check_fitted()
         taps = comp.layer_path
@@ -324,7 +326,9 @@ class FactoredProjector(Projector):
             per_layer = b * same[0].fan_out * (same[0].fan_in * (same[0].weight_cols is not None) + 1) * item
             size = max(1, GROUP_BYTES // per_layer)
             groups += [_Group.of(same[i : i + size], dtype, self.device) for i in range(0, len(same), size)]
-        self._group_cache = {key: groups}  # one chunk size (and a tail) per shard: no need to keep more
+        if len(self._group_cache) > 4:  # a shard has one chunk size and a tail
+            self._group_cache.clear()
+        self._group_cache[key] = groups
         return groups
 
     def _group_mid(self, mid: torch.Tensor, group: _Group, calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
@@ -356,7 +360,8 @@ class FactoredProjector(Projector):
                     torch.sum(g3, 1, out=bi) if j == 0 else bi.add_(g3.sum(1))
             pre.apply_(bias, group.bias_cols)
             if group.p_out is not None:
-                bias = torch.matmul(bias, group.p_out.squeeze(1).transpose(1, 2))  # (n, b, fan_out) @ (n, fan_out, k_out)
+                # (n, b, fan_out) @ (n, fan_out, k_out)
+                bias = torch.matmul(bias, group.p_out.squeeze(1).transpose(1, 2))
             mid[:, group.bias_mid] = bias.transpose(0, 1).reshape(b, -1)
 
     # -- from the layer taps: the D-dim gradient is never formed ---------------------------------------------------

@@ -60,7 +60,7 @@ class Projector(ABC):
                        pre: AdamPreconditioner) -> torch.Tensor:
         """Features of one chunk's Adam-preconditioned gradients. The preconditioner is elementwise on the full
         gradient, so it needs the gradient itself; ``comp``'s output is consumed (preconditioned in place).
-        The factored projection overrides this to form, precondition and project one layer at a time."""
+        The factored projection overrides this to form, precondition and project a group of layers at a time."""
         return self.project(pre.apply_(comp(x, y)))
 
     def fingerprint_sha(self) -> str:
