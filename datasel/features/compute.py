@@ -129,8 +129,8 @@ def featurize(
     for s, e in progress(chunks, desc=f"features {Path(out_dir).name}", unit="chunk"):
         # exact work: fp32 unless compute.precision names bf16/fp16 (the factored path never calls comp itself)
         with autocast(device, exact=True, purpose="gradient features"):
-            if preconditioner is not None:  # elementwise on the flat gradient, so projected from it
-                f = projector.project(preconditioner(comp(slice_inputs(inputs, s, e), targets[s:e])))
+            if preconditioner is not None:  # elementwise on the gradient, so projected from it
+                f = projector.preconditioned(comp, slice_inputs(inputs, s, e), targets[s:e], preconditioner)
             else:
                 f = projector.features(comp, slice_inputs(inputs, s, e), targets[s:e])
         if cfg["unit_norm"]:

@@ -48,13 +48,21 @@ from datasel.errors import ConfigError
 from datasel.features.grads import Inputs, PerSampleGrads, _call, agreement_tol, batch_len, slice_inputs
 from datasel.features.layer_grads import LayerGrads, Unsupported, _check_module, _outer_sum, _owner, _unfold
 from datasel.features.pca_basis import SideMoments, keep_columns, top_directions
-from datasel.features.projectors import Projector, block_seed, make_flat_projector, random_matrix
+from datasel.features.projectors import (
+    AdamPreconditioner,
+    Projector,
+    block_seed,
+    make_flat_projector,
+    random_matrix,
+)
 
 log = logging.getLogger(__name__)
 
 BASES = ("random", "pca")
 CHECK_ROWS = 2  # rows of the first chunk checked against the per-example loop (as PerSampleGrads checks its layers)
 AUTO_DIVISOR, AUTO_MIN, AUTO_MAX = 8, 256, 16384  # factor_dim: auto = clamp(weight count / 8, 256, 16384) per layer
+# per-example gradients of one group of same-shaped layers formed at once by the preconditioned path (bytes)
+GROUP_BYTES = 64 << 20
 
 
 def layer_budget(factor_dim: int | str, numel: int) -> int:
@@ -79,6 +87,46 @@ class _Layer:
     bias_cols: tuple[int, int] | None = None
     weight_mid: int = -1  # start in the stage-1 sketch
     bias_mid: int = -1
+
+
+@dataclass
+class _Group:
+    """Layers of one shape whose preconditioned gradients are formed and projected together: the flat-gradient
+    columns of their entries (broadcasting over the rows), their stacked sketch sides, and their slots in ``mid``."""
+
+    layers: list[_Layer]
+    weight_cols: torch.Tensor | None  # (n, 1, fan_out, fan_in)
+    bias_cols: torch.Tensor | None  # (n, 1, fan_out)
+    p_out: torch.Tensor | None  # (n, 1, k_out, fan_out)
+    p_in_t: torch.Tensor | None  # (n, 1, fan_in, k_in)
+    weight_mid: torch.Tensor | None  # (n · k_out · k_in,) columns of mid, layer by layer
+    bias_mid: torch.Tensor | None
+
+    @classmethod
+    def of(cls, layers: list[_Layer], dtype: torch.dtype, device: torch.device) -> _Group:
+        first = layers[0]
+
+        def cols(which: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+            if getattr(first, which) is None:
+                return None
+            return torch.stack([torch.arange(getattr(lay, which)[0], getattr(lay, which)[0] + math.prod(shape))
+                                .view(1, *shape) for lay in layers]).to(device)
+
+        def slots(start: str, width: int) -> torch.Tensor:
+            return torch.cat([torch.arange(getattr(lay, start), getattr(lay, start) + width)
+                              for lay in layers]).to(device)
+
+        return cls(
+            layers,
+            cols("weight_cols", (first.fan_out, first.fan_in)),
+            cols("bias_cols", (first.fan_out,)),
+            (torch.stack([lay.p_out for lay in layers]).unsqueeze(1).to(device, dtype)
+             if first.p_out is not None else None),
+            (torch.stack([lay.p_in.T for lay in layers]).unsqueeze(1).to(device, dtype)
+             if first.p_in is not None else None),
+            slots("weight_mid", first.k_out * first.k_in) if first.weight_cols is not None else None,
+            slots("bias_mid", first.k_out) if first.bias_cols is not None else None,
+        )
 
 
 def side_dims(fan_out: int, fan_in: int, layer_dim: int, out_share: float) -> tuple[int, int]:
@@ -161,6 +209,7 @@ class FactoredProjector(Projector):
         self._taps: LayerGrads | None = None
         self._rest_comp: PerSampleGrads | None = None
         self._path = "auto"  # "taps" once the tapped path is verified, "flat" when it is not used
+        self._group_cache: dict[tuple[int, torch.dtype], list[_Group]] = {}
 
     def _lay_out(self) -> int:
         """Place every layer's weight and bias slots in the stage-1 sketch; returns its width."""
@@ -214,17 +263,10 @@ class FactoredProjector(Projector):
         for layer in self.layers.values():
             if layer.weight_cols is not None:
                 c, k = layer.weight_cols
-                w = grads[:, c : c + k].reshape(n, layer.fan_out, layer.fan_in)
-                if layer.p_out is not None:
-                    w = torch.matmul(layer.p_out.to(dtype), w)
-                if layer.p_in is not None:
-                    w = torch.matmul(w, layer.p_in.to(dtype).T)
-                mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] = w.reshape(n, -1)
+                _put_weight(mid, layer, grads[:, c : c + k].reshape(n, layer.fan_out, layer.fan_in))
             if layer.bias_cols is not None:
                 c, k = layer.bias_cols
-                bias = grads[:, c : c + k]
-                mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] = (
-                    bias @ layer.p_out.to(dtype).T if layer.p_out is not None else bias)
+                _put_bias(mid, layer, grads[:, c : c + k])
         rest = torch.cat([grads[:, c : c + k] for c, k in self.rest_cols], 1) if self.rest_cols else None
         return mid, rest
 
@@ -239,6 +281,88 @@ class FactoredProjector(Projector):
         if self.rest is not None and rest is not None:
             out += self.rest.project(rest)
         return out
+
+    # -- Adam-preconditioned: the gradients of a group of layers at a time ------------------------------------------
+    def preconditioned(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor,
+                       pre: AdamPreconditioner) -> torch.Tensor:
+        """Features of one chunk's Adam-preconditioned gradients, the map of :meth:`project` applied to
+        ``pre(comp(x, y))``. Once ``comp`` runs on its per-layer path (``mode: layers``, or ``auto`` after its first
+        chunk's check), the per-example gradients are formed from the taps a group of same-shaped layers at a time
+        (the 30 ``q_proj.lora_A`` of a 30-layer transformer, say, at most :data:`GROUP_BYTES` of gradients),
+        preconditioned and projected with one batched operation per step for the whole group: the ``(B, D)``
+        gradient and its preconditioning temporaries are never formed, and a chunk runs a few operations per group
+        on top of the backward pass instead of several per layer. The other cases take the flat route.
+        """
+        self._check_fitted()
+        taps = comp.layer_path
+        if (taps is None or self.rest_cols or not self.layers or not _same_device(self.device, comp.device)
+                or taps.dtype not in (torch.float32, torch.float64)):
+            return super().preconditioned(comp, x, y, pre)
+        x, y = comp.on_device(x, y)
+        b, dtype = int(y.shape[0]), taps.dtype
+        calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for path, a, g in taps.taps(x, y, lambda inp: _call(self.model, None, inp)):
+            calls.setdefault(path, []).append(LayerGrads.sides(taps.modules[path], a, g))
+        mid = torch.empty(b, self.dim_mid, dtype=dtype, device=self.device)
+        with torch.no_grad():
+            for group in self._groups(b, dtype):
+                self._group_mid(mid, group, calls, pre)
+        return self._finish(mid, None, b, dtype)
+
+    def _groups(self, b: int, dtype: torch.dtype) -> list[_Group]:
+        """The layers in groups of one shape, each group's gradients within :data:`GROUP_BYTES` for ``b`` rows."""
+        key = (b, dtype)
+        hit = self._group_cache.get(key)
+        if hit is not None:
+            return hit
+        by_shape: dict[tuple[Any, ...], list[_Layer]] = {}
+        for lay in self.layers.values():
+            shape = (lay.fan_out, lay.fan_in, lay.k_out, lay.k_in, lay.p_out is None, lay.p_in is None,
+                     lay.weight_cols is None, lay.bias_cols is None)
+            by_shape.setdefault(shape, []).append(lay)
+        item = torch.empty((), dtype=dtype).element_size()
+        groups = []
+        for same in by_shape.values():
+            per_layer = b * same[0].fan_out * (same[0].fan_in * (same[0].weight_cols is not None) + 1) * item
+            size = max(1, GROUP_BYTES // per_layer)
+            groups += [_Group.of(same[i : i + size], dtype, self.device) for i in range(0, len(same), size)]
+        if len(self._group_cache) > 4:  # a shard has one chunk size and a tail
+            self._group_cache.clear()
+        self._group_cache[key] = groups
+        return groups
+
+    def _group_mid(self, mid: torch.Tensor, group: _Group, calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+                   pre: AdamPreconditioner) -> None:
+        """One group's preconditioned, projected gradients into their slots of ``mid``."""
+        b, dtype, first = mid.shape[0], mid.dtype, group.layers[0]
+        n = len(group.layers)
+        sides = [calls.pop(lay.path, []) for lay in group.layers]  # none: never reached the loss, a zero gradient
+        if first.weight_cols is not None:
+            w = torch.empty(n, b, first.fan_out, first.fan_in, dtype=dtype, device=self.device)
+            for wi, layer_sides in zip(w, sides):
+                if not layer_sides:
+                    wi.zero_()
+                for j, (a3, g3) in enumerate(layer_sides):  # a shared layer's calls add up, as in LayerGrads
+                    prod = _outer_sum(g3, a3)
+                    wi.copy_(prod) if j == 0 else wi.add_(prod)
+            pre.apply_(w, group.weight_cols)
+            if group.p_out is not None:
+                w = torch.matmul(group.p_out, w)
+            if group.p_in_t is not None:
+                w = torch.matmul(w, group.p_in_t)
+            mid[:, group.weight_mid] = w.reshape(n, b, -1).transpose(0, 1).reshape(b, -1)
+        if first.bias_cols is not None:
+            bias = torch.empty(n, b, first.fan_out, dtype=dtype, device=self.device)
+            for bi, layer_sides in zip(bias, sides):
+                if not layer_sides:
+                    bi.zero_()
+                for j, (_, g3) in enumerate(layer_sides):
+                    torch.sum(g3, 1, out=bi) if j == 0 else bi.add_(g3.sum(1))
+            pre.apply_(bias, group.bias_cols)
+            if group.p_out is not None:
+                # (n, b, fan_out) @ (n, fan_out, k_out)
+                bias = torch.matmul(bias, group.p_out.squeeze(1).transpose(1, 2))
+            mid[:, group.bias_mid] = bias.transpose(0, 1).reshape(b, -1)
 
     # -- from the layer taps: the D-dim gradient is never formed ---------------------------------------------------
     def _mid_from_taps(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
@@ -337,6 +461,7 @@ class FactoredProjector(Projector):
         if self.basis != "pca":
             return
         batches = list(batches)
+        self._group_cache = {}
         taps = self._fit_taps()
         try:
             moments = self._moments(comp, batches, taps)
@@ -423,6 +548,27 @@ class FactoredProjector(Projector):
                 "factor_rest": self.rest.fingerprint() if self.rest is not None else None,
                 "stage2": self.stage2.fingerprint() if self.stage2 is not None else None,
                 "layers": [[lay.path, lay.k_out, lay.k_in] for lay in self.layers.values()]}
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """One device, where one of them may leave the index out (``cuda`` and ``cuda:0``)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _put_weight(mid: torch.Tensor, layer: _Layer, w: torch.Tensor) -> None:
+    """A layer's per-example weight gradients ``(n, fan_out, fan_in)`` sketched into their slots of ``mid``."""
+    dtype = mid.dtype
+    if layer.p_out is not None:
+        w = torch.matmul(layer.p_out.to(dtype), w)
+    if layer.p_in is not None:
+        w = torch.matmul(w, layer.p_in.to(dtype).T)
+    mid[:, layer.weight_mid : layer.weight_mid + layer.k_out * layer.k_in] = w.reshape(w.shape[0], -1)
+
+
+def _put_bias(mid: torch.Tensor, layer: _Layer, bias: torch.Tensor) -> None:
+    """A layer's per-example bias gradients ``(n, fan_out)`` sketched into their slots of ``mid``."""
+    mid[:, layer.bias_mid : layer.bias_mid + layer.k_out] = (
+        bias @ layer.p_out.to(mid.dtype).T if layer.p_out is not None else bias)
 
 
 def _input_side(mod: nn.Module, a: torch.Tensor, p_in: torch.Tensor | None) -> torch.Tensor:

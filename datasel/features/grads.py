@@ -135,6 +135,15 @@ class PerSampleGrads:
                                   fix="use mode: auto (picks vmap or the loop when the layer path does not apply)") \
                     from None
 
+    @property
+    def layer_path(self) -> LayerGrads | None:
+        """The per-layer path once it is the chosen mode (``layers``, or ``auto`` after its check), else None."""
+        return self._layers if self.mode == "layers" else None
+
+    def on_device(self, x: Inputs, y: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        """A chunk moved to the parameters' device, as every path takes it."""
+        return _to(x, self.device), y.to(self.device)
+
     # -- layer path ------------------------------------------------------------------------------------------------
     def _layers_chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         assert self._layers is not None
@@ -212,7 +221,7 @@ class PerSampleGrads:
         return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
 
     def _chunk(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
-        x, y = _to(x, self.device), y.to(self.device)
+        x, y = self.on_device(x, y)
         if self.mode == "layers":
             return self._layers_chunk(x, y)
         if self.mode == "loop":

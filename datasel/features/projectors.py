@@ -56,6 +56,13 @@ class Projector(ABC):
         """Features of one chunk. Projectors that never need the flattened gradient (factored) override this."""
         return self.project(comp(x, y))
 
+    def preconditioned(self, comp: PerSampleGrads, x: Inputs, y: torch.Tensor,
+                       pre: AdamPreconditioner) -> torch.Tensor:
+        """Features of one chunk's Adam-preconditioned gradients. The preconditioner is elementwise on the full
+        gradient, so it needs the gradient itself; ``comp``'s output is consumed (preconditioned in place).
+        The factored projection overrides this to form, precondition and project a group of layers at a time."""
+        return self.project(pre.apply_(comp(x, y)))
+
     def fingerprint_sha(self) -> str:
         """A short digest of :meth:`fingerprint`: features whose digests differ must never be compared or mixed."""
         return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
@@ -292,11 +299,38 @@ class AdamPreconditioner:
         self.m, self.v = exp_avg.flatten(), exp_avg_sq.flatten()
         self.b1, self.b2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
+        self._scaled: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, grads: torch.Tensor) -> torch.Tensor:
-        m = self.m.to(grads) * self.b1 + (1 - self.b1) * grads
-        v = self.v.to(grads) * self.b2 + (1 - self.b2) * grads.pow(2)
-        return m / (v + self.eps).sqrt()  # LESS puts eps inside the root (not torch Adam's sqrt(v)+eps)
+        """The preconditioned copy of flattened gradients ``(n, D)``."""
+        return self.apply_(grads.clone())
+
+    def apply_(self, grads: torch.Tensor, cols: int | torch.Tensor = 0) -> torch.Tensor:
+        """Precondition ``grads`` in place and return it. ``cols`` says which columns of the flat gradient its entries
+        are: a start (``grads`` is ``(n, ...)`` and each example's entries, flattened, are the columns
+        ``[start, start + numel)``: one layer's block, or all of it), or the column of every entry as an index tensor
+        that broadcasts against ``grads``.
+
+        The same operations per entry as ``m'/sqrt(v'+eps)`` written out, with one temporary of the size of
+        ``grads`` (the written-out form makes five)."""
+        mb, vb = self._moments(grads.dtype, grads.device)
+        if isinstance(cols, torch.Tensor):
+            mb, vb = mb[cols], vb[cols]
+        else:
+            shape = grads.shape[1:]
+            n = shape.numel()
+            mb, vb = mb[cols : cols + n].view(shape), vb[cols : cols + n].view(shape)
+        den = torch.mul(grads, grads).mul_(1 - self.b2).add_(vb)  # v' = b2 v + (1-b2) g²
+        den.add_(self.eps).sqrt_()  # LESS puts eps inside the root (not torch Adam's sqrt(v)+eps)
+        return grads.mul_(1 - self.b1).add_(mb).div_(den)  # m' = b1 m + (1-b1) g, over the root
+
+    def _moments(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b1 m, b2 v)`` in ``dtype`` on ``device``, computed once per pair (not per chunk)."""
+        key = (dtype, device)
+        hit = self._scaled.get(key)
+        if hit is None:
+            hit = self._scaled[key] = (self.m.to(device, dtype) * self.b1, self.v.to(device, dtype) * self.b2)
+        return hit
 
     @classmethod
     def from_optimizer_state(cls, opt_state: dict[str, Any], model: torch.nn.Module,
