@@ -171,6 +171,18 @@ def test_a_random_half_matching_a_converged_full_run_is_redundancy_not_under_tra
     assert run_warnings(m, full_flat=None)[0].startswith("under-trained")
 
 
+def test_on_instruction_data_a_random_subset_beating_the_full_pool_is_dilution_not_under_training():
+    # the pool is mostly other tasks: the full pool is no ceiling on the target task, whatever the budget
+    means = {**WIN, ("full", 1.0): 0.74}
+    m = metrics(means, means)
+    warnings = run_warnings(m, off_target=True)
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "diluted: a random 50% subset reaches 75.00% test accuracy, at least the full data's 74.00% on the target task")
+    text = recommendation(best_against_random(m), warnings)
+    assert "under-trained" not in text and "raise training.budget" not in text
+    assert run_warnings(metrics(WIN, WIN), off_target=True) == []  # the full pool ahead: nothing to say
+
+
 def test_a_curve_is_flat_unless_it_rose_over_the_second_half_of_training():
     from datasel.report.curves import flat
 

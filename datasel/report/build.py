@@ -53,7 +53,7 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     detection = noise_detection(examples, scores) if base > 0 else None
     best = best_against_random(metrics, choice)
     curves_df = pl.concat([read_table(p, "curves") for p in curves], how="diagonal_relaxed") if curves else None
-    warnings = run_warnings(metrics, scores, flat(curves_df, "full", 1.0, float(rising_points)))
+    warnings = run_warnings(metrics, scores, flat(curves_df, "full", 1.0, float(rising_points)), off_target=lm)
     rising = rising_warning(curves_df, [("full", 1.0), *((b["method"], b["fraction"]) for b in best)],
                             float(rising_points))
     warnings += [rising] if rising else []

@@ -116,13 +116,14 @@ def verdict_columns(table: pl.DataFrame, marg: pl.DataFrame, best: list[dict[str
 
 
 def run_warnings(metrics: pl.DataFrame, scores: Mapping[str, pl.DataFrame] | None = None,
-                 full_flat: bool | None = None) -> list[str]:
+                 full_flat: bool | None = None, off_target: bool = False) -> list[str]:
     """Sentences about results that look like numbers but mean little: an under-trained target model (a random half
     of the data does as well as all of it; redundant data instead when ``full_flat``, the full data's curve having
     reached its plateau), a target model that predicted one class (its accuracy is the majority
-    share), a score whose values pile up at one end (its ranking is mostly ties)."""
+    share), a score whose values pile up at one end (its ranking is mostly ties). ``off_target``: instruction data,
+    whose pool is not the target task's distribution (:func:`datasel.report.verdicts.undertrained`)."""
     test = metrics.filter((pl.col("split") == "test") & (pl.col("metric") == "accuracy"))
-    out = [w for w in [undertrained(test, full_flat)] if w]
+    out = [w for w in [undertrained(test, full_flat, off_target)] if w]
     one = metrics.filter((pl.col("metric") == "predicted_classes") & (pl.col("split") == "test")
                          & (pl.col("value") <= 1))
     for (selection,), part in one.group_by(["selection"], maintain_order=True):

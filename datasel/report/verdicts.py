@@ -187,14 +187,15 @@ def format_points(row: Mapping[str, Any]) -> str:
     return f"{100 * row['margin']:+.2f} {bounds}"
 
 
-def undertrained(test: pl.DataFrame, full_flat: bool | None = None) -> str | None:
+def undertrained(test: pl.DataFrame, full_flat: bool | None = None, off_target: bool = False) -> str | None:
     """A warning when a random subset of at most half the data reaches the full data's mean test accuracy.
 
     Three readings, told apart by what else is known: with the full data at the accuracy ceiling the task is
     *saturated*; when the full data's validation curve was flat over the second half of its training
     (``full_flat``: the model had reached its plateau, so more steps would not help either) the data is *redundant*
     for this model; otherwise (no curve, or a rising one) the budget may not let the model use more data:
-    *under-trained*.
+    *under-trained*. On instruction data (``off_target``) the pool is not drawn from the target task the model is
+    judged on, so the full pool is no ceiling: most of its rows teach other tasks (*diluted*).
 
     ``test``: ``method, fraction, value`` test accuracies (one row per seed), ``full`` and ``random`` rows included.
     """
@@ -206,6 +207,10 @@ def undertrained(test: pl.DataFrame, full_flat: bool | None = None) -> str | Non
     for fraction, mean in rand.iter_rows():
         reached = (f"a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, at least the full "
                    f"data's {100 * full.mean():.2f}%")
+        if mean >= full.mean() and off_target:
+            return (f"diluted: {reached} on the target task: on instruction data most pool rows teach other tasks, "
+                    "so more of them need not help and the full pool is no ceiling; judge a selection against "
+                    "random, not against the full pool")
         if mean >= full.mean() >= SATURATED_ACCURACY:
             return (f"saturated: a random {fraction:.0%} subset reaches {100 * mean:.2f}% test accuracy, as the full "
                     f"data does ({100 * full.mean():.2f}%): the task is solved with less data, so no selection can "
