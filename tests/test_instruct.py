@@ -70,7 +70,8 @@ def test_whole_chain_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert by["less_top_keep25"]["target_share"] > by["less_top_keep25"]["base_rate"]
     assert np.isfinite(summary.get_column("accuracy_mean").to_numpy()).all()
     md = (chain["report"] / "summary.md").read_text()
-    assert "Target task(s): arith" in md and "exact match" in md and "`target_keep0`" in md
+    assert md.startswith("# Selection summary: test exact match of the fine-tuned model")
+    assert "Target task(s): arith" in md and "`target_keep0`" in md
     metrics = pl.concat([pl.read_parquet(p) for p in chain["metrics"]])
     assert set(metrics.filter(pl.col("metric") == "accuracy").get_column("split")) == {"val", "test"}
     assert metrics.filter(pl.col("metric") == "accuracy").get_column("value").is_between(0, 1).all()

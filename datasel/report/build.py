@@ -57,9 +57,11 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     rising = rising_warning(curves_df, [("full", 1.0), *((b["method"], b["fraction"]) for b in best)],
                             float(rising_points))
     warnings += [rising] if rising else []
+    measure = "test exact match of the fine-tuned model" if lm else "test accuracy of the target model"
     doc = build_document(table, best, warnings, base,
                          histograms=None if lm else class_histograms(examples, selections, meta_classes(meta)),
-                         detection=detection)
+                         detection=detection,
+                         measure=measure)
     answer = recommendation(best, warnings)
     columns = verdict_columns(table, margins_on_test(metrics), best, answer, warnings)
     if lm:  # what the accuracy is, and each selection's share from the target task(s)

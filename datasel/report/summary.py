@@ -208,13 +208,15 @@ def _pct(mean: float, std: float | None = None) -> str:
 
 def build_document(table: pl.DataFrame, best: list[dict[str, Any]], warnings: list[str],
                    base_rate: float | None = None, histograms: pl.DataFrame | None = None,
-                   detection: pl.DataFrame | None = None) -> Doc:
+                   detection: pl.DataFrame | None = None,
+                   measure: str = "test accuracy of the target model") -> Doc:
     """The summary: the recommendation and the warnings that change it first, then the answer per kept fraction,
     then every selection; with ``histograms``
     (:func:`datasel.report.subsets.class_histograms`) each subset's class mix against the full set's, with
-    ``detection`` (:func:`datasel.report.subsets.noise_detection`) how well each score finds the noisy labels."""
+    ``detection`` (:func:`datasel.report.subsets.noise_detection`) how well each score finds the noisy labels;
+    ``measure`` names what the accuracy is, in the title."""
     doc = Doc()
-    doc.heading("Selection summary: test accuracy of the target model", 1)
+    doc.heading(f"Selection summary: {measure}", 1)
     full = table.filter(pl.col("method") == "full")
     doc.para(f"**Recommendation:** {recommendation(best, warnings)}")
     if warnings:
