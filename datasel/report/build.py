@@ -45,7 +45,8 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     choice = Choice.from_config(choose_on)
     train = examples.filter(pl.col("split") == "train")
     base = float(train.get_column("is_noisy").mean()) if train.height else 0.0
-    lm = meta is not None and json.loads(Path(meta).read_text()).get("kind") == "causal_lm"
+    meta_dict = json.loads(Path(meta).read_text()) if meta is not None else {}
+    lm = meta_dict.get("kind") == "causal_lm"
     table = summarize(metrics, noise_dropped(examples, selections))
     if not lm:  # instruction data: each selection's share from the target task(s) tells more (datasel.report.lm)
         table = table.join(class_balance(examples, selections).select("selection", "class_share_max_gap"),
@@ -67,7 +68,7 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
     if lm:  # what the accuracy is, and each selection's share from the target task(s)
         from datasel.report.lm import lm_section
 
-        shares = lm_section(doc, examples, selections, json.loads(Path(meta).read_text()))
+        shares = lm_section(doc, examples, selections, meta_dict)
         columns = columns.join(shares.select("selection", "target_share", "base_rate"), on="selection", how="left")
     write_summary(columns, doc, Path(csv), Path(md), Path(rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(plot),

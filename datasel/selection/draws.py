@@ -38,9 +38,10 @@ def policy_draws(entry: dict[str, Any], training_seeds: Sequence[int] | None) ->
     """The training seeds a policy entry draws one subset each for, or None for a deterministic policy (or a run
     without training seeds): the select rule's ``draws`` parameter, so deterministic selections do not depend on
     ``training.seeds``."""
+    from datasel.instruct.target_only import TARGET_POLICY
     from datasel.selection.base import POLICIES
 
-    if not training_seeds or entry.get("policy") == "target":  # the target rows: no draw
+    if not training_seeds or entry.get("policy") == TARGET_POLICY:  # the target rows: no draw
         return None
     policy = POLICIES.get(entry["policy"], where="selection.policies")({"name": "", **entry})
     return sorted({int(s) for s in training_seeds}) if policy.stochastic() else None

@@ -115,16 +115,12 @@ def evaluate(policy: Any, data: Split, prompts: list[str], completions: list[str
             "examples": len(prompts), "outputs": outputs}
 
 
-def _adapters(model: nn.Module) -> dict[str, torch.Tensor]:
-    from datasel.instruct.model import adapter_state
-
-    return adapter_state(model)
-
-
 def run_lm_proxy(examples: PathLike, meta: PathLike, outputs: Sequence[PathLike], cfg: dict[str, Any], seed: int,
                  device: str = "auto") -> None:
     """LESS's warm-up as proxy ``seed``: LoRA on a random ``cfg['fraction']`` of the pool, a checkpoint after each
     epoch of ``cfg['checkpoints']`` (``outputs``: those checkpoints, then the table of the rows it trained on)."""
+    from datasel.instruct.model import adapter_state
+
     seed = int(seed)
     meta_dict = json.loads(Path(meta).read_text())
     epochs = sorted(set(int(e) for e in cfg["checkpoints"]))
@@ -143,7 +139,7 @@ def run_lm_proxy(examples: PathLike, meta: PathLike, outputs: Sequence[PathLike]
 
     def save(epoch: int, mean_lr: float, opt: torch.optim.Optimizer) -> None:
         if epoch in epochs:
-            save_checkpoint_file({"adapter": _adapters(policy.module), "optimizer": opt.state_dict(), "epoch": epoch,
+            save_checkpoint_file({"adapter": adapter_state(policy.module), "optimizer": opt.state_dict(), "epoch": epoch,
                                   "lr": mean_lr, "seed": seed, "model_cfg": cfg["model"]}, outdir / f"epoch{epoch}.pt")
 
     steps = int(cfg["epochs"]) * steps_per_epoch(n, int(cfg["batch_size"]))
