@@ -275,6 +275,37 @@ def test_an_unused_text_column_is_refused_naming_it(tok: Any) -> None:
         render(alpaca.with_columns(pl.lit("p").alias("prompt"), pl.lit("c").alias("completion")), CFG, tok, "f")
     with pytest.raises(ConfigError, match="two roles"):
         render(alpaca, {**CFG, "ignore_columns": ["input"]}, tok, "f")
+    # several rows: a column with repeated values is offered as the task, one unique per row as the id
+    rows = pl.DataFrame([ALPACA] * 3).with_columns(pl.Series("uid", ["a1", "a2", "a3"]),
+                                                   pl.Series("category", ["add", "add", "sum"]))
+    with pytest.raises(DataError) as exc:
+        render(rows, CFG, tok, "pool.jsonl")
+    assert "task_column: category" in str(exc.value) and "id_column: uid" in str(exc.value)
+    fmt, _ = render(rows, {**CFG, "task_column": "category", "id_column": "uid"}, tok, "f")
+    assert fmt == "alpaca"
+    with pytest.raises(ConfigError, match="two roles"):
+        render(rows, {**CFG, "task_column": "category", "id_column": "category", "ignore_columns": ["uid"]}, tok, "f")
+
+
+def test_example_ids_come_from_the_id_column_or_the_content(tmp_path: Path, tok: Any) -> None:
+    pool = pl.DataFrame({"prompt": ["a", "b", "a"], "completion": ["x", "y", "x"], "uid": ["r1", "r2", "r3"]})
+    target = pl.DataFrame({"prompt": ["t"], "completion": ["u"]})
+    _, table = _instruct_run(tmp_path / "ids", tok, pool, target, id_column="uid")
+    by_split = {s: table.filter(pl.col("split") == s).get_column("example_id").to_list() for s in ("train", "val")}
+    assert by_split["train"] == ["pool-r1", "pool-r2", "pool-r3"]
+    # a file without the column (the target here) gets content ids, like every file when the key is unset
+    _, plain = _instruct_run(tmp_path / "plain", tok, pool.drop("uid"), target)
+    assert by_split["val"] == plain.filter(pl.col("split") == "val").get_column("example_id").to_list()
+    ids = plain.filter(pl.col("split") == "train").get_column("example_id").to_list()
+    # the same row twice: one content hash, told apart by the suffix; reordering the file keeps every row's id
+    assert ids[2] == ids[0] + "-1" and ids[1] != ids[0] and all(i.startswith("pool-") for i in ids)
+    _, moved = _instruct_run(tmp_path / "moved", tok, pool.drop("uid")[[1, 0, 2]], target)
+    assert moved.filter(pl.col("split") == "train").get_column("example_id").to_list() == [ids[1], ids[0], ids[2]]
+    for bad, match in ((pool.with_columns(pl.Series("uid", ["r1", "r1", "r3"])), r"1 id\(s\) of column 'uid' occur"),
+                       (pool.with_columns(pl.Series("uid", ["r1", None, "r3"])), "'uid' is empty in 1 row"),
+                       (pool.drop("uid"), "the pool has no id column 'uid'")):
+        with pytest.raises(DataError, match=match):
+            _instruct_run(tmp_path / "bad", tok, bad, target, id_column="uid")
 
 
 def test_bad_turns_are_refused(tok: Any, chat_tok: Any) -> None:
@@ -303,6 +334,7 @@ def _instruct_run(tmp: Path, tok: Any, pool: pl.DataFrame, target: pl.DataFrame,
                   ) -> tuple[Path, pl.DataFrame]:
     """A run's results/ with the examples table of these pool/target rows (as the prepare step writes it)."""
     results = tmp / "results"
+    tmp.mkdir(parents=True, exist_ok=True)
     paths = {}
     for role, df in (("pool", pool), ("target", target), ("test", target)):
         paths[role] = str(tmp / f"{role}.jsonl")

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from datasel.errors import DataError
+
 
 def content_hash(payload: bytes) -> str:
     """16 hex digits of a keyed BLAKE2b: the same bytes give the same hash on every machine and run."""
@@ -51,3 +53,18 @@ def row_hashes(df: pl.DataFrame, kind: str, labels: Sequence[str], labels_are_in
     else:
         payloads = (f"{t}\x00{y}".encode() for t, y in zip(df.get_column("text").to_list(), labels))
     return [content_hash(p) for p in payloads]
+
+
+def user_ids(values: pl.Series, source: str, where: str, key: str) -> list[str]:
+    """``<source>-<id>`` from a user's id column, refused (naming ``key``) when an id is empty or repeated."""
+    ids = values.cast(pl.String)
+    if ids.null_count():
+        first = int(ids.is_null().arg_true()[0]) + 1
+        raise DataError(f"the id column '{values.name}' is empty in {ids.null_count()} row(s) (first: row {first})",
+                        file=where, field=key, fix=f"fill every id, or drop {key} to derive ids from the content")
+    dup = ids.filter(ids.is_duplicated())
+    if dup.len():
+        raise DataError(f"{dup.n_unique()} id(s) of column '{values.name}' occur more than once (e.g. "
+                        f"{dup.unique().sort().head(3).to_list()})", file=where, field=key,
+                        fix=f"make the ids unique, or drop {key} to derive ids from the content")
+    return [f"{source}-{i}" for i in ids.to_list()]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datasel.data.ids import ids_from_hashes, row_hashes
+from datasel.data.ids import ids_from_hashes, row_hashes, user_ids
 from datasel.data.sources import INTERNAL_COLUMNS, SOURCE_KINDS, data_kind, load_source, user_columns
 from datasel.errors import ConfigError, DataError
 from datasel.runtime import rng_for
@@ -183,15 +183,7 @@ def _ids(df: pl.DataFrame, cfg: dict[str, Any], source: str, hashes: list[str], 
     column = cfg.get("id_column")
     if not column:
         return ids_from_hashes(source, hashes)
-    ids = df.get_column(column).cast(pl.String)
-    if ids.null_count():
-        raise DataError(f"{ids.null_count()} ids are empty", file=where, field=column,
-                        fix="fill every id or drop data.id_column")
-    dup = ids.filter(ids.is_duplicated())
-    if dup.len():
-        raise DataError(f"{dup.n_unique()} ids occur more than once (e.g. {dup.unique().sort().head(3).to_list()})",
-                        file=where, field=column, fix="make the id column unique, or drop data.id_column to derive ids")
-    return [f"{source}-{i}" for i in ids.to_list()]
+    return user_ids(df.get_column(column), source, where, "data.id_column")
 
 
 def _duplicates_across_splits(splits: list[str], hashes: list[str], where: str) -> dict[str, int]:

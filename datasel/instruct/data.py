@@ -12,7 +12,6 @@ Examples keep their original columns (``source_<role>.parquet``), so an export h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from datasel.data.ids import content_ids, user_ids
 from datasel.data.sources import read_data_file
 from datasel.errors import DataError
 from datasel.instruct.formats import Rendered, render_rows
@@ -62,10 +62,19 @@ def render(df: pl.DataFrame, cfg: dict[str, Any], tokenizer: Any, where: str) ->
     return render_rows(df, cfg, tokenizer, where)
 
 
-def example_ids(role: str, rendered: list[Rendered]) -> list[str]:
-    """Stable ids from the content (and the row number, so repeated rows stay distinct)."""
-    return [f"{role}-{i:06d}-" + hashlib.sha1(json.dumps([r.parts, r.trained]).encode()).hexdigest()[:10]
-            for i, r in enumerate(rendered)]
+def example_ids(role: str, raw: pl.DataFrame, rendered: list[Rendered], id_column: str | None,
+                where: str) -> list[str]:
+    """``<role>-<user id>`` from ``data.instruct.id_column`` where the file has it, else ``<role>-<content hash>``
+    (the rendered text and which parts are trained), stable when rows are added or reordered; repeated rows get
+    ``-1``, ``-2``… in order. A pool file without the named id column is refused (a misspelt key would otherwise
+    pass unseen)."""
+    if not id_column or (id_column not in raw.columns and role != "pool"):
+        return content_ids(role, (json.dumps([r.parts, r.trained]).encode() for r in rendered))
+    if id_column not in raw.columns:
+        raise DataError(f"the pool has no id column '{id_column}' (columns: {', '.join(raw.columns)})", file=where,
+                        field="data.instruct.id_column", fix="name one of the pool's columns, or drop the key to "
+                                                             "derive ids from the content")
+    return user_ids(raw.get_column(id_column), role, where, "data.instruct.id_column")
 
 
 def _tasks(raw: pl.DataFrame, col: str, where: str) -> list[str | None]:
@@ -106,7 +115,7 @@ def prepare_examples(cfg: dict[str, Any], tokenizer: Any, out_dir: Path) -> tupl
                         cfg["max_length"])
         n_comp = (enc.labels != IGNORE).sum(1).tolist()
         frame = pl.DataFrame({
-            "example_id": example_ids(role, rendered),
+            "example_id": example_ids(role, raw, rendered, cfg.get("id_column"), str(path)),
             "split": [split] * raw.height,
             "source_row": list(range(raw.height)),
             "task": pl.Series(_tasks(raw, cfg.get("task_column"), str(path)), dtype=pl.String),

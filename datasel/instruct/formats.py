@@ -122,6 +122,23 @@ def _has_text(dtype: pl.DataType) -> bool:
     return False
 
 
+def _role_hint(df: pl.DataFrame, loose: list[str]) -> str:
+    """Which key may fit a loose text column: one whose values repeat may name each row's task, one unique per row
+    may be its id."""
+    plain = [c for c in loose if df.schema[c] in (pl.String, pl.Categorical)]
+    counts = {c: df.get_column(c).n_unique() for c in plain}
+    hints = []
+    ids = [c for c in plain if counts[c] == df.height > 1]
+    tasks = sorted((c for c in plain if c not in ids), key=lambda c: counts[c])
+    if tasks:
+        hints.append(f"a column that names each row's task goes in {_key('task_column')} (e.g. "
+                     f"{_key('task_column')}: {tasks[0]})")
+    if ids:
+        hints.append(f"a column of unique row ids may go in {_key('id_column')} (e.g. {_key('id_column')}: "
+                     f"{ids[0]})")
+    return "; " + "; ".join(hints) if hints else ""
+
+
 def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -> dict[str, str]:
     """Every column's role (the key that reads or ignores it); a text column with none is refused.
 
@@ -129,8 +146,9 @@ def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -
     """
     roles = {c: k for c, k in reads(fmt, cfg).items() if c in df.columns}
     owners: dict[str, str] = {}
-    extra = [(cfg.get("task_column"), _key("task_column"))] + [(c, _key("ignore_columns"))
-                                                              for c in cfg.get("ignore_columns") or []]
+    extra = [(cfg.get("task_column"), _key("task_column")), (cfg.get("id_column"), _key("id_column"))] + [
+        (c, _key("ignore_columns"))
+        for c in cfg.get("ignore_columns") or []]
     for col, key in extra:
         if not col:
             continue
@@ -147,9 +165,7 @@ def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -
         hint = f"set {_key('format')}: {others[0]} to train on it, or, " if others else ""
         # the file has no column under the task key's name: one of these may be its task, under another name
         loose = [c for c in unused if not any(c in reads(f, cfg) for f in FORMATS)]
-        task_hint = ("" if cfg.get("task_column") in df.columns or not loose else
-                     f"; a column that names each row's task goes in {_key('task_column')} instead (e.g. "
-                     f"{_key('task_column')}: {loose[0]})")
+        task_hint = "" if cfg.get("task_column") in df.columns else _role_hint(df, loose)
         raise DataError(f"text column(s) {unused} would be left out: format {fmt} reads {read}", file=where,
                         field=_key("ignore_columns"),
                         fix=f"{hint}when the column is not for training (an id, a note), list it in "

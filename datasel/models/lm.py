@@ -3,7 +3,7 @@
 ``forward(idx) -> logits (B, T, V)`` in float32, the interface of the char-level TinyGPT, so DGA's text mixture
 (and anything else that trains a token model through the registry) runs on a real LM unchanged. The model comes
 through :mod:`datasel.models.causal_lm` (the packaged SmolLM2-135M-Instruct by default; a folder, a .gguf file or a
-cached hub name with ``path``/``gguf_file``). ``lora: {r, alpha, target_modules}`` (targets default per
+cached hub name with ``path``/``gguf_file``). ``lora: {r, alpha, dropout, target_modules}`` (targets default per
 architecture) trains adapters only; ``lora: null`` trains every weight. Text rows are tokenized with the model's own
 tokenizer (:class:`datasel.tasks.causal_lm.LMTextEncoder`), right-padded; padded targets are -100, which the cross-entropy ignores, and
 causal attention keeps real tokens from seeing the padding.
@@ -22,7 +22,7 @@ from datasel.models.registry import register_model
 from datasel.tasks.causal_lm import LMTextEncoder
 
 LM_DEFAULTS: dict[str, Any] = {"source": None, "path": None, "gguf_file": None, "dtype": "auto",
-                               "lora": {"r": 8, "alpha": 16, "target_modules": None}}
+                               "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None}}
 
 
 def lm_settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class CausalLMLogits(nn.Module):
 
 @register_model("causal_lm", kinds=("text", "causal_lm"))
 def build_causal_lm(cfg: dict[str, Any], meta: dict[str, Any], where: str = "model") -> nn.Module:
-    from datasel.models.causal_lm import load_causal_lm, lora_targets
+    from datasel.models.causal_lm import add_lora, load_causal_lm
     from datasel.runtime import pick_device
 
     settings = lm_settings(cfg)
@@ -64,18 +64,8 @@ def build_causal_lm(cfg: dict[str, Any], meta: dict[str, Any], where: str = "mod
         from datasel.models.causal_lm import resolve_dtype
 
         lm = lm.to(resolve_dtype("auto", "cuda"))
-    lora = settings.get("lora")
-    if lora is not None:
-        import peft
-
-        targets = lora_targets(lm, lora.get("target_modules"), f"{where}.lora.target_modules")
-        lcfg = peft.LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=0.0,
-                               target_modules=targets)
-        lm = peft.inject_adapter_in_model(lcfg, lm)
-        for name, p in lm.named_parameters():
-            p.requires_grad_("lora_" in name)
-            if "lora_" in name:
-                p.data = p.data.float()  # adapters train in fp32 on a half-precision base
+    if settings.get("lora") is not None:
+        lm = add_lora(lm, settings["lora"], f"{where}.lora.target_modules")
     return CausalLMLogits(lm)
 
 

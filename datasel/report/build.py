@@ -70,9 +70,10 @@ def report(examples: PathLike, metrics: Sequence[PathLike], selections: Sequence
 
         shares = lm_section(doc, examples, selections, meta_dict)
         columns = columns.join(shares.select("selection", "target_share", "base_rate"), on="selection", how="left")
+    doc.image(f"{measure} against the kept fraction, every method, random and full data", Path(plot).name)
     write_summary(columns, doc, Path(csv), Path(md), Path(rst))
     accuracy_vs_fraction(table.filter(pl.col("method") != "full"), Path(plot),
-                         full=table.filter(pl.col("method") == "full"))
+                         full=table.filter(pl.col("method") == "full"), measure=measure)
     if curves_plot is not None:  # asked for only when training.curve_points > 0
         shown = recommended(best) or min(best, key=lambda b: abs(b["fraction"] - 0.5), default=None)
         runs = [("full", 1.0)] + ([("random", shown["fraction"]), (shown["method"], shown["fraction"])] if shown else [])

@@ -22,8 +22,9 @@ def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 120) -> None:
 
 
 def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | None = None,
-                         metric: str = "accuracy") -> None:
-    """One line per method (mean ± std band over seeds); full data as a horizontal reference.
+                         metric: str = "accuracy", measure: str = "test accuracy of the target model") -> None:
+    """One line per method (mean ± std band over seeds); full data as a horizontal reference; ``measure`` names
+    what the metric is (the title's words, as in the summary's title).
 
     The legend lists methods best first (mean over kept fractions), random drawn in black as the bar to clear.
     """
@@ -38,15 +39,17 @@ def accuracy_vs_fraction(table: pl.DataFrame, out: Path, full: pl.DataFrame | No
         # percent, the unit of every table of the report
         f, m, s = (100 * part.get_column(c).to_numpy() for c in ("fraction", mean, std))
         rand = method == "random"
-        ax.plot(f, m, marker="o", label=method, color="black" if rand else None, lw=2 if rand else 1.5)
+        # error bars too: a method run at one kept fraction has no band to show its spread
+        ax.errorbar(f, m, yerr=s, marker="o", capsize=3, label=method, color="black" if rand else None,
+                    lw=2 if rand else 1.5)
         ax.fill_between(f, m - s, m + s, alpha=0.15, color="black" if rand else None)
     if full is not None and full.height:
         m, s = 100 * full.get_column(mean).item(0), 100 * full.get_column(std).item(0)
         ax.axhline(m, color="black", ls="--", lw=1, label="full data")
         ax.axhspan(m - s, m + s, color="black", alpha=0.07)
     ax.set_xlabel("kept fraction of the training set (%)")
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.set_title("Test accuracy of the target model vs kept fraction (mean ± std over seeds)")
+    ax.set_ylabel(f"{measure.split(' of ')[0]} (%)")
+    ax.set_title(f"{measure[0].upper()}{measure[1:]} vs kept fraction (mean ± std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     save_figure(fig, out)

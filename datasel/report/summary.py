@@ -165,6 +165,11 @@ class Doc:
     def table(self, header: list[str], rows: list[list[str]]) -> None:
         self.blocks.append(("table", (header, rows)))
 
+    def image(self, alt: str, path: str) -> None:
+        """A figure beside the document (Markdown viewers show it; reST names the file, since Snakemake's report
+        carries the figure itself)."""
+        self.blocks.append(("img", (alt, path)))
+
     def markdown(self) -> str:
         out = []
         for kind, body in self.blocks:
@@ -174,6 +179,8 @@ class Doc:
                 out.append(body)
             elif kind == "ul":
                 out.append("\n".join(f"- {item}" for item in body))
+            elif kind == "img":
+                out.append(f"![{body[0]}]({body[1]})")
             else:
                 header, rows = body
                 out.append("\n".join([f"| {' | '.join(header)} |", "|" + "---|" * len(header),
@@ -193,6 +200,8 @@ class Doc:
                 out.append(inline(body))
             elif kind == "ul":
                 out.append("\n".join(f"- {inline(item)}" for item in body))
+            elif kind == "img":
+                out.append(f"Figure ``{body[1]}``: {inline(body[0])}.")
             else:
                 header, rows = body
                 lines = [".. list-table::", "   :header-rows: 1", ""]
