@@ -77,32 +77,36 @@ def run_chain(folder: Path, cfg: dict[str, Any] | None = None, train_too: bool =
     proxy = {k: v for k, v in cfg["proxy"].items() if k != "seeds"}
     ckpts = [r / f"proxy/seed0/epoch{e}.pt" for e in proxy["checkpoints"]]
     run_proxy(ex, meta, [*ckpts, r / "proxy/seed0/sample.parquet"], proxy, 0, device="cpu")
-    fset = cfg["features"]["sets"]["less"]
-    indexes = []
-    for e in proxy["checkpoints"]:
-        for split in fset["splits"]:
-            shards = [r / f"features/less/seed0-epoch{e}-{split}/shard_{i}" for i in range(cfg["features"]["shards"])]
-            for i, out in enumerate(shards):
-                features_shard(ex, meta, out, name="less", fset={k: v for k, v in fset.items()
-                                                               if k not in ("seeds", "epochs", "splits")},
-                               shards=cfg["features"]["shards"], shard=i, split=split, ckpt=f"seed0-epoch{e}",
-                               checkpoint=r / f"proxy/seed0/epoch{e}.pt", proxy=proxy, device="cpu")
-            index = r / f"features/less/seed0-epoch{e}-{split}/index.json"
-            features_gather(shards, index, name="less", ckpt=f"seed0-epoch{e}", split=split)
-            indexes.append(index)
-    scores = r / "scores/less.parquet"
-    score("less", cfg["scoring"]["less"], ex, meta, scores, features=indexes, device="cpu")
+    sets: dict[str, list[Path]] = {}
+    for set_name, fset in cfg["features"]["sets"].items():
+        sets[set_name] = []
+        for e in fset.get("epochs") or proxy["checkpoints"]:
+            for split in fset["splits"]:
+                where = r / f"features/{set_name}/seed0-epoch{e}-{split}"
+                shards = [where / f"shard_{i}" for i in range(cfg["features"]["shards"])]
+                for i, out in enumerate(shards):
+                    features_shard(ex, meta, out, name=set_name, fset={k: v for k, v in fset.items()
+                                                                       if k not in ("seeds", "epochs", "splits")},
+                                   shards=cfg["features"]["shards"], shard=i, split=split, ckpt=f"seed0-epoch{e}",
+                                   checkpoint=r / f"proxy/seed0/epoch{e}.pt", proxy=proxy, device="cpu")
+                features_gather(shards, where / "index.json", name=set_name, ckpt=f"seed0-epoch{e}", split=split)
+                sets[set_name].append(where / "index.json")
+    tables = {}
+    for entry_name, entry in cfg["scoring"].items():
+        tables[entry_name] = r / f"scores/{entry_name}.parquet"
+        score(entry_name, entry, ex, meta, tables[entry_name], features=sets[entry["features"]], device="cpu")
+    indexes, scores = sets["less"], tables["less"]
     sels = {}
     for name in selection_names(cfg):
         info = selection_info(name)
         entry = cfg["selection"]["policies"].get(info["method"], {"policy": "full"})
         out = r / f"selections/{name}.parquet"
         select(info["method"], entry, info["fraction"], cfg["selection"]["seed"], ex, out,
-               scores=scores if entry.get("score") else None,
+               scores=tables[entry["score"]] if entry.get("score") else None,
                draws=policy_draws(entry, cfg["training"]["seeds"]), meta=meta)
         sels[name] = out
     chain = {"cfg": cfg, "lm": lm, "examples": ex, "meta": meta, "checkpoints": ckpts, "features": indexes,
-             "scores": scores, "selections": sels}
+             "scores": scores, "feature_sets": sets, "score_tables": tables, "selections": sels}
     if not train_too:
         return chain
     metrics = []
@@ -114,5 +118,5 @@ def run_chain(folder: Path, cfg: dict[str, Any] | None = None, train_too: bool =
             metrics.append(out)
     rep = r / "report"
     report(ex, metrics, list(sels.values()), csv=rep / "summary.csv", md=rep / "summary.md", rst=rep / "summary.rst",
-           plot=rep / "accuracy_vs_fraction.png", meta=meta, scores=[scores])
+           plot=rep / "accuracy_vs_fraction.png", meta=meta, scores=list(tables.values()))
     return chain | {"metrics": metrics, "report": rep}

@@ -25,6 +25,7 @@ from datasel.runtime import autocast, progress
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
+    "kind": "gradient",
     "params": "all",
     "mode": "auto",
     "projection": "factored",

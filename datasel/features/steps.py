@@ -26,6 +26,7 @@ from datasel.errors import ConfigError, DataError
 from datasel.features.compute import DEFAULTS, featurize, fit_rows, shard_bounds
 from datasel.features.grads import select_params
 from datasel.features.projectors import AdamPreconditioner
+from datasel.features.representations import represent
 from datasel.features.store import FeatureShard, gather
 from datasel.runtime import pick_device, seed_everything
 from datasel.store import publish_folder, read_table
@@ -131,6 +132,11 @@ def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: st
                         field=f"features.sets.{name}.splits",
                         fix="drop that split from the feature set or give the data a split of that name")
     lo, hi = shard_bounds(part.height, shards, index)
+    states = fset.get("kind", "gradient") == "representation"
+    if states and meta_dict.get("kind") != "causal_lm":
+        raise ConfigError("kind: representation takes a causal LM's hidden states (instruction data)",
+                          field=f"features.sets.{name}.kind",
+                          fix="use kind: gradient on this data, or data.source: instruct for a causal LM")
     torch_device = pick_device(device)
     seed_everything(int(fset["seed"]))
     ids = part.get_column("example_id").to_list()
@@ -192,11 +198,16 @@ def features_shard(examples: str | os.PathLike, meta: str | os.PathLike, out: st
         identity |= {"model": json.dumps(proxy["model"], sort_keys=True), "checkpoint": ckpt,
                      "checkpoint_sha": file_sha256(checkpoint)[:16],  # weights and optimizer moments
                      "lr": lr}
-        if split not in PRECONDITIONED_SPLITS:
+        if split not in PRECONDITIONED_SPLITS or states:
             fset = {**fset, "precondition": "none"}  # target gradients stay plain (LESS), recorded so in the shard
         preconditioner = split_preconditioner(fset, split, checkpoint, model)
     model.to(torch_device)
     settings = {"fset": fset, "identity": identity, "shards": shards, "rows": [lo, hi]}
+    if states:
+        write_shard(out, settings, lambda work: represent(model, inputs, hi - lo, work, fset, task.last_token_states,
+                                                          ids=ids[lo:hi], identity=identity))
+        log.info("shard %s: hidden states of rows %d..%d of %s", out, lo, hi, split)
+        return
     extra = {} if loss_fn is None else {"loss_fn": loss_fn}
     write_shard(out, settings, lambda work: featurize(model, inputs, y_all[lo:hi], work, fset, ids=ids[lo:hi],
                                                        identity=identity, device=torch_device,

@@ -289,6 +289,19 @@ class CausalLMTask(Task):
     def loss_fn(self) -> Any:
         return completion_loss
 
+    @staticmethod
+    def last_token_states(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(batch, hidden): the final layer's hidden state at each row's last real token (prompt and reply) — the
+        representation LESS's RDS baseline compares. Rows are right-padded, so causal attention keeps the padding
+        out of every real token's state."""
+        device = next(model.parameters()).device
+        mask = inputs["attention_mask"]
+        width = int(mask.sum(1).max())
+        out = model(input_ids=inputs["input_ids"][:, :width].to(device),
+                    attention_mask=mask[:, :width].to(device), output_hidden_states=True)
+        last = (mask[:, :width].sum(1) - 1).to(device)
+        return out.hidden_states[-1][torch.arange(len(last), device=device), last]
+
     def build_model(self, where: str = "model") -> nn.Module:
         """The LM from the one resolver (:mod:`datasel.models.causal_lm`), LoRA-wrapped when ``lora`` is set."""
         from datasel.models.causal_lm import add_lora, load_causal_lm
