@@ -72,6 +72,29 @@ def test_stored_states_are_each_rows_last_token_state(chain: dict, monkeypatch: 
         assert fs.meta["projection"] == "representation" and fs.meta["precondition"] == "none"
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_last_token_states_of_a_lora_model_match_each_row_alone(tmp_path: Path, arch: str) -> None:
+    """Both architectures, LoRA-wrapped (B drawn non-zero so the adapters change the states), right-padded."""
+    from lm_models import save_tiny_gpt2, save_tiny_llama
+
+    from datasel.models.causal_lm import add_lora, load_causal_lm
+    from datasel.tasks.causal_lm import encode
+
+    folder = (save_tiny_llama if arch == "llama" else save_tiny_gpt2)(tmp_path / arch)
+    model, tok = load_causal_lm(folder, "cpu", "float32")
+    torch.manual_seed(0)
+    model = add_lora(model, {"r": 4, "alpha": 8}, "lora")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    parts = [["What is 2 + 3?\n", "5"], ["Spell cat backwards.\n", "tac"], ["Hi\n", "Hello there, friend"]]
+    enc = encode(tok, parts, [[False, True]] * 3, 64)[0]
+    assert len(set(enc.attention_mask.sum(1).tolist())) == 3
+    got = CausalLMTask.last_token_states(model.eval(), enc.inputs()).detach().numpy()
+    np.testing.assert_allclose(got, _states_one_by_one(model, enc.inputs()), rtol=1e-4, atol=1e-5)
+
+
 def test_rds_score_is_the_mean_cosine_to_the_target_states(chain: dict) -> None:
     folder = chain["folder"]
     total = None

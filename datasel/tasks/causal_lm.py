@@ -297,10 +297,13 @@ class CausalLMTask(Task):
         device = next(model.parameters()).device
         mask = inputs["attention_mask"]
         width = int(mask.sum(1).max())
-        out = model(input_ids=inputs["input_ids"][:, :width].to(device),
-                    attention_mask=mask[:, :width].to(device), output_hidden_states=True)
+        # the transformer under the LM head (LoRA layers included): its last state is hidden_states[-1] of the whole
+        # model, without the vocabulary-sized logits or every layer's states
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        body = getattr(lm, "base_model", lm)
+        out = body(input_ids=inputs["input_ids"][:, :width].to(device), attention_mask=mask[:, :width].to(device))
         last = (mask[:, :width].sum(1) - 1).to(device)
-        return out.hidden_states[-1][torch.arange(len(last), device=device), last]
+        return out.last_hidden_state[torch.arange(len(last), device=device), last]
 
     def build_model(self, where: str = "model") -> nn.Module:
         """The LM from the one resolver (:mod:`datasel.models.causal_lm`), LoRA-wrapped when ``lora`` is set."""
