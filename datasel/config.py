@@ -391,6 +391,14 @@ def check_names(cfg: dict[str, Any], loaded: LoadedConfig, policies: set[str]) -
         if sec.get("fractions"):
             _check_fractions([f for f in sec["fractions"] if not (section == "quality" and f == 1)],
                              f"{section}.fractions", loaded)
+    sets = (cfg.get("features") or {}).get("sets") or {}
+    for name, entry in (cfg.get("scoring") or {}).items():
+        spec = entry.get("features") if isinstance(entry, Mapping) else None
+        if isinstance(spec, str) and spec.partition("/")[0] not in sets:
+            raise ConfigError(f"names feature set '{spec.partition('/')[0]}', which does not exist",
+                              file=loaded.file_of(("scoring", name, "features")), field=f"scoring.{name}.features",
+                              fix=f"use one of: {', '.join(sets)}" if sets else
+                                  "add the set under features: sets: (see config/experiments/instruct.yaml)")
     quality = cfg.get("quality") or {}
     if quality.get("curriculum", "unset") is not None:
         base = quality.get("policies") or (cfg.get("selection") or {}).get("policies") or {}

@@ -4,6 +4,7 @@ file named, `extends:` explicit with named entries replaced whole, reserved name
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 import re
 from pathlib import Path
 
@@ -177,6 +178,23 @@ def test_reserved_names_pass_with_their_own_policy(tmp_path) -> None:
     cfg["selection"]["policies"]["full"] = {"policy": "full"}
     cfg["selection"]["policies"]["fullish"] = {"policy": "top", "score": "el2n"}  # only `full` / `full_*`
     assert "fullish" in _check(tmp_path, cfg)["selection"]["policies"]
+
+
+def test_a_scoring_entry_naming_a_missing_feature_set_is_refused(tmp_path) -> None:
+    def scorer(features: str, sets: dict | None) -> Callable:
+        def edit(c: dict) -> None:
+            c["scoring"]["align"] = {"method": "target_alignment", "features": features}
+            if sets is not None:
+                c["features"] = {"sets": sets}
+        return edit
+
+    err = _refusal(tmp_path, scorer("rds", {"less": {}}))
+    assert err.field == "scoring.align.features" and "'rds'" in str(err) and "use one of: less" in err.fix
+    err = _refusal(tmp_path, scorer("grads/seed0-epoch1", None))
+    assert err.field == "scoring.align.features" and "features: sets:" in err.fix
+    cfg = copy.deepcopy(TINY)
+    scorer("less/seed0-epoch1", {"less": {}})(cfg)
+    assert _check(tmp_path, cfg)["scoring"]["align"]["features"] == "less/seed0-epoch1"
 
 
 @pytest.mark.parametrize("fractions, shown", [([0.004], "0.004"), ([0.555], "0.555"), ([0.5, 0.501], "0.501")])

@@ -133,3 +133,16 @@ def test_representation_kind_is_refused_on_classification_data(chain: dict, tmp_
         features_shard(folder / chain["examples"], tmp_path / "meta.json", tmp_path / "f/x/seed0-epoch1-train/shard_0",
                        name="rds", fset={"kind": "representation"}, shards=1, shard=0, split="train",
                        ckpt="seed0-epoch1", checkpoint=folder / chain["checkpoints"][0], proxy={}, device="cpu")
+
+
+def test_an_empty_shard_records_the_state_size(chain: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, cfg = chain["folder"], chain["cfg"]
+    monkeypatch.chdir(folder)
+    proxy = {k: v for k, v in cfg["proxy"].items() if k != "seeds"}
+    out = tmp_path / "f/rds/seed0-epoch1-val/shard_0"
+    features_shard(chain["examples"], chain["meta"], out, name="rds",
+                   fset={"kind": "representation", "chunk_size": 4}, shards=50, shard=0, split="val",
+                   ckpt="seed0-epoch1", checkpoint=chain["checkpoints"][0], proxy=proxy, device="cpu")
+    meta = json.loads((out / "meta.json").read_text())
+    full = FeatureSet.open(folder / "results/features/rds/seed0-epoch1-val/index.json")
+    assert meta["rows"] == 0 and meta["dim"] == full.dim

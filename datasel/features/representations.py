@@ -37,8 +37,11 @@ def represent(model: nn.Module, inputs: Inputs, rows: int, out_dir: str | os.Pat
     ``cfg['chunk_size']``; returns the shard's final metadata."""
     model.eval()
     size = int(cfg["chunk_size"])
-    with torch.inference_mode():
-        dim = int(embed(model, slice_inputs(inputs, 0, 1)).shape[1])
+    if rows:
+        with torch.inference_mode():
+            dim = int(embed(model, slice_inputs(inputs, 0, 1)).shape[1])
+    else:  # a shard left empty (more shards than rows) still records the space its set lives in
+        dim = int(model.config.hidden_size)
     meta = {
         "model": "", "checkpoint": "", "checkpoint_sha": "", "split": "", **(identity or {}),
         "loss": "none", "params": "representation", "dim_in": dim, "dim": dim, "projector": "none",
