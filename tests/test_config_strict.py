@@ -4,8 +4,8 @@ file named, `extends:` explicit with named entries replaced whole, reserved name
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest

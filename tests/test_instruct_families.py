@@ -145,9 +145,12 @@ def test_the_smollm2_experiment_plans(tmp_path: Path) -> None:
             cfg[section]["model"] = {"name": "causal_lm", "path": str(model), "lora": cfg[section]["model"]["lora"]}
     text = _plan(tmp_path, cfg)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text, re.M))
-    epochs, shards = len(cfg["proxy"]["checkpoints"]), cfg["features"]["shards"]
-    assert counts["features_shard"] == str(epochs * 2 * shards)
-    assert counts["train"] == counts["select"] == "4" and counts["proxy"] == "1"
+    shards, sets = cfg["features"]["shards"], cfg["features"]["sets"]
+    assert set(sets) == {"less", "rds"} and sets["rds"]["kind"] == "representation"
+    # every set over each warm-up checkpoint and both splits: LESS's gradients and RDS's hidden states
+    assert counts["features_shard"] == str(len(sets) * len(cfg["proxy"]["checkpoints"]) * 2 * shards)
+    # LESS, RDS, random, the target rows alone and the full pool
+    assert counts["train"] == counts["select"] == "5" and counts["proxy"] == "1"
     assert "tiny_lm" not in counts and counts["generate_instructions"] == "1"
 
 
