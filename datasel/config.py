@@ -399,6 +399,13 @@ def check_names(cfg: dict[str, Any], loaded: LoadedConfig, policies: set[str]) -
                               file=loaded.file_of(("scoring", name, "features")), field=f"scoring.{name}.features",
                               fix=f"use one of: {', '.join(sets)}" if sets else
                                   "add the set under features: sets: (see config/experiments/instruct.yaml)")
+    if (cfg.get("data") or {}).get("source") != "instruct":  # hidden states of a causal LM: instruction data only
+        for name, fset in sets.items():
+            if isinstance(fset, Mapping) and fset.get("kind") == "representation":
+                raise ConfigError("kind: representation takes a causal LM's hidden states (instruction data)",
+                                  file=loaded.file_of(("features", "sets", name, "kind")),
+                                  field=f"features.sets.{name}.kind",
+                                  fix="use kind: gradient on this data, or data.source: instruct")
     quality = cfg.get("quality") or {}
     if quality.get("curriculum", "unset") is not None:
         base = quality.get("policies") or (cfg.get("selection") or {}).get("policies") or {}

@@ -18,12 +18,6 @@ if "features" in config:
                 locate_model(str(_fset["hf"]["path"]), f"features.sets.{_name}.hf.path")
             except ConfigError as exc:
                 fail(exc.problem, exc.field, exc.fix)
-        if _fset.get("kind") == "representation" and not LM_DATA:
-            fail(
-                "kind: representation takes a causal LM's hidden states (instruction data)",
-                f"features.sets.{_name}.kind",
-                "use kind: gradient on this data, or data.source: instruct",
-            )
         for _e in _fset.get("epochs", []):
             if _fset.get("model", "proxy") == "proxy" and _e not in config["proxy"]["checkpoints"]:
                 fail(

@@ -197,6 +197,11 @@ def test_a_scoring_entry_naming_a_missing_feature_set_is_refused(tmp_path) -> No
     assert _check(tmp_path, cfg)["scoring"]["align"]["features"] == "less/seed0-epoch1"
 
 
+def test_representation_features_are_refused_outside_instruction_data(tmp_path) -> None:
+    err = _refusal(tmp_path, lambda c: c.update(features={"sets": {"reps": {"kind": "representation"}}}))
+    assert err.field == "features.sets.reps.kind" and "causal LM" in str(err) and "data.source: instruct" in err.fix
+
+
 @pytest.mark.parametrize("fractions, shown", [([0.004], "0.004"), ([0.555], "0.555"), ([0.5, 0.501], "0.501")])
 def test_kept_fractions_must_be_distinct_whole_percents(tmp_path, fractions, shown) -> None:
     err = _refusal(tmp_path, lambda c: c["selection"].update(fractions=fractions))

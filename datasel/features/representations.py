@@ -24,7 +24,6 @@ from datasel.features.grads import Inputs, slice_inputs
 from datasel.features.store import ShardWriter
 from datasel.runtime import progress
 
-KINDS = ("gradient", "representation")
 # names the space of these features: what is taken (the final layer's last real token), not a projection's seed
 SPACE = "representation:last_hidden:last_token"
 Embed = Callable[[nn.Module, Inputs], torch.Tensor]

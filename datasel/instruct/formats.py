@@ -146,9 +146,8 @@ def check_columns(df: pl.DataFrame, fmt: str, cfg: dict[str, Any], where: str) -
     """
     roles = {c: k for c, k in reads(fmt, cfg).items() if c in df.columns}
     owners: dict[str, str] = {}
-    extra = [(cfg.get("task_column"), _key("task_column")), (cfg.get("id_column"), _key("id_column"))] + [
-        (c, _key("ignore_columns"))
-        for c in cfg.get("ignore_columns") or []]
+    extra = [(cfg.get(k), _key(k)) for k in ("task_column", "id_column")]
+    extra += [(c, _key("ignore_columns")) for c in cfg.get("ignore_columns") or []]
     for col, key in extra:
         if not col:
             continue
